@@ -1,0 +1,3 @@
+from pixelcnn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""Typed, frozen model configurations with JSON round trips.
+
+Every model family has a frozen dataclass deriving from :class:`ModelConfig`. Its fields are
+everything needed to rebuild the model, and ``to_dict`` / ``from_dict`` give a JSON form that a
+checkpoint folder stores in ``config.json``. The command line builds its hyperparameter flags
+from the same fields, so flags and configs cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pixelcnn.errors import ConfigError
+
+MAX_LEVELS = 256
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Fields shared by every model: the data it models and its optional class conditioning."""
+
+    image_shape: tuple[int, int, int]
+    levels: int = 256
+    num_classes: int | None = None
+
+    # Help text for each field, used by the command line.
+    help: ClassVar[dict[str, str]] = {
+        "levels": "number of values a sub-pixel takes (2 for binary images, 256 for 8-bit)",
+        "num_classes": "condition on a class label in [0, num_classes)",
+    }
+
+    def __post_init__(self) -> None:
+        shape = tuple(self.image_shape)
+        if len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
+            raise ConfigError(f"image_shape must be three positive integers (C, H, W), got {self.image_shape!r}")
+        object.__setattr__(self, "image_shape", shape)
+        if not isinstance(self.levels, int) or not 2 <= self.levels <= MAX_LEVELS:
+            raise ConfigError(f"levels must be an integer in [2, {MAX_LEVELS}], got {self.levels!r}")
+        if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 1):
+            raise ConfigError(f"num_classes must be a positive integer or None, got {self.num_classes!r}")
+
+    @property
+    def channels(self) -> int:
+        return self.image_shape[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _to_json(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{cls.__name__} has no field(s) {', '.join(unknown)}; expected some of {sorted(names)}")
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: _from_json(v, hints[k]) for k, v in data.items()})
+
+    @classmethod
+    def hyperparameters(cls) -> list[dataclasses.Field]:
+        """The family's own fields (everything but the data description)."""
+        base = {f.name for f in dataclasses.fields(ModelConfig)}
+        return [f for f in dataclasses.fields(cls) if f.name not in base]
+
+
+def _to_json(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _from_json(value: Any, hint: Any) -> Any:
+    """Turn JSON lists back into the tuples that frozen configs hold."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return value if value is None else _from_json(value, options[0])
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    return value

@@ -1,0 +1,179 @@
+"""Building blocks shared by every model family.
+
+Autoregressive order: pixels in raster order (row by row, left to right) and, inside a pixel,
+colour channels in the order R, G, B. Feature maps of the masked families are split into C
+channel groups (van den Oord et al. 2016, "Pixel Recurrent Neural Networks", section 3.4):
+group g carries information about colour channels <= g of the current pixel. A mask-A
+connection lets output group g see input groups < g at the centre pixel, a mask-B connection
+input groups <= g. Every earlier pixel is visible to every group.
+
+Masks are applied in ``forward`` (``weight * mask``); weights are never edited in place.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+MASK_TYPES = ("A", "B")
+
+
+def channel_groups(channels: int, colours: int) -> Tensor:
+    """Colour group of each of ``channels`` feature maps: contiguous blocks, sizes differing by <= 1."""
+    if channels < colours:
+        raise ValueError(f"need at least {colours} feature maps for {colours} colour groups, got {channels}")
+    return torch.arange(channels) * colours // channels
+
+
+def centre_mask(in_groups: Tensor, out_groups: Tensor, mask_type: str) -> Tensor:
+    """(out, in) 0/1 matrix of the connections allowed at the centre pixel."""
+    if mask_type not in MASK_TYPES:
+        raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
+    out_g, in_g = out_groups[:, None], in_groups[None, :]
+    allowed = out_g > in_g if mask_type == "A" else out_g >= in_g
+    return allowed.float()
+
+
+def causal_mask(
+    kernel: tuple[int, int],
+    centre: tuple[int, int],
+    in_groups: Tensor,
+    out_groups: Tensor,
+    mask_type: str,
+) -> Tensor:
+    """(out, in, kh, kw) mask: 1 before ``centre`` in raster order, the group rule at it, 0 after."""
+    kh, kw = kernel
+    ch, cw = centre
+    mask = torch.zeros(len(out_groups), len(in_groups), kh, kw)
+    mask[:, :, :ch, :] = 1.0
+    mask[:, :, ch, :cw] = 1.0
+    mask[:, :, ch, cw] = centre_mask(in_groups, out_groups, mask_type)
+    return mask
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A convolution whose kernel is multiplied by a fixed 0/1 mask on every call.
+
+    ``mask`` has the weight's shape (out, in, kh, kw). Padding is given explicitly as
+    (left, right, top, bottom) so that shifted (one-sided) convolutions are expressible.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, mask: Tensor, padding: tuple[int, int, int, int],
+                 dilation: int = 1, bias: bool = True):
+        kh, kw = mask.shape[-2:]
+        super().__init__(in_channels, out_channels, (kh, kw), padding=0, dilation=dilation, bias=bias)
+        if mask.shape != self.weight.shape:
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match weight shape {tuple(self.weight.shape)}")
+        self.register_buffer("mask", mask, persistent=False)
+        self.pad = padding
+        self.skip_mask = bool(mask.all())
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.weight if self.skip_mask else self.weight * self.mask
+        return F.conv2d(F.pad(x, self.pad), weight, self.bias, dilation=self.dilation)
+
+
+def raster_conv(in_channels: int, out_channels: int, kernel_size: int, mask_type: str, colours: int,
+                in_groups: Tensor | None = None, out_groups: Tensor | None = None, dilation: int = 1) -> MaskedConv2d:
+    """A k x k 'same' convolution masked to the raster-scan past (PixelCNN's mask A or B)."""
+    in_groups = channel_groups(in_channels, colours) if in_groups is None else in_groups
+    out_groups = channel_groups(out_channels, colours) if out_groups is None else out_groups
+    c = kernel_size // 2
+    mask = causal_mask((kernel_size, kernel_size), (c, c), in_groups, out_groups, mask_type)
+    p = dilation * c
+    return MaskedConv2d(in_channels, out_channels, mask, (p, p, p, p), dilation)
+
+
+def vertical_conv(in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1,
+                  shaped: bool = True) -> MaskedConv2d:
+    """Gated PixelCNN's vertical stack: output row h sees input rows <= h (every column of its window).
+
+    ``shaped=True`` is a (k//2+1) x k convolution over input padded on top only; ``shaped=False``
+    is the plain k x k convolution with the rows below the centre masked out. Both compute the
+    same function (see :func:`shaped_from_full`); the shaped one does about half the work.
+    """
+    c = kernel_size // 2
+    p = dilation * c
+    rows = c + 1 if shaped else kernel_size
+    mask = torch.zeros(out_channels, in_channels, rows, kernel_size)
+    mask[:, :, : c + 1, :] = 1.0
+    return MaskedConv2d(in_channels, out_channels, mask, (p, p, p, 0 if shaped else p), dilation)
+
+
+def horizontal_conv(in_channels: int, out_channels: int, kernel_size: int, mask_type: str, colours: int,
+                    in_groups: Tensor | None = None, out_groups: Tensor | None = None, dilation: int = 1,
+                    shaped: bool = True) -> MaskedConv2d:
+    """Gated PixelCNN's horizontal stack: output (h, w) sees row h up to column w, colours by mask type.
+
+    ``shaped=True`` is a 1 x (k//2+1) convolution over input padded on the left only;
+    ``shaped=False`` is a 1 x k convolution masked on the right.
+    """
+    in_groups = channel_groups(in_channels, colours) if in_groups is None else in_groups
+    out_groups = channel_groups(out_channels, colours) if out_groups is None else out_groups
+    c = kernel_size // 2
+    p = dilation * c
+    cols = c + 1 if shaped else kernel_size
+    mask = causal_mask((1, cols), (0, c), in_groups, out_groups, mask_type)
+    return MaskedConv2d(in_channels, out_channels, mask, (p, 0 if shaped else p, 0, 0), dilation)
+
+
+def shaped_from_full(full: Tensor, shaped_shape: torch.Size) -> Tensor:
+    """The weights of a shaped (top-left anchored) kernel taken from a masked full kernel."""
+    return full[..., : shaped_shape[-2], : shaped_shape[-1]].clone()
+
+
+def shift_down(x: Tensor, rows: int = 1) -> Tensor:
+    """Move every row down by ``rows``, filling the top with zeros: row h then holds row h - rows."""
+    return F.pad(x, (0, 0, rows, 0))[:, :, : x.shape[2], :]
+
+
+def shift_right(x: Tensor, cols: int = 1) -> Tensor:
+    """Move every column right by ``cols``, filling the left with zeros."""
+    return F.pad(x, (cols, 0, 0, 0))[:, :, :, : x.shape[3]]
+
+
+def gate(x: Tensor) -> Tensor:
+    """Gated activation tanh(a) * sigmoid(b) of the two halves of the channels: (B, 2n, ...) -> (B, n, ...)."""
+    a, b = x.chunk(2, dim=1)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+def concat_elu(x: Tensor) -> Tensor:
+    """ELU of [x, -x] along the channels (PixelCNN++): (B, n, ...) -> (B, 2n, ...)."""
+    return F.elu(torch.cat([x, -x], dim=1))
+
+
+def skew(x: Tensor) -> Tensor:
+    """Shift row i right by i: (B, C, H, W) -> (B, C, H, W + H - 1), zeros elsewhere.
+
+    Column j of the result holds the pixels (i, j - i), the anti-diagonal i + col = j of the
+    input, so a column-by-column recurrence visits the diagonals from the top-left corner on.
+    The left and upper neighbours of a pixel both sit in the previous column (rows i and i - 1).
+    """
+    b, c, h, w = x.shape
+    padded = F.pad(x, (0, h))                                   # (B, C, H, W + H)
+    flat = padded.reshape(b, c, h * (w + h))[..., : h * (w + h - 1)]
+    return flat.reshape(b, c, h, w + h - 1)                     # row i starts at column i
+
+
+def unskew(x: Tensor, width: int) -> Tensor:
+    """Inverse of :func:`skew`: (B, C, H, W + H - 1) -> (B, C, H, W)."""
+    b, c, h, sw = x.shape
+    flat = F.pad(x.reshape(b, c, h * sw), (0, h))               # (B, C, H * (sw + 1))
+    return flat.reshape(b, c, h, sw + 1)[..., :width]
+
+
+class ClassBias(nn.Module):
+    """A learned per-class bias (B, n, 1, 1), as h in the Gated PixelCNN's conditional gate; 0 when unconditional."""
+
+    def __init__(self, num_classes: int | None, channels: int):
+        super().__init__()
+        self.embedding = nn.Embedding(num_classes, channels) if num_classes else None
+        if self.embedding is not None:
+            nn.init.normal_(self.embedding.weight, std=0.02)
+
+    def forward(self, labels: Tensor | None) -> Tensor | float:
+        if self.embedding is None or labels is None:
+            return 0.0
+        return self.embedding(labels)[:, :, None, None]

@@ -1,0 +1,25 @@
+"""The model registry: name -> model class (whose ``config_class`` is its configuration)."""
+
+from __future__ import annotations
+
+from pixelcnn.errors import ConfigError
+from pixelcnn.models.base import AutoregressiveModel
+from pixelcnn.models.gated_pixelcnn import GatedPixelCNN
+from pixelcnn.models.pixelcnn import PixelCNN
+
+REGISTRY: dict[str, type[AutoregressiveModel]] = {}
+
+
+def register(cls: type[AutoregressiveModel]) -> type[AutoregressiveModel]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+for _cls in (PixelCNN, GatedPixelCNN):
+    register(_cls)
+
+
+def get(name: str) -> type[AutoregressiveModel]:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; expected one of {sorted(REGISTRY)}")
+    return REGISTRY[name]

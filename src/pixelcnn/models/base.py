@@ -1,0 +1,202 @@
+"""The interface every model family shares: a model is a distribution over images.
+
+A family subclasses :class:`AutoregressiveModel`, sets ``name`` and ``config_class``, builds its
+layers in ``__init__`` and implements ``network``: float images scaled to [-1, 1] (and optional
+labels) in, distribution parameters out. Everything else (checking inputs, log-likelihoods,
+sampling, completion, saving) is written once here and in ``sampling.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from pixelcnn import checkpoint
+from pixelcnn.config import ModelConfig
+from pixelcnn.distributions import OutputDistribution, bits_per_dim
+from pixelcnn.errors import InvalidImageError, InvalidLabelError
+
+INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+class AutoregressiveModel(nn.Module):
+    """An exact-likelihood model of integer images (B, C, H, W) with values in [0, levels)."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[ModelConfig]]
+    # True when the parameters of a pixel depend on none of its own channels (PixelCNN++): the
+    # channel coupling then lives in the distribution and one network pass serves a whole pixel.
+    pixel_level_network: ClassVar[bool] = False
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.distribution: OutputDistribution = self.make_distribution()
+
+    # ----- what a family implements ---------------------------------------------------------
+
+    def make_distribution(self) -> OutputDistribution:
+        raise NotImplementedError
+
+    def network(self, x: Tensor, labels: Tensor | None) -> Tensor:
+        """(B, C, H, W) floats in [-1, 1] -> (B, P, H, W) distribution parameters."""
+        raise NotImplementedError
+
+    def cached_stepper(self, x: Tensor, labels: Tensor | None):
+        """A faster incremental stepper for the sampling loop, or None if the family has none."""
+        return None
+
+    # ----- the shared interface -------------------------------------------------------------
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.config.image_shape
+
+    @property
+    def levels(self) -> int:
+        return self.config.levels
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def preprocess(self, x: Tensor) -> Tensor:
+        """Integer values [0, L) -> floats in [-1, 1], in the model's dtype."""
+        dtype = next(self.parameters()).dtype
+        return x.to(dtype) * (2.0 / (self.levels - 1)) - 1.0
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Distribution parameters (B, P, H, W) for integer images x (B, C, H, W)."""
+        self.check_images(x)
+        labels = self.check_labels(labels, x.shape[0])
+        return self.network(self.preprocess(x), labels)
+
+    def log_prob(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """(B,) exact natural-log probability of each whole image."""
+        params = self(x, labels)
+        return self.distribution.log_prob(params, x.to(params.device))
+
+    def nll_per_pixel(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Negative log-likelihood, in nats, summed over each image: (B,). Training's loss."""
+        params = self(x, labels)
+        dist = self.distribution
+        if hasattr(dist, "nll_per_pixel"):
+            return dist.nll_per_pixel(params, x.to(params.device)).flatten(1).sum(1)
+        return -dist.log_prob(params, x.to(params.device))
+
+    def bits_per_dim(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """(B,) negative log-likelihood of each image in bits per sub-pixel."""
+        return bits_per_dim(-self.log_prob(x, labels), x[0].numel())
+
+    @torch.no_grad()
+    def sample(self, n: int, labels: Tensor | int | None = None, temperature: float = 1.0,
+               generator: torch.Generator | None = None, method: str = "auto") -> Tensor:
+        """Draw ``n`` images (n, C, H, W), int64, in raster then R, G, B order.
+
+        ``temperature`` divides every conditional log-probability before renormalising (1 is
+        exact). ``method`` is "naive" (one network pass per sub-pixel, the reference), "cached"
+        (the family's incremental path) or "auto" (cached where there is one). The same
+        ``generator`` state gives the same images on either path.
+        """
+        from pixelcnn.sampling import complete
+
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        x = torch.zeros((n, *self.image_shape), dtype=torch.long, device=self.device)
+        known = torch.zeros_like(x, dtype=torch.bool)
+        return complete(self, x, known, labels=labels, temperature=temperature, generator=generator, method=method)
+
+    @torch.no_grad()
+    def complete(self, x: Tensor, known: Tensor, n: int = 1, labels: Tensor | int | None = None,
+                 temperature: float = 1.0, generator: torch.Generator | None = None,
+                 method: str = "auto") -> Tensor:
+        """Fill in the pixels where ``known`` is False; returns (B, n, C, H, W).
+
+        Sub-pixels are visited in the model's order (raster, then R, G, B). An unknown one is
+        sampled from p(x_i | x_<i), where x_<i holds the known and already sampled values
+        before it. Known values are copied unchanged. Known values that come *after* an unknown
+        one in this order do not influence it: the sampler conditions on the past only, so for
+        a mask with known pixels below or to the right of a hole the result is a sample of the
+        hole given what lies before it, not of the exact posterior given every known pixel.
+        """
+        from pixelcnn.sampling import complete
+
+        self.check_images(x)
+        if known.shape != x.shape:
+            known = known.expand_as(x) if known.dim() <= x.dim() else known
+        if known.shape != x.shape or known.dtype != torch.bool:
+            raise InvalidImageError(f"expected a boolean mask `known` of shape {tuple(x.shape)}, "
+                                    f"got {known.dtype} {tuple(known.shape)}")
+        b = x.shape[0]
+        labels = self.check_labels(_as_labels(labels, b, x.device), b)
+        xs = x.to(self.device).repeat_interleave(n, dim=0)
+        ks = known.to(self.device).repeat_interleave(n, dim=0)
+        ls = None if labels is None else labels.repeat_interleave(n, dim=0)
+        out = complete(self, xs, ks, labels=ls, temperature=temperature, generator=generator, method=method)
+        return out.view(b, n, *self.image_shape)
+
+    # ----- checks -------------------------------------------------------------------------
+
+    def check_images(self, x: Tensor) -> None:
+        """Raise InvalidImageError unless x is integer (B, C, H, W) with values in [0, levels)."""
+        expected = f"integer images of shape (B, {', '.join(map(str, self.image_shape))}) with values in [0, {self.levels})"
+        if not isinstance(x, Tensor):
+            raise InvalidImageError(f"expected {expected} as a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise InvalidImageError(f"expected {expected}, got shape {tuple(x.shape)}")
+        if x.dtype not in INTEGER_DTYPES:
+            raise InvalidImageError(f"expected {expected}, got dtype {x.dtype}")
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.levels):
+            raise InvalidImageError(f"expected {expected}, got values in [{int(x.min())}, {int(x.max())}]")
+
+    def check_labels(self, labels: Tensor | None, batch: int) -> Tensor | None:
+        """Validate labels against ``num_classes``; returns them as a long tensor on the model's device."""
+        k = self.config.num_classes
+        if k is None:
+            if labels is not None:
+                raise InvalidLabelError("this model is unconditional (num_classes=None) but labels were given")
+            return None
+        if labels is None:
+            raise InvalidLabelError(f"this model is conditional: expected labels of shape ({batch},) in [0, {k}), got None")
+        if not isinstance(labels, Tensor) or labels.shape != (batch,) or labels.dtype not in INTEGER_DTYPES:
+            got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, Tensor) else type(labels).__name__
+            raise InvalidLabelError(f"expected integer labels of shape ({batch},) in [0, {k}), got {got}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
+            raise InvalidLabelError(f"expected labels in [0, {k}), got values in [{int(labels.min())}, {int(labels.max())}]")
+        return labels.long().to(self.device)
+
+    # ----- saving -------------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | os.PathLike, extra_files: dict[str, object] | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into folder ``path`` (atomically).
+
+        ``extra_files`` maps file names to objects saved with ``torch.save`` beside them (used
+        by training for ``training_state.pt``).
+        """
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+
+        def fill(folder: Path) -> None:
+            checkpoint.write_config(folder, self.name, self.config.to_dict())
+            save_file(state, str(folder / checkpoint.WEIGHTS_FILE))
+            for name, obj in (extra_files or {}).items():
+                torch.save(obj, folder / name)
+
+        return checkpoint.write_folder_atomically(path, fill)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        return f"config={self.config}"
+
+
+def _as_labels(labels: Tensor | int | None, batch: int, device: torch.device) -> Tensor | None:
+    """An int label means the same class for the whole batch."""
+    if isinstance(labels, int) and not isinstance(labels, bool):
+        return torch.full((batch,), labels, dtype=torch.long, device=device)
+    return labels

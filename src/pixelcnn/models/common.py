@@ -1,0 +1,100 @@
+"""Pieces the masked families (PixelCNN, Gated PixelCNN, PixelRNN) share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from pixelcnn.config import ModelConfig
+from pixelcnn.distributions import OutputDistribution, make_distribution
+from pixelcnn.errors import ConfigError
+from pixelcnn.layers import MaskedConv2d, channel_groups, raster_conv
+
+OUTPUTS = ("auto", "categorical", "bernoulli")
+
+
+@dataclass(frozen=True)
+class MaskedModelConfig(ModelConfig):
+    """Fields of every masked family: stream width, depth and output head."""
+
+    hidden: int = 64
+    layers: int = 7
+    output_hidden: int = 256
+    output: str = "auto"
+
+    help: ClassVar[dict[str, str]] = {
+        **ModelConfig.help,
+        "hidden": "feature maps in the network's main stream",
+        "layers": "number of residual blocks (PixelCNN) or LSTM layers (PixelRNN) after the first convolution",
+        "output_hidden": "feature maps of the 1x1 output layer before the logits (0: none)",
+        "output": "output distribution: categorical (softmax over levels), bernoulli (levels=2) or auto",
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        c = self.channels
+        _check_int(self, "hidden", minimum=c)
+        _check_int(self, "layers", minimum=0)
+        _check_int(self, "output_hidden", minimum=0)
+        if 0 < self.output_hidden < c:
+            raise ConfigError(f"output_hidden must be 0 or at least the {c} colour channels, got {self.output_hidden}")
+        if self.output not in OUTPUTS:
+            raise ConfigError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+        if self.output == "bernoulli" and self.levels != 2:
+            raise ConfigError(f"output='bernoulli' needs levels=2, got levels={self.levels}")
+
+    @property
+    def output_kind(self) -> str:
+        if self.output == "auto":
+            return "bernoulli" if self.levels == 2 else "categorical"
+        return self.output
+
+
+def _check_int(config, name: str, minimum: int) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_kernel(config, name: str) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, int) or value < 1 or value % 2 == 0:
+        raise ConfigError(f"{name} must be a positive odd integer, got {value!r}")
+
+
+def output_distribution(config: MaskedModelConfig) -> OutputDistribution:
+    return make_distribution(config.output_kind, config.channels, config.levels)
+
+
+class OutputHead(nn.Module):
+    """ReLU, 1x1 mask-B convolution, ReLU, 1x1 mask-B convolution to the distribution's parameters."""
+
+    def __init__(self, in_channels: int, hidden: int, dist: OutputDistribution, colours: int):
+        super().__init__()
+        out_groups = dist.param_groups()
+        if hidden:
+            self.hidden = raster_conv(in_channels, hidden, 1, "B", colours)
+            self.out = raster_conv(hidden, dist.num_params, 1, "B", colours, out_groups=out_groups)
+        else:
+            self.hidden = None
+            self.out = raster_conv(in_channels, dist.num_params, 1, "B", colours, out_groups=out_groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(x)
+        if self.hidden is not None:
+            x = torch.relu(self.hidden(x))
+        return self.out(x)
+
+
+def masked_1x1(in_groups: Tensor, out_groups: Tensor, colours: int) -> MaskedConv2d:
+    """A 1x1 mask-B convolution between feature maps with the given colour groups."""
+    return raster_conv(len(in_groups), len(out_groups), 1, "B", colours, in_groups=in_groups, out_groups=out_groups)
+
+
+def gate_groups(channels: int, colours: int) -> Tensor:
+    """Colour groups of the 2n pre-activations of a gate: both halves grouped like the n outputs."""
+    g = channel_groups(channels, colours)
+    return torch.cat([g, g])

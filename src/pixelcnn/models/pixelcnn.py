@@ -1,0 +1,81 @@
+"""PixelCNN: masked convolutions with residual blocks.
+
+van den Oord, Kalchbrenner & Kavukcuoglu 2016, "Pixel Recurrent Neural Networks", section 3.5
+and figure 5: a 7x7 mask-A convolution, residual blocks (1x1 2h->h, 3x3 mask B, 1x1 h->2h,
+each after a ReLU), then ReLU and 1x1 mask-B output layers. The receptive field of the 3x3
+masks has the well-known blind spot to the upper right; Gated PixelCNN removes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from pixelcnn.layers import ClassBias, channel_groups, raster_conv
+from pixelcnn.models.base import AutoregressiveModel
+from pixelcnn.models.common import MaskedModelConfig, OutputHead, check_kernel, masked_1x1, output_distribution
+
+
+@dataclass(frozen=True)
+class PixelCNNConfig(MaskedModelConfig):
+    first_kernel: int = 7
+    kernel_size: int = 3
+
+    help: ClassVar[dict[str, str]] = {
+        **MaskedModelConfig.help,
+        "first_kernel": "size of the first (mask A) convolution",
+        "kernel_size": "size of the mask-B convolution in each residual block",
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_kernel(self, "first_kernel")
+        check_kernel(self, "kernel_size")
+        if self.hidden < 2 * self.channels:
+            from pixelcnn.errors import ConfigError
+
+            raise ConfigError(f"hidden must be at least {2 * self.channels} (it is halved inside each block), got {self.hidden}")
+
+
+class ResidualBlock(nn.Module):
+    """x + 1x1(ReLU(k x k mask B(ReLU(1x1(ReLU(x)))))), halving the width in between."""
+
+    def __init__(self, channels: int, kernel_size: int, colours: int, num_classes: int | None):
+        super().__init__()
+        wide, narrow = channel_groups(channels, colours), channel_groups(channels // 2, colours)
+        self.reduce = masked_1x1(wide, narrow, colours)
+        self.conv = raster_conv(channels // 2, channels // 2, kernel_size, "B", colours)
+        self.expand = masked_1x1(narrow, wide, colours)
+        self.label_bias = ClassBias(num_classes, channels // 2)
+
+    def forward(self, x: Tensor, labels: Tensor | None) -> Tensor:
+        h = self.reduce(torch.relu(x))
+        h = self.conv(torch.relu(h)) + self.label_bias(labels)
+        return x + self.expand(torch.relu(h))
+
+
+class PixelCNN(AutoregressiveModel):
+    name = "pixelcnn"
+    config_class = PixelCNNConfig
+
+    def __init__(self, config: PixelCNNConfig):
+        super().__init__(config)
+        c = config.channels
+        self.input = raster_conv(c, config.hidden, config.first_kernel, "A", c)
+        self.input_bias = ClassBias(config.num_classes, config.hidden)
+        self.blocks = nn.ModuleList(
+            ResidualBlock(config.hidden, config.kernel_size, c, config.num_classes) for _ in range(config.layers)
+        )
+        self.head = OutputHead(config.hidden, config.output_hidden, self.distribution, c)
+
+    def make_distribution(self):
+        return output_distribution(self.config)
+
+    def network(self, x: Tensor, labels: Tensor | None) -> Tensor:
+        h = self.input(x) + self.input_bias(labels)          # (B, hidden, H, W)
+        for block in self.blocks:
+            h = block(h, labels)
+        return self.head(h)                                  # (B, P, H, W)

@@ -1,0 +1,110 @@
+"""The autoregressive loop, written once for sampling, completion and entropy coding.
+
+The loop visits sub-pixels in the model's order (raster order of pixels, then colour channels)
+and at each one asks a *stepper* for the conditional log-probabilities (B, L) of that
+sub-pixel given everything set so far, then sets its value. What decides the value differs:
+sampling draws it, completion copies known values, the compressor's encoder reads it from
+the image and its decoder from the bit stream. The stepper is the model-specific part:
+
+* :class:`NaiveStepper` runs the whole network on the current partial image (the reference);
+* a family may offer a cached stepper (``model.cached_stepper``) that computes only what the
+  newly set value changes; it must produce the same probabilities.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor
+
+from pixelcnn.distributions import sample_inverse_cdf
+
+METHODS = ("auto", "naive", "cached")
+
+
+class Stepper(Protocol):
+    def log_probs(self, c: int, h: int, w: int) -> Tensor:
+        """(B, L) log-probabilities of sub-pixel (c, h, w) given every value set before it."""
+
+    def set(self, c: int, h: int, w: int, values: Tensor) -> None:
+        """Record the (B,) values of sub-pixel (c, h, w)."""
+
+
+class NaiveStepper:
+    """Re-runs the whole network whenever a value it depends on has changed."""
+
+    def __init__(self, model, x: Tensor, labels: Tensor | None):
+        self.model, self.labels = model, labels
+        self.x = x.clone()
+        self.params: Tensor | None = None
+
+    def log_probs(self, c: int, h: int, w: int) -> Tensor:
+        if self.params is None:
+            self.params = self.model.network(self.model.preprocess(self.x), self.labels)
+        return self.model.distribution.conditional(self.params[:, :, h, w], self.x[:, :, h, w], c)
+
+    def set(self, c: int, h: int, w: int, values: Tensor) -> None:
+        self.x[:, c, h, w] = values
+        # A pixel-level network (PixelCNN++) does not see the current pixel's channels, so its
+        # parameters stay valid until the pixel is complete.
+        if not self.model.pixel_level_network or c == self.x.shape[1] - 1:
+            self.params = None
+
+
+def make_stepper(model, x: Tensor, labels: Tensor | None, method: str):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "naive":
+        return NaiveStepper(model, x, labels)
+    stepper = model.cached_stepper(x, labels)
+    if stepper is None:
+        if method == "cached":
+            raise ValueError(f"model {model.name!r} has no cached sampling path; use method='naive' or 'auto'")
+        return NaiveStepper(model, x, labels)
+    return stepper
+
+
+def run(stepper: Stepper, shape: tuple[int, int, int], choose: Callable[[int, int, int, Tensor], Tensor]) -> None:
+    """Visit every sub-pixel in order; ``choose(c, h, w, log_probs)`` returns its (B,) values."""
+    channels, height, width = shape
+    for h in range(height):
+        for w in range(width):
+            for c in range(channels):
+                stepper.set(c, h, w, choose(c, h, w, stepper.log_probs(c, h, w)))
+
+
+def draw_uniforms(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """All the randomness a sampling call uses, drawn up front from ``generator``."""
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gen_device, dtype=torch.float64).to(device)
+
+
+def complete(model, x: Tensor, known: Tensor, labels=None, temperature: float = 1.0,
+             generator: torch.Generator | None = None, method: str = "auto") -> Tensor:
+    """Fill the unknown sub-pixels of x (B, C, H, W) in order; known ones are kept bit for bit."""
+    from pixelcnn.models.base import _as_labels
+
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    b = x.shape[0]
+    labels = model.check_labels(_as_labels(labels, b, x.device), b)
+    x = x.to(model.device).long()
+    known = known.to(model.device)
+    u = draw_uniforms(tuple(x.shape), generator, model.device)
+    out = torch.where(known, x, torch.zeros_like(x))
+    stepper = make_stepper(model, out, labels, method)
+
+    def choose(c: int, h: int, w: int, log_probs: Tensor) -> Tensor:
+        drawn = sample_inverse_cdf(log_probs, u[:, c, h, w], temperature)
+        values = torch.where(known[:, c, h, w], x[:, c, h, w], drawn)
+        out[:, c, h, w] = values
+        return values
+
+    was_training = model.training
+    model.eval()
+    try:
+        run(stepper, model.image_shape, choose)
+    finally:
+        model.train(was_training)
+    return out
