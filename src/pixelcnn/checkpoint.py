@@ -67,10 +67,12 @@ def existing_folder(path: str | os.PathLike) -> Path | None:
     return old if old.is_dir() else None
 
 
-def write_config(folder: Path, model_name: str, config: dict[str, Any]) -> None:
+def write_config(folder: Path, model_name: str, config: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
     from pixelcnn import __version__
 
     meta = {"format_version": FORMAT_VERSION, "package_version": __version__, "model": model_name, "config": config}
+    if metadata:
+        meta["metadata"] = metadata
     (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 

@@ -6,6 +6,7 @@ from pixelcnn.errors import ConfigError
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.gated_pixelcnn import GatedPixelCNN
 from pixelcnn.models.pixelcnn import PixelCNN
+from pixelcnn.models.pixelcnn_pp import PixelCNNPP
 
 REGISTRY: dict[str, type[AutoregressiveModel]] = {}
 
@@ -15,7 +16,7 @@ def register(cls: type[AutoregressiveModel]) -> type[AutoregressiveModel]:
     return cls
 
 
-for _cls in (PixelCNN, GatedPixelCNN):
+for _cls in (PixelCNN, GatedPixelCNN, PixelCNNPP):
     register(_cls)
 
 

@@ -81,13 +81,16 @@ class AutoregressiveModel(nn.Module):
         params = self(x, labels)
         return self.distribution.log_prob(params, x.to(params.device))
 
-    def nll_per_pixel(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Negative log-likelihood, in nats, summed over each image: (B,). Training's loss."""
-        params = self(x, labels)
-        dist = self.distribution
-        if hasattr(dist, "nll_per_pixel"):
-            return dist.nll_per_pixel(params, x.to(params.device)).flatten(1).sum(1)
-        return -dist.log_prob(params, x.to(params.device))
+    def nll(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """(B,) negative log-likelihood of each image in nats: training's loss."""
+        return self.nll_from_params(self(x, labels), x)
+
+    def nll_from_params(self, params: Tensor, x: Tensor) -> Tensor:
+        """(B,) negative log-likelihood from parameters already computed (e.g. by a DDP wrapper)."""
+        dist, x = self.distribution, x.to(params.device)
+        if hasattr(dist, "nll_per_pixel"):        # cross-entropy form: less memory than log_softmax
+            return dist.nll_per_pixel(params, x).flatten(1).sum(1)
+        return -dist.log_prob(params, x)
 
     def bits_per_dim(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """(B,) negative log-likelihood of each image in bits per sub-pixel."""
@@ -172,16 +175,17 @@ class AutoregressiveModel(nn.Module):
 
     # ----- saving -------------------------------------------------------------------------
 
-    def save_pretrained(self, path: str | os.PathLike, extra_files: dict[str, object] | None = None) -> Path:
+    def save_pretrained(self, path: str | os.PathLike, extra_files: dict[str, object] | None = None,
+                        metadata: dict[str, object] | None = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into folder ``path`` (atomically).
 
         ``extra_files`` maps file names to objects saved with ``torch.save`` beside them (used
-        by training for ``training_state.pt``).
+        by training for ``training_state.pt``); ``metadata`` (JSON) goes into config.json.
         """
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
 
         def fill(folder: Path) -> None:
-            checkpoint.write_config(folder, self.name, self.config.to_dict())
+            checkpoint.write_config(folder, self.name, self.config.to_dict(), metadata)
             save_file(state, str(folder / checkpoint.WEIGHTS_FILE))
             for name, obj in (extra_files or {}).items():
                 torch.save(obj, folder / name)

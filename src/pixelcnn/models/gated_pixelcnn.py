@@ -43,7 +43,7 @@ class GatedPixelCNNConfig(MaskedModelConfig):
         "first_kernel": "size of the first layer's kernels",
         "kernel_size": "size of the gated layers' kernels",
         "layers": "number of gated layers, the first (mask A) one included",
-        "dilations": "dilation of gated layer i is dilations[i % len(dilations)], e.g. 1,2,4",
+        "dilations": "dilation of gated layer i is dilations[i %% len(dilations)], e.g. 1,2,4",
         "conv_impl": "'shaped' (convolutions shaped to the mask, faster) or 'masked' (plain masked k x k)",
     }
 

@@ -1,0 +1,57 @@
+# Set-up, demo and tests. `make demo` and `make test` each create the virtual environment
+# first if it is missing.
+#
+# PyTorch: an existing torch in the venv is kept. Otherwise torch==2.13.0 is installed from a
+# local wheel if pip's find-links has one, else the CPU build from PyTorch's own index; the
+# CUDA build is never pulled unless you ask for it, e.g.
+#   make TORCH_INDEX=https://download.pytorch.org/whl/cu128 demo
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+# The real datasets: $(PIXELCNN_DATA) if set, else ../shared/data when it exists, else the
+# per-user cache (downloaded on first use).
+SHARED_DATA := $(abspath ../shared/data)
+ifeq ($(origin PIXELCNN_DATA), undefined)
+  ifneq ($(wildcard $(SHARED_DATA)/mnist),)
+    export PIXELCNN_DATA := $(SHARED_DATA)
+  endif
+endif
+
+DEMO := demo
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+		echo "keeping the installed torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	elif $(PIP) install --no-index --no-deps "$(TORCH)" 2>/dev/null; then \
+		echo "installed $(TORCH) from a local wheel"; \
+	else \
+		$(PIP) install "$(TORCH)" --index-url $(TORCH_INDEX); \
+	fi
+	$(PIP) install -e ".[test,tensorboard]"
+	touch $@
+
+demo: install
+	rm -rf $(DEMO)/run
+	$(VENV)/bin/pixelcnn train --model gated_pixelcnn --dataset mnist --hidden 32 --layers 5 --output-hidden 64 \
+		--epochs 1 --time-budget 4 --batch-size 64 --lr 2e-3 --valid-limit 1000 --samples 0 --out $(DEMO)/run
+	$(VENV)/bin/pixelcnn eval $(DEMO)/run --split test
+	$(VENV)/bin/pixelcnn sample $(DEMO)/run --n 16 --seed 0 --out $(DEMO)/samples.png
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) benchmarks/bench_training.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache

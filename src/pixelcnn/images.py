@@ -1,0 +1,61 @@
+"""Reading and writing images: PNG grids of samples, PNG files as integer tensors."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from pixelcnn.errors import InvalidImageError
+
+
+def to_uint8(images: Tensor, levels: int) -> np.ndarray:
+    """Integer images in [0, levels) -> uint8 (N, H, W, C) scaled to [0, 255]."""
+    x = images.detach().cpu().long()
+    if levels != 256:
+        x = (x * 255 + (levels - 1) // 2) // (levels - 1)
+    return x.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def make_grid(images: Tensor, levels: int, nrow: int | None = None, padding: int = 2) -> Image.Image:
+    """Tile (N, C, H, W) integer images into one Pillow image, ``nrow`` images per row."""
+    arr = to_uint8(images, levels)                                  # (N, H, W, C)
+    n, h, w, c = arr.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = np.full((rows * (h + padding) + padding, nrow * (w + padding) + padding, c), 255, np.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = padding + r * (h + padding), padding + col * (w + padding)
+        grid[top : top + h, left : left + w] = arr[i]
+    return Image.fromarray(grid[..., 0] if c == 1 else grid, "L" if c == 1 else "RGB")
+
+
+def save_grid(images: Tensor, levels: int, path: str | os.PathLike, nrow: int | None = None) -> None:
+    """Write a PNG grid of integer images (atomically: a reader never sees half a file)."""
+    tmp = f"{path}.tmp"
+    make_grid(images, levels, nrow).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def read_png(path: str | os.PathLike, channels: int, levels: int) -> Tensor:
+    """An image file -> (C, H, W) int64 in [0, levels); 8-bit values are mapped down for levels < 256."""
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, ValueError) as e:
+        raise InvalidImageError(f"cannot read image {path}: {e}") from None
+    mode = {1: "L", 3: "RGB"}.get(channels)
+    if mode is None:
+        raise InvalidImageError(f"expected a model with 1 or 3 channels to read {path}, got {channels}")
+    arr = np.asarray(img.convert(mode), dtype=np.int64)
+    x = torch.from_numpy(arr.reshape(arr.shape[0], arr.shape[1], channels)).permute(2, 0, 1)
+    if levels == 256:
+        return x.contiguous()
+    if x.max() < levels:            # already stored as raw levels (e.g. 0/1 PNGs)
+        return x.contiguous()
+    return ((x * (levels - 1) + 127) // 255).contiguous()

@@ -1,0 +1,565 @@
+"""Training and evaluation: fit, evaluate, checkpoint, resume. No model code lives here.
+
+A run folder holds everything about one training run::
+
+    run.json                the resolved training and model configuration
+    metrics.jsonl           one JSON object per log line (train steps, epochs)
+    samples/epoch_0001.png  a grid of samples after every epoch
+    checkpoints/last/       config.json, model.safetensors (EMA weights), training_state.pt
+    checkpoints/best/       the checkpoint with the best validation bits/dim
+
+Exact resume: the data order of epoch e is a permutation drawn from a generator seeded with
+(seed, e), and every random draw of a step (dynamic binarization) comes from a generator
+seeded with (seed, step). The training state stores the raw weights, the EMA weights, the
+optimizer, the scheduler, the step, the epoch and the global RNG state (dropout), so a resumed
+run continues the trajectory an uninterrupted one would have followed.
+
+Distributed: under ``torchrun`` every process takes its slice of each *global* batch, and
+DistributedDataParallel averages the gradients, so N processes compute what one process
+computes with the same global batch. Rank 0 alone logs, evaluates, samples and checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import pixelcnn
+from pixelcnn import checkpoint
+from pixelcnn.distributions import bits_per_dim
+from pixelcnn.errors import ConfigError, TrainingError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything about a training run except the model's own hyperparameters."""
+
+    model: str = "gated_pixelcnn"
+    dataset: str = "mnist"
+    epochs: int = 10
+    lr: float = 1e-3
+    gamma: float = 0.99
+    batch_size: int = 64
+    seed: int = 0
+    max_steps: int | None = None
+    time_budget: float | None = None
+    ema: float = 0.999
+    grad_clip: float | None = None
+    weight_decay: float = 0.0
+    eval_batch_size: int = 256
+    valid_limit: int | None = None
+    samples: int = 64
+    sample_temperature: float = 1.0
+    conditional: bool = False
+    checkpoint_every: int | None = None
+    log_every: int = 50
+    device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+    tensorboard: bool = False
+    data_dir: str | None = None
+    image_size: int | None = None
+
+    help = {
+        "model": "model family (see `pixelcnn models`)",
+        "dataset": "mnist, binarized_mnist, dynamic_binarized_mnist, fashion_mnist, cifar10 or folder:PATH",
+        "epochs": "passes over the training split",
+        "lr": "Adam learning rate",
+        "gamma": "ExponentialLR decay of the learning rate after every epoch",
+        "batch_size": "global batch size (split across processes under torchrun)",
+        "seed": "seed of initialisation, data order and sampling",
+        "max_steps": "stop after this many optimizer steps in total",
+        "time_budget": "stop after this many minutes of training (then evaluate and save)",
+        "ema": "decay of the exponential moving average of the weights used for eval and samples (0: off)",
+        "grad_clip": "clip the gradient norm to this value",
+        "weight_decay": "Adam weight decay",
+        "eval_batch_size": "batch size of evaluation",
+        "valid_limit": "evaluate on the first N validation images only (faster epochs)",
+        "samples": "images in the sample grid written after every epoch (0: none)",
+        "sample_temperature": "temperature of the epoch sample grids",
+        "conditional": "condition the model on the dataset's class labels",
+        "checkpoint_every": "also checkpoint every N steps inside an epoch",
+        "log_every": "write a train line to metrics.jsonl every N steps",
+        "device": "auto, cpu, cuda or cuda:N",
+        "precision": "fp32, bf16 or fp16 (autocast; fp16 uses a gradient scaler)",
+        "compile": "compile the network with torch.compile",
+        "tensorboard": "also write TensorBoard event files into the run folder",
+        "data_dir": "folder with the datasets (default: $PIXELCNN_DATA, then the user cache)",
+        "image_size": "size images of a folder dataset are resized and cropped to",
+    }
+
+    def __post_init__(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
+                    "log_every": self.log_every}
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not self.lr > 0 or not 0 < self.gamma <= 1:
+            raise ConfigError(f"expected lr > 0 and 0 < gamma <= 1, got lr={self.lr}, gamma={self.gamma}")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ConfigError(f"unknown training settings {sorted(unknown)}")
+        return cls(**data)
+
+
+# ----- runtime: device, processes, precision ----------------------------------------------
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(device: str) -> Runtime:
+    """Pick the device and, under torchrun (WORLD_SIZE > 1), join the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
+    if world == 1:
+        return Runtime(torch.device(device))
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return Runtime(torch.device(device), dist.get_rank(), dist.get_world_size())
+
+
+def autocast(runtime: Runtime, precision: str):
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=runtime.device.type, dtype=dtype)
+
+
+# ----- evaluation -------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model: pixelcnn.AutoregressiveModel, dataset, batch_size: int = 256, limit: int | None = None,
+             runtime: Runtime | None = None, conditional: bool | None = None) -> dict[str, float]:
+    """Exact negative log-likelihood of a dataset: nats per image and bits per dimension.
+
+    Under torchrun each process evaluates a contiguous shard and the sums are combined.
+    """
+    runtime = runtime or Runtime(model.device)
+    conditional = model.config.num_classes is not None if conditional is None else conditional
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    lo, hi = runtime.rank * n // runtime.world, (runtime.rank + 1) * n // runtime.world
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    for start in range(lo, hi, batch_size):
+        x, y = dataset.batch(torch.arange(start, min(start + batch_size, hi)), generator=gen)
+        y = y.to(runtime.device) if conditional else None
+        total += -model.log_prob(x.to(runtime.device), y).double().sum().cpu()
+    model.train(was_training)
+    total = _all_reduce_sum(total, runtime)
+    dims = math.prod(dataset.image_shape)
+    nll = float(total) / n
+    return {"nll_nats": nll, "bits_per_dim": bits_per_dim(nll, dims), "images": n}
+
+
+def _all_reduce_sum(value: Tensor, runtime: Runtime) -> Tensor:
+    if runtime.world == 1:
+        return value
+    import torch.distributed as dist
+
+    v = value.to(runtime.device)
+    dist.all_reduce(v)
+    return v.cpu()
+
+
+# ----- EMA -------------------------------------------------------------------------------
+
+
+class EMA:
+    """Exponential moving average of the weights, with the usual warm-up of the decay.
+
+    decay_t = min(decay, (1 + t) / (10 + t)): early averages are not dominated by the
+    initial weights, and after a few thousand steps the decay is ``decay``.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v.float(), 1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def copy_to(self, model: nn.Module) -> None:
+        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decay, self.updates = state["decay"], state["updates"]
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+
+
+# ----- the training loop ----------------------------------------------------------------
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> Tensor:
+    """The data order of one epoch, a function of (seed, epoch) alone."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """Randomness of one step's data (dynamic binarization), a function of (seed, step) alone."""
+    return torch.Generator().manual_seed(seed * 7_919_993 + step + 1)
+
+
+class Trainer:
+    """Fits one model to one dataset, writing the run folder described in the module docstring."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike, model_args: dict[str, Any] | None = None,
+                 model_config: dict[str, Any] | None = None):
+        from pixelcnn.data import load_dataset
+
+        self.cfg, self.out = cfg, Path(out_dir)
+        self.rt = setup_runtime(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.train_set = load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir, image_size=cfg.image_size)
+        self.valid_set = load_dataset(cfg.dataset, "valid", data_dir=cfg.data_dir, image_size=cfg.image_size)
+        self.model = self._build_model(model_args or {}, model_config).to(self.rt.device)
+        self.eval_model = self._build_model({}, self.model.config.to_dict()).to(self.rt.device).eval()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=cfg.gamma)
+        self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=cfg.precision == "fp16")
+        self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
+        self.net = self._wrap(self.model)
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.best_bpd = math.inf
+        self.writer = None
+
+    # ----- construction
+
+    def _build_model(self, model_args: dict[str, Any], model_config: dict[str, Any] | None):
+        cfg, data = self.cfg, self.train_set
+        if model_config is not None:
+            cls = pixelcnn.models.get(cfg.model)
+            return cls(cls.config_class.from_dict(model_config))
+        if cfg.conditional and data.num_classes is None:
+            raise ConfigError(f"--conditional needs class labels, but dataset {cfg.dataset!r} has none")
+        num_classes = data.num_classes if cfg.conditional else None
+        return pixelcnn.create(cfg.model, image_shape=data.image_shape, levels=data.levels,
+                               num_classes=num_classes, **model_args)
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        net = model
+        if self.rt.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
+            net = DistributedDataParallel(model, device_ids=ids)
+        if self.cfg.compile:
+            net = torch.compile(net)
+        return net
+
+    # ----- state
+
+    def training_state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None, "step": self.step, "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch, "best_bpd": self.best_bpd, "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema and state["ema"]:
+            self.ema.load_state_dict(state["ema"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best_bpd = state["best_bpd"]
+        torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def _sync_eval_model(self) -> pixelcnn.AutoregressiveModel:
+        """The weights users get: the EMA average where there is one."""
+        if self.ema:
+            self.ema.copy_to(self.eval_model)
+        else:
+            self.eval_model.load_state_dict(self.model.state_dict())
+        return self.eval_model
+
+    def save(self, name: str, with_state: bool = True, metadata: dict[str, Any] | None = None) -> Path:
+        extra = {checkpoint.TRAINING_STATE_FILE: self.training_state()} if with_state else None
+        meta = {"dataset": self.cfg.dataset, "conditional": self.cfg.conditional, "step": self.step,
+                "epoch": self.epoch, **(metadata or {})}
+        return self.eval_model.save_pretrained(self.out / "checkpoints" / name, extra_files=extra, metadata=meta)
+
+    # ----- the loop
+
+    def fit(self) -> dict[str, Any]:
+        """Train until the epochs, ``max_steps`` or ``time_budget`` run out; returns the final metrics."""
+        self._start()
+        steps_per_epoch = len(self.train_set) // self.cfg.batch_size
+        if steps_per_epoch == 0:
+            raise ConfigError(f"batch size {self.cfg.batch_size} is larger than the {len(self.train_set)} training images")
+        result = None
+        while self.epoch < self.cfg.epochs and not self._should_stop():
+            finished = not self._run_epoch(steps_per_epoch)
+            if finished:
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                self.scheduler.step()
+            result = self._end_of_epoch(partial=not finished)
+        if result is None:                  # nothing left to train (e.g. resuming a finished run)
+            result = self._end_of_epoch(partial=True)
+        return self._finish(result)
+
+    def _start(self) -> None:
+        self.t0 = time.monotonic()
+        self.images_seen = 0
+        if self.rt.is_main:
+            (self.out / "samples").mkdir(parents=True, exist_ok=True)
+            self._write_run_file()
+            if self.cfg.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.out / "tensorboard"))
+            if checkpoint.existing_folder(self.out / "checkpoints" / "last") is None:
+                self._sync_eval_model()
+                self.save("last")           # a loadable checkpoint exists from step 0 on
+
+    def _run_epoch(self, steps_per_epoch: int) -> bool:
+        """Steps through the rest of the current epoch; True when a stop condition fired."""
+        from tqdm.auto import tqdm
+
+        perm = epoch_permutation(self.cfg.seed, self.epoch, len(self.train_set))
+        bar = tqdm(total=steps_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+                   disable=not self.rt.is_main or None, leave=False, dynamic_ncols=True)
+        try:
+            for b in range(self.batch_in_epoch, steps_per_epoch):
+                if self._should_stop():
+                    return True
+                bpd = self._train_step(perm[b * self.cfg.batch_size : (b + 1) * self.cfg.batch_size])
+                self.batch_in_epoch = b + 1
+                bar.update(1)
+                bar.set_postfix(bpd=f"{bpd:.4f}")
+                self._after_step(bpd)
+        finally:
+            bar.close()
+        return False
+
+    def _should_stop(self) -> bool:
+        cfg = self.cfg
+        stop = cfg.max_steps is not None and self.step >= cfg.max_steps
+        stop = stop or (cfg.time_budget is not None and time.monotonic() - self.t0 >= cfg.time_budget * 60)
+        if self.rt.world > 1:               # clocks differ between processes: rank 0 decides for all
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(stop)], device=self.rt.device)
+            dist.broadcast(flag, 0)
+            stop = bool(flag.item())
+        return stop
+
+    def _train_step(self, indices: Tensor) -> float:
+        """One optimizer step on a global batch; returns its loss in bits/dim."""
+        rt, cfg = self.rt, self.cfg
+        local = indices.tensor_split(rt.world)[rt.rank]
+        x, y = self.train_set.batch(local, generator=step_generator(cfg.seed, self.step))
+        x = x.to(rt.device)
+        y = y.to(rt.device) if self.model.config.num_classes is not None else None
+        self.model.train()
+        with autocast(rt, cfg.precision):
+            params = self.net(x, y)
+        dims = x[0].numel()
+        loss = self.model.nll_from_params(params.float(), x).mean() / dims          # nats per dim
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"the loss became {loss.item()} at step {self.step} (epoch {self.epoch + 1}); training stopped. "
+                f"The last good checkpoint is {self.out / 'checkpoints' / 'last'}; try a lower --lr or --grad-clip"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema:
+            self.ema.update(self.model)
+        self.step += 1
+        self.images_seen += len(indices)
+        return loss.item() / math.log(2)
+
+    def _after_step(self, bpd: float) -> None:
+        cfg = self.cfg
+        if self.rt.is_main and self.step % cfg.log_every == 0:
+            elapsed = time.monotonic() - self.t0
+            self._log({"event": "train", "step": self.step, "epoch": self.epoch + 1, "bits_per_dim": bpd,
+                       "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": self.images_seen / max(elapsed, 1e-9)})
+        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.rt.is_main:
+            self._sync_eval_model()
+            self.save("last")
+
+    def _end_of_epoch(self, partial: bool) -> dict[str, Any]:
+        """Validate the EMA weights, checkpoint last (and best), write a sample grid and a metrics line."""
+        model = self._sync_eval_model()
+        metrics = evaluate(model, self.valid_set, self.cfg.eval_batch_size, self.cfg.valid_limit, self.rt)
+        if not self.rt.is_main:
+            return metrics
+        is_best = metrics["bits_per_dim"] < self.best_bpd
+        self.best_bpd = min(self.best_bpd, metrics["bits_per_dim"])
+        scores = {"valid_bits_per_dim": metrics["bits_per_dim"], "valid_nll_nats": metrics["nll_nats"]}
+        self.save("last", metadata=scores)
+        if is_best:
+            self.save("best", with_state=False, metadata=scores)
+        grid = self._write_samples(partial)
+        line = {"event": "epoch", "epoch": self.epoch, "step": self.step, "partial": partial,
+                "valid_bits_per_dim": metrics["bits_per_dim"], "valid_nll_nats": metrics["nll_nats"],
+                "best": is_best, "lr": self.optimizer.param_groups[0]["lr"], "minutes": (time.monotonic() - self.t0) / 60}
+        self._log(line, grid)
+        log.info("epoch %d, step %d: valid %.4f bits/dim, %.2f nats%s", self.epoch, self.step,
+                 metrics["bits_per_dim"], metrics["nll_nats"], " (best)" if is_best else "")
+        return metrics
+
+    def _write_samples(self, partial: bool) -> Tensor | None:
+        cfg, model = self.cfg, self.eval_model
+        if cfg.samples <= 0:
+            return None
+        k = model.config.num_classes
+        labels, nrow = None, None
+        if k:
+            per = max(1, cfg.samples // k)
+            labels, nrow = torch.arange(k).repeat_interleave(per), per
+        n = cfg.samples if labels is None else len(labels)
+        gen = torch.Generator(device=self.rt.device).manual_seed(cfg.seed)
+        images = model.sample(n, labels=labels, temperature=cfg.sample_temperature, generator=gen)
+        from pixelcnn.images import save_grid
+
+        name = f"step_{self.step:07d}.png" if partial else f"epoch_{self.epoch:04d}.png"
+        save_grid(images, model.levels, self.out / "samples" / name, nrow=nrow)
+        return images
+
+    def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        summary = {"event": "end", "step": self.step, "epoch": self.epoch, "best_valid_bits_per_dim": self.best_bpd,
+                   "valid_bits_per_dim": result["bits_per_dim"], "valid_nll_nats": result["nll_nats"],
+                   "minutes": (time.monotonic() - self.t0) / 60, "run": str(self.out)}
+        if self.rt.is_main:
+            self._log(summary)
+            if self.writer:
+                self.writer.close()
+        return summary
+
+    # ----- logs
+
+    def _write_run_file(self) -> None:
+        from pixelcnn import __version__
+
+        run = {"package_version": __version__, "train": self.cfg.to_dict(), "model": self.model.name,
+               "model_config": self.model.config.to_dict(), "parameters": self.model.num_parameters()}
+        tmp = self.out / (RUN_FILE + ".tmp")
+        tmp.write_text(json.dumps(run, indent=2) + "\n")
+        os.replace(tmp, self.out / RUN_FILE)
+
+    def _log(self, line: dict[str, Any], images: Tensor | None = None) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+        if self.writer is None:
+            return
+        for key in ("bits_per_dim", "valid_bits_per_dim", "lr", "images_per_s"):
+            if key in line:
+                self.writer.add_scalar(f"{line['event']}/{key}", line[key], self.step)
+        if images is not None:
+            from pixelcnn.images import make_grid
+            import numpy as np
+
+            grid = np.asarray(make_grid(images, self.eval_model.levels).convert("RGB"))
+            self.writer.add_image("samples", grid, self.step, dataformats="HWC")
+        self.writer.flush()
+
+
+# ----- entry points -----------------------------------------------------------------------
+
+RESUME_OVERRIDABLE = {"epochs", "max_steps", "time_budget", "device", "precision", "compile", "tensorboard",
+                      "data_dir", "log_every", "checkpoint_every", "samples", "sample_temperature", "valid_limit",
+                      "eval_batch_size"}
+
+
+def train(cfg: TrainConfig, out_dir: str | os.PathLike, **model_args: Any) -> dict[str, Any]:
+    """Start a new run in ``out_dir`` (which must not hold one already)."""
+    out = Path(out_dir)
+    if (out / RUN_FILE).exists():
+        raise TrainingError(f"{out} already holds a training run: resume it with --resume {out}, or pick another --out")
+    return Trainer(cfg, out, model_args=model_args).fit()
+
+
+def resume(run_dir: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its last checkpoint, exactly where it stopped."""
+    trainer = resume_trainer(run_dir, **overrides)
+    return trainer.fit()
+
+
+def resume_trainer(run_dir: str | os.PathLike, **overrides: Any) -> Trainer:
+    run_dir = Path(run_dir)
+    run_file = run_dir / RUN_FILE
+    if not run_file.is_file():
+        raise TrainingError(f"cannot resume {run_dir}: expected a run folder with {RUN_FILE}")
+    meta = json.loads(run_file.read_text())
+    fixed = {k: v for k, v in overrides.items() if k not in RESUME_OVERRIDABLE and v != meta["train"].get(k)}
+    if fixed:
+        raise ConfigError(f"cannot change {sorted(fixed)} when resuming; only {sorted(RESUME_OVERRIDABLE)} may change")
+    cfg = TrainConfig.from_dict({**meta["train"], **overrides})
+    trainer = Trainer(cfg, run_dir, model_config=meta["model_config"])
+    folder = checkpoint.existing_folder(run_dir / "checkpoints" / "last")
+    state_file = folder / checkpoint.TRAINING_STATE_FILE if folder else None
+    if state_file is None or not state_file.is_file():
+        raise TrainingError(f"cannot resume {run_dir}: no checkpoints/last/{checkpoint.TRAINING_STATE_FILE}")
+    trainer.load_training_state(torch.load(state_file, map_location=trainer.rt.device, weights_only=True))
+    return trainer

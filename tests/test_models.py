@@ -1,0 +1,162 @@
+"""The public API: create, log_prob, sample, checkpoints, and clear errors for bad input."""
+
+import json
+
+import pytest
+import torch
+
+import pixelcnn
+from pixelcnn.layers import shaped_from_full, skew, unskew
+from exact import randomise, tiny_model
+
+
+@pytest.mark.parametrize("name", pixelcnn.available_models())
+@pytest.mark.parametrize("shape,levels", [((1, 2, 2), 2), ((1, 7, 5), 256), ((3, 4, 4), 16)])
+def test_defaults_work_on_small_and_odd_images(name, shape, levels):
+    model = pixelcnn.create(name, image_shape=shape, levels=levels)
+    x = torch.randint(0, levels, (2, *shape))
+    lp = model.log_prob(x)
+    assert lp.shape == (2,) and torch.isfinite(lp).all() and (lp < 0).all()
+    s = model.sample(2, generator=torch.Generator().manual_seed(0))
+    assert s.shape == (2, *shape) and s.dtype == torch.long and 0 <= s.min() and s.max() < levels
+
+
+def test_registry_has_the_convolutional_families():
+    assert {"pixelcnn", "gated_pixelcnn"} <= set(pixelcnn.available_models())
+
+
+@pytest.mark.parametrize("name", pixelcnn.available_models())
+def test_sampling_is_deterministic_for_a_generator(name):
+    model = tiny_model(name, (1, 3, 3), 4)
+    a = model.sample(5, generator=torch.Generator().manual_seed(3))
+    b = model.sample(5, generator=torch.Generator().manual_seed(3))
+    c = model.sample(5, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("name", pixelcnn.available_models())
+def test_checkpoint_round_trip(name, tmp_path):
+    model = randomise(pixelcnn.create(name, image_shape=(1, 4, 4), levels=4))
+    x = torch.randint(0, 4, (3, 1, 4, 4))
+    model.save_pretrained(tmp_path / "ckpt")
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"config.json", "model.safetensors"}
+    loaded = pixelcnn.load(tmp_path / "ckpt")
+    assert type(loaded) is type(model) and loaded.config == model.config
+    torch.testing.assert_close(loaded.log_prob(x), model.eval().log_prob(x), rtol=0, atol=0)
+
+
+def test_gated_shaped_and_masked_convolutions_compute_the_same_function():
+    masked = randomise(pixelcnn.create("gated_pixelcnn", image_shape=(3, 5, 6), levels=8, hidden=12, layers=3,
+                                       conv_impl="masked", dilations=(1, 2))).double()
+    shaped = pixelcnn.create("gated_pixelcnn", image_shape=(3, 5, 6), levels=8, hidden=12, layers=3,
+                             dilations=(1, 2)).double()
+    target = shaped.state_dict()
+    state = {k: shaped_from_full(v * masked.state_dict().get(k.replace("weight", "mask"), 1), target[k].shape)
+             if v.shape != target[k].shape else v for k, v in masked.state_dict().items() if k in target}
+    shaped.load_state_dict(state)
+    assert any(v.shape != target[k].shape for k, v in masked.state_dict().items() if k in target)
+    x = torch.randint(0, 8, (4, 3, 5, 6))
+    torch.testing.assert_close(shaped.log_prob(x), masked.log_prob(x), rtol=1e-10, atol=1e-10)
+
+
+def test_skew_moves_diagonals_into_columns_and_unskew_inverts_it():
+    x = torch.arange(2 * 3 * 4 * 5).view(2, 3, 4, 5).float()
+    s = skew(x)
+    assert s.shape == (2, 3, 4, 8)
+    for i in range(4):
+        for j in range(5):
+            assert s[0, 0, i, i + j] == x[0, 0, i, j]
+    assert torch.equal(unskew(s, 5), x)
+
+
+# ----- bad input --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def model():
+    return pixelcnn.create("gated_pixelcnn", image_shape=(1, 4, 4), levels=4, hidden=8, layers=2)
+
+
+@pytest.mark.parametrize("x,fragment", [
+    (torch.zeros(2, 3, 4, 4, dtype=torch.long), "got shape (2, 3, 4, 4)"),
+    (torch.zeros(2, 1, 5, 4, dtype=torch.long), "got shape (2, 1, 5, 4)"),
+    (torch.zeros(1, 4, 4, dtype=torch.long), "got shape (1, 4, 4)"),
+    (torch.zeros(2, 1, 4, 4), "got dtype torch.float32"),
+    (torch.full((2, 1, 4, 4), 4), "got values in [4, 4]"),
+    (torch.full((2, 1, 4, 4), -1), "got values in [-1, -1]"),
+])
+def test_bad_images_are_rejected_with_what_was_expected(model, x, fragment):
+    with pytest.raises(pixelcnn.InvalidImageError) as e:
+        model.log_prob(x)
+    assert "expected integer images of shape (B, 1, 4, 4) with values in [0, 4)" in str(e.value)
+    assert fragment in str(e.value)
+
+
+def test_labels_for_an_unconditional_model_are_rejected(model):
+    with pytest.raises(pixelcnn.InvalidLabelError, match="unconditional"):
+        model.log_prob(torch.zeros(2, 1, 4, 4, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"levels": 1}, "levels must be an integer in [2, 256]"),
+    ({"levels": 300}, "levels must be an integer in [2, 256]"),
+    ({"image_shape": (1, 0, 4)}, "image_shape must be three positive integers"),
+    ({"hidden": 2, "image_shape": (3, 4, 4)}, "hidden must be an integer >= 3"),
+    ({"kernel_size": 4}, "kernel_size must be a positive odd integer"),
+    ({"colour": 3}, "has no field(s) colour"),
+])
+def test_bad_hyperparameters_name_what_was_expected(kwargs, fragment):
+    args = {"image_shape": (1, 4, 4), "levels": 4, **kwargs}
+    with pytest.raises(pixelcnn.ConfigError) as e:
+        pixelcnn.create("gated_pixelcnn", **args)
+    assert fragment in str(e.value)
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(pixelcnn.ConfigError, match="unknown model 'pixelsnail'.*gated_pixelcnn"):
+        pixelcnn.create("pixelsnail")
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(pixelcnn.CheckpointError, match="does not exist"):
+        pixelcnn.load(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(pixelcnn.CheckpointError, match="neither a checkpoint folder"):
+        pixelcnn.load(tmp_path / "empty")
+
+
+def test_corrupted_checkpoints(model, tmp_path):
+    ckpt = model.save_pretrained(tmp_path / "ckpt")
+    (ckpt / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(pixelcnn.CheckpointError, match="model.safetensors is corrupted"):
+        pixelcnn.load(ckpt)
+    ckpt = model.save_pretrained(tmp_path / "ckpt")
+    (ckpt / "config.json").write_text("{not json")
+    with pytest.raises(pixelcnn.CheckpointError, match="config.json is corrupted"):
+        pixelcnn.load(ckpt)
+
+
+def test_checkpoint_from_another_format_version(model, tmp_path):
+    ckpt = model.save_pretrained(tmp_path / "ckpt")
+    meta = json.loads((ckpt / "config.json").read_text())
+    meta["format_version"] = 99
+    (ckpt / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(pixelcnn.CheckpointError, match="format version 99; this pixelcnn reads version 1"):
+        pixelcnn.load(ckpt)
+
+
+def test_weights_that_do_not_match_the_config(model, tmp_path):
+    ckpt = model.save_pretrained(tmp_path / "ckpt")
+    meta = json.loads((ckpt / "config.json").read_text())
+    meta["config"]["hidden"] = 16
+    (ckpt / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(pixelcnn.CheckpointError, match="does not match"):
+        pixelcnn.load(ckpt)
+
+
+def test_a_swap_interrupted_between_renames_still_loads(model, tmp_path):
+    ckpt = model.save_pretrained(tmp_path / "ckpt")
+    ckpt.rename(tmp_path / "ckpt.old")         # as if killed after the first rename
+    assert pixelcnn.load(tmp_path / "ckpt").config == model.config
+    model.save_pretrained(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt").is_dir() and not (tmp_path / "ckpt.old").exists()
