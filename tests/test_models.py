@@ -26,6 +26,14 @@ def test_registry_has_the_convolutional_families():
 
 
 @pytest.mark.parametrize("name", pixelcnn.available_models())
+@pytest.mark.parametrize("shape,levels", [((1, 3, 4), 2), ((1, 3, 4), 5), ((3, 3, 4), 5)])
+def test_training_loss_equals_minus_log_prob(name, shape, levels):
+    model = tiny_model(name, shape, levels)
+    x = torch.randint(0, levels, (3, *shape))
+    torch.testing.assert_close(model.nll(x), -model.log_prob(x))
+
+
+@pytest.mark.parametrize("name", pixelcnn.available_models())
 def test_sampling_is_deterministic_for_a_generator(name):
     model = tiny_model(name, (1, 3, 3), 4)
     a = model.sample(5, generator=torch.Generator().manual_seed(3))

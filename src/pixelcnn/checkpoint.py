@@ -29,9 +29,15 @@ TRAINING_STATE_FILE = "training_state.pt"
 
 
 def write_folder_atomically(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
-    """Create folder ``path`` by calling ``fill(tmp)`` on a temporary sibling, then swapping it in."""
+    """Create folder ``path`` by calling ``fill(tmp)`` on a temporary sibling, then swapping it in.
+
+    One writer per folder is assumed (a training run writes its own checkpoints): temporary
+    folders left by a killed writer are removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):     # left by a writer that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         fill(tmp)

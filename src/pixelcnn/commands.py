@@ -139,8 +139,8 @@ def _check_in_channels(cfg, in_channels: int | None) -> None:
         return
     from pixelcnn.data import dataset_info
 
-    channels = dataset_info(cfg.dataset)["image_shape"][0] if not cfg.dataset.startswith("folder:") else None
-    if channels is not None and channels != in_channels:
+    channels = dataset_info(cfg.dataset, cfg.image_size).image_shape[0]
+    if channels != in_channels:
         raise ConfigError(f"--in-channels {in_channels} does not match dataset {cfg.dataset!r}, which has {channels} channel(s)")
 
 

@@ -68,7 +68,7 @@ class Categorical(OutputDistribution):
 
     def nll_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
         """(B, C, H, W) negative log-likelihood; cross-entropy keeps training memory low."""
-        return F.cross_entropy(self.logits(params), x.long(), reduction="none")
+        return F.cross_entropy(self.logits(params).transpose(1, 2), x.long(), reduction="none")   # classes on dim 1
 
     def conditional(self, pixel_params: Tensor, x_pixel: Tensor, c: int) -> Tensor:
         logits = pixel_params[:, c * self.levels : (c + 1) * self.levels]

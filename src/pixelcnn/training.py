@@ -535,7 +535,7 @@ RESUME_OVERRIDABLE = {"epochs", "max_steps", "time_budget", "device", "precision
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, **model_args: Any) -> dict[str, Any]:
     """Start a new run in ``out_dir`` (which must not hold one already)."""
     out = Path(out_dir)
-    if (out / RUN_FILE).exists():
+    if int(os.environ.get("RANK", "0")) == 0 and (out / RUN_FILE).exists():
         raise TrainingError(f"{out} already holds a training run: resume it with --resume {out}, or pick another --out")
     return Trainer(cfg, out, model_args=model_args).fit()
 

@@ -1,0 +1,111 @@
+"""Training: checkpoints, exact resume, NaN safety, the run folder."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import pixelcnn
+from pixelcnn import training
+from pixelcnn.training import TrainConfig
+from conftest import needs_mnist
+
+pytestmark = needs_mnist
+
+SMALL = dict(hidden=8, layers=2, output_hidden=0)
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(model="gated_pixelcnn", dataset="binarized_mnist", epochs=1, batch_size=16, max_steps=4,
+                valid_limit=32, samples=0, log_every=1, lr=3e-3)
+    return TrainConfig(**{**base, **kw})
+
+
+def weights(run) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last" / "training_state.pt", weights_only=True)["model"]
+
+
+def test_a_run_folder_has_config_metrics_checkpoints_and_samples(tmp_path):
+    out = tmp_path / "run"
+    summary = training.train(cfg(samples=2), out, **SMALL)
+    assert summary["step"] == 4
+    run = json.loads((out / "run.json").read_text())
+    assert run["train"]["batch_size"] == 16 and run["model_config"]["hidden"] == 8
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines if l["event"] == "train"] == [1, 2, 3, 4]
+    assert lines[-1]["event"] == "end" and lines[-1]["valid_bits_per_dim"] > 0
+    for name in ("last", "best"):
+        model = pixelcnn.load(out / "checkpoints" / name)
+        assert model.levels == 2 and model.image_shape == (1, 28, 28)
+    assert (out / "checkpoints" / "last" / "training_state.pt").is_file()
+    assert not (out / "checkpoints" / "best" / "training_state.pt").exists()
+    assert list((out / "samples").glob("*.png"))
+
+
+def test_resume_follows_the_uninterrupted_trajectory(tmp_path):
+    straight = tmp_path / "straight"
+    training.train(cfg(max_steps=6), straight, **SMALL)
+    split = tmp_path / "split"
+    training.train(cfg(max_steps=3), split, **SMALL)
+    training.resume(split, max_steps=6)
+    a, b = weights(straight), weights(split)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    la = [l for l in map(json.loads, (straight / "metrics.jsonl").read_text().splitlines()) if l["event"] == "train"]
+    lb = [l for l in map(json.loads, (split / "metrics.jsonl").read_text().splitlines()) if l["event"] == "train"]
+    assert [l["bits_per_dim"] for l in la] == [l["bits_per_dim"] for l in lb]
+
+
+def test_saved_weights_are_the_ema_weights(tmp_path):
+    out = tmp_path / "run"
+    training.train(cfg(ema=0.9), out, **SMALL)
+    state = torch.load(out / "checkpoints" / "last" / "training_state.pt", weights_only=True)
+    saved = load_file(str(out / "checkpoints" / "last" / "model.safetensors"))
+    shadow = state["ema"]["shadow"]
+    some = next(k for k in saved if k.endswith("weight"))
+    torch.testing.assert_close(saved[some], shadow[some])
+    assert not torch.equal(saved[some], state["model"][some])
+
+
+def test_a_nan_loss_stops_with_a_clear_error_and_keeps_a_loadable_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    original = pixelcnn.AutoregressiveModel.nll_from_params
+    calls = {"n": 0}
+
+    def poisoned(self, params, x):
+        calls["n"] += 1
+        nll = original(self, params, x)
+        return nll * float("nan") if calls["n"] >= 3 else nll
+
+    monkeypatch.setattr(pixelcnn.AutoregressiveModel, "nll_from_params", poisoned)
+    with pytest.raises(pixelcnn.TrainingError, match="the loss became nan at step 2"):
+        training.train(cfg(checkpoint_every=1), out, **SMALL)
+    monkeypatch.undo()
+    model = pixelcnn.load(out / "checkpoints" / "last")
+    assert torch.isfinite(model.log_prob(torch.zeros(1, 1, 28, 28, dtype=torch.long))).all()
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path):
+    out = tmp_path / "run"
+    training.train(cfg(max_steps=1), out, **SMALL)
+    with pytest.raises(pixelcnn.TrainingError, match="already holds a training run"):
+        training.train(cfg(max_steps=1), out, **SMALL)
+
+
+def test_resume_refuses_to_change_what_would_break_the_trajectory(tmp_path):
+    out = tmp_path / "run"
+    training.train(cfg(max_steps=1), out, **SMALL)
+    with pytest.raises(pixelcnn.ConfigError, match="cannot change \\['batch_size'\\]"):
+        training.resume(out, batch_size=8)
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    summary = training.train(cfg(precision="bf16", max_steps=2), tmp_path / "run", **SMALL)
+    assert summary["step"] == 2 and summary["valid_bits_per_dim"] < 2
+
+
+def test_conditional_training_needs_labels(tmp_path):
+    with pytest.raises(pixelcnn.ConfigError, match="needs class labels"):
+        training.train(cfg(conditional=True), tmp_path / "run", **SMALL)
