@@ -20,9 +20,10 @@ from pixelcnn.errors import (CheckpointError, CompressionError, ConfigError, Dat
 from pixelcnn.models import REGISTRY
 from pixelcnn.models import get as _get_model
 from pixelcnn.models.base import AutoregressiveModel
+from pixelcnn.coding import compress, decompress
 
 __all__ = [
-    "AutoregressiveModel", "available_models", "create", "load", "__version__",
+    "AutoregressiveModel", "available_models", "create", "load", "compress", "decompress", "__version__",
     "PixelCNNError", "InvalidImageError", "InvalidLabelError", "ConfigError", "CheckpointError", "DataError",
     "TrainingError", "CompressionError",
 ]

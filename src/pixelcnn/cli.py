@@ -17,6 +17,7 @@ from pixelcnn.errors import PixelCNNError
 
 COMMAND_MODULES = [
     "pixelcnn.commands",
+    "pixelcnn.coding.commands",
 ]
 
 

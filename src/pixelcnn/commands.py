@@ -80,6 +80,7 @@ def add_commands(sub) -> None:
     add_train(sub)
     add_eval(sub)
     add_sample(sub)
+    add_complete(sub)
     p = sub.add_parser("models", help="list the model families and their hyperparameters")
     p.set_defaults(run=run_models)
 
@@ -249,4 +250,113 @@ def run_models(args) -> int:
         cls = pixelcnn.models.get(name).config_class
         hp = ", ".join(f"{f.name}={f.default}" for f in cls.hyperparameters())
         print(f"{name}: {hp}")
+    return 0
+
+
+# ----- complete ---------------------------------------------------------------------------
+
+
+def add_complete(sub) -> None:
+    p = sub.add_parser("complete", help="fill in the unknown part of images (inpainting in raster order)",
+                       description="Keep part of each image and sample the rest. The grid shows, per image, the "
+                                   "original, the masked input (unknown pixels grey) and --n completions.")
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", nargs="+", help="image file(s) of the model's size")
+    src.add_argument("--from-dataset", "--from_dataset", dest="from_dataset", metavar="DATASET",
+                     help="take images from a dataset split (see --split, --index)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--index", default="0..7", help="dataset indices: 5, 0,3,9 or 0..7 (inclusive)")
+    p.add_argument("--data-dir", "--data_dir", dest="data_dir")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--keep-rows", "--keep_rows", dest="keep_rows", type=int, help="keep the top N rows (default: half)")
+    what.add_argument("--mask", help="PNG of the image's size: white (>= 128) where pixels are known")
+    p.add_argument("--n", "-n", type=int, default=8, help="completions per image")
+    p.add_argument("--label", type=int, help="class label (conditional models; default: the dataset's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--method", default="auto", choices=["auto", "naive", "cached"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", "-o", default="completions.png")
+    p.add_argument("--npy", help="also save the completions (B, n, C, H, W) as .npy")
+    p.set_defaults(run=run_complete)
+
+
+def parse_indices(text: str) -> list[int]:
+    """'5' -> [5]; '0,3,9' -> [0, 3, 9]; '0..7' -> [0, ..., 7]."""
+    try:
+        if ".." in text:
+            lo, hi = (int(v) for v in text.split(".."))
+            return list(range(lo, hi + 1))
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"expected --index like 5, 0,3,9 or 0..7, got {text!r}") from None
+
+
+def completion_inputs(model, args) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Images (B, C, H, W) and labels to complete, from files or a dataset."""
+    from pixelcnn.errors import InvalidImageError
+    from pixelcnn.images import read_png
+
+    if args.image:
+        x = torch.stack([read_png(f, model.image_shape[0], model.levels) for f in args.image])
+        if tuple(x.shape[1:]) != model.image_shape:
+            raise InvalidImageError(f"expected images of shape {model.image_shape}, got {tuple(x.shape[1:])}")
+        return x, None
+    from pixelcnn.data import load_dataset
+
+    data = load_dataset(args.from_dataset, args.split, data_dir=args.data_dir)
+    idx = parse_indices(args.index)
+    if not idx or min(idx) < 0 or max(idx) >= len(data):
+        raise ConfigError(f"expected --index within [0, {len(data)}) for {args.from_dataset} {args.split}, got {args.index}")
+    return data.batch(torch.tensor(idx))
+
+
+def known_mask(model, args, batch: int) -> torch.Tensor:
+    from pixelcnn.errors import InvalidImageError
+    from pixelcnn.images import read_png
+
+    c, h, w = model.image_shape
+    if args.mask:
+        m = read_png(args.mask, 1, 256)[0] >= 128
+        if m.shape != (h, w):
+            raise InvalidImageError(f"expected a mask of {h}x{w} pixels, got {m.shape[0]}x{m.shape[1]}")
+    else:
+        rows = h // 2 if args.keep_rows is None else args.keep_rows
+        if not 0 <= rows <= h:
+            raise ConfigError(f"expected --keep-rows in [0, {h}], got {rows}")
+        m = torch.zeros(h, w, dtype=torch.bool)
+        m[:rows] = True
+    return m.expand(batch, c, h, w).clone()
+
+
+def completion_grid(x: torch.Tensor, known: torch.Tensor, out: torch.Tensor, levels: int) -> torch.Tensor:
+    """Rows of [original, masked input, completions...] in 0..255 (unknown pixels shown grey)."""
+    scale = lambda t: (t.long() * 255 + (levels - 1) // 2) // (levels - 1)   # noqa: E731
+    masked = torch.where(known, scale(x), torch.full_like(x, 128))
+    panels = torch.cat([scale(x)[:, None], masked[:, None], scale(out)], dim=1)   # (B, n + 2, C, H, W)
+    return panels.flatten(0, 1)
+
+
+def run_complete(args) -> int:
+    import numpy as np
+
+    from pixelcnn.images import save_grid
+
+    model = pixelcnn.load(args.checkpoint).to(device_of(args.device))
+    x, data_labels = completion_inputs(model, args)
+    known = known_mask(model, args, x.shape[0])
+    labels = None
+    if model.config.num_classes is not None:
+        labels = args.label if args.label is not None else data_labels
+        if labels is None:
+            raise InvalidLabelError("this model is conditional: pass --label (or use --from-dataset with labels)")
+    gen = torch.Generator(device=model.device).manual_seed(args.seed)
+    out = model.complete(x, known, n=args.n, labels=labels, temperature=args.temperature, generator=gen,
+                         method=args.method).cpu()
+    save_grid(completion_grid(x, known, out, model.levels), 256, args.out, nrow=args.n + 2)
+    if args.npy:
+        np.save(args.npy, out.numpy())
+    print(f"wrote {x.shape[0]} x {args.n} completions ({int(known[0].sum())} of {known[0].numel()} sub-pixels known) "
+          f"to {args.out}")
     return 0

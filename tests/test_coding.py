@@ -1,0 +1,359 @@
+"""Lossless compression: exact round trips, size close to -log2 p, every bad file refused."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gzip
+import os
+import struct
+import types
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import pixelcnn
+import pixelcnn.data
+from conftest import needs_mnist
+from exact import tiny_model
+from pixelcnn.cli import main as cli_main
+from pixelcnn.coding import codec, container
+from pixelcnn.coding.quantize import TOTAL, quantized_weights
+from pixelcnn.errors import CompressionError
+
+MODELS = pixelcnn.available_models()
+SHAPES = [((1, 4, 5), 256), ((3, 3, 4), 2), ((1, 3, 3), 4)]
+
+
+SMALL = {"hidden": 12, "layers": 2, "output_hidden": 12}          # where a family has these fields
+
+
+def model32(name, shape, levels, seed=0, **hp):
+    """A small randomised float32 model of family ``name``."""
+    fields = {f.name for f in dataclasses.fields(pixelcnn.models.get(name).config_class)}
+    small = {k: v for k, v in SMALL.items() if k in fields}
+    return tiny_model(name, shape, levels, seed=seed, **{**small, **hp}).float()
+
+
+def random_images(n, shape, levels, seed=0):
+    return torch.randint(0, levels, (n, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+def methods_of(model):
+    return ["naive"] + (["cached"] if codec.resolve_method(model, "auto") == "cached" else [])
+
+
+@pytest.fixture(scope="module")
+def small_file():
+    """A small compressed file and what it holds, for the corruption tests."""
+    model = model32("pixelcnn", (1, 3, 3), 4)
+    x = random_images(3, (1, 3, 3), 4, seed=1)
+    return model, x, pixelcnn.compress(model, x, chunk_size=2)
+
+
+# ----- quantisation ---------------------------------------------------------------------------
+
+
+def test_quantized_weights_sum_to_total_and_give_every_value_mass():
+    logits = torch.tensor([[0.0, -1e4, 5.0, float("-inf")], [1.0, 1.0, 1.0, 1.0], [80.0, -80.0, 0.0, 3.0]])
+    q = quantized_weights(torch.log_softmax(logits, dim=1))
+    weights = q + 1
+    assert np.all(q == np.floor(q)) and np.all(weights >= 1)
+    assert np.all(weights.sum(1) == TOTAL)
+
+
+def test_quantized_weights_refuse_nan():
+    with pytest.raises(CompressionError, match="non-finite"):
+        quantized_weights(torch.tensor([[float("nan"), 0.0]]))
+
+
+# ----- round trips ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("shape,levels", SHAPES)
+def test_round_trip_is_bit_exact_for_every_family(name, shape, levels):
+    model = model32(name, shape, levels)
+    x = random_images(5, shape, levels)
+    for method in methods_of(model):
+        data = pixelcnn.compress(model, x, chunk_size=2, method=method)
+        y = pixelcnn.decompress(model, data)
+        assert y.dtype == torch.long and torch.equal(y, x)
+        assert container.read_header(data).method == method
+
+
+@pytest.mark.parametrize("n,chunk", [(0, None), (1, None), (2, 4), (5, 4), (8, 4), (7, 3), (6, 1)])
+def test_round_trip_for_any_count_and_chunk_size(n, chunk):
+    model = model32("gated_pixelcnn", (1, 3, 4), 16)
+    x = random_images(n, (1, 3, 4), 16, seed=n)
+    data = pixelcnn.compress(model, x, chunk_size=chunk)
+    assert torch.equal(pixelcnn.decompress(model, data), x)
+
+
+@pytest.mark.parametrize("encode_threads,decode_threads", [(1, 2), (2, 1)])
+def test_thread_count_of_the_caller_does_not_matter(encode_threads, decode_threads):
+    before = torch.get_num_threads()
+    model = model32("gated_pixelcnn", (3, 4, 4), 256)
+    x = random_images(5, (3, 4, 4), 256)
+    try:
+        torch.set_num_threads(decode_threads)
+        other = pixelcnn.compress(model, x, chunk_size=3)
+        torch.set_num_threads(encode_threads)
+        data = pixelcnn.compress(model, x, chunk_size=3)
+        assert data == other                                         # every probability was the same
+        assert torch.get_num_threads() == encode_threads            # the caller's setting is restored
+        torch.set_num_threads(decode_threads)
+        assert torch.equal(pixelcnn.decompress(model, data), x)
+        assert torch.get_num_threads() == decode_threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_float64_model_codes_like_its_float32_copy():
+    """Coding runs float32 on the CPU: a float64 model gives the same bytes and is left as it was."""
+    model64 = tiny_model("pixelcnn", (1, 4, 4), 8, **SMALL)
+    x = random_images(6, (1, 4, 4), 8)
+    a = pixelcnn.compress(model64, x, chunk_size=4)
+    b = pixelcnn.compress(copy.deepcopy(model64).float(), x.to(torch.uint8), chunk_size=4)
+    assert a == b
+    assert next(model64.parameters()).dtype == torch.float64
+    assert torch.equal(pixelcnn.decompress(model64, b), x)
+
+
+def test_training_mode_is_restored_and_eval_is_used():
+    model = model32("pixelcnn", (1, 3, 3), 4).train()
+    x = random_images(2, (1, 3, 3), 4)
+    data = pixelcnn.compress(model, x)
+    assert model.training
+    assert torch.equal(pixelcnn.decompress(model, data), x) and model.training
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_conditional_model_round_trips_labels(name):
+    model = model32(name, (1, 3, 3), 4, num_classes=3)
+    x = random_images(5, (1, 3, 3), 4)
+    labels = torch.tensor([2, 0, 1, 1, 2])
+    images, out_labels = pixelcnn.decompress(model, pixelcnn.compress(model, x, labels, chunk_size=2))
+    assert torch.equal(images, x) and torch.equal(out_labels, labels)
+
+
+def test_real_mnist_images_round_trip():
+    path = Path(os.environ.get("PIXELCNN_DATA", "/work/shared/data")) / "mnist" / "t10k-images-idx3-ubyte.gz"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    with gzip.open(path, "rb") as f:
+        raw = f.read(16 + 3 * 784)
+    x = torch.from_numpy(np.frombuffer(raw, np.uint8, offset=16).copy()).view(3, 1, 28, 28)
+    model = model32("gated_pixelcnn", (1, 28, 28), 256, hidden=8, layers=1, output_hidden=8)
+    data = pixelcnn.compress(model, x, chunk_size=2)
+    assert torch.equal(pixelcnn.decompress(model, data), x.long())
+
+
+# ----- size -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape,levels", [((1, 8, 8), 256), ((1, 8, 8), 2)])
+def test_size_is_within_one_percent_and_64_bytes_of_the_nll(shape, levels):
+    """Images drawn from the model, so -log2 p is what a good coder should spend on them."""
+    model = model32("gated_pixelcnn", shape, levels, seed=3)
+    x = model.sample(96, generator=torch.Generator().manual_seed(0))
+    nll_bytes = codec.nll_bits(model, x) / 8
+    data = pixelcnn.compress(model, x)
+    assert len(data) <= 1.01 * nll_bytes + 64, (len(data), nll_bytes)
+    assert len(data) >= nll_bytes - 16                # no coder beats the model's own likelihood
+
+
+# ----- refusing bad input ---------------------------------------------------------------------
+
+
+def assert_refused_or_exact(model, data, x):
+    """Decoding must raise CompressionError or give back exactly x: never other images."""
+    try:
+        y = pixelcnn.decompress(model, data)
+    except CompressionError:
+        return
+    assert torch.equal(y, x)
+
+
+def test_every_truncation_is_refused(small_file):
+    model, _, data = small_file
+    for n in range(len(data)):
+        with pytest.raises(CompressionError):
+            pixelcnn.decompress(model, data[:n])
+
+
+def test_every_single_bit_flip_is_refused(small_file):
+    model, _, data = small_file
+    for i in range(8 * len(data)):
+        bad = bytearray(data)
+        bad[i // 8] ^= 1 << (i % 8)
+        with pytest.raises(CompressionError):
+            pixelcnn.decompress(model, bytes(bad))
+
+
+def test_appended_bytes_are_refused(small_file):
+    model, _, data = small_file
+    with pytest.raises(CompressionError):
+        pixelcnn.decompress(model, data + b"\0")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=400))
+def test_random_bytes_are_refused(small_file, blob):
+    model, _, _ = small_file
+    for data in (blob, container.MAGIC + struct.pack(">H", container.FORMAT_VERSION) + blob):
+        with pytest.raises(CompressionError):
+            pixelcnn.decompress(model, data)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_forged_files_with_a_valid_checksum_never_decode_to_wrong_images(small_file, data):
+    """Corruption that also fixes the CRC: the header checks and the content digest still hold."""
+    model, x, good = small_file
+    body = bytearray(good[:-4])
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(6, len(body) - 1))                     # past magic and version
+        body[i] ^= data.draw(st.integers(1, 255))
+    forged = bytes(body) + struct.pack(">I", zlib.crc32(bytes(body)))
+    assert_refused_or_exact(model, forged, x)
+
+
+def test_wrong_model_is_refused(small_file):
+    _, _, data = small_file
+    other_weights = model32("pixelcnn", (1, 3, 3), 4, seed=1)
+    with pytest.raises(CompressionError, match="different model"):
+        pixelcnn.decompress(other_weights, data)
+    other_shape = model32("pixelcnn", (1, 3, 4), 4)
+    with pytest.raises(CompressionError, match="shape"):
+        pixelcnn.decompress(other_shape, data)
+    other_family = model32("gated_pixelcnn", (1, 3, 3), 4)
+    with pytest.raises(CompressionError, match="different model"):
+        pixelcnn.decompress(other_family, data)
+
+
+def test_future_version_is_refused(small_file):
+    model, _, data = small_file
+    body = bytearray(data[:-4])
+    body[4:6] = struct.pack(">H", container.FORMAT_VERSION + 1)
+    future = bytes(body) + struct.pack(">I", zlib.crc32(bytes(body)))
+    with pytest.raises(CompressionError, match="version"):
+        pixelcnn.decompress(model, future)
+
+
+def test_a_decoder_with_different_probabilities_raises_instead_of_returning_images(small_file, monkeypatch):
+    """Simulate a machine whose floats differ: the content digest turns it into an error."""
+    model, _, data = small_file
+    original = codec.quantized_weights
+
+    def perturbed(log_probs):
+        w = original(log_probs)
+        w[:, 0] += 5000.0
+        w[np.arange(len(w)), w.argmax(1)] -= 5000.0
+        return w
+
+    monkeypatch.setattr(codec, "quantized_weights", perturbed)
+    with pytest.raises(CompressionError, match="digest"):
+        pixelcnn.decompress(model, data)
+
+
+def test_not_bytes_is_refused(small_file):
+    model, _, _ = small_file
+    with pytest.raises(CompressionError):
+        pixelcnn.decompress(model, "PXC")
+
+
+# ----- command line ---------------------------------------------------------------------------
+
+
+def write_png(path: Path, arr: np.ndarray, mode: str) -> None:
+    img = Image.fromarray(arr.astype(np.uint8))
+    (img.convert("1") if mode == "1" else img).save(path)
+
+
+def read_png(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("L") if img.mode == "1" else img)
+
+
+@pytest.mark.parametrize("shape,levels,mode,values", [
+    ((1, 5, 4), 256, "L", range(256)),
+    ((3, 4, 5), 256, "RGB", range(256)),
+    ((1, 4, 4), 2, "L", (0, 255)),
+    ((1, 4, 4), 2, "L", (0, 1)),
+    ((1, 4, 4), 2, "1", (0, 255)),
+    ((1, 4, 4), 4, "L", (0, 85, 170, 255)),
+])
+def test_cli_round_trip_writes_the_same_pixels(tmp_path, capsys, shape, levels, mode, values):
+    model_dir = tmp_path / "model"
+    model32("gated_pixelcnn", shape, levels).save_pretrained(model_dir)
+    rng = np.random.default_rng(0)
+    c, h, w = shape
+    inputs = []
+    for i in range(3):
+        arr = rng.choice(np.array(list(values)), size=(h, w, c) if c == 3 else (h, w))
+        inputs.append(tmp_path / f"in{i}.png")
+        write_png(inputs[-1], arr, mode)
+    out = tmp_path / "out.pxc"
+    assert cli_main(["compress", str(model_dir), *map(str, inputs), "-o", str(out), "--nll"]) == 0
+    printed = capsys.readouterr().out
+    assert "bits/dim" in printed and "model NLL" in printed
+    assert cli_main(["decompress", str(model_dir), str(out), "-o", str(tmp_path / "dec")]) == 0
+    written = sorted((tmp_path / "dec").glob("*.png"))
+    assert [p.name for p in written] == ["00000.png", "00001.png", "00002.png"]
+    for src, dst in zip(inputs, written):
+        assert np.array_equal(read_png(src), read_png(dst))
+
+
+def test_cli_refuses_png_values_it_cannot_code_losslessly(tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    model32("pixelcnn", (1, 4, 4), 2).save_pretrained(model_dir)
+    write_png(tmp_path / "a.png", np.full((4, 4), 128), "L")
+    assert cli_main(["compress", str(model_dir), str(tmp_path / "a.png"), "-o", str(tmp_path / "o.pxc")]) == 2
+    assert "losslessly" in capsys.readouterr().err
+
+
+def test_cli_decompress_with_the_wrong_model_is_one_line_error(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    model32("pixelcnn", (1, 3, 3), 256).save_pretrained(a)
+    model32("pixelcnn", (1, 3, 3), 256, seed=5).save_pretrained(b)
+    write_png(tmp_path / "x.png", np.arange(9).reshape(3, 3), "L")
+    assert cli_main(["compress", str(a), str(tmp_path / "x.png"), "-o", str(tmp_path / "x.pxc")]) == 0
+    assert cli_main(["decompress", str(b), str(tmp_path / "x.pxc"), "-o", str(tmp_path / "d")]) == 2
+    assert "different model" in capsys.readouterr().err
+
+
+def test_cli_from_dataset_with_labels(tmp_path, capsys, monkeypatch):
+    images = random_images(5, (1, 3, 3), 2, seed=4).to(torch.uint8)
+    dataset = types.SimpleNamespace(images=images, labels=torch.tensor([0, 1, 2, 1, 0]), levels=2)
+    monkeypatch.setattr(pixelcnn.data, "load_dataset", lambda name, split, data_dir=None: dataset)
+    model_dir = tmp_path / "model"
+    model32("pixelcnn", (1, 3, 3), 2, num_classes=3).save_pretrained(model_dir)
+    out = tmp_path / "d.pxc"
+    args = ["compress", str(model_dir), "--from-dataset", "fake", "--split", "test", "--limit", "4", "-o", str(out)]
+    assert cli_main(args) == 0
+    assert cli_main(["decompress", str(model_dir), str(out), "-o", str(tmp_path / "dec")]) == 0
+    pngs = sorted((tmp_path / "dec").glob("*.png"))
+    decoded = np.stack([read_png(p) for p in pngs])
+    assert np.array_equal(decoded, images[:4, 0].numpy() * 255)          # binary written as 0/255
+    assert (tmp_path / "dec" / "labels.txt").read_text().split() == ["0", "1", "2", "1"]
+
+
+@needs_mnist
+def test_cli_compresses_real_mnist_from_the_dataset(tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    model32("gated_pixelcnn", (1, 28, 28), 256, hidden=8, layers=1, output_hidden=8).save_pretrained(model_dir)
+    out = tmp_path / "m.pxc"
+    args = ["compress", str(model_dir), "--from-dataset", "mnist", "--split", "test", "--limit", "2", "-o", str(out)]
+    assert cli_main(args) == 0
+    assert cli_main(["decompress", str(model_dir), str(out), "-o", str(tmp_path / "dec"), "--nll"]) == 0
+    assert "model NLL" in capsys.readouterr().out
+    expected = pixelcnn.data.load_dataset("mnist", "test").images[:2, 0].numpy()
+    decoded = np.stack([read_png(p) for p in sorted((tmp_path / "dec").glob("*.png"))])
+    assert np.array_equal(decoded, expected)
