@@ -27,6 +27,8 @@ from pixelcnn.errors import ConfigError
 from pixelcnn.layers import ClassBias, channel_groups, gate, horizontal_conv, shift_down, vertical_conv
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import MaskedModelConfig, OutputHead, check_kernel, gate_groups, masked_1x1, output_distribution
+from pixelcnn.models.incremental import (CachedConv, CachedStepper, ConvTaps, FeatureMap, Pointwise, PointwiseHead,
+                                         class_bias, gate_rows)
 
 CONV_IMPLS = ("shaped", "masked")
 
@@ -109,3 +111,74 @@ class GatedPixelCNN(AutoregressiveModel):
         for layer in self.layers:
             v, h = layer(v, h, labels)
         return self.head(h)                                                # (B, P, H, W)
+
+    def cached_stepper(self, x: Tensor, labels: Tensor | None) -> "CachedGatedPixelCNN":
+        return CachedGatedPixelCNN(self, x, labels)
+
+
+class CachedGatedLayer:
+    """A GatedLayer evaluated incrementally: its vertical stack a row at a time, its horizontal stack a pixel at a time.
+
+    ``taps`` are those of its vertical and horizontal convolutions. It reads the caches ``v_in``
+    and ``h_in`` and writes ``v_next`` and ``h_next``, the next layer's (None for the last layer).
+    """
+
+    def __init__(self, layer: GatedLayer, taps: tuple[ConvTaps, ConvTaps], v_in: FeatureMap, h_in: FeatureMap,
+                 v_next: FeatureMap | None, h_next: FeatureMap | None, labels: Tensor | None):
+        self.vertical, self.horizontal = CachedConv(taps[0], v_in), CachedConv(taps[1], h_in)
+        self.v_to_h, self.h_out = Pointwise(layer.v_to_h), Pointwise(layer.h_out)
+        self.v_bias, self.h_bias = class_bias(layer.v_bias, labels), class_bias(layer.h_bias, labels)
+        self.v_next, self.h_next = v_next, h_next
+        self.first = layer.first                                           # no residual connection
+        self.width, self.batch = h_in.width, h_in.buf.shape[0]
+        self.row_bias: Tensor | None = None                                # (W, B, 2n)
+
+    def start_row(self, h: int) -> None:
+        """Compute what row h's pixels need from the rows above: the vertical stack's row h - 1."""
+        if h == 0:                                                         # shift_down fills row 0 with zeros
+            v_to_h = self.v_to_h.bias.expand(self.width, self.batch, -1)
+        else:
+            v_pre = self.vertical.row(h - 1)                               # (W, B, 2n)
+            if self.v_next is not None:
+                v_gated = v_pre if self.v_bias is None else v_pre + self.v_bias
+                self.v_next.write_row(h - 1, gate_rows(v_gated))          # (B, W, n) in the cache
+            v_to_h = self.v_to_h.rows(v_pre)
+        bias = v_to_h + self.horizontal.bias
+        self.row_bias = (bias if self.h_bias is None else bias + self.h_bias).contiguous()
+
+    def step(self, h: int, w: int, residual: Tensor | None) -> Tensor:
+        """(B, n): the horizontal stack's output at (h, w), also written to ``h_next``.
+
+        ``residual`` is the layer's input at (h, w), the previous layer's output; None for the first layer.
+        """
+        out = self.h_out(gate(self.horizontal.at(h, w, bias=self.row_bias[w])))   # (B, n)
+        target = None if self.h_next is None else self.h_next.at(h, w)
+        if residual is not None:
+            return torch.add(residual, out, out=target)                    # h + h_out, as in GatedLayer
+        return out if target is None else target.copy_(out)
+
+
+class CachedGatedPixelCNN(CachedStepper):
+    """Gated PixelCNN one pixel at a time (van den Oord et al. 2016 with Ramachandran et al. 2017's caching)."""
+
+    def __init__(self, model: GatedPixelCNN, x: Tensor, labels: Tensor | None):
+        vertical = [ConvTaps.of(layer.vertical) for layer in model.layers]
+        horizontal = [ConvTaps.of(layer.horizontal) for layer in model.layers]
+        super().__init__(model, x, [vertical[0], horizontal[0]])
+        n = model.config.hidden
+        v_maps = [self.inputs] + [self.feature_map(n, [taps]) for taps in vertical[1:]] + [None]
+        h_maps = [self.inputs] + [self.feature_map(n, [taps]) for taps in horizontal[1:]] + [None]
+        self.layers = [CachedGatedLayer(layer, (vertical[i], horizontal[i]), v_maps[i], h_maps[i], v_maps[i + 1],
+                                        h_maps[i + 1], labels) for i, layer in enumerate(model.layers)]
+        self.head = PointwiseHead(model.head)
+        self.row = -1                                                      # the row whose vertical inputs are ready
+
+    def column(self, h: int, w: int) -> Tensor:
+        if h != self.row:                                                  # raster order: row h - 1 is complete
+            for layer in self.layers:
+                layer.start_row(h)
+            self.row = h
+        out = None
+        for layer in self.layers:
+            out = layer.step(h, w, None if layer.first else out)           # (B, n)
+        return self.head(out)                                              # (B, P)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from pixelcnn.layers import ClassBias, channel_groups, raster_conv
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import MaskedModelConfig, OutputHead, check_kernel, masked_1x1, output_distribution
+from pixelcnn.models.incremental import CachedConv, CachedStepper, ConvTaps, Pointwise, PointwiseHead, class_bias
 
 
 @dataclass(frozen=True)
@@ -79,3 +80,38 @@ class PixelCNN(AutoregressiveModel):
         for block in self.blocks:
             h = block(h, labels)
         return self.head(h)                                  # (B, P, H, W)
+
+    def cached_stepper(self, x: Tensor, labels: Tensor | None) -> "CachedPixelCNN":
+        return CachedPixelCNN(self, x, labels)
+
+
+class CachedResidualBlock:
+    """A ResidualBlock at one position; it caches the input of its k x k convolution."""
+
+    def __init__(self, block: ResidualBlock, stepper: CachedStepper, labels: Tensor | None):
+        taps = ConvTaps.of(block.conv)
+        self.reduce, self.expand = Pointwise(block.reduce), Pointwise(block.expand)
+        self.narrow = stepper.feature_map(taps.in_channels, [taps])          # ReLU(reduce(ReLU(x)))
+        self.conv = CachedConv(taps, self.narrow, class_bias(block.label_bias, labels))
+
+    def __call__(self, x: Tensor, h: int, w: int) -> Tensor:
+        """(B, hidden) block input at (h, w) -> (B, hidden) output."""
+        torch.clamp_min(self.reduce(torch.relu(x)), 0.0, out=self.narrow.at(h, w))   # = ReLU, into the cache
+        return x + self.expand(self.conv.at(h, w).relu_())
+
+
+class CachedPixelCNN(CachedStepper):
+    """PixelCNN one pixel column at a time: each masked convolution reads a window of its cache."""
+
+    def __init__(self, model: PixelCNN, x: Tensor, labels: Tensor | None):
+        first = ConvTaps.of(model.input)
+        super().__init__(model, x, [first])
+        self.input = CachedConv(first, self.inputs, class_bias(model.input_bias, labels))
+        self.blocks = [CachedResidualBlock(block, self, labels) for block in model.blocks]
+        self.head = PointwiseHead(model.head)
+
+    def column(self, h: int, w: int) -> Tensor:
+        x = self.input.at(h, w)                              # (B, hidden)
+        for block in self.blocks:
+            x = block(x, h, w)
+        return self.head(x)                                  # (B, P)

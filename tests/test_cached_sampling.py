@@ -1,0 +1,237 @@
+"""The cached (incremental) sampling path equals the naive one: same probabilities, same images.
+
+Every registered family whose ``cached_stepper`` returns a stepper is checked; families without
+one are skipped here (and must refuse ``method="cached"``).
+"""
+
+import pytest
+import torch
+
+import pixelcnn
+from exact import randomise, tiny_model
+from pixelcnn.layers import horizontal_conv, raster_conv, vertical_conv
+from pixelcnn.models.incremental import CachedConv, CachedStepper, ConvTaps, FeatureMap, Pad
+from pixelcnn.sampling import NaiveStepper, make_stepper
+
+# Small values for whichever of these fields a family's config has, so that new families are
+# covered without editing this file; FAMILY_EXTRAS adds family-specific variants.
+SMALL = {"hidden": 8, "layers": 3, "output_hidden": 8, "first_kernel": 5, "kernel_size": 3, "filters": 8,
+         "nr_resnet": 1, "nr_filters": 8, "nr_logistic_mix": 2, "hidden_size": 8}
+FAMILY_EXTRAS = {"gated_pixelcnn": [{"dilations": (1, 2, 4)}, {"conv_impl": "masked", "dilations": (2,)}],
+                 "pixelcnn": [{"first_kernel": 7, "kernel_size": 5}]}
+# (image shape, num_classes): non-square grey, colour, a single pixel, a colour strip narrower than the kernels.
+CASES = [((1, 5, 7), None), ((3, 4, 5), 3), ((1, 1, 1), 3), ((3, 2, 3), None), ((1, 7, 4), 3)]
+LEVELS = 5
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine two OpenMP
+    threads competing with other processes made these tests about 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_hp(name: str, **extra) -> dict:
+    fields = {f.name for f in pixelcnn.models.get(name).config_class.hyperparameters()}
+    return {k: v for k, v in {**SMALL, **extra}.items() if k in fields}
+
+
+def has_cached_path(name: str) -> bool:
+    model = tiny_model(name, (1, 4, 4), 2, **small_hp(name))
+    return model.cached_stepper(torch.zeros((1, 1, 4, 4), dtype=torch.long), None) is not None
+
+
+CACHED = [name for name in pixelcnn.available_models() if has_cached_path(name)]
+OURS = [name for name in ("pixelcnn", "gated_pixelcnn") if name in CACHED]   # built on incremental.CachedStepper
+VARIANTS = [(name, {}) for name in CACHED] + [(n, e) for n in CACHED for e in FAMILY_EXTRAS.get(n, [])]
+IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in e.items()) or 'default'}" for n, e in VARIANTS]
+
+
+def make(name, shape, num_classes=None, seed=0, dtype=torch.float64, **extra):
+    model = tiny_model(name, shape, LEVELS, seed=seed, num_classes=num_classes, **small_hp(name, **extra))
+    return model.to(dtype)
+
+
+def some_labels(num_classes, n, seed=0):
+    if num_classes is None:
+        return None
+    return torch.randint(0, num_classes, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def drive(model, x, labels, seed=0):
+    """Run the naive and cached steppers side by side on the same values: max |p_naive - p_cached|."""
+    naive = NaiveStepper(model, x, labels)
+    cached = model.cached_stepper(x, labels)
+    assert cached is not None and not isinstance(cached, NaiveStepper)
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    channels, height, width = model.image_shape
+    for h in range(height):
+        for w in range(width):
+            for c in range(channels):
+                p_naive, p_cached = naive.log_probs(c, h, w).exp(), cached.log_probs(c, h, w).exp()
+                worst = max(worst, (p_naive - p_cached).abs().max().item())
+                values = torch.multinomial(p_naive.double(), 1, generator=g).squeeze(1)
+                naive.set(c, h, w, values)
+                cached.set(c, h, w, values)
+    return worst
+
+
+@pytest.mark.parametrize("name,extra", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("shape,num_classes", CASES)
+def test_stepper_probabilities_match_naive(name, extra, shape, num_classes):
+    model = make(name, shape, num_classes, seed=1, **extra)
+    x = torch.randint(0, LEVELS, (4, *shape), generator=torch.Generator().manual_seed(2))
+    assert drive(model, x, some_labels(num_classes, 4), seed=3) < 1e-10
+
+
+@pytest.mark.parametrize("name", CACHED)
+@pytest.mark.parametrize("shape", [(3, 4, 5)])
+def test_float32_probabilities_match_naive(name, shape):
+    model = make(name, shape, 3, seed=4, dtype=torch.float32)
+    x = torch.zeros((3, *shape), dtype=torch.long)
+    assert drive(model, x, torch.tensor([0, 1, 2]), seed=5) < 1e-4
+
+
+@pytest.mark.parametrize("name,extra", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("shape,num_classes,seed,temperature",
+                         [((1, 5, 7), None, 0, 1.0), ((3, 4, 5), 3, 1, 0.6), ((1, 5, 7), 3, 2, 1.7),
+                          ((3, 4, 5), None, 3, 1.0), ((1, 6, 4), None, 4, 1.3)])
+def test_samples_equal_naive(name, extra, shape, num_classes, seed, temperature):
+    model = make(name, shape, num_classes, seed=seed, **extra)
+    labels = some_labels(num_classes, 5, seed)
+    images = {method: model.sample(5, labels=labels, temperature=temperature, method=method,
+                                   generator=torch.Generator().manual_seed(seed))
+              for method in ("naive", "cached", "auto")}
+    assert torch.equal(images["naive"], images["cached"])
+    assert torch.equal(images["auto"], images["cached"])
+    assert images["cached"].unique().numel() > 1             # the comparison is not between constant images
+
+
+@pytest.mark.parametrize("name", CACHED)
+@pytest.mark.parametrize("shape,num_classes", [((1, 5, 7), None), ((3, 4, 5), 3)])
+def test_complete_keeps_known_pixels_and_equals_naive(name, shape, num_classes):
+    model = make(name, shape, num_classes, seed=8)
+    g = torch.Generator().manual_seed(9)
+    x = torch.randint(0, LEVELS, (2, *shape), generator=g)
+    known = torch.rand((2, *shape), generator=g) < 0.5
+    labels = some_labels(num_classes, 2, 9)
+    out = {method: model.complete(x, known, n=3, labels=labels, method=method,
+                                  generator=torch.Generator().manual_seed(10)) for method in ("naive", "cached")}
+    assert torch.equal(out["naive"], out["cached"])
+    kept = known.unsqueeze(1).expand_as(out["cached"])
+    assert torch.equal(out["cached"][kept], x.unsqueeze(1).expand_as(out["cached"])[kept])
+
+
+@pytest.mark.parametrize("name", CACHED)
+def test_cached_sampling_never_runs_the_whole_network(name):
+    model = make(name, (3, 4, 5), seed=11)
+
+    def refuse(*args):
+        raise AssertionError("the cached path ran the full network")
+
+    model.network = refuse
+    assert model.sample(2, generator=torch.Generator().manual_seed(0)).shape == (2, 3, 4, 5)
+    with pytest.raises(AssertionError, match="full network"):
+        model.sample(2, method="naive")
+
+
+@pytest.mark.parametrize("name", CACHED)
+def test_auto_picks_the_cached_stepper(name):
+    model = make(name, (1, 3, 3))
+    x = torch.zeros((2, 1, 3, 3), dtype=torch.long)
+    assert type(make_stepper(model, x, None, "auto")) is type(model.cached_stepper(x, None))
+    assert not isinstance(make_stepper(model, x, None, "auto"), NaiveStepper)
+    assert isinstance(make_stepper(model, x, None, "naive"), NaiveStepper)
+
+
+def test_cached_method_without_a_cached_path_says_so():
+    model = make("pixelcnn", (1, 3, 3))
+    model.cached_stepper = lambda x, labels: None
+    with pytest.raises(ValueError, match="no cached sampling path.*naive"):
+        model.sample(1, method="cached")
+    assert model.sample(1, method="auto").shape == (1, 1, 3, 3)
+
+
+@pytest.mark.parametrize("name", OURS)
+@pytest.mark.parametrize("shape", [(1, 4, 5), (3, 3, 4)])
+def test_values_set_without_asking_their_probabilities_still_count(name, shape):
+    """A caller may set known sub-pixels without asking for their distribution (a coder copying
+    known values): later probabilities must still see them."""
+    model = make(name, shape, seed=13)
+    x = torch.randint(0, LEVELS, (2, *shape), generator=torch.Generator().manual_seed(14))
+    naive, cached = NaiveStepper(model, x, None), model.cached_stepper(torch.zeros_like(x), None)
+    channels, height, width = shape
+    for h in range(height):
+        for w in range(width):
+            for c in range(channels):
+                if (h + w + c) % 3 == 0:
+                    torch.testing.assert_close(cached.log_probs(c, h, w), naive.log_probs(c, h, w), rtol=0, atol=1e-10)
+                naive.set(c, h, w, x[:, c, h, w])
+                cached.set(c, h, w, x[:, c, h, w])
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_cached_stepper_refuses_pixels_out_of_order(name):
+    model = make(name, (1, 3, 3))
+    stepper = model.cached_stepper(torch.zeros((1, 1, 3, 3), dtype=torch.long), None)
+    stepper.log_probs(0, 0, 0)
+    with pytest.raises(ValueError, match=r"raster order: expected pixel \(0, 0\)"):
+        stepper.log_probs(0, 0, 1)
+
+
+def masked_convs():
+    """Convolutions of every shape the masked families use, with dilation and a strided plain one."""
+    g = torch.Generator().manual_seed(0)
+    convs = [raster_conv(6, 4, 5, "A", 3), raster_conv(4, 6, 3, "B", 2, dilation=2),
+             vertical_conv(4, 6, 3, dilation=3), vertical_conv(4, 6, 5, shaped=False),
+             horizontal_conv(3, 6, 5, "A", 3, dilation=2), raster_conv(1, 4, 1, "A", 1),
+             torch.nn.Conv2d(4, 6, 3, stride=2, padding=1), torch.nn.Conv2d(4, 6, (2, 3), stride=(2, 1), dilation=2)]
+    return [randomise(conv.double(), seed=i) for i, conv in enumerate(convs)], g
+
+
+def test_cached_conv_equals_the_module_at_every_position_and_row():
+    convs, g = masked_convs()
+    for conv in convs:
+        x = torch.randn(2, conv.in_channels, 7, 9, generator=g, dtype=torch.float64)
+        expected = conv(x)                                                       # (B, out, Ho, Wo)
+        taps = ConvTaps.of(conv)
+        source = FeatureMap(2, 7, 9, conv.in_channels, taps.reach(7, 9), x)
+        source.interior().copy_(x.permute(0, 2, 3, 1))
+        cached = CachedConv(taps, source)
+        assert expected.shape[-2:] == taps.output_size(7, 9)
+        for h in range(expected.shape[2]):
+            torch.testing.assert_close(cached.row(h), expected[:, :, h].permute(2, 0, 1), rtol=0, atol=1e-12)
+            for w in range(expected.shape[3]):
+                torch.testing.assert_close(cached.at(h, w), expected[:, :, h, w], rtol=0, atol=1e-12)
+
+
+def test_conv_taps_keep_only_the_rectangle_the_mask_allows():
+    taps = ConvTaps.of(raster_conv(2, 4, 5, "B", 1))         # rows above and the centre row: 3 x 5
+    assert (taps.rows, taps.cols, taps.dy, taps.dx) == (3, 5, -2, -2)
+    assert taps.reach(6, 6) == Pad(top=2, bottom=0, left=2, right=2)
+    first = ConvTaps.of(horizontal_conv(1, 4, 7, "A", 1, dilation=1))   # mask A, one colour: left of centre only
+    assert (first.rows, first.cols, first.dx) == (1, 3, -3)
+    assert ConvTaps.of(raster_conv(1, 4, 1, "A", 1)).size == 0        # nothing to see: the output is the bias
+
+
+def test_feature_map_padding_too_small_is_refused():
+    taps = ConvTaps.of(raster_conv(2, 4, 3, "B", 1))
+    source = FeatureMap(1, 4, 4, 2, Pad(), torch.zeros(1))
+    with pytest.raises(ValueError, match="padding"):
+        CachedConv(taps, source)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", CACHED)
+def test_cached_sampling_on_cuda_equals_naive(name):
+    model = make(name, (3, 4, 5), 3, seed=12).cuda()
+    labels = torch.tensor([0, 2, 1], device="cuda")
+    images = {method: model.sample(3, labels=labels, method=method,
+                                   generator=torch.Generator(device="cuda").manual_seed(0))
+              for method in ("naive", "cached")}
+    assert images["cached"].device.type == "cuda"
+    assert torch.equal(images["naive"], images["cached"])
