@@ -28,7 +28,12 @@ def randomise(model: torch.nn.Module, seed: int = 0, scale: float = 1.0) -> torc
 
 
 def tiny_model(name: str, shape, levels: int, seed: int = 0, **hp) -> pixelcnn.AutoregressiveModel:
-    model = pixelcnn.create(name, image_shape=shape, levels=levels, **hp).double()
+    # A family whose defaults do not fit tiny images (PixelCNN++'s stages) offers small settings for them.
+    tiny = getattr(pixelcnn.models.get(name), "tiny_hyperparameters", None)
+    hp = {**(tiny(tuple(shape)) if tiny else {}), **hp}
+    with torch.random.fork_rng():              # the same model on every run, whatever ran before
+        torch.manual_seed(seed)
+        model = pixelcnn.create(name, image_shape=shape, levels=levels, **hp).double()
     return randomise(model, seed).eval()
 
 

@@ -249,3 +249,41 @@ class DownRightShiftedConvTranspose2d(nn.ConvTranspose2d):
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
         h, w = size
         return super().forward(x)[:, :, :h, :w]         # (B, out, H, W)
+
+
+def lstm_cell(gates: Tensor, c_prev: Tensor, dim: int = 1) -> tuple[Tensor, Tensor]:
+    """One LSTM update from pre-activations laid out [input, forget, output, candidate] along ``dim``.
+
+    van den Oord et al. 2016, "Pixel Recurrent Neural Networks", equation (3):
+    c = f * c_prev + i * g, h = o * tanh(c), with i, f, o sigmoids and g a tanh. ``gates`` has
+    4n entries along ``dim`` and ``c_prev`` n; returns (h, c), each shaped like ``c_prev``. Zero
+    gates and a zero ``c_prev`` give h = c = 0, so zero-padded positions stay zero.
+    """
+    n = gates.shape[dim] // 4
+    i, f, o = torch.sigmoid(gates.narrow(dim, 0, 3 * n)).chunk(3, dim)
+    g = torch.tanh(gates.narrow(dim, 3 * n, n))
+    c = f * c_prev + i * g
+    return o * torch.tanh(c), c
+
+
+def skew_columns(x: Tensor) -> Tensor:
+    """:func:`skew` for batch-last layouts, one skewed column per leading index: (H, W, ...) -> (H + W - 1, H, ...).
+
+    Entry (s, i) holds pixel (i, s - i), zero where s - i is off the image. Built by one strided
+    view of the input padded by H - 1 columns on each side (flat index i * (W + 2H - 3) + s),
+    copied once, so a column-by-column recurrence reads contiguous blocks.
+    """
+    h, w = x.shape[:2]
+    r = x[0, 0].numel()
+    padded = F.pad(x.reshape(h, w, r), (0, 0, h - 1, h - 1))            # (H, W + 2H - 2, R)
+    stride = (w + 2 * h - 3) * r
+    columns = padded.as_strided((h + w - 1, h, r), (r, stride, 1), (h - 1) * r)
+    return columns.reshape(h + w - 1, h, *x.shape[2:])                  # (H + W - 1, H, ...)
+
+
+def unskew_columns(x: Tensor, width: int) -> Tensor:
+    """Inverse of :func:`skew_columns`: (H + W - 1, H, ...) -> (H, W, ...), pixel (i, j) from entry (i + j, i)."""
+    h = x.shape[1]
+    x = x.contiguous()
+    r = x[0, 0].numel()
+    return x.as_strided((h, width, *x.shape[2:]), ((h + 1) * r, h * r, *x.stride()[2:]))

@@ -36,9 +36,9 @@ class MaskedModelConfig(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         c = self.channels
-        _check_int(self, "hidden", minimum=c)
-        _check_int(self, "layers", minimum=0)
-        _check_int(self, "output_hidden", minimum=0)
+        check_int(self, "hidden", minimum=c)
+        check_int(self, "layers", minimum=0)
+        check_int(self, "output_hidden", minimum=0)
         if 0 < self.output_hidden < c:
             raise ConfigError(f"output_hidden must be 0 or at least the {c} colour channels, got {self.output_hidden}")
         if self.output not in OUTPUTS:
@@ -53,7 +53,7 @@ class MaskedModelConfig(ModelConfig):
         return self.output
 
 
-def _check_int(config, name: str, minimum: int) -> None:
+def check_int(config, name: str, minimum: int) -> None:
     value = getattr(config, name)
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")

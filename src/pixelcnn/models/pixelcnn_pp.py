@@ -1,0 +1,203 @@
+"""PixelCNN++: shifted convolutions, gated ResNet blocks, a U-Net of resolutions, a logistic mixture.
+
+Salimans, Karpathy, Chen & Kingma 2017, "PixelCNN++: Improving the PixelCNN with Discretized
+Logistic Mixture Likelihood and Other Modifications" (ICLR), and the reference code
+github.com/openai/pixel-cnn (pixel_cnn_pp/model.py, nn.py):
+
+* section 2.1-2.2: the output is a discretized logistic mixture over whole pixels (``dlm.py``);
+  the network conditions on whole earlier pixels only, the colours are coupled inside the
+  distribution, so one network pass serves all channels of a pixel (``pixel_level_network``);
+* section 2.3 and figure 2: two streams of shifted (unmasked) convolutions, u for the rows
+  above and ul for the rows above plus the pixels to the left, no blind spot; an "up pass" of
+  ``stages`` resolutions joined by stride-2 downsampling, then a "down pass" back up with
+  transposed convolutions, each block of the down pass taking the matching up-pass output
+  through a 1x1 shortcut (the U-Net-like connections, section 2.4);
+* gated ResNet blocks with concat_elu (section 2.3): x + a * sigmoid(b), [a, b] =
+  conv(dropout(concat_elu(conv(concat_elu(x)) + nin(concat_elu(shortcut))))), dropout as in
+  section 2.6. Class conditioning adds a learned per-class bias to [a, b] in every block.
+
+Differences from the reference: no weight normalisation with data-dependent initialisation
+(plain PyTorch initialisation, the gate's last convolution scaled by 0.1 as the reference's
+``init_scale=0.1``), and images whose sides are not multiples of 2^(stages-1) are allowed:
+a downsampled map has ceil(n/2) rows and columns and upsampling crops back to the exact size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pixelcnn.config import ModelConfig
+from pixelcnn.distributions import make_distribution
+from pixelcnn.errors import ConfigError
+from pixelcnn.layers import (ClassBias, DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
+                             DownShiftedConvTranspose2d, concat_elu, shift_down, shift_right)
+from pixelcnn.models.base import AutoregressiveModel
+from pixelcnn.models.common import check_int
+
+
+def max_stages(image_shape: tuple[int, int, int]) -> int:
+    """The most resolution stages an image allows: each of the stages - 1 halvings needs >= 2 rows and columns."""
+    return min(image_shape[1:]).bit_length()
+
+
+PAPER_STAGES = 3
+
+
+@dataclass(frozen=True)
+class PixelCNNPPConfig(ModelConfig):
+    """Defaults are the paper's CIFAR-10 model (section 3)."""
+
+    filters: int = 160
+    resnet_blocks: int = 5
+    stages: int | None = None       # None: the paper's 3, or as many as a smaller image allows
+    mixtures: int = 10
+    dropout: float = 0.5
+
+    help: ClassVar[dict[str, str]] = {
+        **ModelConfig.help,
+        "filters": "feature maps of both streams in every block",
+        "resnet_blocks": "gated ResNet blocks per stage in the up pass (the down pass has one more in every stage but the first)",
+        "stages": "resolutions: the image is halved stages - 1 times; needs sides of at least 2^(stages - 1) "
+                  "(default: 3, or fewer for images smaller than 4x4)",
+        "mixtures": "components of the discretized logistic mixture",
+        "dropout": "dropout probability inside every gated ResNet block (training only)",
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.stages is None:
+            object.__setattr__(self, "stages", min(PAPER_STAGES, max_stages(self.image_shape)))
+        check_int(self, "filters", minimum=1)
+        check_int(self, "resnet_blocks", minimum=0)
+        check_int(self, "stages", minimum=1)
+        check_int(self, "mixtures", minimum=1)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
+        self._check_image_size()
+
+    def _check_image_size(self) -> None:
+        _, h, w = self.image_shape
+        need = 2 ** (self.stages - 1)
+        if h < need or w < need:
+            raise ConfigError(
+                f"pixelcnn_pp with stages={self.stages} halves the image {self.stages - 1} time(s) and needs images "
+                f"of at least {need}x{need} pixels, got {h}x{w}; use stages <= {max_stages(self.image_shape)} "
+                f"for this size, or larger images")
+
+
+class GatedResnet(nn.Module):
+    """x + a * sigmoid(b), [a, b] = conv(dropout(concat_elu(conv(concat_elu(x)) + nin(concat_elu(aux))))) + class bias."""
+
+    def __init__(self, filters: int, conv: Callable[[int, int], nn.Module], aux_streams: int, dropout: float,
+                 num_classes: int | None):
+        super().__init__()
+        self.conv_in = conv(2 * filters, filters)
+        self.aux = nn.Conv2d(2 * aux_streams * filters, filters, 1) if aux_streams else None
+        self.dropout = nn.Dropout(dropout)
+        self.conv_out = conv(2 * filters, 2 * filters)
+        self.label_bias = ClassBias(num_classes, 2 * filters)
+        with torch.no_grad():                    # small residual branches at initialisation
+            self.conv_out.weight.mul_(0.1)
+
+    def forward(self, x: Tensor, aux: Tensor | None, labels: Tensor | None) -> Tensor:
+        h = self.conv_in(concat_elu(x))                                # (B, F, H, W)
+        if self.aux is not None:
+            h = h + self.aux(concat_elu(aux))                          # shortcut from the other stream / up pass
+        h = self.conv_out(self.dropout(concat_elu(h)))                 # (B, 2F, H, W)
+        a, b = (h + self.label_bias(labels)).chunk(2, dim=1)
+        return x + a * torch.sigmoid(b)
+
+
+def _u_conv(cin: int, cout: int) -> nn.Module:
+    return DownShiftedConv2d(cin, cout, (2, 3))
+
+
+def _ul_conv(cin: int, cout: int) -> nn.Module:
+    return DownRightShiftedConv2d(cin, cout, (2, 2))
+
+
+class StreamBlock(nn.Module):
+    """One gated ResNet on each stream; the ul block sees the new u (and, in the down pass, the shortcuts)."""
+
+    def __init__(self, filters: int, dropout: float, num_classes: int | None, down_pass: bool):
+        super().__init__()
+        self.u = GatedResnet(filters, _u_conv, 1 if down_pass else 0, dropout, num_classes)
+        self.ul = GatedResnet(filters, _ul_conv, 2 if down_pass else 1, dropout, num_classes)
+
+    def forward(self, u: Tensor, ul: Tensor, labels: Tensor | None,
+                u_skip: Tensor | None = None, ul_skip: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        u = self.u(u, u_skip, labels)
+        aux = u if ul_skip is None else torch.cat([u, ul_skip], dim=1)   # (B, F or 2F, H, W)
+        return u, self.ul(ul, aux, labels)
+
+
+class PixelCNNPP(AutoregressiveModel):
+    name = "pixelcnn_pp"
+    config_class = PixelCNNPPConfig
+    pixel_level_network = True
+
+    def __init__(self, config: PixelCNNPPConfig):
+        super().__init__(config)
+        f, c, s = config.filters, config.channels, config.stages
+        # First layer (reference model.py): u sees the rows above; ul the rows above (1x3, shifted
+        # down) plus the pixels to the left (2x1, shifted right). Input has a channel of ones.
+        self.u_in = DownShiftedConv2d(c + 1, f, (2, 3))
+        self.ul_in_above = DownShiftedConv2d(c + 1, f, (1, 3))
+        self.ul_in_left = DownRightShiftedConv2d(c + 1, f, (2, 1))
+        self.up_pass = nn.ModuleList(self._stage(config.resnet_blocks, False) for _ in range(s))
+        self.down_u = nn.ModuleList(DownShiftedConv2d(f, f, (2, 3), stride=2) for _ in range(s - 1))
+        self.down_ul = nn.ModuleList(DownRightShiftedConv2d(f, f, (2, 2), stride=2) for _ in range(s - 1))
+        blocks = [config.resnet_blocks] + [config.resnet_blocks + 1] * (s - 1)
+        self.down_pass = nn.ModuleList(self._stage(n, True) for n in blocks)
+        self.up_u = nn.ModuleList(DownShiftedConvTranspose2d(f, f, (2, 3), stride=2) for _ in range(s - 1))
+        self.up_ul = nn.ModuleList(DownRightShiftedConvTranspose2d(f, f, (2, 2), stride=2) for _ in range(s - 1))
+        self.out = nn.Conv2d(f, self.distribution.num_params, 1)
+
+    def _stage(self, blocks: int, down_pass: bool) -> nn.ModuleList:
+        cfg = self.config
+        return nn.ModuleList(StreamBlock(cfg.filters, cfg.dropout, cfg.num_classes, down_pass) for _ in range(blocks))
+
+    def make_distribution(self):
+        return make_distribution("logistic_mixture", self.config.channels, self.config.levels, mixtures=self.config.mixtures)
+
+    @classmethod
+    def tiny_hyperparameters(cls, image_shape: tuple[int, int, int]) -> dict[str, int]:
+        """Small settings for exhaustive tests on tiny images, with down/upsampling where the size allows it."""
+        return {"filters": 8, "resnet_blocks": 1, "stages": min(2, max_stages(image_shape)), "mixtures": 3}
+
+    def network(self, x: Tensor, labels: Tensor | None) -> Tensor:
+        x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)     # (B, C+1, H, W): ones tell image from padding
+        u = shift_down(self.u_in(x))                             # (B, F, H, W): rows < i
+        ul = shift_down(self.ul_in_above(x)) + shift_right(self.ul_in_left(x))   # and row i, columns < j
+        us, uls = self._up(u, ul, labels)
+        ul = self._down(us, uls, labels)
+        return self.out(F.elu(ul))                               # (B, P, H, W)
+
+    def _up(self, u: Tensor, ul: Tensor, labels: Tensor | None) -> tuple[list[Tensor], list[Tensor]]:
+        """The up pass: every block's output is kept for the down pass's shortcuts."""
+        us, uls = [u], [ul]
+        for s, stage in enumerate(self.up_pass):
+            if s > 0:                                            # (B, F, ceil(H/2), ceil(W/2))
+                us.append(self.down_u[s - 1](us[-1]))
+                uls.append(self.down_ul[s - 1](uls[-1]))
+            for block in stage:
+                u, ul = block(us[-1], uls[-1], labels)
+                us.append(u)
+                uls.append(ul)
+        return us, uls
+
+    def _down(self, us: list[Tensor], uls: list[Tensor], labels: Tensor | None) -> Tensor:
+        """The down pass: consumes the up pass's outputs in reverse, one per block."""
+        u, ul = us.pop(), uls.pop()
+        for s, stage in enumerate(self.down_pass):
+            if s > 0:                                            # back to the finer stage's exact size
+                size = tuple(us[-1].shape[-2:])
+                u, ul = self.up_u[s - 1](u, size), self.up_ul[s - 1](ul, size)
+            for block in stage:
+                u, ul = block(u, ul, labels, us.pop(), uls.pop())
+        return ul
