@@ -57,14 +57,14 @@ def order_index(c: int, h: int, w: int, shape) -> int:
     return (h * width + w) * channels + c
 
 
-def dependency_violations(model, labels=None, batch: int = 2, seed: int = 0) -> list[str]:
+def dependency_violations(model, labels=None, batch: int = 2, seed: int = 0, cond_image=None) -> list[str]:
     """Sub-pixel pairs where a parameter depends on its own or a later sub-pixel (by gradients)."""
     shape = model.image_shape
     c_, h_, w_ = shape
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, model.levels, (batch, *shape), generator=g)
     xf = model.preprocess(x).requires_grad_(True)
-    params = model.network(xf, labels)
+    params = model.network(xf, model.condition(labels, cond_image, batch))
     groups = model.distribution.param_groups()
     bad = []
     for h in range(h_):
@@ -114,13 +114,16 @@ def image_index(x: torch.Tensor, levels: int) -> torch.Tensor:
     return (flat * weights).sum(1)
 
 
-def sampling_pvalue(model, n: int = 20000, seed: int = 0, labels=None, **sample_kw) -> float:
-    """p-value of the hypothesis that ``model.sample`` draws images with probability exp(log_prob)."""
+def sampling_pvalue(model, n: int = 20000, seed: int = 0, labels=None, cond_image=None, **sample_kw) -> float:
+    """p-value of the hypothesis that ``model.sample`` draws images with probability exp(log_prob).
+
+    ``labels`` is one class and ``cond_image`` one conditioning image (C', h, w) for every image.
+    """
     x = all_images(model.image_shape, model.levels)
     lab = None if labels is None else torch.full((x.shape[0],), labels, dtype=torch.long)
     with torch.no_grad():
-        probs = model.log_prob(x, lab).exp()
+        probs = model.log_prob(x, lab, cond_image).exp()
     gen = torch.Generator().manual_seed(seed)
-    samples = model.sample(n, labels=labels, generator=gen, **sample_kw)
+    samples = model.sample(n, labels=labels, generator=gen, cond_image=cond_image, **sample_kw)
     counts = torch.bincount(image_index(samples, model.levels), minlength=x.shape[0])
     return chi_square_pvalue(counts, probs)

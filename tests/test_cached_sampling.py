@@ -61,10 +61,11 @@ def some_labels(num_classes, n, seed=0):
     return torch.randint(0, num_classes, (n,), generator=torch.Generator().manual_seed(seed))
 
 
-def drive(model, x, labels, seed=0):
+def drive(model, x, labels, seed=0, cond_image=None):
     """Run the naive and cached steppers side by side on the same values: max |p_naive - p_cached|."""
-    naive = NaiveStepper(model, x, labels)
-    cached = model.cached_stepper(x, labels)
+    cond = model.condition(labels, cond_image, x.shape[0])
+    naive = NaiveStepper(model, x, cond)
+    cached = model.cached_stepper(x, cond)
     assert cached is not None and not isinstance(cached, NaiveStepper)
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
@@ -150,7 +151,7 @@ def test_auto_picks_the_cached_stepper(name):
 
 def test_cached_method_without_a_cached_path_says_so():
     model = make("pixelcnn", (1, 3, 3))
-    model.cached_stepper = lambda x, labels: None
+    model.cached_stepper = lambda x, cond: None
     with pytest.raises(ValueError, match="no cached sampling path.*naive"):
         model.sample(1, method="cached")
     assert model.sample(1, method="auto").shape == (1, 1, 3, 3)

@@ -81,6 +81,7 @@ def add_commands(sub) -> None:
     add_eval(sub)
     add_sample(sub)
     add_complete(sub)
+    add_upscale(sub)
     p = sub.add_parser("models", help="list the model families and their hyperparameters")
     p.set_defaults(run=run_models)
 
@@ -158,6 +159,9 @@ def add_eval(sub) -> None:
     p.add_argument("--data-dir", "--data_dir", dest="data_dir")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    p.add_argument("--baseline", metavar="RUN_OR_CHECKPOINT",
+                   help="also evaluate this model on the same images (e.g. the unconditional model beside a "
+                        "conditional or super-resolution one)")
     p.set_defaults(run=run_eval)
 
 
@@ -175,6 +179,13 @@ def device_of(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _describe(model) -> str:
+    cfg = model.config
+    if cfg.cond_shape is not None:
+        return f"super-resolution (given {cfg.cond_shape[1]}x{cfg.cond_shape[2]}) "
+    return "class-conditional " if cfg.num_classes is not None else ""
+
+
 def run_eval(args) -> int:
     from pixelcnn.data import load_dataset
     from pixelcnn.training import evaluate
@@ -185,11 +196,16 @@ def run_eval(args) -> int:
         raise ConfigError("this checkpoint does not record its dataset: pass --dataset")
     data = load_dataset(dataset, args.split, data_dir=args.data_dir)
     result = evaluate(model, data, args.batch_size, args.limit)
-    result.update({"dataset": dataset, "split": args.split, "conditional": model.config.num_classes is not None,
-                   "checkpoint": str(args.checkpoint)})
-    kind = "conditional " if result["conditional"] else ""
-    print(f"{dataset} {args.split} ({result['images']} images): {kind}NLL {result['nll_nats']:.4f} nats/image, "
-          f"{result['bits_per_dim']:.4f} bits/dim")
+    result.update({"dataset": dataset, "split": args.split, "checkpoint": str(args.checkpoint),
+                   "conditional": model.config.num_classes is not None or model.config.cond_shape is not None})
+    print(f"{dataset} {args.split} ({result['images']} images): {_describe(model)}NLL {result['nll_nats']:.4f} "
+          f"nats/image, {result['bits_per_dim']:.4f} bits/dim")
+    if args.baseline:
+        base = pixelcnn.load(args.baseline).to(model.device)
+        result["baseline"] = {**evaluate(base, data, args.batch_size, args.limit), "checkpoint": str(args.baseline)}
+        b = result["baseline"]
+        print(f"baseline {args.baseline}: {_describe(base)}NLL {b['nll_nats']:.4f} nats/image, "
+              f"{b['bits_per_dim']:.4f} bits/dim")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
@@ -359,4 +375,76 @@ def run_complete(args) -> int:
         np.save(args.npy, out.numpy())
     print(f"wrote {x.shape[0]} x {args.n} completions ({int(known[0].sum())} of {known[0].numel()} sub-pixels known) "
           f"to {args.out}")
+    return 0
+
+
+# ----- upscale ----------------------------------------------------------------------------
+
+
+def add_upscale(sub) -> None:
+    p = sub.add_parser("upscale", help="sample high-resolution versions of low-resolution images",
+                       description="For a model trained with --task superres. The grid shows, per image, the input "
+                                   "(enlarged), --n samples and, with --from-dataset, the original.")
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", nargs="+", help="low-resolution image file(s) of the model's conditioning size")
+    src.add_argument("--from-dataset", "--from_dataset", dest="from_dataset", metavar="DATASET",
+                     help="downsample dataset images and upscale them again")
+    p.add_argument("--split", default="test")
+    p.add_argument("--index", default="0..7", help="dataset indices: 5, 0,3,9 or 0..7 (inclusive)")
+    p.add_argument("--data-dir", "--data_dir", dest="data_dir")
+    p.add_argument("--n", "-n", type=int, default=4, help="samples per image")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--method", default="auto", choices=["auto", "naive", "cached"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", "-o", default="upscaled.png")
+    p.add_argument("--npy", help="also save the samples (B, n, C, H, W) as .npy")
+    p.set_defaults(run=run_upscale)
+
+
+def upscale_inputs(model, args) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Low-resolution images (B, C, h, w) and, from a dataset, the originals."""
+    from pixelcnn.errors import InvalidImageError
+    from pixelcnn.images import read_png
+    from pixelcnn.superres import downsample
+
+    shape = model.config.cond_shape
+    if shape is None:
+        raise ConfigError("this model is not a super-resolution model: train one with --task superres")
+    if args.image:
+        y = torch.stack([read_png(f, shape[0], model.levels) for f in args.image])
+        if tuple(y.shape[1:]) != shape:
+            raise InvalidImageError(f"expected low-resolution images of shape {shape}, got {tuple(y.shape[1:])}")
+        return y, None
+    from pixelcnn.data import load_dataset
+
+    data = load_dataset(args.from_dataset, args.split, data_dir=args.data_dir)
+    idx = parse_indices(args.index)
+    if not idx or min(idx) < 0 or max(idx) >= len(data):
+        raise ConfigError(f"expected --index within [0, {len(data)}) for {args.from_dataset} {args.split}, got {args.index}")
+    x = data.batch(torch.tensor(idx))[0]
+    return downsample(x, shape), x
+
+
+def run_upscale(args) -> int:
+    import numpy as np
+
+    from pixelcnn.images import save_grid
+    from pixelcnn.superres import nearest_upsample
+
+    model = pixelcnn.load(args.checkpoint).to(device_of(args.device))
+    y, originals = upscale_inputs(model, args)
+    b, n = y.shape[0], args.n
+    gen = torch.Generator(device=model.device).manual_seed(args.seed)
+    out = model.sample(b * n, cond_image=y.repeat_interleave(n, dim=0), temperature=args.temperature,
+                       generator=gen, method=args.method).cpu().view(b, n, *model.image_shape)
+    panels = [nearest_upsample(y, model.image_shape[1:])[:, None], out]
+    if originals is not None:
+        panels.append(originals[:, None])
+    grid = torch.cat(panels, dim=1)                                      # (B, 1 + n [+ 1], C, H, W)
+    save_grid(grid.flatten(0, 1), model.levels, args.out, nrow=grid.shape[1])
+    if args.npy:
+        np.save(args.npy, out.numpy())
+    print(f"wrote {b} x {n} upscaled samples to {args.out}")
     return 0

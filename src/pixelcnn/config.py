@@ -26,11 +26,15 @@ class ModelConfig:
     image_shape: tuple[int, int, int]
     levels: int = 256
     num_classes: int | None = None
+    cond_shape: tuple[int, int, int] | None = None
+    cond_features: int = 32
 
     # Help text for each field, used by the command line.
     help: ClassVar[dict[str, str]] = {
         "levels": "number of values a sub-pixel takes (2 for binary images, 256 for 8-bit)",
         "num_classes": "condition on a class label in [0, num_classes)",
+        "cond_shape": "condition on an integer image of this shape (C, h, w), e.g. the low-resolution image",
+        "cond_features": "feature maps of the network that turns the conditioning image into biases",
     }
 
     def __post_init__(self) -> None:
@@ -42,6 +46,13 @@ class ModelConfig:
             raise ConfigError(f"levels must be an integer in [2, {MAX_LEVELS}], got {self.levels!r}")
         if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 1):
             raise ConfigError(f"num_classes must be a positive integer or None, got {self.num_classes!r}")
+        if self.cond_shape is not None:
+            cond = tuple(self.cond_shape)
+            if len(cond) != 3 or not all(isinstance(s, int) and s >= 1 for s in cond):
+                raise ConfigError(f"cond_shape must be None or three positive integers (C, h, w), got {self.cond_shape!r}")
+            object.__setattr__(self, "cond_shape", cond)
+        if not isinstance(self.cond_features, int) or self.cond_features < 1:
+            raise ConfigError(f"cond_features must be a positive integer, got {self.cond_features!r}")
 
     @property
     def channels(self) -> int:
@@ -61,7 +72,7 @@ class ModelConfig:
 
     @classmethod
     def hyperparameters(cls) -> list[dataclasses.Field]:
-        """The family's own fields (everything but the data description)."""
+        """The family's own fields (everything but the data description and conditioning)."""
         base = {f.name for f in dataclasses.fields(ModelConfig)}
         return [f for f in dataclasses.fields(cls) if f.name not in base]
 

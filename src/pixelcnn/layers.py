@@ -12,6 +12,8 @@ Masks are applied in ``forward`` (``weight * mask``); weights are never edited i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -164,19 +166,69 @@ def unskew(x: Tensor, width: int) -> Tensor:
     return flat.reshape(b, c, h, sw + 1)[..., :width]
 
 
-class ClassBias(nn.Module):
-    """A learned per-class bias (B, n, 1, 1), as h in the Gated PixelCNN's conditional gate; 0 when unconditional."""
+@dataclass
+class Condition:
+    """What a model is conditioned on, prepared once per batch by ``AutoregressiveModel.condition``.
 
-    def __init__(self, num_classes: int | None, channels: int):
+    ``labels`` (B,) are class labels; ``features`` (B, F, H, W) are the conditioning network's
+    features of a conditioning image (e.g. the low-resolution image of super-resolution),
+    already at the output's resolution.
+    """
+
+    labels: Tensor | None = None
+    features: Tensor | None = None
+
+    def repeat_interleave(self, n: int) -> "Condition":
+        rep = lambda t: None if t is None else t.repeat_interleave(n, dim=0)   # noqa: E731
+        return Condition(rep(self.labels), rep(self.features))
+
+
+class ConditionBias(nn.Module):
+    """A layer's bias from the conditioning (van den Oord et al. 2016b, equations 4 and 5).
+
+    A learned vector per class (the conditional gate's V^T h for a one-hot h), and for a
+    conditioning image a 1x1 convolution of its features, one bias per position (the
+    location-dependent V * s(y)). Returns 0.0 for an unconditional model.
+    """
+
+    def __init__(self, config, channels: int):
         super().__init__()
-        self.embedding = nn.Embedding(num_classes, channels) if num_classes else None
+        k = config.num_classes
+        self.embedding = nn.Embedding(k, channels) if k else None
         if self.embedding is not None:
             nn.init.normal_(self.embedding.weight, std=0.02)
+        self.spatial = nn.Conv2d(config.cond_features, channels, 1) if config.cond_shape else None
 
-    def forward(self, labels: Tensor | None) -> Tensor | float:
-        if self.embedding is None or labels is None:
-            return 0.0
-        return self.embedding(labels)[:, :, None, None]
+    def forward(self, cond: Condition | None, size: tuple[int, int] | None = None) -> Tensor | float:
+        """The bias for a batch; ``size`` (h, w) averages the image term down to a coarser feature map."""
+        out: Tensor | float = 0.0
+        if cond is None:
+            return out
+        if self.embedding is not None and cond.labels is not None:
+            out = out + self.embedding(cond.labels)[:, :, None, None]          # (B, n, 1, 1)
+        if self.spatial is not None and cond.features is not None:
+            features = cond.features
+            if size is not None and tuple(features.shape[-2:]) != tuple(size):
+                features = F.adaptive_avg_pool2d(features, size)
+            out = out + self.spatial(features)                                 # (B, n, H, W)
+        return out
+
+
+class ConditionNetwork(nn.Module):
+    """Maps a conditioning image (B, C', h, w) to features (B, F, H, W) at the output's resolution.
+
+    Nearest-neighbour upsampling to (H, W), then two 3x3 convolutions with ReLU. It never sees
+    the image being modelled, so it cannot break the autoregressive order.
+    """
+
+    def __init__(self, cond_shape: tuple[int, int, int], out_size: tuple[int, int], features: int):
+        super().__init__()
+        self.size = out_size
+        self.net = nn.Sequential(nn.Conv2d(cond_shape[0], features, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(features, features, 3, padding=1), nn.ReLU())
+
+    def forward(self, y: Tensor) -> Tensor:
+        return self.net(F.interpolate(y, size=self.size, mode="nearest"))       # (B, F, H, W)
 
 
 # ----- PixelCNN++'s shifted convolutions (Salimans et al. 2017, section 2.3 and figure 2) --------------
@@ -287,3 +339,12 @@ def unskew_columns(x: Tensor, width: int) -> Tensor:
     x = x.contiguous()
     r = x[0, 0].numel()
     return x.as_strided((h, width, *x.shape[2:]), ((h + 1) * r, h * r, *x.stride()[2:]))
+
+
+class ClassBias(ConditionBias):
+    """TEMPORARY: labels-only ConditionBias for code not yet converted."""
+
+    def __init__(self, num_classes: int | None, channels: int):
+        from types import SimpleNamespace
+
+        super().__init__(SimpleNamespace(num_classes=num_classes, cond_shape=None, cond_features=1), channels)

@@ -34,14 +34,14 @@ class Stepper(Protocol):
 class NaiveStepper:
     """Re-runs the whole network whenever a value it depends on has changed."""
 
-    def __init__(self, model, x: Tensor, labels: Tensor | None):
-        self.model, self.labels = model, labels
+    def __init__(self, model, x: Tensor, cond):
+        self.model, self.cond = model, cond
         self.x = x.clone()
         self.params: Tensor | None = None
 
     def log_probs(self, c: int, h: int, w: int) -> Tensor:
         if self.params is None:
-            self.params = self.model.network(self.model.preprocess(self.x), self.labels)
+            self.params = self.model.network(self.model.preprocess(self.x), self.cond)
         return self.model.distribution.conditional(self.params[:, :, h, w], self.x[:, :, h, w], c)
 
     def set(self, c: int, h: int, w: int, values: Tensor) -> None:
@@ -52,16 +52,17 @@ class NaiveStepper:
             self.params = None
 
 
-def make_stepper(model, x: Tensor, labels: Tensor | None, method: str):
+def make_stepper(model, x: Tensor, cond, method: str):
+    """The stepper for ``method`` over images x (B, C, H, W); ``cond`` from ``model.condition`` (or None)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "naive":
-        return NaiveStepper(model, x, labels)
-    stepper = model.cached_stepper(x, labels)
+        return NaiveStepper(model, x, cond)
+    stepper = model.cached_stepper(x, cond)
     if stepper is None:
         if method == "cached":
             raise ValueError(f"model {model.name!r} has no cached sampling path; use method='naive' or 'auto'")
-        return NaiveStepper(model, x, labels)
+        return NaiveStepper(model, x, cond)
     return stepper
 
 
@@ -80,20 +81,19 @@ def draw_uniforms(shape: tuple[int, ...], generator: torch.Generator | None, dev
     return torch.rand(shape, generator=generator, device=gen_device, dtype=torch.float64).to(device)
 
 
-def complete(model, x: Tensor, known: Tensor, labels=None, temperature: float = 1.0,
+def complete(model, x: Tensor, known: Tensor, cond=None, temperature: float = 1.0,
              generator: torch.Generator | None = None, method: str = "auto") -> Tensor:
-    """Fill the unknown sub-pixels of x (B, C, H, W) in order; known ones are kept bit for bit."""
-    from pixelcnn.models.base import _as_labels
+    """Fill the unknown sub-pixels of x (B, C, H, W) in order; known ones are kept bit for bit.
 
+    ``cond`` is the batch's conditioning as prepared by ``model.condition`` (None if unconditional).
+    """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    b = x.shape[0]
-    labels = model.check_labels(_as_labels(labels, b, x.device), b)
     x = x.to(model.device).long()
     known = known.to(model.device)
     u = draw_uniforms(tuple(x.shape), generator, model.device)
     out = torch.where(known, x, torch.zeros_like(x))
-    stepper = make_stepper(model, out, labels, method)
+    stepper = make_stepper(model, out, cond, method)
 
     def choose(c: int, h: int, w: int, log_probs: Tensor) -> Tensor:
         drawn = sample_inverse_cdf(log_probs, u[:, c, h, w], temperature)

@@ -39,10 +39,12 @@ import pixelcnn
 from pixelcnn import checkpoint
 from pixelcnn.distributions import bits_per_dim
 from pixelcnn.errors import ConfigError, TrainingError
+from pixelcnn.superres import cond_images, cond_shape_for
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+TASKS = ("density", "superres")
 RUN_FILE = "run.json"
 
 
@@ -67,6 +69,8 @@ class TrainConfig:
     samples: int = 64
     sample_temperature: float = 1.0
     conditional: bool = False
+    task: str = "density"
+    scale: int = 2
     checkpoint_every: int | None = None
     log_every: int = 50
     device: str = "auto"
@@ -94,6 +98,8 @@ class TrainConfig:
         "samples": "images in the sample grid written after every epoch (0: none)",
         "sample_temperature": "temperature of the epoch sample grids",
         "conditional": "condition the model on the dataset's class labels",
+        "task": "density (model p(x)) or superres (model p(x | x downsampled by --scale))",
+        "scale": "downsampling factor of --task superres",
         "checkpoint_every": "also checkpoint every N steps inside an epoch",
         "log_every": "write a train line to metrics.jsonl every N steps",
         "device": "auto, cpu, cuda or cuda:N",
@@ -116,6 +122,8 @@ class TrainConfig:
             raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -191,7 +199,8 @@ def evaluate(model: pixelcnn.AutoregressiveModel, dataset, batch_size: int = 256
     for start in range(lo, hi, batch_size):
         x, y = dataset.batch(torch.arange(start, min(start + batch_size, hi)), generator=gen)
         y = y.to(runtime.device) if conditional else None
-        total += -model.log_prob(x.to(runtime.device), y).double().sum().cpu()
+        x = x.to(runtime.device)
+        total += -model.log_prob(x, y, cond_images(model, x)).double().sum().cpu()
     model.train(was_training)
     total = _all_reduce_sum(total, runtime)
     dims = math.prod(dataset.image_shape)
@@ -291,8 +300,9 @@ class Trainer:
         if cfg.conditional and data.num_classes is None:
             raise ConfigError(f"--conditional needs class labels, but dataset {cfg.dataset!r} has none")
         num_classes = data.num_classes if cfg.conditional else None
+        cond_shape = cond_shape_for(data.image_shape, cfg.scale) if cfg.task == "superres" else None
         return pixelcnn.create(cfg.model, image_shape=data.image_shape, levels=data.levels,
-                               num_classes=num_classes, **model_args)
+                               num_classes=num_classes, cond_shape=cond_shape, **model_args)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         net = model
@@ -417,7 +427,7 @@ class Trainer:
         y = y.to(rt.device) if self.model.config.num_classes is not None else None
         self.model.train()
         with autocast(rt, cfg.precision):
-            params = self.net(x, y)
+            params = self.net(x, y, cond_images(self.model, x))
         dims = x[0].numel()
         loss = self.model.nll_from_params(params.float(), x).mean() / dims          # nats per dim
         if not torch.isfinite(loss):
@@ -479,8 +489,12 @@ class Trainer:
             per = max(1, cfg.samples // k)
             labels, nrow = torch.arange(k).repeat_interleave(per), per
         n = cfg.samples if labels is None else len(labels)
+        cond = None
+        if model.config.cond_shape is not None:             # upscale the first validation images
+            n = min(n, len(self.valid_set))
+            cond = cond_images(model, self.valid_set.batch(torch.arange(n))[0].to(self.rt.device))
         gen = torch.Generator(device=self.rt.device).manual_seed(cfg.seed)
-        images = model.sample(n, labels=labels, temperature=cfg.sample_temperature, generator=gen)
+        images = model.sample(n, labels=labels, temperature=cfg.sample_temperature, generator=gen, cond_image=cond)
         from pixelcnn.images import save_grid
 
         name = f"step_{self.step:07d}.png" if partial else f"epoch_{self.epoch:04d}.png"

@@ -73,7 +73,7 @@ def resolve_method(model, method: str) -> str:
         return method
     x = torch.zeros((1, *model.image_shape), dtype=torch.long)
     labels = None if model.config.num_classes is None else torch.zeros(1, dtype=torch.long)
-    return "naive" if isinstance(make_stepper(model, x, labels, "auto"), NaiveStepper) else "cached"
+    return "naive" if isinstance(make_stepper(model, x, model.condition(labels, None, 1), "auto"), NaiveStepper) else "cached"
 
 
 # ----- one chunk --------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def resolve_method(model, method: str) -> str:
 def _new_stepper(model, batch: int, labels: Tensor | None, method: str):
     """A stepper over an all-zero chunk: the encoder and the decoder start from the same state."""
     x = torch.zeros((batch, *model.image_shape), dtype=torch.long)
-    return make_stepper(model, x, labels, method)
+    return make_stepper(model, x, model.condition(labels, None, batch), method)
 
 
 def encode_chunk(model, x: Tensor, labels: Tensor | None, n: int, method: str) -> np.ndarray:
@@ -160,6 +160,9 @@ def compress(model, images: Tensor, labels: Tensor | None = None, *, chunk_size:
     and decompression uses them. ``metadata`` is stored verbatim. The model runs in float32 on
     one CPU thread whatever its dtype and device (see :mod:`pixelcnn.coding`).
     """
+    if model.config.cond_shape is not None:
+        raise CompressionError("models conditioned on an image (cond_shape) cannot compress on their own: the "
+                               "decoder would need the conditioning images too; use an unconditional or class-conditional model")
     model = coding_model(model)
     model.check_images(images)
     n = images.shape[0]

@@ -20,6 +20,7 @@ from pixelcnn import checkpoint
 from pixelcnn.config import ModelConfig
 from pixelcnn.distributions import OutputDistribution, bits_per_dim
 from pixelcnn.errors import InvalidImageError, InvalidLabelError
+from pixelcnn.layers import Condition, ConditionNetwork
 
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -37,17 +38,19 @@ class AutoregressiveModel(nn.Module):
         super().__init__()
         self.config = config
         self.distribution: OutputDistribution = self.make_distribution()
+        self.cond_net = (ConditionNetwork(config.cond_shape, config.image_shape[1:], config.cond_features)
+                         if config.cond_shape else None)
 
     # ----- what a family implements ---------------------------------------------------------
 
     def make_distribution(self) -> OutputDistribution:
         raise NotImplementedError
 
-    def network(self, x: Tensor, labels: Tensor | None) -> Tensor:
+    def network(self, x: Tensor, cond: Condition | None) -> Tensor:
         """(B, C, H, W) floats in [-1, 1] -> (B, P, H, W) distribution parameters."""
         raise NotImplementedError
 
-    def cached_stepper(self, x: Tensor, labels: Tensor | None):
+    def cached_stepper(self, x: Tensor, cond: Condition | None):
         """A faster incremental stepper for the sampling loop, or None if the family has none."""
         return None
 
@@ -70,20 +73,36 @@ class AutoregressiveModel(nn.Module):
         dtype = next(self.parameters()).dtype
         return x.to(dtype) * (2.0 / (self.levels - 1)) - 1.0
 
-    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+    def condition(self, labels: Tensor | int | None, cond_image: Tensor | None, batch: int) -> Condition | None:
+        """Check labels and conditioning image for a batch and prepare them for the network."""
+        labels = self.check_labels(_as_labels(labels, batch, self.device), batch)
+        if self.cond_net is None:
+            if cond_image is not None:
+                raise InvalidImageError("this model has no conditioning image (cond_shape=None) but cond_image was given")
+            return None if labels is None else Condition(labels=labels)
+        if cond_image is None:
+            raise InvalidImageError(f"this model is conditioned on an image: expected cond_image of shape "
+                                    f"({batch}, {', '.join(map(str, self.config.cond_shape))}), got None")
+        if cond_image.dim() == 3:
+            cond_image = cond_image.expand(batch, *cond_image.shape)
+        self.check_images(cond_image, self.config.cond_shape, "cond_image")
+        if cond_image.shape[0] != batch:
+            raise InvalidImageError(f"expected {batch} conditioning images, got {cond_image.shape[0]}")
+        return Condition(labels=labels, features=self.cond_net(self.preprocess(cond_image.to(self.device))))
+
+    def forward(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
         """Distribution parameters (B, P, H, W) for integer images x (B, C, H, W)."""
         self.check_images(x)
-        labels = self.check_labels(labels, x.shape[0])
-        return self.network(self.preprocess(x), labels)
+        return self.network(self.preprocess(x), self.condition(labels, cond_image, x.shape[0]))
 
-    def log_prob(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        """(B,) exact natural-log probability of each whole image."""
-        params = self(x, labels)
+    def log_prob(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
+        """(B,) exact natural-log probability of each whole image (given its labels / conditioning image)."""
+        params = self(x, labels, cond_image)
         return self.distribution.log_prob(params, x.to(params.device))
 
-    def nll(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+    def nll(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
         """(B,) negative log-likelihood of each image in nats: training's loss."""
-        return self.nll_from_params(self(x, labels), x)
+        return self.nll_from_params(self(x, labels, cond_image), x)
 
     def nll_from_params(self, params: Tensor, x: Tensor) -> Tensor:
         """(B,) negative log-likelihood from parameters already computed (e.g. by a DDP wrapper)."""
@@ -92,19 +111,21 @@ class AutoregressiveModel(nn.Module):
             return dist.nll_per_pixel(params, x).flatten(1).sum(1)
         return -dist.log_prob(params, x)
 
-    def bits_per_dim(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+    def bits_per_dim(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
         """(B,) negative log-likelihood of each image in bits per sub-pixel."""
-        return bits_per_dim(-self.log_prob(x, labels), x[0].numel())
+        return bits_per_dim(-self.log_prob(x, labels, cond_image), x[0].numel())
 
     @torch.no_grad()
     def sample(self, n: int, labels: Tensor | int | None = None, temperature: float = 1.0,
-               generator: torch.Generator | None = None, method: str = "auto") -> Tensor:
+               generator: torch.Generator | None = None, method: str = "auto",
+               cond_image: Tensor | None = None) -> Tensor:
         """Draw ``n`` images (n, C, H, W), int64, in raster then R, G, B order.
 
         ``temperature`` divides every conditional log-probability before renormalising (1 is
         exact). ``method`` is "naive" (one network pass per sub-pixel, the reference), "cached"
         (the family's incremental path) or "auto" (cached where there is one). The same
-        ``generator`` state gives the same images on either path.
+        ``generator`` state gives the same images on either path. ``labels`` (n,) or an int, and
+        ``cond_image`` (n, *cond_shape) or one image for all, for conditional models.
         """
         from pixelcnn.sampling import complete
 
@@ -112,12 +133,13 @@ class AutoregressiveModel(nn.Module):
             raise ValueError(f"n must be a positive integer, got {n!r}")
         x = torch.zeros((n, *self.image_shape), dtype=torch.long, device=self.device)
         known = torch.zeros_like(x, dtype=torch.bool)
-        return complete(self, x, known, labels=labels, temperature=temperature, generator=generator, method=method)
+        cond = self.condition(labels, cond_image, n)
+        return complete(self, x, known, cond, temperature=temperature, generator=generator, method=method)
 
     @torch.no_grad()
     def complete(self, x: Tensor, known: Tensor, n: int = 1, labels: Tensor | int | None = None,
                  temperature: float = 1.0, generator: torch.Generator | None = None,
-                 method: str = "auto") -> Tensor:
+                 method: str = "auto", cond_image: Tensor | None = None) -> Tensor:
         """Fill in the pixels where ``known`` is False; returns (B, n, C, H, W).
 
         Sub-pixels are visited in the model's order (raster, then R, G, B). An unknown one is
@@ -136,21 +158,22 @@ class AutoregressiveModel(nn.Module):
             raise InvalidImageError(f"expected a boolean mask `known` of shape {tuple(x.shape)}, "
                                     f"got {known.dtype} {tuple(known.shape)}")
         b = x.shape[0]
-        labels = self.check_labels(_as_labels(labels, b, x.device), b)
+        cond = self.condition(labels, cond_image, b)
         xs = x.to(self.device).repeat_interleave(n, dim=0)
         ks = known.to(self.device).repeat_interleave(n, dim=0)
-        ls = None if labels is None else labels.repeat_interleave(n, dim=0)
-        out = complete(self, xs, ks, labels=ls, temperature=temperature, generator=generator, method=method)
+        cs = None if cond is None else cond.repeat_interleave(n)
+        out = complete(self, xs, ks, cs, temperature=temperature, generator=generator, method=method)
         return out.view(b, n, *self.image_shape)
 
     # ----- checks -------------------------------------------------------------------------
 
-    def check_images(self, x: Tensor) -> None:
-        """Raise InvalidImageError unless x is integer (B, C, H, W) with values in [0, levels)."""
-        expected = f"integer images of shape (B, {', '.join(map(str, self.image_shape))}) with values in [0, {self.levels})"
+    def check_images(self, x: Tensor, shape: tuple[int, int, int] | None = None, what: str = "images") -> None:
+        """Raise InvalidImageError unless x is integer (B, *shape) with values in [0, levels)."""
+        shape = shape or self.image_shape
+        expected = f"integer {what} of shape (B, {', '.join(map(str, shape))}) with values in [0, {self.levels})"
         if not isinstance(x, Tensor):
             raise InvalidImageError(f"expected {expected} as a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+        if x.dim() != 4 or tuple(x.shape[1:]) != shape:
             raise InvalidImageError(f"expected {expected}, got shape {tuple(x.shape)}")
         if x.dtype not in INTEGER_DTYPES:
             raise InvalidImageError(f"expected {expected}, got dtype {x.dtype}")

@@ -24,11 +24,11 @@ import torch
 from torch import Tensor, nn
 
 from pixelcnn.errors import ConfigError
-from pixelcnn.layers import ClassBias, channel_groups, gate, horizontal_conv, shift_down, vertical_conv
+from pixelcnn.layers import Condition, ConditionBias, channel_groups, gate, horizontal_conv, shift_down, vertical_conv
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import MaskedModelConfig, OutputHead, check_kernel, gate_groups, masked_1x1, output_distribution
 from pixelcnn.models.incremental import (CachedConv, CachedStepper, ConvTaps, FeatureMap, Pointwise, PointwiseHead,
-                                         class_bias, gate_rows)
+                                         bias_row, class_bias, gate_rows)
 
 CONV_IMPLS = ("shaped", "masked")
 
@@ -66,7 +66,7 @@ class GatedPixelCNNConfig(MaskedModelConfig):
 class GatedLayer(nn.Module):
     """One gated layer: (v, h) -> (v', h'), with a residual on the horizontal stack unless first."""
 
-    def __init__(self, in_channels: int, hidden: int, kernel: int, colours: int, num_classes: int | None,
+    def __init__(self, in_channels: int, hidden: int, kernel: int, colours: int, config: GatedPixelCNNConfig,
                  first: bool, dilation: int, shaped: bool):
         super().__init__()
         pre = gate_groups(hidden, colours)
@@ -77,14 +77,14 @@ class GatedLayer(nn.Module):
                                           in_groups=in_groups, out_groups=pre, dilation=dilation, shaped=shaped)
         self.v_to_h = nn.Conv2d(2 * hidden, 2 * hidden, 1)      # from rows above: no colour mask needed
         self.h_out = masked_1x1(channel_groups(hidden, colours), channel_groups(hidden, colours), colours)
-        self.v_bias = ClassBias(num_classes, 2 * hidden)
-        self.h_bias = ClassBias(num_classes, 2 * hidden)
+        self.v_bias = ConditionBias(config, 2 * hidden)
+        self.h_bias = ConditionBias(config, 2 * hidden)
 
-    def forward(self, v: Tensor, h: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(self, v: Tensor, h: Tensor, cond: Condition | None) -> tuple[Tensor, Tensor]:
         v_pre = self.vertical(v)                                           # (B, 2n, H, W), rows <= h
         h_pre = self.horizontal(h) + self.v_to_h(shift_down(v_pre))        # rows < h, and row h up to w
-        v_out = gate(v_pre + self.v_bias(labels))                          # (B, n, H, W)
-        h_out = self.h_out(gate(h_pre + self.h_bias(labels)))
+        v_out = gate(v_pre + self.v_bias(cond))                          # (B, n, H, W)
+        h_out = self.h_out(gate(h_pre + self.h_bias(cond)))
         return v_out, h_out if self.first else h + h_out
 
 
@@ -96,24 +96,24 @@ class GatedPixelCNN(AutoregressiveModel):
         super().__init__(config)
         c, n = config.channels, config.hidden
         shaped = config.conv_impl == "shaped"
-        layers = [GatedLayer(c, n, config.first_kernel, c, config.num_classes, True, 1, shaped)]
+        layers = [GatedLayer(c, n, config.first_kernel, c, config, True, 1, shaped)]
         for i in range(1, config.layers):
             d = config.dilations[i % len(config.dilations)]
-            layers.append(GatedLayer(n, n, config.kernel_size, c, config.num_classes, False, d, shaped))
+            layers.append(GatedLayer(n, n, config.kernel_size, c, config, False, d, shaped))
         self.layers = nn.ModuleList(layers)
         self.head = OutputHead(n, config.output_hidden, self.distribution, c)
 
     def make_distribution(self):
         return output_distribution(self.config)
 
-    def network(self, x: Tensor, labels: Tensor | None) -> Tensor:
+    def network(self, x: Tensor, cond: Condition | None) -> Tensor:
         v = h = x
         for layer in self.layers:
-            v, h = layer(v, h, labels)
+            v, h = layer(v, h, cond)
         return self.head(h)                                                # (B, P, H, W)
 
-    def cached_stepper(self, x: Tensor, labels: Tensor | None) -> "CachedGatedPixelCNN":
-        return CachedGatedPixelCNN(self, x, labels)
+    def cached_stepper(self, x: Tensor, cond: Condition | None) -> "CachedGatedPixelCNN":
+        return CachedGatedPixelCNN(self, x, cond)
 
 
 class CachedGatedLayer:
@@ -124,10 +124,10 @@ class CachedGatedLayer:
     """
 
     def __init__(self, layer: GatedLayer, taps: tuple[ConvTaps, ConvTaps], v_in: FeatureMap, h_in: FeatureMap,
-                 v_next: FeatureMap | None, h_next: FeatureMap | None, labels: Tensor | None):
+                 v_next: FeatureMap | None, h_next: FeatureMap | None, cond: Condition | None):
         self.vertical, self.horizontal = CachedConv(taps[0], v_in), CachedConv(taps[1], h_in)
         self.v_to_h, self.h_out = Pointwise(layer.v_to_h), Pointwise(layer.h_out)
-        self.v_bias, self.h_bias = class_bias(layer.v_bias, labels), class_bias(layer.h_bias, labels)
+        self.v_bias, self.h_bias = class_bias(layer.v_bias, cond), class_bias(layer.h_bias, cond)
         self.v_next, self.h_next = v_next, h_next
         self.first = layer.first                                           # no residual connection
         self.width, self.batch = h_in.width, h_in.buf.shape[0]
@@ -140,11 +140,11 @@ class CachedGatedLayer:
         else:
             v_pre = self.vertical.row(h - 1)                               # (W, B, 2n)
             if self.v_next is not None:
-                v_gated = v_pre if self.v_bias is None else v_pre + self.v_bias
+                v_gated = v_pre if self.v_bias is None else v_pre + bias_row(self.v_bias, h - 1)
                 self.v_next.write_row(h - 1, gate_rows(v_gated))          # (B, W, n) in the cache
             v_to_h = self.v_to_h.rows(v_pre)
         bias = v_to_h + self.horizontal.bias
-        self.row_bias = (bias if self.h_bias is None else bias + self.h_bias).contiguous()
+        self.row_bias = (bias if self.h_bias is None else bias + bias_row(self.h_bias, h)).contiguous()
 
     def step(self, h: int, w: int, residual: Tensor | None) -> Tensor:
         """(B, n): the horizontal stack's output at (h, w), also written to ``h_next``.
@@ -161,7 +161,7 @@ class CachedGatedLayer:
 class CachedGatedPixelCNN(CachedStepper):
     """Gated PixelCNN one pixel at a time (van den Oord et al. 2016 with Ramachandran et al. 2017's caching)."""
 
-    def __init__(self, model: GatedPixelCNN, x: Tensor, labels: Tensor | None):
+    def __init__(self, model: GatedPixelCNN, x: Tensor, cond: Condition | None):
         vertical = [ConvTaps.of(layer.vertical) for layer in model.layers]
         horizontal = [ConvTaps.of(layer.horizontal) for layer in model.layers]
         super().__init__(model, x, [vertical[0], horizontal[0]])
@@ -169,7 +169,7 @@ class CachedGatedPixelCNN(CachedStepper):
         v_maps = [self.inputs] + [self.feature_map(n, [taps]) for taps in vertical[1:]] + [None]
         h_maps = [self.inputs] + [self.feature_map(n, [taps]) for taps in horizontal[1:]] + [None]
         self.layers = [CachedGatedLayer(layer, (vertical[i], horizontal[i]), v_maps[i], h_maps[i], v_maps[i + 1],
-                                        h_maps[i + 1], labels) for i, layer in enumerate(model.layers)]
+                                        h_maps[i + 1], cond) for i, layer in enumerate(model.layers)]
         self.head = PointwiseHead(model.head)
         self.row = -1                                                      # the row whose vertical inputs are ready
 

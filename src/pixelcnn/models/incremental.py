@@ -33,7 +33,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from pixelcnn.layers import ClassBias, MaskedConv2d, gate
+from pixelcnn.layers import Condition, ConditionBias, MaskedConv2d, gate
+from pixelcnn.layers import DownRightShiftedConv2d, DownShiftedConv2d, DownShiftedConvTranspose2d
 
 
 class Pad(NamedTuple):
@@ -103,7 +104,8 @@ class ConvTaps:
 
     @classmethod
     def of(cls, conv: nn.Conv2d) -> "ConvTaps":
-        """The taps of a :class:`MaskedConv2d` (weight * mask) or a plain zero-padded ``nn.Conv2d``."""
+        """The taps of a :class:`MaskedConv2d` (weight * mask), a plain zero-padded ``nn.Conv2d``, or a
+        PixelCNN++ shifted convolution (which zero-pads its input by ``pad`` before an unpadded convolution)."""
         if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(f"expected a zero-padded, ungrouped convolution with explicit padding, got {conv}")
         weight = conv.weight.detach()
@@ -114,6 +116,9 @@ class ConvTaps:
             return cls(weight * conv.mask, bias, Pad(top, bottom, left, right), conv.dilation, conv.stride, used)
         ph, pw = conv.padding
         used = torch.ones(weight.shape[-2:], dtype=torch.bool, device=weight.device)
+        if isinstance(conv, (DownShiftedConv2d, DownRightShiftedConv2d)):
+            left, right, top, bottom = conv.pad
+            return cls(weight, bias, Pad(top + ph, bottom + ph, left + pw, right + pw), conv.dilation, conv.stride, used)
         return cls(weight, bias, Pad(ph, ph, pw, pw), conv.dilation, conv.stride, used)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
@@ -145,26 +150,113 @@ class ConvTaps:
 class CachedConv:
     """A convolution evaluated at one output position, or one output row, of a cached input."""
 
-    def __init__(self, taps: ConvTaps, source: FeatureMap, extra_bias: Tensor | None = None):
+    def __init__(self, taps: ConvTaps, source: FeatureMap, extra_bias: Tensor | PositionBias | None = None):
         if source.buf.shape[-1] != taps.in_channels:
             raise ValueError(f"expected a feature map of {taps.in_channels} channels, got {source.buf.shape[-1]}")
         self.taps = taps
         self.weight = taps.weight                                               # (K, out)
-        self.bias = taps.bias if extra_bias is None else taps.bias + extra_bias  # (out,) or (B, out)
+        self.position_bias = extra_bias if isinstance(extra_bias, PositionBias) else None
+        constant = None if self.position_bias is not None else extra_bias
+        self.bias = taps.bias if constant is None else taps.bias + constant    # (out,) or (B, out)
         self.batch, self.size = source.buf.shape[0], taps.size
         self.views = taps.windows(source)                                       # (Ho, Wo, B, rows, cols, C)
 
     def at(self, h: int, w: int, bias: Tensor | None = None) -> Tensor:
         """(B, out) output at (h, w); ``bias`` replaces the stored one, e.g. a per-row bias."""
         window = self.views[h, w].reshape(self.batch, self.size)                 # (B, K), copied if strided
-        return torch.addmm(self.bias if bias is None else bias, window, self.weight)
+        bias = self.bias if bias is None else bias
+        if self.position_bias is not None:
+            bias = bias + self.position_bias.at(h, w)
+        return torch.addmm(bias, window, self.weight)
 
     def row(self, h: int) -> Tensor:
         """(W_out, B, out) outputs of row h (position-major, so that ``[w]`` is contiguous)."""
         window = self.views[h]                                                  # (Wo, B, rows, cols, C)
         wo = window.shape[0]
         out = torch.mm(window.reshape(wo * self.batch, self.size), self.weight)  # (Wo * B, out)
-        return out.view(wo, self.batch, -1) + self.bias
+        out = out.view(wo, self.batch, -1) + self.bias
+        return out if self.position_bias is None else out + self.position_bias.row(h)
+
+
+class TransposedTaps:
+    """A transposed convolution, cropped, as one ordinary convolution per output phase: a gather, not a scatter.
+
+    Output (r, c) of a stride-(sh, sw) transposed convolution cropped from (top, left) sums, over the
+    kernel taps (ki, kj) with R - ki and C - kj multiples of the stride (R, C = r + top, c + left),
+    ``weight[:, :, ki, kj]`` applied to input ((R - ki) / sh, (C - kj) / sw). For a given phase
+    (R mod sh, C mod sw) those taps form a stride-1 convolution of the input, evaluated at
+    (R // sh, C // sw) (the "sub-pixel" form of Shi et al. 2016), so one output reads one window of
+    the cached coarse input: it can be computed as soon as that window is final.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, stride: tuple[int, int], in_size: tuple[int, int],
+                 out_size: tuple[int, int], crop: tuple[int, int] = (0, 0)):
+        in_ch, out_ch = weight.shape[:2]
+        self.stride, self.crop, self.out_size = stride, crop, out_size
+        self.in_channels, self.out_channels = in_ch, out_ch
+        self.bias = bias if bias is not None else weight.new_zeros(out_ch)
+        # Zero rows (columns) below (right of) the input for the last outputs' windows.
+        extra = tuple(max(0, (crop[i] + out_size[i] - 1) // stride[i] + 1 - in_size[i]) for i in range(2))
+        self.phases = [[self._phase(weight, (pr, pc), extra) for pc in range(stride[1])] for pr in range(stride[0])]
+
+    def _phase(self, weight: Tensor, phase: tuple[int, int], extra: tuple[int, int]) -> ConvTaps:
+        """The stride-1 convolution of outputs with (R mod sh, C mod sw) = ``phase``."""
+        taps = [list(range(phase[i], weight.shape[2 + i], self.stride[i]))[::-1] for i in range(2)]   # largest first
+        if not taps[0] or not taps[1]:                                          # no tap: the output is the bias
+            empty = weight.new_zeros(self.out_channels, self.in_channels, 1, 1)
+            unused = torch.zeros((1, 1), dtype=torch.bool, device=weight.device)
+            return ConvTaps(empty, self.bias, Pad(0, extra[0], 0, extra[1]), (1, 1), (1, 1), unused)
+        sub = weight[:, :, taps[0]][:, :, :, taps[1]].transpose(0, 1)           # (out, in, rows, cols)
+        used = torch.ones(sub.shape[-2:], dtype=torch.bool, device=weight.device)
+        pad = Pad(len(taps[0]) - 1, extra[0], len(taps[1]) - 1, extra[1])
+        return ConvTaps(sub, self.bias, pad, (1, 1), (1, 1), used)
+
+    @classmethod
+    def of(cls, conv: nn.ConvTranspose2d, in_size: tuple[int, int],
+           out_size: tuple[int, int] | None = None) -> "TransposedTaps":
+        """The taps of an ``nn.ConvTranspose2d`` (its padding cropped) or of a PixelCNN++ upsampling layer,
+        which crops its output to ``out_size`` (required for those) from (0, ``left``)."""
+        if conv.groups != 1 or tuple(conv.dilation) != (1, 1) or conv.padding_mode != "zeros":
+            raise ValueError(f"expected an ungrouped, undilated transposed convolution, got {conv}")
+        kh, kw = conv.kernel_size
+        (sh, sw), (ph, pw), (oh, ow) = conv.stride, conv.padding, conv.output_padding
+        if out_size is None:
+            out_size = ((in_size[0] - 1) * sh - 2 * ph + kh + oh, (in_size[1] - 1) * sw - 2 * pw + kw + ow)
+        crop = (ph, pw + (conv.left if isinstance(conv, DownShiftedConvTranspose2d) else 0))
+        bias = None if conv.bias is None else conv.bias.detach()
+        return cls(conv.weight.detach(), bias, (sh, sw), in_size, out_size, crop)
+
+    def reach(self, height: int, width: int) -> Pad:
+        """The zero padding an input map of (height, width) needs for every phase's windows to fit."""
+        return Pad.union(taps.reach(height, width) for row in self.phases for taps in row)
+
+
+class CachedConvTranspose:
+    """A transposed convolution evaluated at one output position, or one output row, of a cached input."""
+
+    def __init__(self, taps: TransposedTaps, source: FeatureMap):
+        self.taps = taps
+        self.phases = [[CachedConv(phase, source) for phase in row] for row in taps.phases]
+        self.batch = source.buf.shape[0]
+
+    def at(self, h: int, w: int) -> Tensor:
+        """(B, out) output at (h, w)."""
+        (sh, sw), (top, left) = self.taps.stride, self.taps.crop
+        r, c = h + top, w + left
+        return self.phases[r % sh][c % sw].at(r // sh, c // sw)
+
+    def row(self, h: int) -> Tensor:
+        """(W_out, B, out) outputs of row h: each column phase's row, interleaved."""
+        (sh, sw), (top, left), width = self.taps.stride, self.taps.crop, self.taps.out_size[1]
+        r = h + top
+        out = self.taps.bias.new_empty(width, self.batch, self.taps.out_channels)
+        for pc, conv in enumerate(self.phases[r % sh]):
+            first = (pc - left) % sw                                            # first output column of phase pc
+            if first < width:
+                count = len(range(first, width, sw))
+                start = (first + left) // sw                                   # its input column
+                out[first::sw] = conv.row(r // sh)[start : start + count]
+        return out
 
 
 class Pointwise:
@@ -198,10 +290,36 @@ class PointwiseHead:
         return self.out(x)
 
 
-def class_bias(module: ClassBias, labels: Tensor | None) -> Tensor | None:
-    """(B, n) bias of a :class:`ClassBias` for ``labels``, or None for an unconditional model."""
-    value = module(labels)
-    return value.detach().flatten(1) if isinstance(value, Tensor) else None
+class PositionBias:
+    """A per-position conditioning bias (B, n, H, W), read one position or one row at a time."""
+
+    def __init__(self, value: Tensor):
+        self.rows = value.detach().permute(2, 3, 0, 1).contiguous()             # (H, W, B, n)
+
+    def at(self, h: int, w: int) -> Tensor:
+        return self.rows[h, w]                                                  # (B, n)
+
+    def row(self, h: int) -> Tensor:
+        return self.rows[h]                                                     # (W, B, n)
+
+
+def class_bias(module: ConditionBias, cond: Condition | None) -> Tensor | PositionBias | None:
+    """A :class:`ConditionBias` for one batch: None (unconditional), (B, n) for labels alone,
+    or a :class:`PositionBias` when a conditioning image makes it depend on the position."""
+    value = module(cond)
+    if not isinstance(value, Tensor):
+        return None
+    return value.detach().flatten(1) if value.shape[-2:] == (1, 1) else PositionBias(value)
+
+
+def bias_row(bias: Tensor | PositionBias, h: int) -> Tensor:
+    """A conditioning bias broadcastable against row h's (W, B, n) features."""
+    return bias.row(h) if isinstance(bias, PositionBias) else bias
+
+
+def bias_at(bias: Tensor | PositionBias, h: int, w: int) -> Tensor:
+    """A conditioning bias at position (h, w): (B, n)."""
+    return bias.at(h, w) if isinstance(bias, PositionBias) else bias
 
 
 def gate_rows(x: Tensor) -> Tensor:
@@ -218,14 +336,18 @@ class CachedStepper:
     computed with their final values, which this class guarantees by enforcing the raster order.
     """
 
-    def __init__(self, model, x: Tensor, input_readers: list[ConvTaps]):
+    def __init__(self, model, x: Tensor, input_readers: list[ConvTaps], ones_channel: bool = False):
+        """``ones_channel``: the network's input has one more channel after the image's, all ones inside
+        the image and zero in the padding (PixelCNN++'s way to tell the border from black pixels)."""
         self.model = model
         self.distribution = model.distribution
         self.x = x.clone()                                                       # (B, C, H, W) integers
         self.batch, self.channels, self.height, self.width = x.shape
         self.like = next(model.parameters()).detach()                            # dtype and device of activations
-        self.inputs = self.feature_map(self.channels, input_readers)             # the image, in [-1, 1]
-        self.inputs.interior().copy_(model.preprocess(x).permute(0, 2, 3, 1))
+        self.inputs = self.feature_map(self.channels + ones_channel, input_readers)   # the image, in [-1, 1]
+        self.inputs.interior()[..., : self.channels].copy_(model.preprocess(x).permute(0, 2, 3, 1))
+        if ones_channel:
+            self.inputs.interior()[..., self.channels].fill_(1.0)
         levels = torch.arange(model.levels, device=self.like.device)
         self.preprocessed = model.preprocess(levels)                             # (L,): value -> network input
         self.pixel_level = model.pixel_level_network

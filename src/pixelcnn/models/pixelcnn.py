@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from pixelcnn.layers import ClassBias, channel_groups, raster_conv
+from pixelcnn.layers import Condition, ConditionBias, channel_groups, raster_conv
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import MaskedModelConfig, OutputHead, check_kernel, masked_1x1, output_distribution
 from pixelcnn.models.incremental import CachedConv, CachedStepper, ConvTaps, Pointwise, PointwiseHead, class_bias
@@ -44,17 +44,17 @@ class PixelCNNConfig(MaskedModelConfig):
 class ResidualBlock(nn.Module):
     """x + 1x1(ReLU(k x k mask B(ReLU(1x1(ReLU(x)))))), halving the width in between."""
 
-    def __init__(self, channels: int, kernel_size: int, colours: int, num_classes: int | None):
+    def __init__(self, channels: int, kernel_size: int, colours: int, config: PixelCNNConfig):
         super().__init__()
         wide, narrow = channel_groups(channels, colours), channel_groups(channels // 2, colours)
         self.reduce = masked_1x1(wide, narrow, colours)
         self.conv = raster_conv(channels // 2, channels // 2, kernel_size, "B", colours)
         self.expand = masked_1x1(narrow, wide, colours)
-        self.label_bias = ClassBias(num_classes, channels // 2)
+        self.cond_bias = ConditionBias(config, channels // 2)
 
-    def forward(self, x: Tensor, labels: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, cond: Condition | None) -> Tensor:
         h = self.reduce(torch.relu(x))
-        h = self.conv(torch.relu(h)) + self.label_bias(labels)
+        h = self.conv(torch.relu(h)) + self.cond_bias(cond)
         return x + self.expand(torch.relu(h))
 
 
@@ -66,33 +66,33 @@ class PixelCNN(AutoregressiveModel):
         super().__init__(config)
         c = config.channels
         self.input = raster_conv(c, config.hidden, config.first_kernel, "A", c)
-        self.input_bias = ClassBias(config.num_classes, config.hidden)
+        self.input_bias = ConditionBias(config, config.hidden)
         self.blocks = nn.ModuleList(
-            ResidualBlock(config.hidden, config.kernel_size, c, config.num_classes) for _ in range(config.layers)
+            ResidualBlock(config.hidden, config.kernel_size, c, config) for _ in range(config.layers)
         )
         self.head = OutputHead(config.hidden, config.output_hidden, self.distribution, c)
 
     def make_distribution(self):
         return output_distribution(self.config)
 
-    def network(self, x: Tensor, labels: Tensor | None) -> Tensor:
-        h = self.input(x) + self.input_bias(labels)          # (B, hidden, H, W)
+    def network(self, x: Tensor, cond: Condition | None) -> Tensor:
+        h = self.input(x) + self.input_bias(cond)            # (B, hidden, H, W)
         for block in self.blocks:
-            h = block(h, labels)
+            h = block(h, cond)
         return self.head(h)                                  # (B, P, H, W)
 
-    def cached_stepper(self, x: Tensor, labels: Tensor | None) -> "CachedPixelCNN":
-        return CachedPixelCNN(self, x, labels)
+    def cached_stepper(self, x: Tensor, cond: Condition | None) -> "CachedPixelCNN":
+        return CachedPixelCNN(self, x, cond)
 
 
 class CachedResidualBlock:
     """A ResidualBlock at one position; it caches the input of its k x k convolution."""
 
-    def __init__(self, block: ResidualBlock, stepper: CachedStepper, labels: Tensor | None):
+    def __init__(self, block: ResidualBlock, stepper: CachedStepper, cond: Condition | None):
         taps = ConvTaps.of(block.conv)
         self.reduce, self.expand = Pointwise(block.reduce), Pointwise(block.expand)
         self.narrow = stepper.feature_map(taps.in_channels, [taps])          # ReLU(reduce(ReLU(x)))
-        self.conv = CachedConv(taps, self.narrow, class_bias(block.label_bias, labels))
+        self.conv = CachedConv(taps, self.narrow, class_bias(block.cond_bias, cond))
 
     def __call__(self, x: Tensor, h: int, w: int) -> Tensor:
         """(B, hidden) block input at (h, w) -> (B, hidden) output."""
@@ -103,11 +103,11 @@ class CachedResidualBlock:
 class CachedPixelCNN(CachedStepper):
     """PixelCNN one pixel column at a time: each masked convolution reads a window of its cache."""
 
-    def __init__(self, model: PixelCNN, x: Tensor, labels: Tensor | None):
+    def __init__(self, model: PixelCNN, x: Tensor, cond: Condition | None):
         first = ConvTaps.of(model.input)
         super().__init__(model, x, [first])
-        self.input = CachedConv(first, self.inputs, class_bias(model.input_bias, labels))
-        self.blocks = [CachedResidualBlock(block, self, labels) for block in model.blocks]
+        self.input = CachedConv(first, self.inputs, class_bias(model.input_bias, cond))
+        self.blocks = [CachedResidualBlock(block, self, cond) for block in model.blocks]
         self.head = PointwiseHead(model.head)
 
     def column(self, h: int, w: int) -> Tensor:

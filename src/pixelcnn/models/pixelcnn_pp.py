@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from pixelcnn.config import ModelConfig
 from pixelcnn.distributions import make_distribution
 from pixelcnn.errors import ConfigError
-from pixelcnn.layers import (ClassBias, DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
+from pixelcnn.layers import (ConditionBias, DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
                              DownShiftedConvTranspose2d, concat_elu, shift_down, shift_right)
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import check_int
@@ -94,13 +94,13 @@ class GatedResnet(nn.Module):
     """x + a * sigmoid(b), [a, b] = conv(dropout(concat_elu(conv(concat_elu(x)) + nin(concat_elu(aux))))) + class bias."""
 
     def __init__(self, filters: int, conv: Callable[[int, int], nn.Module], aux_streams: int, dropout: float,
-                 num_classes: int | None):
+                 config: ModelConfig):
         super().__init__()
         self.conv_in = conv(2 * filters, filters)
         self.aux = nn.Conv2d(2 * aux_streams * filters, filters, 1) if aux_streams else None
         self.dropout = nn.Dropout(dropout)
         self.conv_out = conv(2 * filters, 2 * filters)
-        self.label_bias = ClassBias(num_classes, 2 * filters)
+        self.label_bias = ConditionBias(config, 2 * filters)
         with torch.no_grad():                    # small residual branches at initialisation
             self.conv_out.weight.mul_(0.1)
 
@@ -109,7 +109,7 @@ class GatedResnet(nn.Module):
         if self.aux is not None:
             h = h + self.aux(concat_elu(aux))                          # shortcut from the other stream / up pass
         h = self.conv_out(self.dropout(concat_elu(h)))                 # (B, 2F, H, W)
-        a, b = (h + self.label_bias(labels)).chunk(2, dim=1)
+        a, b = (h + self.label_bias(labels, h.shape[-2:])).chunk(2, dim=1)
         return x + a * torch.sigmoid(b)
 
 
@@ -124,10 +124,10 @@ def _ul_conv(cin: int, cout: int) -> nn.Module:
 class StreamBlock(nn.Module):
     """One gated ResNet on each stream; the ul block sees the new u (and, in the down pass, the shortcuts)."""
 
-    def __init__(self, filters: int, dropout: float, num_classes: int | None, down_pass: bool):
+    def __init__(self, filters: int, dropout: float, config: ModelConfig, down_pass: bool):
         super().__init__()
-        self.u = GatedResnet(filters, _u_conv, 1 if down_pass else 0, dropout, num_classes)
-        self.ul = GatedResnet(filters, _ul_conv, 2 if down_pass else 1, dropout, num_classes)
+        self.u = GatedResnet(filters, _u_conv, 1 if down_pass else 0, dropout, config)
+        self.ul = GatedResnet(filters, _ul_conv, 2 if down_pass else 1, dropout, config)
 
     def forward(self, u: Tensor, ul: Tensor, labels: Tensor | None,
                 u_skip: Tensor | None = None, ul_skip: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -160,7 +160,7 @@ class PixelCNNPP(AutoregressiveModel):
 
     def _stage(self, blocks: int, down_pass: bool) -> nn.ModuleList:
         cfg = self.config
-        return nn.ModuleList(StreamBlock(cfg.filters, cfg.dropout, cfg.num_classes, down_pass) for _ in range(blocks))
+        return nn.ModuleList(StreamBlock(cfg.filters, cfg.dropout, cfg, down_pass) for _ in range(blocks))
 
     def make_distribution(self):
         return make_distribution("logistic_mixture", self.config.channels, self.config.levels, mixtures=self.config.mixtures)
