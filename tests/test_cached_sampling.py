@@ -10,7 +10,10 @@ import torch
 import pixelcnn
 from exact import randomise, tiny_model
 from pixelcnn.layers import horizontal_conv, raster_conv, vertical_conv
+from pixelcnn.layers import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
+                             DownShiftedConvTranspose2d)
 from pixelcnn.models.incremental import CachedConv, CachedStepper, ConvTaps, FeatureMap, Pad
+from pixelcnn.models.incremental import CachedConvTranspose, TransposedTaps
 from pixelcnn.sampling import NaiveStepper, make_stepper
 
 # Small values for whichever of these fields a family's config has, so that new families are
@@ -236,3 +239,116 @@ def test_cached_sampling_on_cuda_equals_naive(name):
               for method in ("naive", "cached")}
     assert images["cached"].device.type == "cuda"
     assert torch.equal(images["naive"], images["cached"])
+
+
+# ----- PixelCNN++: its U-Net's stages, resampling and shortcuts (pixelcnn_pp_cached.py) ---------------
+
+# (shape, hyperparameters, num_classes): odd sides cropped after upsampling (9x7 -> 5x4 -> 3x2 and
+# back), four stages down to 1x1, non-square with dropout (off when sampling), and no blocks at all
+# (only the first layer, the resampling and the down pass's extra blocks).
+PP_CASES = [((1, 9, 7), {"stages": 3, "resnet_blocks": 2}, None), ((3, 8, 8), {"stages": 4, "resnet_blocks": 2}, 3),
+            ((1, 5, 11), {"stages": 3, "dropout": 0.5}, 2), ((2, 6, 4), {"stages": 3, "resnet_blocks": 0}, None)]
+
+
+@pytest.mark.parametrize("shape,hp,num_classes", PP_CASES)
+def test_pixelcnn_pp_deeper_u_nets_match_naive(shape, hp, num_classes):
+    model = make("pixelcnn_pp", shape, num_classes, seed=21, **hp)
+    x = torch.randint(0, LEVELS, (3, *shape), generator=torch.Generator().manual_seed(22))
+    assert drive(model, x, some_labels(num_classes, 3), seed=23) < 1e-10
+    labels = some_labels(num_classes, 4, 24)
+    images = {method: model.sample(4, labels=labels, method=method, generator=torch.Generator().manual_seed(25))
+              for method in ("naive", "cached")}
+    assert torch.equal(images["naive"], images["cached"])
+
+
+def test_pixelcnn_pp_float32_probabilities_match_naive_for_a_wider_model():
+    model = make("pixelcnn_pp", (3, 8, 8), 3, seed=26, dtype=torch.float32, stages=3, resnet_blocks=2, filters=16,
+                 mixtures=5)
+    x = torch.zeros((3, 3, 8, 8), dtype=torch.long)
+    assert drive(model, x, torch.tensor([0, 1, 2]), seed=27) < 1e-4
+
+
+def test_pixelcnn_pp_conditioning_image_biases_match_naive_at_every_stage():
+    """A conditioning image's per-position biases are averaged down to each stage's size."""
+    model = tiny_model("pixelcnn_pp", (3, 8, 6), LEVELS, seed=28, num_classes=3, cond_shape=(3, 4, 3), stages=3)
+    g = torch.Generator().manual_seed(29)
+    x = torch.randint(0, LEVELS, (2, 3, 8, 6), generator=g)
+    cond_image = torch.randint(0, LEVELS, (2, 3, 4, 3), generator=g)
+    assert drive(model, x, torch.tensor([2, 0]), seed=30, cond_image=cond_image) < 1e-10
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 5), (3, 3, 4)])
+def test_pixelcnn_pp_values_set_without_asking_their_probabilities_still_count(shape):
+    test_values_set_without_asking_their_probabilities_still_count("pixelcnn_pp", shape)
+
+
+def test_pixelcnn_pp_stepper_refuses_pixels_out_of_order():
+    test_cached_stepper_refuses_pixels_out_of_order("pixelcnn_pp")
+
+
+def test_pixelcnn_pp_coarse_maps_update_once_at_the_coarser_rate():
+    """Stage s's u row I is computed once, when image row 2^s I starts; its ul position (I, J) once,
+    at pixel (2^s I, 2^s J): once the last fine position its window reads is final, not before."""
+    height, width = 7, 6
+    model = make("pixelcnn_pp", (1, height, width), seed=31, stages=3)
+    stepper = model.cached_stepper(torch.zeros((1, 1, height, width), dtype=torch.long), None)
+    rows, positions = [], []
+    for s, stage in enumerate(stepper.up):
+        stage.rows = lambda u, i, s=s, f=stage.rows: rows.append((s, i, stepper.position)) or f(u, i)
+        stage.at = lambda ul, i, j, s=s, f=stage.at: positions.append((s, i, j, stepper.position)) or f(ul, i, j)
+    for h in range(height):
+        for w in range(width):
+            stepper.set(0, h, w, torch.zeros(1, dtype=torch.long))
+    sizes = [(7, 6), (4, 3), (2, 2)]
+    assert rows == [(s, h >> s, h * width) for h in range(height) for s in range(3) if h % (1 << s) == 0]
+    assert positions == [(s, h >> s, w >> s, h * width + w) for h in range(height) for w in range(width)
+                         for s in range(3) if h % (1 << s) == 0 and w % (1 << s) == 0]
+    assert sorted((s, i) for s, i, _ in rows) == [(s, i) for s, (hs, _) in enumerate(sizes) for i in range(hs)]
+    assert sorted((s, i, j) for s, i, j, _ in positions) == [(s, i, j) for s, (hs, ws) in enumerate(sizes)
+                                                            for i in range(hs) for j in range(ws)]
+
+
+def test_transposed_conv_gather_equals_the_module_at_every_position_and_row():
+    """Upsampling as a gather: PixelCNN++'s cropped layers on odd and even sizes, and plain transposed
+    convolutions with padding, output padding, kernels larger than the stride and a 1x1 kernel."""
+    g = torch.Generator().manual_seed(0)
+    cases = [(DownShiftedConvTranspose2d(4, 6, (2, 3), 2), [(5, 7), (6, 8), (4, 1), (1, 2)]),
+             (DownRightShiftedConvTranspose2d(4, 6, (2, 2), 2), [(5, 7), (6, 8)]),
+             (DownShiftedConvTranspose2d(4, 6, (3, 5), 2), [(5, 7), (6, 8)]),
+             (torch.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1), [None]),
+             (torch.nn.ConvTranspose2d(4, 6, (4, 3), stride=(3, 2), padding=(1, 0)), [None]),
+             (torch.nn.ConvTranspose2d(4, 6, 1, stride=2), [None])]
+    for i, (conv, sizes) in enumerate(cases):
+        conv = randomise(conv.double(), seed=i)
+        for size in sizes:
+            hc, wc = (3, 4) if size is None else ((size[0] + 1) // 2, (size[1] + 1) // 2)
+            x = torch.randn(2, 4, hc, wc, generator=g, dtype=torch.float64)
+            expected = conv(x) if size is None else conv(x, size)                # (B, out, H, W)
+            taps = TransposedTaps.of(conv, (hc, wc), size)
+            assert tuple(expected.shape[-2:]) == taps.out_size
+            source = FeatureMap(2, hc, wc, 4, taps.reach(hc, wc), x)
+            source.interior().copy_(x.permute(0, 2, 3, 1))
+            cached = CachedConvTranspose(taps, source)
+            for h in range(expected.shape[2]):
+                torch.testing.assert_close(cached.row(h), expected[:, :, h].permute(2, 0, 1), rtol=0, atol=1e-12)
+                for w in range(expected.shape[3]):
+                    torch.testing.assert_close(cached.at(h, w), expected[:, :, h, w], rtol=0, atol=1e-12)
+
+
+def test_shifted_convs_are_read_with_their_own_padding():
+    g = torch.Generator().manual_seed(1)
+    convs = [DownShiftedConv2d(4, 6, (2, 3), stride=2), DownRightShiftedConv2d(4, 6, (2, 2), stride=2),
+             DownShiftedConv2d(4, 6, (1, 3)), DownRightShiftedConv2d(4, 6, (2, 1))]
+    for i, conv in enumerate(convs):
+        conv = randomise(conv.double(), seed=i)
+        x = torch.randn(2, 4, 7, 5, generator=g, dtype=torch.float64)
+        expected = conv(x)
+        taps = ConvTaps.of(conv)
+        source = FeatureMap(2, 7, 5, 4, taps.reach(7, 5), x)
+        source.interior().copy_(x.permute(0, 2, 3, 1))
+        cached = CachedConv(taps, source)
+        assert tuple(expected.shape[-2:]) == taps.output_size(7, 5)
+        for h in range(expected.shape[2]):
+            torch.testing.assert_close(cached.row(h), expected[:, :, h].permute(2, 0, 1), rtol=0, atol=1e-12)
+            for w in range(expected.shape[3]):
+                torch.testing.assert_close(cached.at(h, w), expected[:, :, h, w], rtol=0, atol=1e-12)

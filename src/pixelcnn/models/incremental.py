@@ -118,7 +118,8 @@ class ConvTaps:
         used = torch.ones(weight.shape[-2:], dtype=torch.bool, device=weight.device)
         if isinstance(conv, (DownShiftedConv2d, DownRightShiftedConv2d)):
             left, right, top, bottom = conv.pad
-            return cls(weight, bias, Pad(top + ph, bottom + ph, left + pw, right + pw), conv.dilation, conv.stride, used)
+            pad = Pad(top + ph, bottom + ph, left + pw, right + pw)
+            return cls(weight, bias, pad, conv.dilation, conv.stride, used)
         return cls(weight, bias, Pad(ph, ph, pw, pw), conv.dilation, conv.stride, used)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
@@ -303,10 +304,12 @@ class PositionBias:
         return self.rows[h]                                                     # (W, B, n)
 
 
-def class_bias(module: ConditionBias, cond: Condition | None) -> Tensor | PositionBias | None:
+def class_bias(module: ConditionBias, cond: Condition | None,
+               size: tuple[int, int] | None = None) -> Tensor | PositionBias | None:
     """A :class:`ConditionBias` for one batch: None (unconditional), (B, n) for labels alone,
-    or a :class:`PositionBias` when a conditioning image makes it depend on the position."""
-    value = module(cond)
+    or a :class:`PositionBias` when a conditioning image makes it depend on the position.
+    ``size`` (h, w) is that of the layer's feature map where it is not the image's (PixelCNN++'s coarser stages)."""
+    value = module(cond) if size is None else module(cond, size)
     if not isinstance(value, Tensor):
         return None
     return value.detach().flatten(1) if value.shape[-2:] == (1, 1) else PositionBias(value)

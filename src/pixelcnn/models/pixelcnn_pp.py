@@ -14,7 +14,7 @@ github.com/openai/pixel-cnn (pixel_cnn_pp/model.py, nn.py):
   through a 1x1 shortcut (the U-Net-like connections, section 2.4);
 * gated ResNet blocks with concat_elu (section 2.3): x + a * sigmoid(b), [a, b] =
   conv(dropout(concat_elu(conv(concat_elu(x)) + nin(concat_elu(shortcut))))), dropout as in
-  section 2.6. Class conditioning adds a learned per-class bias to [a, b] in every block.
+  section 2.6. Conditioning (a class, or a conditioning image) adds a learned bias to [a, b] in every block.
 
 Differences from the reference: no weight normalisation with data-dependent initialisation
 (plain PyTorch initialisation, the gate's last convolution scaled by 0.1 as the reference's
@@ -34,10 +34,11 @@ from torch import Tensor, nn
 from pixelcnn.config import ModelConfig
 from pixelcnn.distributions import make_distribution
 from pixelcnn.errors import ConfigError
-from pixelcnn.layers import (ConditionBias, DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
-                             DownShiftedConvTranspose2d, concat_elu, shift_down, shift_right)
+from pixelcnn.layers import (Condition, ConditionBias, DownRightShiftedConv2d, DownRightShiftedConvTranspose2d,
+                             DownShiftedConv2d, DownShiftedConvTranspose2d, concat_elu, shift_down, shift_right)
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import check_int
+from pixelcnn.models.pixelcnn_pp_cached import CachedPixelCNNPP
 
 
 def max_stages(image_shape: tuple[int, int, int]) -> int:
@@ -100,16 +101,16 @@ class GatedResnet(nn.Module):
         self.aux = nn.Conv2d(2 * aux_streams * filters, filters, 1) if aux_streams else None
         self.dropout = nn.Dropout(dropout)
         self.conv_out = conv(2 * filters, 2 * filters)
-        self.label_bias = ConditionBias(config, 2 * filters)
+        self.cond_bias = ConditionBias(config, 2 * filters)
         with torch.no_grad():                    # small residual branches at initialisation
             self.conv_out.weight.mul_(0.1)
 
-    def forward(self, x: Tensor, aux: Tensor | None, labels: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, aux: Tensor | None, cond: Condition | None) -> Tensor:
         h = self.conv_in(concat_elu(x))                                # (B, F, H, W)
         if self.aux is not None:
             h = h + self.aux(concat_elu(aux))                          # shortcut from the other stream / up pass
         h = self.conv_out(self.dropout(concat_elu(h)))                 # (B, 2F, H, W)
-        a, b = (h + self.label_bias(labels, h.shape[-2:])).chunk(2, dim=1)
+        a, b = (h + self.cond_bias(cond, h.shape[-2:])).chunk(2, dim=1)
         return x + a * torch.sigmoid(b)
 
 
@@ -129,11 +130,11 @@ class StreamBlock(nn.Module):
         self.u = GatedResnet(filters, _u_conv, 1 if down_pass else 0, dropout, config)
         self.ul = GatedResnet(filters, _ul_conv, 2 if down_pass else 1, dropout, config)
 
-    def forward(self, u: Tensor, ul: Tensor, labels: Tensor | None,
+    def forward(self, u: Tensor, ul: Tensor, cond: Condition | None,
                 u_skip: Tensor | None = None, ul_skip: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        u = self.u(u, u_skip, labels)
+        u = self.u(u, u_skip, cond)
         aux = u if ul_skip is None else torch.cat([u, ul_skip], dim=1)   # (B, F or 2F, H, W)
-        return u, self.ul(ul, aux, labels)
+        return u, self.ul(ul, aux, cond)
 
 
 class PixelCNNPP(AutoregressiveModel):
@@ -170,15 +171,19 @@ class PixelCNNPP(AutoregressiveModel):
         """Small settings for exhaustive tests on tiny images, with down/upsampling where the size allows it."""
         return {"filters": 8, "resnet_blocks": 1, "stages": min(2, max_stages(image_shape)), "mixtures": 3}
 
-    def network(self, x: Tensor, labels: Tensor | None) -> Tensor:
+    def network(self, x: Tensor, cond: Condition | None) -> Tensor:
         x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)     # (B, C+1, H, W): ones tell image from padding
         u = shift_down(self.u_in(x))                             # (B, F, H, W): rows < i
         ul = shift_down(self.ul_in_above(x)) + shift_right(self.ul_in_left(x))   # and row i, columns < j
-        us, uls = self._up(u, ul, labels)
-        ul = self._down(us, uls, labels)
+        us, uls = self._up(u, ul, cond)
+        ul = self._down(us, uls, cond)
         return self.out(F.elu(ul))                               # (B, P, H, W)
 
-    def _up(self, u: Tensor, ul: Tensor, labels: Tensor | None) -> tuple[list[Tensor], list[Tensor]]:
+    def cached_stepper(self, x: Tensor, cond: Condition | None) -> CachedPixelCNNPP:
+        """One pixel at a time, computing only what each new pixel makes final (``pixelcnn_pp_cached.py``)."""
+        return CachedPixelCNNPP(self, x, cond)
+
+    def _up(self, u: Tensor, ul: Tensor, cond: Condition | None) -> tuple[list[Tensor], list[Tensor]]:
         """The up pass: every block's output is kept for the down pass's shortcuts."""
         us, uls = [u], [ul]
         for s, stage in enumerate(self.up_pass):
@@ -186,12 +191,12 @@ class PixelCNNPP(AutoregressiveModel):
                 us.append(self.down_u[s - 1](us[-1]))
                 uls.append(self.down_ul[s - 1](uls[-1]))
             for block in stage:
-                u, ul = block(us[-1], uls[-1], labels)
+                u, ul = block(us[-1], uls[-1], cond)
                 us.append(u)
                 uls.append(ul)
         return us, uls
 
-    def _down(self, us: list[Tensor], uls: list[Tensor], labels: Tensor | None) -> Tensor:
+    def _down(self, us: list[Tensor], uls: list[Tensor], cond: Condition | None) -> Tensor:
         """The down pass: consumes the up pass's outputs in reverse, one per block."""
         u, ul = us.pop(), uls.pop()
         for s, stage in enumerate(self.down_pass):
@@ -199,5 +204,5 @@ class PixelCNNPP(AutoregressiveModel):
                 size = tuple(us[-1].shape[-2:])
                 u, ul = self.up_u[s - 1](u, size), self.up_ul[s - 1](ul, size)
             for block in stage:
-                u, ul = block(u, ul, labels, us.pop(), uls.pop())
+                u, ul = block(u, ul, cond, us.pop(), uls.pop())
         return ul

@@ -1,0 +1,303 @@
+"""PixelCNN++ sampled one pixel at a time: the caches of Ramachandran et al. 2017 on a U-Net.
+
+Salimans et al. 2017's network (``pixelcnn_pp.py``) evaluated incrementally with the machinery of
+``incremental.py``. It is a pixel-level network: one column of activations per pixel serves all
+its colour channels, which the discretized logistic mixture couples (``CachedStepper.pixel_level``).
+
+When an activation is final. Stage s of the U-Net has maps of ceil(H / 2^s) x ceil(W / 2^s)
+positions, and its position (I, J) sits over image pixel (2^s I, 2^s J).
+
+* The u stream (down-shifted convolutions) at row I of stage s depends on image rows < 2^s I
+  only: the first layer is shifted down a row, a (2, 3) convolution reads rows I - 1 and I, the
+  stride-2 one fine rows 2I - 1 and 2I, and the transposed (2, 3) one gives fine row r from
+  coarse row r // 2. So the whole row is computed at once, one matrix product per layer, when
+  image row 2^s I begins.
+* The ul stream (down-right-shifted convolutions) at (I, J) of stage s depends on the image
+  pixels before (2^s I, 2^s J) in raster order, so it is computed when the loop reaches that
+  pixel: a coarse map updates at the coarser rate, at one pixel in 2^s x 2^s, once the last fine
+  position its window reads, (2I, 2J), is final. The transposed (2, 2) convolution gives fine
+  (r, c) from coarse (r // 2, c // 2), computed at an earlier pixel or the same one.
+
+Every activation is computed no earlier than what it reads and no later than its first reader,
+so a pixel's work is: if it starts an image row, the u rows of every stage with a row there, in
+the network's order (up pass, then down pass); then the ul positions of every stage with a
+position there, in the same order; then the output head. The u stream enters a ul block through
+a 1x1 shortcut (nin) of the same position, computed for the whole row at once and added to the
+block's first convolution as a per-position bias (as the Gated PixelCNN's vertical-to-horizontal
+link); the up pass's ul outputs reach the down pass at the same position in the same step.
+
+Each gated ResNet block caches concat_elu of its input and of its inner activation, the inputs
+of its two convolutions; dropout is off (sampling runs in eval mode). The sums are those of the
+full network in another order: float rounding apart (about 1e-7 relative in float32), the cached
+path gives the naive path's probabilities and images.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pixelcnn.layers import Condition
+from pixelcnn.models.incremental import (CachedConv, CachedConvTranspose, CachedStepper, ConvTaps, FeatureMap,
+                                         Pointwise, TransposedTaps, class_bias)
+
+if TYPE_CHECKING:
+    from pixelcnn.models.pixelcnn_pp import GatedResnet, PixelCNNPP
+
+
+def concat_elu_rows(x: Tensor) -> Tensor:
+    """concat_elu over the last dimension: (..., F) -> (..., 2F), [elu(x), elu(-x)]."""
+    return F.elu(torch.cat([x, -x], dim=-1))
+
+
+def concat_elu_into(x: Tensor, out: Tensor) -> Tensor:
+    """concat_elu of (B, F) ``x`` written into ``out``, a (B, 2F) view of a cache position."""
+    torch.cat([x, torch.neg(x)], dim=1, out=out)
+    return F.elu_(out)
+
+
+def gated_residual(x: Tensor, ab: Tensor) -> Tensor:
+    """x + a * sigmoid(b) for ab = [a, b] along the last dimension (GatedResnet's output)."""
+    a, b = ab.chunk(2, dim=-1)
+    return torch.addcmul(x, a, torch.sigmoid(b))
+
+
+def shortcut_weights(nin: nn.Conv2d, streams: int) -> list[Tensor]:
+    """A 1x1 convolution of concat_elu(cat(s_0, ..., s_{n-1})) as one (2F, F) matrix per stream s_k,
+    applied to concat_elu(s_k): the input channels are [elu(s_0), ..., elu(s_{n-1}), elu(-s_0), ...]."""
+    weight = Pointwise(nin).weight                                              # (2 n F, F)
+    f = weight.shape[0] // (2 * streams)
+    return [torch.cat([weight[k * f : (k + 1) * f], weight[(streams + k) * f : (streams + k + 1) * f]])
+            for k in range(streams)]
+
+
+class CachedGatedResnet:
+    """A GatedResnet over one row (u stream) or at one position (ul stream) of its stage.
+
+    Caches concat_elu of its input (``x_elu``) and of its inner activation (``h_elu``). The
+    shortcut, nin(concat_elu(aux)), is a sum over the aux streams: the first stream (u) is taken a
+    row at a time, the second (the up pass's ul, down pass only) a position at a time.
+    """
+
+    def __init__(self, block: "GatedResnet", stepper: CachedStepper, size: tuple[int, int], cond: Condition | None):
+        taps_in, taps_out = ConvTaps.of(block.conv_in), ConvTaps.of(block.conv_out)
+        self.x_elu = stepper.feature_map(taps_in.in_channels, [taps_in], size)
+        self.h_elu = stepper.feature_map(taps_out.in_channels, [taps_out], size)
+        self.conv_in = CachedConv(taps_in, self.x_elu)
+        self.conv_out = CachedConv(taps_out, self.h_elu, class_bias(block.cond_bias, cond, size))
+        streams = 0 if block.aux is None else block.aux.in_channels // taps_in.in_channels
+        self.shortcuts = shortcut_weights(block.aux, streams) if streams else []
+        self.nin_bias = block.aux.bias.detach() if streams else None            # (F,)
+        self.in_bias = taps_in.bias if not streams else taps_in.bias + self.nin_bias   # conv_in's and nin's
+        self.row_bias: Tensor | None = None                                    # (W, B, F), ul stream
+
+    def row(self, x: Tensor, x_elu: Tensor, i: int, skip_elu: Tensor | None = None) -> Tensor:
+        """(W, B, F) output row i from the input row x, its concat_elu x_elu (W, B, 2F) and the shortcut's."""
+        self.x_elu.write_row(i, x_elu)
+        h = self.conv_in.row(i)                                                 # (W, B, F), conv_in's bias
+        if skip_elu is not None:
+            flat = skip_elu.reshape(-1, skip_elu.shape[-1])
+            h = h + torch.addmm(self.nin_bias, flat, self.shortcuts[0]).view_as(h)
+        self.h_elu.write_row(i, concat_elu_rows(h))
+        return gated_residual(x, self.conv_out.row(i))                         # (W, B, F)
+
+    def prepare_row(self, u_elu: Tensor) -> None:
+        """The first convolution's bias at each position of a ul row: its and nin's biases plus nin of
+        the u row's concat_elu ``u_elu`` (W, B, 2F)."""
+        flat = u_elu.reshape(-1, u_elu.shape[-1])
+        self.row_bias = torch.addmm(self.in_bias, flat, self.shortcuts[0]).view(*u_elu.shape[:-1], -1)
+
+    def at(self, x: Tensor, i: int, j: int, skip_elu: Tensor | None = None) -> Tensor:
+        """(B, F) output at (i, j) from the input x (B, F) and the concat_elu of the up pass's ul there (down pass)."""
+        bias = self.row_bias[j]
+        if skip_elu is not None:
+            bias = torch.addmm(bias, skip_elu, self.shortcuts[1])
+        concat_elu_into(x, self.x_elu.at(i, j))
+        h = self.conv_in.at(i, j, bias=bias)                                    # (B, F)
+        concat_elu_into(h, self.h_elu.at(i, j))
+        return gated_residual(x, self.conv_out.at(i, j))
+
+
+class CachedInputLayer:
+    """u = shift_down(u_in(x)) and ul = shift_down(above(x)) + shift_right(left(x)) on the input cache (ones included).
+
+    The shifts fill row 0 (column 0) with zeros, bias included, so those outputs are not convolutions of padding.
+    """
+
+    def __init__(self, taps: list[ConvTaps], inputs: FeatureMap):
+        self.u_in, self.above, self.left = (CachedConv(t, inputs) for t in taps)
+        self.width, self.batch = inputs.width, inputs.buf.shape[0]
+        self.above_row: Tensor | None = None                                   # (W, B, F)
+        self.row_bias: Tensor | None = None                                    # (W, B, F)
+
+    def start_row(self, h: int) -> Tensor:
+        """(W, B, F) u row h (image rows < h); prepares the ul row."""
+        if h == 0:
+            zeros = self.left.bias.new_zeros(self.width, self.batch, self.left.bias.shape[0])
+            u, self.above_row = zeros, zeros
+        else:
+            u, self.above_row = self.u_in.row(h - 1), self.above.row(h - 1)
+        self.row_bias = self.above_row + self.left.bias
+        return u
+
+    def at(self, h: int, w: int) -> Tensor:
+        """(B, F) ul at (h, w): row h - 1 around column w, and rows h - 1, h at column w - 1."""
+        if w == 0:
+            return self.above_row[0]
+        return self.left.at(h, w - 1, bias=self.row_bias[w])
+
+
+class UpStage:
+    """Stage s of the up pass, entered (s > 0) through the stride-2 convolutions of the stage below.
+
+    ``u_top`` / ``ul_top`` cache its last outputs for the next stage's stride-2 convolutions (None at the last stage).
+    """
+
+    def __init__(self, model: "PixelCNNPP", s: int, size: tuple[int, int], below: "UpStage | None",
+                 stepper: CachedStepper, cond: Condition | None):
+        blocks = model.up_pass[s]
+        self.u = [CachedGatedResnet(b.u, stepper, size, cond) for b in blocks]
+        self.ul = [CachedGatedResnet(b.ul, stepper, size, cond) for b in blocks]
+        self.down_u = None if below is None else CachedConv(ConvTaps.of(model.down_u[s - 1]), below.u_top)
+        self.down_ul = None if below is None else CachedConv(ConvTaps.of(model.down_ul[s - 1]), below.ul_top)
+        last = s == len(model.up_pass) - 1
+        f = model.config.filters
+        self.u_top = None if last else stepper.feature_map(f, [ConvTaps.of(model.down_u[s])], size)
+        self.ul_top = None if last else stepper.feature_map(f, [ConvTaps.of(model.down_ul[s])], size)
+
+    def rows(self, u: Tensor, i: int) -> tuple[Tensor, list[Tensor]]:
+        """Row i from the input row u (W, B, F) -> (its last u row, the concat_elu of the down pass's u shortcuts)."""
+        if self.down_u is not None:
+            u = self.down_u.row(i)
+        u_elu, skips = concat_elu_rows(u), []
+        for u_block, ul_block in zip(self.u, self.ul):
+            skips.append(u_elu)
+            u = u_block.row(u, u_elu, i)
+            u_elu = concat_elu_rows(u)
+            ul_block.prepare_row(u_elu)                                        # the ul block's shortcut is this u
+        if self.u_top is not None:                                             # else u starts the down pass
+            self.u_top.write_row(i, u)
+            skips.append(u_elu)
+        return u, skips
+
+    def at(self, ul: Tensor, i: int, j: int) -> tuple[Tensor, list[Tensor]]:
+        """Position (i, j) from the input ul (B, F) -> (its last ul, the concat_elu of the down pass's ul shortcuts)."""
+        if self.down_ul is not None:
+            ul = self.down_ul.at(i, j)
+        skips = []
+        for block in self.ul:
+            ul = block.at(ul, i, j)
+            skips.append(block.x_elu.at(i, j))                                 # concat_elu of the block's input
+        if self.ul_top is not None:
+            self.ul_top.at(i, j).copy_(ul)
+            skips.append(concat_elu_rows(ul))
+        return ul, skips
+
+
+class DownStage:
+    """Stage s of the down pass, entered (below the last stage) through the transposed convolutions.
+
+    ``u_top`` / ``ul_top`` cache its last outputs for the finer stage's transposed convolutions (None at stage 0).
+    """
+
+    def __init__(self, model: "PixelCNNPP", s: int, sizes: list[tuple[int, int]], above: "DownStage | None",
+                 stepper: CachedStepper, cond: Condition | None):
+        stages = len(sizes)
+        d = stages - 1 - s                                                     # index in model.down_pass
+        blocks = model.down_pass[d]
+        self.u = [CachedGatedResnet(b.u, stepper, sizes[s], cond) for b in blocks]
+        self.ul = [CachedGatedResnet(b.ul, stepper, sizes[s], cond) for b in blocks]
+        self.up_u = self.up_ul = None
+        if above is not None:
+            self.up_u = CachedConvTranspose(above.u_readers, above.u_top)
+            self.up_ul = CachedConvTranspose(above.ul_readers, above.ul_top)
+        self.u_top = self.ul_top = None
+        if s > 0:
+            f = model.config.filters
+            self.u_readers = TransposedTaps.of(model.up_u[d], sizes[s], sizes[s - 1])
+            self.ul_readers = TransposedTaps.of(model.up_ul[d], sizes[s], sizes[s - 1])
+            self.u_top = stepper.feature_map(f, [self.u_readers], sizes[s])
+            self.ul_top = stepper.feature_map(f, [self.ul_readers], sizes[s])
+
+    def rows(self, u: Tensor, i: int, skips: list[Tensor]) -> None:
+        """Row i, from the up pass's last u row (last stage) or the coarser stage; consumes ``skips`` from the end."""
+        if self.up_u is not None:
+            u = self.up_u.row(i)
+        u_elu = concat_elu_rows(u)
+        for u_block, ul_block in zip(self.u, self.ul):
+            u = u_block.row(u, u_elu, i, skips.pop())
+            u_elu = concat_elu_rows(u)
+            ul_block.prepare_row(u_elu)
+        if self.u_top is not None:
+            self.u_top.write_row(i, u)
+
+    def at(self, ul: Tensor, i: int, j: int, skips: list[Tensor]) -> Tensor:
+        """(B, F) position (i, j), from the up pass's last ul (last stage) or the coarser stage."""
+        if self.up_ul is not None:
+            ul = self.up_ul.at(i, j)
+        for block in self.ul:
+            ul = block.at(ul, i, j, skips.pop())
+        if self.ul_top is not None:
+            self.ul_top.at(i, j).copy_(ul)
+        return ul
+
+
+def check_geometry(model: "PixelCNNPP") -> None:
+    """The schedule relies on the shapes of the resampling layers: refuse others rather than be wrong."""
+    for layers, kernel in ((model.down_u, (2, 3)), (model.up_u, (2, 3)), (model.down_ul, (2, 2)), (model.up_ul, (2, 2))):
+        for layer in layers:
+            if tuple(layer.kernel_size) != kernel or tuple(layer.stride) != (2, 2):
+                raise ValueError(f"the cached PixelCNN++ path expects {kernel} resampling kernels with stride 2, "
+                                 f"got {layer}")
+
+
+class CachedPixelCNNPP(CachedStepper):
+    """PixelCNN++ one pixel at a time: u rows when an image row starts, ul positions at their pixel (see the module)."""
+
+    def __init__(self, model: "PixelCNNPP", x: Tensor, cond: Condition | None):
+        check_geometry(model)
+        first = [ConvTaps.of(m) for m in (model.u_in, model.ul_in_above, model.ul_in_left)]
+        super().__init__(model, x, first, ones_channel=True)
+        self.input_layer = CachedInputLayer(first, self.inputs)
+        sizes = [(self.height, self.width)]
+        for conv in model.down_u:                                              # ceil(H / 2^s), as F.conv2d gives
+            sizes.append(ConvTaps.of(conv).output_size(*sizes[-1]))
+        self.up: list[UpStage] = []
+        for s, size in enumerate(sizes):
+            self.up.append(UpStage(model, s, size, self.up[-1] if s else None, self, cond))
+        down: list[DownStage] = []
+        for s in reversed(range(len(sizes))):                                 # coarsest first
+            down.append(DownStage(model, s, sizes, down[-1] if down else None, self, cond))
+        self.down = down[::-1]                                                 # indexed by stage
+        self.out = Pointwise(model.out)
+        self.row = -1                                                          # the image row whose u rows are done
+
+    def stages_at(self, h: int, w: int = 0) -> list[int]:
+        """The stages with a position over image pixel (h, w): those whose 2^s divides h and w."""
+        return [s for s in range(len(self.up)) if h % (1 << s) == 0 and w % (1 << s) == 0]
+
+    def start_row(self, h: int) -> None:
+        """The u stream's rows that image row h makes final, at every stage that has a row there."""
+        stages = self.stages_at(h)
+        u, skips = self.input_layer.start_row(h), []
+        for s in stages:
+            u, stage_skips = self.up[s].rows(u, h >> s)
+            skips.append(stage_skips)
+        for s in reversed(stages):
+            self.down[s].rows(u, h >> s, skips[s])
+
+    def column(self, h: int, w: int) -> Tensor:
+        if h != self.row:                                                      # raster order: a new image row
+            self.start_row(h)
+            self.row = h
+        stages = self.stages_at(h, w)
+        ul, skips = self.input_layer.at(h, w), []
+        for s in stages:
+            ul, stage_skips = self.up[s].at(ul, h >> s, w >> s)
+            skips.append(stage_skips)
+        for s in reversed(stages):
+            ul = self.down[s].at(ul, h >> s, w >> s, skips[s])
+        return self.out(F.elu(ul))                                             # (B, P)
