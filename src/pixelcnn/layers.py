@@ -340,11 +340,3 @@ def unskew_columns(x: Tensor, width: int) -> Tensor:
     r = x[0, 0].numel()
     return x.as_strided((h, width, *x.shape[2:]), ((h + 1) * r, h * r, *x.stride()[2:]))
 
-
-class ClassBias(ConditionBias):
-    """TEMPORARY: labels-only ConditionBias for code not yet converted."""
-
-    def __init__(self, num_classes: int | None, channels: int):
-        from types import SimpleNamespace
-
-        super().__init__(SimpleNamespace(num_classes=num_classes, cond_shape=None, cond_features=1), channels)

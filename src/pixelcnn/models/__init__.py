@@ -7,6 +7,7 @@ from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.gated_pixelcnn import GatedPixelCNN
 from pixelcnn.models.pixelcnn import PixelCNN
 from pixelcnn.models.pixelcnn_pp import PixelCNNPP
+from pixelcnn.models.pixelrnn import DiagonalBiLSTM, RowLSTM
 
 REGISTRY: dict[str, type[AutoregressiveModel]] = {}
 
@@ -16,7 +17,7 @@ def register(cls: type[AutoregressiveModel]) -> type[AutoregressiveModel]:
     return cls
 
 
-for _cls in (PixelCNN, GatedPixelCNN, PixelCNNPP):
+for _cls in (PixelCNN, GatedPixelCNN, PixelCNNPP, RowLSTM, DiagonalBiLSTM):
     register(_cls)
 
 

@@ -1,0 +1,314 @@
+"""PixelRNN (Row LSTM, Diagonal BiLSTM): receptive fields, skewing, cached sampling, configs.
+
+Normalisation, causality and faithful sampling at the defaults are covered for every
+registered model by test_exactness.py; these tests pin down what is specific to the family.
+"""
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pixelcnn
+from conftest import TINY
+from exact import dependency_violations, input_gradient, randomise, tiny_model, total_log_mass
+from pixelcnn.cli import main
+from pixelcnn.errors import ConfigError
+from pixelcnn.layers import skew, skew_columns, unskew, unskew_columns
+from pixelcnn.sampling import NaiveStepper
+
+NAMES = ["row_lstm", "diagonal_bilstm"]
+SMALL = {"hidden": 8, "layers": 2, "output_hidden": 8}
+
+
+def float_model(name, shape, levels, seed=0, **hp):
+    """A small float32 model, the same on every run."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = pixelcnn.create(name, image_shape=shape, levels=levels, **{**SMALL, **hp})
+    return randomise(model, seed).eval()
+
+
+# ----- skewing ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (1, 5), (5, 1), (3, 4), (4, 3), (6, 6)])
+def test_skew_then_unskew_is_the_identity(hw):
+    x = torch.randn(2, 3, *hw)
+    assert torch.equal(unskew(skew(x), hw[1]), x)
+
+
+def test_skew_shifts_row_i_right_by_i_so_diagonals_become_columns():
+    h, w = 4, 6
+    x = torch.arange(1, h * w + 1, dtype=torch.float).view(1, 1, h, w)
+    s = skew(x)[0, 0]
+    assert s.shape == (h, w + h - 1)
+    for i in range(h):
+        for col in range(w + h - 1):
+            expected = x[0, 0, i, col - i] if 0 <= col - i < w else 0.0
+            assert s[i, col] == expected, (i, col)
+    # Column col holds exactly the anti-diagonal i + j = col of the image.
+    for col in range(w + h - 1):
+        diagonal = {int(x[0, 0, i, col - i]) for i in range(h) if 0 <= col - i < w}
+        assert {int(v) for v in s[:, col] if v != 0} == diagonal
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (1, 5), (5, 1), (3, 4), (4, 3)])
+def test_batch_last_skew_columns_match_skew_and_invert(hw):
+    """The scan's layout: skew_columns(x)[s, i] is skew(x)[..., i, s], batch last; unskew_columns inverts it."""
+    x = torch.randn(2, 3, *hw)                                   # (B, C, H, W)
+    last = x.permute(2, 3, 1, 0)                                 # (H, W, C, B)
+    columns = skew_columns(last)                                 # (H + W - 1, H, C, B)
+    assert torch.equal(columns.permute(3, 2, 1, 0), skew(x))
+    assert torch.equal(unskew_columns(columns, hw[1]), last)
+
+
+# ----- receptive fields ---------------------------------------------------------------------
+
+
+def earlier(h, w, shape):
+    return {(h2, w2) for h2 in range(shape[1]) for w2 in range(shape[2]) if (h2, w2) < (h, w)}
+
+
+def field(model, h, w):
+    grad = input_gradient(model, h, w)[0]
+    return {(h2, w2) for h2, w2 in (grad > 0).nonzero().tolist()}
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("pixel", [(0, 4), (3, 0), (4, 6), (2, 3)])
+def test_diagonal_bilstm_sees_every_earlier_pixel_and_nothing_else(layers, pixel):
+    shape = (1, 5, 7)
+    model = tiny_model("diagonal_bilstm", shape, 4, layers=layers, hidden=8, output_hidden=8, first_kernel=3)
+    assert field(model, *pixel) == earlier(*pixel, shape)
+
+
+def test_without_the_pixel_input_the_papers_diagonal_bilstm_misses_the_end_of_the_row_above():
+    """Why the first layer's right-to-left gates read the image (models/pixelrnn.py, "One addition")."""
+    shape = (1, 5, 7)
+    model = tiny_model("diagonal_bilstm", shape, 4, layers=2, hidden=8, output_hidden=8, first_kernel=3)
+    with torch.no_grad():
+        model.layers[0].pixel_to_state.weight.zero_()
+    assert field(model, 3, 0) == earlier(3, 0, shape) - {(2, 6)}
+    assert field(model, 3, 5) == earlier(3, 5, shape)         # within first_kernel // 2 of the edge
+
+
+def row_lstm_field(shape, h, w, first_kernel, row_kernel, layers):
+    """The Row LSTM's documented triangular receptive field (module docstring of models/pixelrnn.py)."""
+    f, s, n = first_kernel // 2, row_kernel // 2, layers
+    out = set()
+    for h2 in range(shape[1]):
+        for w2 in range(shape[2]):
+            d, dw = h - h2, w2 - w
+            if d == 0:
+                inside = -(n * s + f) <= dw <= -1
+            else:
+                inside = d > 0 and -(s * d + n * s + f) <= dw <= max(s * (d - 1) + f, s * d - 1)
+            if inside:
+                out.add((h2, w2))
+    return out
+
+
+@pytest.mark.parametrize("first_kernel,row_kernel,layers", [(3, 3, 1), (3, 3, 2), (5, 3, 1), (3, 5, 1), (7, 3, 2)])
+def test_row_lstm_field_is_the_documented_triangle(first_kernel, row_kernel, layers):
+    shape = (1, 7, 16)
+    model = tiny_model("row_lstm", shape, 4, layers=layers, hidden=8, output_hidden=8,
+                       first_kernel=first_kernel, row_kernel=row_kernel)
+    for pixel in [(6, 7), (5, 14), (6, 1)]:
+        expected = row_lstm_field(shape, *pixel, first_kernel, row_kernel, layers)
+        assert expected < earlier(*pixel, shape)              # a triangle, not the whole past
+        assert field(model, *pixel) == expected, pixel
+
+
+@pytest.mark.parametrize("name,hp", [("row_lstm", {"hidden": 14, "row_kernel": 5, "first_kernel": 3}),
+                                     ("diagonal_bilstm", {"hidden": 14, "first_kernel": 5})])
+def test_colour_groups_stay_causal_when_units_do_not_divide_evenly(name, hp):
+    """7 LSTM units over 3 colours (groups of 3, 2, 2): gates, cells and states keep their groups."""
+    model = tiny_model(name, (3, 3, 4), 3, layers=2, output_hidden=12, **hp)
+    assert dependency_violations(model) == []
+    model.layers[1].input_to_state.mask.fill_(1.0)             # let every gate see every group of the pixel
+    itself = r"params of channel 0 at (.*) depend on channel 0 at \1"
+    assert any(re.fullmatch(itself, v) for v in dependency_violations(model))   # channel 0 now sees itself
+
+
+# ----- the recurrences step once per row / diagonal -------------------------------------------
+
+
+@pytest.mark.parametrize("name,steps", [("row_lstm", lambda h, w: h), ("diagonal_bilstm", lambda h, w: h + w - 1)])
+def test_recurrence_steps_once_per_row_or_diagonal(name, steps):
+    shape = (1, 5, 8)
+    model = float_model(name, shape, 2)
+    calls = []
+    for layer in model.layers:
+        layer.state_to_state.register_forward_hook(lambda *_: calls.append(1))
+    model.log_prob(torch.zeros(3, *shape, dtype=torch.long))
+    assert len(calls) == SMALL["layers"] * steps(5, 8)
+
+
+# ----- cached sampling ----------------------------------------------------------------------
+
+
+CASES = [  # shape, levels, num_classes, conditioning image shape
+    ((1, 4, 5), 4, None, None),
+    ((1, 5, 3), 2, 3, None),
+    ((3, 3, 2), 5, None, None),
+    ((3, 2, 4), 256, 4, None),
+    ((1, 1, 6), 3, None, None),
+    ((2, 4, 1), 3, 2, None),
+    ((3, 4, 3), 4, 2, (3, 2, 2)),
+]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape,levels,num_classes,cond_shape", CASES)
+def test_cached_sampling_gives_the_naive_samples(name, shape, levels, num_classes, cond_shape):
+    model = float_model(name, shape, levels, num_classes=num_classes, cond_shape=cond_shape, output_hidden=16)
+    labels = None if num_classes is None else torch.arange(5) % num_classes
+    g = torch.Generator().manual_seed(7)
+    cond_image = None if cond_shape is None else torch.randint(0, levels, (5, *cond_shape), generator=g)
+    for seed in (0, 1):
+        kw = dict(labels=labels, cond_image=cond_image, temperature=0.8 if seed else 1.0)
+        naive = model.sample(5, generator=torch.Generator().manual_seed(seed), method="naive", **kw)
+        cached = model.sample(5, generator=torch.Generator().manual_seed(seed), method="cached", **kw)
+        assert torch.equal(naive, cached)
+        assert len(naive.unique()) > 1                         # the samples are not trivially constant
+
+
+def stepper_probabilities(stepper, x):
+    """(B, H * W * C, L) probabilities of every sub-pixel of x, visited in order while x is set."""
+    _, c_, h_, w_ = x.shape
+    rows = []
+    for h in range(h_):
+        for w in range(w_):
+            for c in range(c_):
+                rows.append(stepper.log_probs(c, h, w).exp())
+                stepper.set(c, h, w, x[:, c, h, w])
+    return torch.stack(rows, 1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape,levels,num_classes,cond_shape", [((1, 4, 6), 3, None, None), ((3, 3, 4), 4, 3, None),
+                                                                  ((1, 5, 4), 3, None, (1, 2, 2))])
+def test_cached_probabilities_match_the_network(name, shape, levels, num_classes, cond_shape):
+    model = float_model(name, shape, levels, num_classes=num_classes, cond_shape=cond_shape, layers=3)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, levels, (4, *shape), generator=g)
+    labels = None if num_classes is None else torch.tensor([0, 1, 2, 1])
+    cond_image = None if cond_shape is None else torch.randint(0, levels, (4, *cond_shape), generator=g)
+    with torch.no_grad():
+        cond = model.condition(labels, cond_image, 4)
+        naive = stepper_probabilities(NaiveStepper(model, x, cond), x)
+        cached = stepper_probabilities(model.cached_stepper(torch.zeros_like(x), cond), x)
+    assert (naive - cached).abs().max() < 1e-4
+    assert (naive - 1 / levels).abs().max() > 0.1             # far from uniform: the check has teeth
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cached_stepper_recomputes_after_an_earlier_value_changes(name):
+    shape = (3, 3, 4)
+    model = float_model(name, shape, 4)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randint(0, 4, (2, 2, *shape), generator=g)
+    stepper = model.cached_stepper(x, None)
+    stepper_probabilities(stepper, x)                          # every pixel of x is final now
+    for c in range(3):                                         # change a pixel in the middle
+        stepper.set(c, 1, 2, y[:, c, 1, 2])
+    x[:, :, 1, 2] = y[:, :, 1, 2]
+    with torch.no_grad():
+        params = model.network(model.preprocess(x), None)
+        for c, h, w in [(0, 2, 3), (2, 1, 3), (1, 1, 2), (0, 0, 1)]:
+            expected = model.distribution.conditional(params[:, :, h, w], x[:, :, h, w], c)
+            assert (stepper.log_probs(c, h, w) - expected).abs().max() < 1e-4, (c, h, w)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cached_completion_gives_the_naive_completion(name):
+    shape = (1, 5, 4)
+    model = float_model(name, shape, 4, num_classes=2)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 4, (2, *shape), generator=g)
+    known = torch.ones_like(x, dtype=torch.bool)
+    known[:, :, 1:4, 1:3] = False
+    out = {m: model.complete(x, known, n=3, labels=1, generator=torch.Generator().manual_seed(0), method=m)
+           for m in ("naive", "cached")}
+    assert torch.equal(out["naive"], out["cached"])
+    assert torch.equal(out["cached"][:, 0][known], x[known])
+
+
+# ----- conditioning ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_conditional_model_is_normalised_and_causal_for_every_label(name):
+    model = tiny_model(name, (3, 2, 2), 2, num_classes=3, **SMALL)
+    masses = [total_log_mass(model, labels=k) for k in range(3)]
+    assert max(abs(m) for m in masses) < 1e-6
+    x = torch.randint(0, 2, (4, 3, 2, 2), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        per_label = torch.stack([model.log_prob(x, torch.full((4,), k)) for k in range(3)])
+    assert (per_label[0] - per_label[1]).abs().max() > 1e-3   # the label changes the distribution
+    model3 = tiny_model(name, (3, 3, 4), 4, num_classes=3, **SMALL)
+    assert dependency_violations(model3, labels=torch.tensor([0, 2])) == []
+
+
+# ----- configuration ------------------------------------------------------------------------
+
+
+def test_defaults_are_the_papers_mnist_model_and_run_on_tiny_colour_images():
+    for name in NAMES:
+        model = pixelcnn.create(name, image_shape=(3, 2, 2), levels=256)
+        assert (model.config.layers, model.config.units) == (7, 16)
+        x = torch.randint(0, 256, (2, 3, 2, 2))
+        assert torch.isfinite(model.log_prob(x)).all()
+
+
+@pytest.mark.parametrize("name,kwargs,message", [
+    ("row_lstm", {"image_shape": (3, 4, 4), "hidden": 5}, "hidden must be at least 6"),
+    ("diagonal_bilstm", {"layers": 0}, "expected an integer >= 1, got 0"),
+    ("row_lstm", {"first_kernel": 4}, "first_kernel must be a positive odd integer, got 4"),
+    ("row_lstm", {"row_kernel": 2}, "row_kernel must be a positive odd integer, got 2"),
+    ("diagonal_bilstm", {"row_kernel": 3}, "has no field"),
+    ("row_lstm", {"levels": 4, "output": "bernoulli"}, "needs levels=2"),
+    ("diagonal_bilstm", {"output_hidden": -1}, "output_hidden must be an integer >= 0"),
+])
+def test_bad_configs_raise_config_error(name, kwargs, message):
+    kwargs = {"image_shape": (1, 4, 4), "levels": 2, **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        pixelcnn.create(name, **kwargs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_checkpoint_round_trip(name, tmp_path):
+    model = float_model(name, (1, 3, 4), 4, num_classes=2, row_kernel=5) if name == "row_lstm" \
+        else float_model(name, (1, 3, 4), 4, num_classes=2)
+    model.save_pretrained(tmp_path / "m")
+    loaded = pixelcnn.load(tmp_path / "m")
+    x = torch.randint(0, 4, (3, 1, 3, 4))
+    labels = torch.tensor([0, 1, 1])
+    assert loaded.config == model.config
+    assert torch.equal(loaded.log_prob(x, labels), model.log_prob(x, labels))
+
+
+# ----- the command line ---------------------------------------------------------------------
+
+
+BINARIZED = Path(os.environ["PIXELCNN_DATA"]) / "binarized_mnist"
+
+
+@pytest.mark.skipif(not BINARIZED.is_dir(), reason="binarized MNIST not found in $PIXELCNN_DATA")
+@pytest.mark.parametrize("name", NAMES)
+def test_cli_trains_evaluates_and_samples(name, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--model", name, "--dataset", "binarized_mnist", "--max-steps", "2", "--batch-size", "4",
+                 "--valid-limit", "8", "--samples", "1", "--epochs", "1", *TINY, "--out", str(run)]) == 0
+    assert main(["eval", str(run), "--split", "test", "--limit", "8"]) == 0
+    assert "nats/image" in capsys.readouterr().out
+    npy = tmp_path / "s.npy"
+    grid = tmp_path / "g.png"
+    assert main(["sample", str(run), "--n", "2", "--seed", "0", "--out", str(grid), "--npy", str(npy)]) == 0
+    samples = np.load(npy)
+    assert samples.shape == (2, 1, 28, 28) and set(np.unique(samples)) <= {0, 1}
+    assert pixelcnn.load(run / "checkpoints" / "best").name == name
