@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 
 import torch
 
 import pixelcnn
+from timing import train_seconds
 from pixelcnn.distributions import bits_per_dim
 
 SHAPE = (3, 32, 32)
@@ -30,14 +30,8 @@ MODELS = {
 
 def train_steps(model, x: torch.Tensor, steps: int, opt: torch.optim.Optimizer) -> tuple[float, float]:
     """Seconds for ``steps`` optimisation steps, and the last loss in bits per sub-pixel."""
-    model.train()
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = model.nll(x).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return time.perf_counter() - start, float(bits_per_dim(loss.detach(), x[0].numel()))
+    seconds, loss = train_seconds(model, x, steps, opt)
+    return seconds, float(bits_per_dim(loss, x[0].numel()))
 
 
 def bench(name: str, x: torch.Tensor, steps: int, warmup: int) -> dict:

@@ -26,6 +26,7 @@ import time
 import torch
 
 import pixelcnn
+from timing import eval_images_per_s, train_images_per_s
 
 MODELS = ("row_lstm", "diagonal_bilstm", "gated_pixelcnn")
 SHAPE = (1, 28, 28)
@@ -36,25 +37,6 @@ def make(name: str):
     return pixelcnn.create(name, image_shape=SHAPE, levels=2)
 
 
-def time_train(model, x, steps: int) -> float:
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = model.nll(x).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return steps * x.shape[0] / (time.perf_counter() - start)
-
-
-@torch.no_grad()
-def time_eval(model, x, steps: int) -> float:
-    model.eval()
-    start = time.perf_counter()
-    for _ in range(steps):
-        model.log_prob(x)
-    return steps * x.shape[0] / (time.perf_counter() - start)
 
 
 @torch.no_grad()
@@ -75,12 +57,12 @@ def time_sampling(model, n: int, naive: bool) -> dict[str, float]:
 def throughput(models: dict, x, args) -> dict[str, dict[str, float]]:
     runs = {name: {"train": [], "eval": []} for name in models}
     for name, model in models.items():                       # warm-up: allocator, first-call costs
-        time_train(model, x, 1)
-        time_eval(model, x, 1)
+        train_images_per_s(model, x, 1)
+        eval_images_per_s(model, x, 1)
     for _ in range(args.repeats):
         for name, model in models.items():
-            runs[name]["train"].append(time_train(model, x, args.steps))
-            runs[name]["eval"].append(time_eval(model, x, args.steps))
+            runs[name]["train"].append(train_images_per_s(model, x, args.steps))
+            runs[name]["eval"].append(eval_images_per_s(model, x, args.steps))
     return {name: {k: statistics.median(v) for k, v in r.items()} for name, r in runs.items()}
 
 

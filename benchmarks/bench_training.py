@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 
 import torch
 
 import pixelcnn
+from timing import eval_images_per_s, train_images_per_s
 
 
 def make(impl: str, hidden: int, layers: int):
@@ -27,25 +27,6 @@ def make(impl: str, hidden: int, layers: int):
                            conv_impl=impl)
 
 
-def time_train(model, x, steps: int) -> float:
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = model.nll(x).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return steps * x.shape[0] / (time.perf_counter() - start)
-
-
-@torch.no_grad()
-def time_eval(model, x, steps: int) -> float:
-    model.eval()
-    start = time.perf_counter()
-    for _ in range(steps):
-        model.log_prob(x)
-    return steps * x.shape[0] / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -62,13 +43,13 @@ def main() -> None:
     x = torch.randint(0, 256, (args.batch, 1, 28, 28), generator=torch.Generator().manual_seed(0))
     models = {impl: make(impl, args.hidden, args.layers) for impl in ("masked", "shaped")}
     for m in models.values():                      # warm-up
-        time_train(m, x, 2)
-        time_eval(m, x, 2)
+        train_images_per_s(m, x, 2)
+        eval_images_per_s(m, x, 2)
     results = {impl: {"train": [], "eval": []} for impl in models}
     for _ in range(args.repeats):
         for impl, m in models.items():
-            results[impl]["train"].append(time_train(m, x, args.steps))
-            results[impl]["eval"].append(time_eval(m, x, args.steps))
+            results[impl]["train"].append(train_images_per_s(m, x, args.steps))
+            results[impl]["eval"].append(eval_images_per_s(m, x, args.steps))
     med = {impl: {k: sorted(v)[len(v) // 2] for k, v in r.items()} for impl, r in results.items()}
     print(f"gated_pixelcnn hidden={args.hidden} layers={args.layers} 1x28x28 levels=256 batch={args.batch}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")

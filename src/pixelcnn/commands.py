@@ -84,6 +84,7 @@ def add_commands(sub) -> None:
     add_upscale(sub)
     p = sub.add_parser("models", help="list the model families and their hyperparameters")
     p.set_defaults(run=run_models)
+    add_pretrained(sub)
 
 
 # ----- train ------------------------------------------------------------------------------
@@ -276,26 +277,46 @@ def add_complete(sub) -> None:
     p = sub.add_parser("complete", help="fill in the unknown part of images (inpainting in raster order)",
                        description="Keep part of each image and sample the rest. The grid shows, per image, the "
                                    "original, the masked input (unknown pixels grey) and --n completions.")
-    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--image", nargs="+", help="image file(s) of the model's size")
-    src.add_argument("--from-dataset", "--from_dataset", dest="from_dataset", metavar="DATASET",
-                     help="take images from a dataset split (see --split, --index)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--index", default="0..7", help="dataset indices: 5, 0,3,9 or 0..7 (inclusive)")
-    p.add_argument("--data-dir", "--data_dir", dest="data_dir")
+    add_image_source(p, "image file(s) of the model's size", "take images from a dataset split")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--keep-rows", "--keep_rows", dest="keep_rows", type=int, help="keep the top N rows (default: half)")
     what.add_argument("--mask", help="PNG of the image's size: white (>= 128) where pixels are known")
-    p.add_argument("--n", "-n", type=int, default=8, help="completions per image")
     p.add_argument("--label", type=int, help="class label (conditional models; default: the dataset's)")
+    add_generation_options(p, 8, "completions.png")
+    p.set_defaults(run=run_complete)
+
+
+def add_image_source(p, image_help: str, dataset_help: str) -> None:
+    """The model argument and where the input images come from: files, or a dataset split."""
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", nargs="+", help=image_help)
+    src.add_argument("--from-dataset", "--from_dataset", dest="from_dataset", metavar="DATASET",
+                     help=dataset_help + " (see --split, --index)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--index", default="0..7", help="dataset indices: 5, 0,3,9 or 0..7 (inclusive)")
+    p.add_argument("--data-dir", "--data_dir", dest="data_dir")
+
+
+def add_generation_options(p, n: int, out: str) -> None:
+    p.add_argument("--n", "-n", type=int, default=n, help="samples per input image")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0, help="1 samples exactly; lower values sharpen")
     p.add_argument("--method", default="auto", choices=["auto", "naive", "cached"])
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", "-o", default="completions.png")
-    p.add_argument("--npy", help="also save the completions (B, n, C, H, W) as .npy")
-    p.set_defaults(run=run_complete)
+    p.add_argument("--out", "-o", default=out, help="PNG grid to write")
+    p.add_argument("--npy", help="also save the samples (B, n, C, H, W) as .npy")
+
+
+def dataset_examples(args) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Images (B, C, H, W) and labels of --from-dataset at --split and --index."""
+    from pixelcnn.data import load_dataset
+
+    data = load_dataset(args.from_dataset, args.split, data_dir=args.data_dir)
+    idx = parse_indices(args.index)
+    if not idx or min(idx) < 0 or max(idx) >= len(data):
+        raise ConfigError(f"expected --index within [0, {len(data)}) for {args.from_dataset} {args.split}, got {args.index}")
+    return data.batch(torch.tensor(idx))
 
 
 def parse_indices(text: str) -> list[int]:
@@ -319,13 +340,7 @@ def completion_inputs(model, args) -> tuple[torch.Tensor, torch.Tensor | None]:
         if tuple(x.shape[1:]) != model.image_shape:
             raise InvalidImageError(f"expected images of shape {model.image_shape}, got {tuple(x.shape[1:])}")
         return x, None
-    from pixelcnn.data import load_dataset
-
-    data = load_dataset(args.from_dataset, args.split, data_dir=args.data_dir)
-    idx = parse_indices(args.index)
-    if not idx or min(idx) < 0 or max(idx) >= len(data):
-        raise ConfigError(f"expected --index within [0, {len(data)}) for {args.from_dataset} {args.split}, got {args.index}")
-    return data.batch(torch.tensor(idx))
+    return dataset_examples(args)
 
 
 def known_mask(model, args, batch: int) -> torch.Tensor:
@@ -385,21 +400,9 @@ def add_upscale(sub) -> None:
     p = sub.add_parser("upscale", help="sample high-resolution versions of low-resolution images",
                        description="For a model trained with --task superres. The grid shows, per image, the input "
                                    "(enlarged), --n samples and, with --from-dataset, the original.")
-    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--image", nargs="+", help="low-resolution image file(s) of the model's conditioning size")
-    src.add_argument("--from-dataset", "--from_dataset", dest="from_dataset", metavar="DATASET",
-                     help="downsample dataset images and upscale them again")
-    p.add_argument("--split", default="test")
-    p.add_argument("--index", default="0..7", help="dataset indices: 5, 0,3,9 or 0..7 (inclusive)")
-    p.add_argument("--data-dir", "--data_dir", dest="data_dir")
-    p.add_argument("--n", "-n", type=int, default=4, help="samples per image")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--method", default="auto", choices=["auto", "naive", "cached"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", "-o", default="upscaled.png")
-    p.add_argument("--npy", help="also save the samples (B, n, C, H, W) as .npy")
+    add_image_source(p, "low-resolution image file(s) of the model's conditioning size",
+                     "downsample dataset images and upscale them again")
+    add_generation_options(p, 4, "upscaled.png")
     p.set_defaults(run=run_upscale)
 
 
@@ -417,13 +420,7 @@ def upscale_inputs(model, args) -> tuple[torch.Tensor, torch.Tensor | None]:
         if tuple(y.shape[1:]) != shape:
             raise InvalidImageError(f"expected low-resolution images of shape {shape}, got {tuple(y.shape[1:])}")
         return y, None
-    from pixelcnn.data import load_dataset
-
-    data = load_dataset(args.from_dataset, args.split, data_dir=args.data_dir)
-    idx = parse_indices(args.index)
-    if not idx or min(idx) < 0 or max(idx) >= len(data):
-        raise ConfigError(f"expected --index within [0, {len(data)}) for {args.from_dataset} {args.split}, got {args.index}")
-    x = data.batch(torch.tensor(idx))[0]
+    x = dataset_examples(args)[0]
     return downsample(x, shape), x
 
 
@@ -447,4 +444,34 @@ def run_upscale(args) -> int:
     if args.npy:
         np.save(args.npy, out.numpy())
     print(f"wrote {b} x {n} upscaled samples to {args.out}")
+    return 0
+
+
+# ----- pretrained ---------------------------------------------------------------------------
+
+
+def add_pretrained(sub) -> None:
+    p = sub.add_parser("pretrained", help="list the shipped checkpoints (load them as pretrained:NAME)")
+    p.add_argument("--reproduce", action="store_true", help="re-evaluate them on their test split and print the table")
+    p.add_argument("--limit", type=int, help="with --reproduce: the first N test images only")
+    p.add_argument("--data-dir", "--data_dir", dest="data_dir")
+    p.set_defaults(run=run_pretrained)
+
+
+def run_pretrained(args) -> int:
+    from pixelcnn import pretrained
+
+    info = pretrained.manifest()
+    if not args.reproduce:
+        for name, d in info.items():
+            print(f"pretrained:{name}\n  {d['model']} on {d['dataset']}, {d['parameters']:,} parameters, "
+                  f"{d['size_mb']:.1f} MB\n  test: {d['test_nll_nats']:.2f} nats/image, {d['test_bits_per_dim']:.4f} "
+                  f"bits/dim\n  trained {d['training']}\n  command: {d['command']}")
+        return 0
+    print(f"{'checkpoint':<28}{'images':>8}{'nats/image':>12}{'bits/dim':>10}{'recorded':>10}{'diff / stderr':>15}")
+    for r in pretrained.reproduce(limit=args.limit, data_dir=args.data_dir):
+        diff = r["nll_nats"] - r["recorded_nll_nats"]
+        ratio = f"{diff / r['stderr_nats']:+.2f}" if r["stderr_nats"] > 0 else f"{diff:+.4f} nats"
+        print(f"pretrained:{r['name']:<17}{r['images']:>8}{r['nll_nats']:>12.3f}{r['bits_per_dim']:>10.4f}"
+              f"{r['recorded_bits_per_dim']:>10.4f}{ratio:>15}")
     return 0
