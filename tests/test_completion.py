@@ -41,6 +41,19 @@ def test_completions_follow_the_exact_conditional_of_the_unknown_pixels(name):
     assert chi_square_pvalue(counts[consistent], target[consistent]) > 1e-3
 
 
+def test_a_mask_per_image_broadcasts_and_a_bad_mask_is_rejected():
+    model = tiny_model("gated_pixelcnn", (1, 3, 3), 4)
+    x = torch.randint(0, 4, (2, 1, 3, 3), generator=torch.Generator().manual_seed(0))
+    known = torch.zeros(1, 3, 3, dtype=torch.bool)
+    known[0, 0] = True                                                 # the top row of every image
+    out = model.complete(x, known, n=2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out[:, :, 0, 0], x[:, None, 0, 0].expand(2, 2, 3))
+    with pytest.raises(pixelcnn.InvalidImageError, match="got shape \\(4, 4\\)"):
+        model.complete(x, torch.zeros(4, 4, dtype=torch.bool))
+    with pytest.raises(pixelcnn.InvalidImageError, match="got torch.int64"):
+        model.complete(x, torch.zeros_like(x))
+
+
 def test_temperature_sharpens_towards_the_mode():
     model = tiny_model("gated_pixelcnn", (1, 2, 2), 4, seed=3)
     images = all_images((1, 2, 2), 4)

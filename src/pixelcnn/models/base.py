@@ -152,11 +152,16 @@ class AutoregressiveModel(nn.Module):
         from pixelcnn.sampling import complete
 
         self.check_images(x)
-        if known.shape != x.shape:
-            known = known.expand_as(x) if known.dim() <= x.dim() else known
-        if known.shape != x.shape or known.dtype != torch.bool:
-            raise InvalidImageError(f"expected a boolean mask `known` of shape {tuple(x.shape)}, "
-                                    f"got {known.dtype} {tuple(known.shape)}")
+        expected = f"expected a boolean mask `known` of shape {tuple(x.shape)} (or one that broadcasts to it)"
+        if not isinstance(known, Tensor) or known.dtype != torch.bool:
+            got = known.dtype if isinstance(known, Tensor) else type(known).__name__
+            raise InvalidImageError(f"{expected}, got {got}")
+        try:
+            known = known.expand_as(x)
+        except RuntimeError:
+            raise InvalidImageError(f"{expected}, got shape {tuple(known.shape)}") from None
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
         b = x.shape[0]
         cond = self.condition(labels, cond_image, b)
         xs = x.to(self.device).repeat_interleave(n, dim=0)
