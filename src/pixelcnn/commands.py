@@ -453,7 +453,7 @@ def run_upscale(args) -> int:
 def add_pretrained(sub) -> None:
     p = sub.add_parser("pretrained", help="list the shipped checkpoints (load them as pretrained:NAME)")
     p.add_argument("--reproduce", action="store_true", help="re-evaluate them on their test split and print the table")
-    p.add_argument("--limit", type=int, help="with --reproduce: the first N test images only")
+    p.add_argument("--limit", type=int, help="with --reproduce: a random (seeded) subset of N test images")
     p.add_argument("--data-dir", "--data_dir", dest="data_dir")
     p.set_defaults(run=run_pretrained)
 
