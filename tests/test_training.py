@@ -109,3 +109,16 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
 def test_conditional_training_needs_labels(tmp_path):
     with pytest.raises(pixelcnn.ConfigError, match="needs class labels"):
         training.train(cfg(conditional=True), tmp_path / "run", **SMALL)
+
+
+def test_evaluate_gives_the_mean_and_spread_of_per_image_nll():
+    from pixelcnn.data import load_dataset
+
+    data = load_dataset("binarized_mnist", "valid")
+    model = pixelcnn.create("gated_pixelcnn", image_shape=(1, 28, 28), levels=2, **SMALL)
+    result = training.evaluate(model, data, batch_size=7, limit=20)
+    x, _ = data.batch(torch.arange(20))
+    nll = -model.log_prob(x).double()
+    assert result["images"] == 20
+    assert result["nll_nats"] == pytest.approx(nll.mean().item(), rel=1e-6)   # float32, other batch sizes
+    assert result["nll_std_nats"] == pytest.approx(nll.std().item(), rel=1e-6)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 
 import pixelcnn
 from pixelcnn.errors import ConfigError, InvalidLabelError
+from pixelcnn.training import resolve_device
 
 ALIASES = {"hidden": ["--inner-dim", "--inner_dim"], "batch_size": ["-b"], "epochs": ["-e"]}
 
@@ -33,7 +35,7 @@ def _parser_for(hint: Any):
     """An argparse ``type`` for a dataclass field annotation."""
     origin = typing.get_origin(hint)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, types.UnionType):
         return _parser_for(args[0])
     if origin is tuple:
         inner = args[0]
@@ -172,14 +174,6 @@ def checkpoint_metadata(path) -> dict[str, Any]:
     return checkpoint.read_config(checkpoint.resolve(path)).get("metadata", {})
 
 
-def device_of(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} was asked for, but torch sees no CUDA device")
-    return torch.device(name)
-
-
 def _describe(model) -> str:
     cfg = model.config
     if cfg.cond_shape is not None:
@@ -191,7 +185,7 @@ def run_eval(args) -> int:
     from pixelcnn.data import load_dataset
     from pixelcnn.training import evaluate
 
-    model = pixelcnn.load(args.checkpoint).to(device_of(args.device))
+    model = pixelcnn.load(args.checkpoint).to(resolve_device(args.device))
     dataset = args.dataset or checkpoint_metadata(args.checkpoint).get("dataset")
     if dataset is None:
         raise ConfigError("this checkpoint does not record its dataset: pass --dataset")
@@ -251,7 +245,7 @@ def run_sample(args) -> int:
 
     from pixelcnn.images import save_grid
 
-    model = pixelcnn.load(args.checkpoint).to(device_of(args.device))
+    model = pixelcnn.load(args.checkpoint).to(resolve_device(args.device))
     labels, n, nrow = sample_labels(model, args)
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
     images = model.sample(n, labels=labels, temperature=args.temperature, generator=gen, method=args.method)
@@ -374,7 +368,7 @@ def run_complete(args) -> int:
 
     from pixelcnn.images import save_grid
 
-    model = pixelcnn.load(args.checkpoint).to(device_of(args.device))
+    model = pixelcnn.load(args.checkpoint).to(resolve_device(args.device))
     x, data_labels = completion_inputs(model, args)
     known = known_mask(model, args, x.shape[0])
     labels = None
@@ -430,7 +424,7 @@ def run_upscale(args) -> int:
     from pixelcnn.images import save_grid
     from pixelcnn.superres import nearest_upsample
 
-    model = pixelcnn.load(args.checkpoint).to(device_of(args.device))
+    model = pixelcnn.load(args.checkpoint).to(resolve_device(args.device))
     y, originals = upscale_inputs(model, args)
     b, n = y.shape[0], args.n
     gen = torch.Generator(device=model.device).manual_seed(args.seed)

@@ -7,7 +7,6 @@ with ``cond_shape=(C, H // scale, W // scale)`` takes it as ``cond_image``.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -151,13 +151,19 @@ class Runtime:
         return self.rank == 0
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when torch sees a GPU, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
 def setup_runtime(device: str) -> Runtime:
     """Pick the device and, under torchrun (WORLD_SIZE > 1), join the process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
+    device = str(resolve_device(device))
     if world == 1:
         return Runtime(torch.device(device))
     import torch.distributed as dist
@@ -183,29 +189,33 @@ def autocast(runtime: Runtime, precision: str):
 
 @torch.no_grad()
 def evaluate(model: pixelcnn.AutoregressiveModel, dataset, batch_size: int = 256, limit: int | None = None,
-             runtime: Runtime | None = None, conditional: bool | None = None) -> dict[str, float]:
-    """Exact negative log-likelihood of a dataset: nats per image and bits per dimension.
+             runtime: Runtime | None = None) -> dict[str, float]:
+    """Exact negative log-likelihood of a dataset: nats per image (mean and standard deviation
+    over images) and bits per dimension. Class-conditional models get the dataset's labels,
+    super-resolution models the low-resolution version of each image.
 
     Under torchrun each process evaluates a contiguous shard and the sums are combined.
     """
     runtime = runtime or Runtime(model.device)
-    conditional = model.config.num_classes is not None if conditional is None else conditional
+    conditional = model.config.num_classes is not None
     n = len(dataset) if limit is None else min(limit, len(dataset))
     lo, hi = runtime.rank * n // runtime.world, (runtime.rank + 1) * n // runtime.world
     was_training = model.training
     model.eval()
-    total = torch.zeros((), dtype=torch.float64)
+    sums = torch.zeros(2, dtype=torch.float64)                             # sum of NLLs, sum of squares
     gen = torch.Generator().manual_seed(0)
     for start in range(lo, hi, batch_size):
         x, y = dataset.batch(torch.arange(start, min(start + batch_size, hi)), generator=gen)
         y = y.to(runtime.device) if conditional else None
         x = x.to(runtime.device)
-        total += -model.log_prob(x, y, cond_images(model, x)).double().sum().cpu()
+        nll = -model.log_prob(x, y, cond_images(model, x)).double().cpu()
+        sums += torch.stack([nll.sum(), nll.square().sum()])
     model.train(was_training)
-    total = _all_reduce_sum(total, runtime)
-    dims = math.prod(dataset.image_shape)
-    nll = float(total) / n
-    return {"nll_nats": nll, "bits_per_dim": bits_per_dim(nll, dims), "images": n}
+    total, squares = _all_reduce_sum(sums, runtime).tolist()
+    mean = total / n
+    std = math.sqrt(max(0.0, squares / n - mean**2) * n / max(n - 1, 1))  # sample standard deviation
+    return {"nll_nats": mean, "nll_std_nats": std, "bits_per_dim": bits_per_dim(mean, math.prod(dataset.image_shape)),
+            "images": n}
 
 
 def _all_reduce_sum(value: Tensor, runtime: Runtime) -> Tensor:
@@ -244,7 +254,8 @@ class EMA:
                 self.shadow[k].copy_(v)
 
     def copy_to(self, model: nn.Module) -> None:
-        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
+        target = model.state_dict()
+        model.load_state_dict({k: v.to(target[k].dtype) for k, v in self.shadow.items()})
 
     def state_dict(self) -> dict[str, Any]:
         return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}

@@ -320,11 +320,6 @@ def bias_row(bias: Tensor | PositionBias, h: int) -> Tensor:
     return bias.row(h) if isinstance(bias, PositionBias) else bias
 
 
-def bias_at(bias: Tensor | PositionBias, h: int, w: int) -> Tensor:
-    """A conditioning bias at position (h, w): (B, n)."""
-    return bias.at(h, w) if isinstance(bias, PositionBias) else bias
-
-
 def gate_rows(x: Tensor) -> Tensor:
     """:func:`layers.gate` over the last dimension of (..., 2n) features: -> (..., n)."""
     return gate(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
