@@ -120,5 +120,7 @@ def test_evaluate_gives_the_mean_and_spread_of_per_image_nll():
     x, _ = data.batch(torch.arange(20))
     nll = -model.log_prob(x).double()
     assert result["images"] == 20
-    assert result["nll_nats"] == pytest.approx(nll.mean().item(), rel=1e-6)   # float32, other batch sizes
-    assert result["nll_std_nats"] == pytest.approx(nll.std().item(), rel=1e-6)
+    # Per-image values are float32 sums of ~800 terms near 500 nats, computed here in other batch
+    # sizes, so each may differ by ~1e-4 nats; the spread (~5 nats) is checked to that precision.
+    assert result["nll_nats"] == pytest.approx(nll.mean().item(), abs=1e-3)
+    assert result["nll_std_nats"] == pytest.approx(nll.std().item(), abs=1e-3)
