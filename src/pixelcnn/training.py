@@ -187,6 +187,20 @@ def autocast(runtime: Runtime, precision: str):
 # ----- evaluation -------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def full_float32():
+    """Turn off TF32 (10-bit mantissa) convolutions and matmuls on CUDA for the duration, so that
+    reported likelihoods are float32 numbers whatever the process's global settings."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=torch.backends.cudnn.benchmark,
+                                        deterministic=torch.backends.cudnn.deterministic, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
 @torch.no_grad()
 def evaluate(model: pixelcnn.AutoregressiveModel, dataset, batch_size: int = 256, limit: int | None = None,
              runtime: Runtime | None = None) -> dict[str, float]:
@@ -204,12 +218,13 @@ def evaluate(model: pixelcnn.AutoregressiveModel, dataset, batch_size: int = 256
     model.eval()
     sums = torch.zeros(2, dtype=torch.float64)                             # sum of NLLs, sum of squares
     gen = torch.Generator().manual_seed(0)
-    for start in range(lo, hi, batch_size):
-        x, y = dataset.batch(torch.arange(start, min(start + batch_size, hi)), generator=gen)
-        y = y.to(runtime.device) if conditional else None
-        x = x.to(runtime.device)
-        nll = -model.log_prob(x, y, cond_images(model, x)).double().cpu()
-        sums += torch.stack([nll.sum(), nll.square().sum()])
+    with full_float32():
+        for start in range(lo, hi, batch_size):
+            x, y = dataset.batch(torch.arange(start, min(start + batch_size, hi)), generator=gen)
+            y = y.to(runtime.device) if conditional else None
+            x = x.to(runtime.device)
+            nll = -model.log_prob(x, y, cond_images(model, x)).double().cpu()
+            sums += torch.stack([nll.sum(), nll.square().sum()])
     model.train(was_training)
     total, squares = _all_reduce_sum(sums, runtime).tolist()
     mean = total / n
