@@ -361,9 +361,9 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_bpd = state["best_bpd"]
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())             # map_location may have moved it
         if state.get("cuda_rng") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
 
     def _sync_eval_model(self) -> pixelcnn.AutoregressiveModel:
         """The weights users get: the EMA average where there is one."""

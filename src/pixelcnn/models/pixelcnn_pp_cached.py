@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pixelcnn.dlm import PixelMixture
 from pixelcnn.layers import Condition
 from pixelcnn.models.incremental import (CachedConv, CachedConvTranspose, CachedStepper, ConvTaps, FeatureMap,
                                          Pointwise, TransposedTaps, class_bias)
@@ -53,16 +54,25 @@ def concat_elu_rows(x: Tensor) -> Tensor:
     return F.elu(torch.cat([x, -x], dim=-1))
 
 
-def concat_elu_into(x: Tensor, out: Tensor) -> Tensor:
-    """concat_elu of (B, F) ``x`` written into ``out``, a (B, 2F) view of a cache position."""
-    torch.cat([x, torch.neg(x)], dim=1, out=out)
+def signed_identity(features: int, like: Tensor) -> Tensor:
+    """(F, 2F) [I, -I]: x @ it is [x, -x], exactly (each output is one input times +-1, plus zeros)."""
+    eye = torch.eye(features, dtype=like.dtype, device=like.device)
+    return torch.cat([eye, -eye], dim=1)
+
+
+def concat_elu_into(x: Tensor, out: Tensor, signs: Tensor) -> Tensor:
+    """concat_elu of (B, F) ``x`` written into ``out``, a (B, 2F) view of a cache position.
+
+    [x, -x] comes from one product with ``signs`` (:func:`signed_identity`), written straight into
+    the strided view: one operation where a negation and a concatenation would take two.
+    """
+    torch.mm(x, signs, out=out)
     return F.elu_(out)
 
 
 def gated_residual(x: Tensor, ab: Tensor) -> Tensor:
-    """x + a * sigmoid(b) for ab = [a, b] along the last dimension (GatedResnet's output)."""
-    a, b = ab.chunk(2, dim=-1)
-    return torch.addcmul(x, a, torch.sigmoid(b))
+    """x + a * sigmoid(b) for ab = [a, b] along the last dimension (GatedResnet's output; glu is a * sigmoid(b))."""
+    return x + F.glu(ab, dim=-1)
 
 
 def shortcut_weights(nin: nn.Conv2d, streams: int) -> list[Tensor]:
@@ -93,6 +103,11 @@ class CachedGatedResnet:
         self.nin_bias = block.aux.bias.detach() if streams else None            # (F,)
         self.in_bias = taps_in.bias if not streams else taps_in.bias + self.nin_bias   # conv_in's and nin's
         self.row_bias: Tensor | None = None                                    # (W, B, F), ul stream
+        self.x_elu_row: Tensor | None = None                                   # (B, W, 2F) views, ul stream
+        self.h_elu_row: Tensor | None = None
+        self.in_windows: Tensor | None = None                                  # (W, B, rows, cols, 2F) views
+        self.out_windows: Tensor | None = None
+        self.signs = signed_identity(taps_in.in_channels // 2, taps_in.weight)  # (F, 2F)
 
     def row(self, x: Tensor, x_elu: Tensor, i: int, skip_elu: Tensor | None = None) -> Tensor:
         """(W, B, F) output row i from the input row x, its concat_elu x_elu (W, B, 2F) and the shortcut's."""
@@ -104,21 +119,32 @@ class CachedGatedResnet:
         self.h_elu.write_row(i, concat_elu_rows(h))
         return gated_residual(x, self.conv_out.row(i))                         # (W, B, F)
 
-    def prepare_row(self, u_elu: Tensor) -> None:
-        """The first convolution's bias at each position of a ul row: its and nin's biases plus nin of
-        the u row's concat_elu ``u_elu`` (W, B, 2F)."""
+    def prepare_row(self, u_elu: Tensor, i: int) -> None:
+        """Ul row i: the first convolution's bias at each position (its and nin's biases plus nin of the
+        u row's concat_elu ``u_elu`` (W, B, 2F)), and the row's views of the caches this block writes."""
         flat = u_elu.reshape(-1, u_elu.shape[-1])
         self.row_bias = torch.addmm(self.in_bias, flat, self.shortcuts[0]).view(*u_elu.shape[:-1], -1)
+        self.x_elu_row, self.h_elu_row = self.x_elu.row(i), self.h_elu.row(i)   # (B, W, 2F) each
+        self.in_windows, self.out_windows = self.conv_in.views[i], self.conv_out.views[i]
 
-    def at(self, x: Tensor, i: int, j: int, skip_elu: Tensor | None = None) -> Tensor:
-        """(B, F) output at (i, j) from the input x (B, F) and the concat_elu of the up pass's ul there (down pass)."""
+    def at(self, x: Tensor, i: int, j: int, skip_elu: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(B, F) output at (i, j) from the input x (B, F) and the concat_elu of the up pass's ul there (down
+        pass); and the concat_elu of x (B, 2F), a view of the cache (the down pass's shortcut, up pass)."""
         bias = self.row_bias[j]
         if skip_elu is not None:
             bias = torch.addmm(bias, skip_elu, self.shortcuts[1])
-        concat_elu_into(x, self.x_elu.at(i, j))
-        h = self.conv_in.at(i, j, bias=bias)                                    # (B, F)
-        concat_elu_into(h, self.h_elu.at(i, j))
-        return gated_residual(x, self.conv_out.at(i, j))
+        x_elu = concat_elu_into(x, self.x_elu_row[:, j], self.signs)
+        h = window_product(self.conv_in, self.in_windows, i, j, bias)           # (B, F)
+        concat_elu_into(h, self.h_elu_row[:, j], self.signs)
+        return gated_residual(x, window_product(self.conv_out, self.out_windows, i, j)), x_elu
+
+
+def window_product(conv: CachedConv, windows: Tensor, i: int, j: int, bias: Tensor | None = None) -> Tensor:
+    """``conv.at(i, j, bias)``, (B, out), from row i's windows ``conv.views[i]`` picked out once per row."""
+    bias = conv.bias if bias is None else bias
+    if conv.position_bias is not None:
+        bias = bias + conv.position_bias.at(i, j)
+    return torch.addmm(bias, windows[j].reshape(conv.batch, conv.size), conv.weight)
 
 
 class CachedInputLayer:
@@ -167,6 +193,7 @@ class UpStage:
         f = model.config.filters
         self.u_top = None if last else stepper.feature_map(f, [ConvTaps.of(model.down_u[s])], size)
         self.ul_top = None if last else stepper.feature_map(f, [ConvTaps.of(model.down_ul[s])], size)
+        self.signs = signed_identity(f, stepper.like)                          # (F, 2F)
 
     def rows(self, u: Tensor, i: int) -> tuple[Tensor, list[Tensor]]:
         """Row i from the input row u (W, B, F) -> (its last u row, the concat_elu of the down pass's u shortcuts)."""
@@ -177,7 +204,7 @@ class UpStage:
             skips.append(u_elu)
             u = u_block.row(u, u_elu, i)
             u_elu = concat_elu_rows(u)
-            ul_block.prepare_row(u_elu)                                        # the ul block's shortcut is this u
+            ul_block.prepare_row(u_elu, i)                                        # the ul block's shortcut is this u
         if self.u_top is not None:                                             # else u starts the down pass
             self.u_top.write_row(i, u)
             skips.append(u_elu)
@@ -189,11 +216,11 @@ class UpStage:
             ul = self.down_ul.at(i, j)
         skips = []
         for block in self.ul:
-            ul = block.at(ul, i, j)
-            skips.append(block.x_elu.at(i, j))                                 # concat_elu of the block's input
+            ul, ul_elu = block.at(ul, i, j)
+            skips.append(ul_elu)                                               # concat_elu of the block's input
         if self.ul_top is not None:
             self.ul_top.at(i, j).copy_(ul)
-            skips.append(concat_elu_rows(ul))
+            skips.append(F.elu_(ul @ self.signs))
         return ul, skips
 
 
@@ -230,7 +257,7 @@ class DownStage:
         for u_block, ul_block in zip(self.u, self.ul):
             u = u_block.row(u, u_elu, i, skips.pop())
             u_elu = concat_elu_rows(u)
-            ul_block.prepare_row(u_elu)
+            ul_block.prepare_row(u_elu, i)
         if self.u_top is not None:
             self.u_top.write_row(i, u)
 
@@ -239,7 +266,7 @@ class DownStage:
         if self.up_ul is not None:
             ul = self.up_ul.at(i, j)
         for block in self.ul:
-            ul = block.at(ul, i, j, skips.pop())
+            ul, _ = block.at(ul, i, j, skips.pop())
         if self.ul_top is not None:
             self.ul_top.at(i, j).copy_(ul)
         return ul
@@ -274,6 +301,27 @@ class CachedPixelCNNPP(CachedStepper):
         self.down = down[::-1]                                                 # indexed by stage
         self.out = Pointwise(model.out)
         self.row = -1                                                          # the image row whose u rows are done
+        self.mixture: PixelMixture | None = None                               # the current pixel's, at its next channel
+
+    def log_probs(self, c: int, h: int, w: int) -> Tensor:
+        """(B, L) as CachedStepper's, from the pixel's :class:`PixelMixture`, which :meth:`set` moves along."""
+        self._check_order(c, h, w)
+        if self.params is None:                                                # a new pixel (``set`` resets it)
+            self.params, self.mixture = self.column(h, w), None
+        if self.mixture is None or self.mixture.channel != c:
+            # A new pixel, or values set other than in the loop's ask-then-set order: start from channel 0.
+            self.mixture = self.distribution.pixel(self.params)
+            for j in range(c):
+                self.mixture.observe(self.x[:, j, h, w])
+        return self.mixture.levels()
+
+    def set(self, c: int, h: int, w: int, values: Tensor) -> None:
+        """As CachedStepper's; the pixel's mixture observes the values (for its next channel, if any)."""
+        super().set(c, h, w, values)
+        if self.mixture is not None and self.mixture.channel == c and c < self.channels - 1:
+            self.mixture.observe(values)
+        else:
+            self.mixture = None
 
     def stages_at(self, h: int, w: int = 0) -> list[int]:
         """The stages with a position over image pixel (h, w): those whose 2^s divides h and w."""

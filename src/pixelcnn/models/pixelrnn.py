@@ -48,13 +48,15 @@ a triangle whose right edge climbs s columns per row (each LSTM reaches s column
 row up, the first layer f columns, the input-to-state s columns to the left on every layer).
 
 Sampling: ``cached_stepper`` keeps every layer's LSTM states and computes one pixel per step
-(the Row LSTM's state-to-state term once per row; the Diagonal BiLSTM's right-to-left
-direction once a row is complete, as its output only reaches the rows below). It gives the
-naive path's probabilities up to float rounding.
+(the first layer's taps on the rows above and the Row LSTM's state-to-state term once per row;
+the Diagonal BiLSTM's right-to-left direction once a row is complete, as its output only
+reaches the rows below). It gives the naive path's probabilities up to float rounding.
 
 Layout: the recurrences run on batch-last maps ((rows, cols, ..., B) inside the Diagonal
 BiLSTM, (n, W, B) rows in the Row LSTM), so that a step's matrix products see whole feature
-maps and a skewed column is one contiguous block (``layers.skew_columns``).
+maps and a skewed column is one contiguous block (``layers.skew_columns``). The samplers keep
+one row of batch-last (features, B) blocks per layer, so that every op of a step reads and
+writes contiguous memory.
 """
 
 from __future__ import annotations
@@ -338,9 +340,15 @@ class DiagonalBiLSTM(PixelRNN):
 
 # ----- incremental sampling -------------------------------------------------------------------
 #
-# The steppers keep their buffers position-major, (rows, cols, B, features), so that one
-# pixel's features are a contiguous (B, features) block: reads and writes of a step touch no
-# strided memory. Each step's sums follow the network's equations in another order, so the
+# At n = 16 a step's matrices are tiny, so what a cached step costs is the number of tensor ops
+# it issues, and whether they read strided memory. The buffers hold the current row, batch last:
+# one pixel's features are a contiguous (features, B) block, the gates are rows of one (4n, B)
+# block, and the Row LSTM's input-to-state window is one ((s + 1) * 2h, B) block. They are
+# allocated at construction together with a view per column, so that a layer's step is a fixed
+# sequence of out= and in-place ops on those views: two matrix products and six elementwise ops
+# for a Row LSTM layer. What depends only on complete rows (the first layer's taps on the rows above,
+# the Row LSTM's state-to-state term, the Diagonal BiLSTM's right-to-left pass) is computed
+# once per row. The sums follow the network's equations in another order, so the
 # probabilities agree with the naive path up to float rounding (~1e-7 in float32).
 
 
@@ -350,61 +358,141 @@ def patch_weight(conv: MaskedConv2d, rows: int) -> Tensor:
     return w.reshape(w.shape[0], -1)
 
 
-class PixelBias:
-    """A layer's constant bias plus its ConditionBias, read at one position: (B, n) from ``at(i, j)``.
+def row_windows(row: Tensor, width: int, taps: int) -> list[Tensor]:
+    """Sliding windows along a batch-last row (width + taps - 1, F, B): ``width`` views (taps * F, B).
 
-    Kept as (H', W', B, n) where H' x W' is 1 x 1 (no conditioning, or labels alone) or the
-    image's size (a conditioning image's per-position term).
+    Window j holds columns j .. j + taps - 1, flattened (column, feature): one contiguous block,
+    which a matrix product reads in place. ``row`` must be contiguous.
+    """
+    _, features, batch = row.shape
+    return list(row.as_strided((width, taps * features, batch), (features * batch, batch, 1),
+                               row.storage_offset()).unbind(0))
+
+
+class PixelBias:
+    """A layer's constant bias plus its ConditionBias, batch last: (H', W', n, B') in ``value``.
+
+    H' x W' x B' is 1 x 1 x 1 without conditioning, 1 x 1 x B for labels alone, or the image's
+    size x B for a conditioning image (a per-position term).
     """
 
-    def __init__(self, bias: Tensor, module: ConditionBias, cond: Condition | None, batch: int):
+    def __init__(self, bias: Tensor, module: ConditionBias, cond: Condition | None):
         extra = module(cond)                                           # 0.0, (B, n, 1, 1) or (B, n, H, W)
+        self.value = bias[:, None].expand(1, 1, -1, 1)                 # (1, 1, n, 1)
         if isinstance(extra, Tensor):
-            self.value = bias + extra.detach().permute(2, 3, 0, 1)     # (H', W', B, n)
-        else:
-            self.value = bias.expand(1, 1, batch, -1)
-
-    def at(self, i: int, j: int) -> Tensor:
-        rows, cols = self.value.shape[:2]
-        return self.value[min(i, rows - 1), min(j, cols - 1)]          # (B, n)
+            self.value = self.value + extra.detach().permute(2, 3, 1, 0)   # (H', W', n, B)
 
     def row(self, i: int) -> Tensor:
-        return self.value[min(i, self.value.shape[0] - 1)]            # (W', B, n): W' is 1 or W
+        return self.value[min(i, self.value.shape[0] - 1)]            # (W', n, B'): W' is 1 or W
+
+
+class LSTMGates:
+    """A batch-last (4n, B) buffer of gate pre-activations [i, f, o, g] and the LSTM update on it.
+
+    Equation (3) as in ``layers.lstm_cell``, in place: one sigmoid over [i, f, o], one tanh over
+    g, results written into the caller's (n, B) cell and state views. Every operand is a
+    contiguous block (the gates are rows).
+    """
+
+    def __init__(self, like: Tensor, units: int, batch: int):
+        n = units
+        self.value = like.new_zeros(4 * n, batch)
+        self.ifo, self.g = self.value[: 3 * n], self.value[3 * n :]
+        self.i, self.f, self.o = self.ifo.split(n)
+
+    def update(self, c_prev: Tensor, c_out: Tensor, h_out: Tensor) -> None:
+        """c_out = f * c_prev + i * g and h_out = o * tanh(c_out), each (n, B); ``value`` is spent."""
+        self.ifo.sigmoid_()
+        self.g.tanh_()
+        torch.mul(self.f, c_prev, out=c_out)
+        c_out.addcmul_(self.i, self.g)
+        torch.tanh(c_out, out=self.g)
+        torch.mul(self.o, self.g, out=h_out)
+
+
+class FirstLayerCache:
+    """The first (mask A) convolution on the current row.
+
+    ``above`` (W, 2h, B) holds the bias and the taps on the f rows above each pixel of the row,
+    computed by ``begin_row(i)`` once rows i - f .. i - 1 are set; a pixel adds the taps of its
+    own row (the f pixels to its left and its own earlier colours) from a window of the padded
+    image ``xp`` (f + H, f + W + f, C, B), written straight into ``output_at[j]``.
+    """
+
+    def __init__(self, conv: MaskedConv2d, bias: PixelBias, xp: Tensor, f: int):
+        w = masked_weight(conv)                                        # (2h, C, 2f + 1, 2f + 1)
+        self.w_above = w[:, :, :f].permute(0, 2, 3, 1).reshape(w.shape[0], -1)       # (2h, f * (2f + 1) * C)
+        self.w_row = w[:, :, f, : f + 1].permute(0, 2, 1).reshape(w.shape[0], -1)    # (2h, (f + 1) * C)
+        self.xp, self.f, self.bias = xp, f, bias
+        self.width = xp.shape[1] - 2 * f
+        self.above = xp.new_zeros(self.width, w.shape[0], xp.shape[3])
+        self.above_at = self.above.unbind(0)
+        self.windows: list[Tensor] = []
+        self.output_at: list[Tensor] = []                              # set by the stepper
+
+    def begin_row(self, i: int) -> None:
+        """Row i's taps on the rows above it (zero padding above the image), and its windows."""
+        f, (width, _, batch) = self.f, self.above.shape
+        taps = self.xp[i : i + f].unfold(1, 2 * f + 1, 1)             # (f, W, C, B, 2f + 1)
+        taps = taps.permute(1, 0, 4, 2, 3).reshape(width, self.w_above.shape[1], batch)   # (W, f * (2f + 1) * C, B)
+        torch.add(torch.matmul(self.w_above, taps), self.bias.row(i), out=self.above)
+        self.windows = row_windows(self.xp[i + f], width, f + 1)      # pixel j's window: columns j - f .. j
+
+    def step(self, j: int) -> None:
+        torch.addmm(self.above_at[j], self.w_row, self.windows[j], out=self.output_at[j])
 
 
 class PixelRNNStepper:
     """Incremental sampler: one pixel of every layer per step, LSTM states kept between steps.
 
-    Two kinds of state, each with a high-water mark moved back when an earlier value is set:
+    The buffers hold one row (``row``): what pixels of that row compute, and what they need from
+    the rows above, prepared by ``begin_row`` (the first layer's taps on the rows above, the Row
+    LSTM's state-to-state term, the Diagonal BiLSTM's right-to-left pass over the row above)
+    when the row's first pixel is computed, at which point every pixel above is.
 
-    * pixel states (stream and left-to-right LSTM states of every layer at a pixel): final once
-      every channel they depend on is set. They never depend on the pixel's own last channel
-      (the first layer is mask A), so they are final after the query of that channel.
-      ``done`` counts the final pixels in raster order.
-    * row terms (what row i + 1 needs from the whole of row i: the Row LSTM's state-to-state
-      term, the Diagonal BiLSTM's right-to-left pass): computed by ``end_row(i)`` when row
-      i + 1 is first needed, at which point every value of row i is set. ``rows_ready`` counts
-      the rows whose ``end_row`` is valid.
+    Pixel states are final once every channel they depend on is set. They never depend on the
+    pixel's own last channel (the first layer is mask A), so they are final after the query of
+    that channel; ``done`` counts the final pixels in raster order. A value set (or a query) in
+    the current row moves ``done`` back and the row is recomputed from there; one in an earlier
+    row, whose states the buffers no longer hold, restarts from the top (``restart``): correct,
+    and never needed by a caller that goes in order.
+
+    A subclass builds one cache per LSTM layer (``begin_row(i, gates)``, ``step(j, gates)``,
+    ``input_at``) and passes them to ``link``.
     """
 
+    @torch.no_grad()
     def __init__(self, model: PixelRNN, x: Tensor, cond: Condition | None):
         self.model, self.cond = model, cond
         self.x = x.clone()
         self.batch, self.channels, self.height, self.width = x.shape
         self.f = f = model.config.first_kernel // 2
-        self.done = self.rows_ready = 0
-        with torch.no_grad():
-            xf = model.preprocess(x).permute(2, 3, 0, 1)               # (H, W, B, C)
-            self.xp = F.pad(xf, (0, 0, 0, 0, f, f, f, 0)).contiguous()  # (f + H, f + W + f, B, C)
-            self.w_in = patch_weight(model.input, f + 1)               # rows below the pixel are masked
-            self.b_in = PixelBias(model.input.bias, model.input_bias, cond, self.batch)
-            self.head = PointwiseHead(model.head)
+        self.done, self.row = 0, -1
+        xf = model.preprocess(x).permute(2, 3, 1, 0)                   # (H, W, C, B)
+        self.xp = F.pad(xf, (0, 0, 0, 0, f, f, f, 0)).contiguous()     # (f + H, f + W + f, C, B)
+        self.level_values = model.preprocess(torch.arange(model.levels, device=x.device))   # (L,)
+        self.first = FirstLayerCache(model.input, PixelBias(model.input.bias, model.input_bias, cond), self.xp, f)
+        self.gates = LSTMGates(self.xp, model.config.units, self.batch)
+        self.head = PointwiseHead(model.head)
+        self.top = self.xp.new_zeros(model.config.hidden, self.batch)  # the last layer's output at the pixel
+        self.caches: list = []
 
-    def new(self, rows: int, cols: int, features: int) -> Tensor:
-        return self.xp.new_zeros(rows, cols, self.batch, features)
+    def link(self, caches: list) -> None:
+        """Chain the layers: each one's output at column j is the next one's input there, the last one's ``top``."""
+        self.caches = caches
+        outputs = [cache.input_at for cache in caches] + [[self.top] * self.width]
+        self.first.output_at = outputs[0]
+        for cache, out in zip(caches, outputs[1:]):
+            cache.output_at = out
+
+    def restart(self) -> None:
+        """Recompute everything from the first pixel on the next query."""
+        self.done, self.row = 0, -1
 
     @torch.no_grad()
     def log_probs(self, c: int, h: int, w: int) -> Tensor:
+        if h < self.row:
+            self.restart()
         index = h * self.width + w
         while self.done < index:
             self.pixel(*divmod(self.done, self.width))
@@ -417,108 +505,169 @@ class PixelRNNStepper:
     @torch.no_grad()
     def set(self, c: int, h: int, w: int, values: Tensor) -> None:
         self.x[:, c, h, w] = values
-        self.xp[h + self.f, w + self.f, :, c] = self.model.preprocess(values)
+        self.xp[h + self.f, w + self.f, c] = self.level_values[values]   # the model's preprocess, by table
+        if h < self.row:
+            self.restart()
         index = h * self.width + w
         self.done = min(self.done, index + 1 if c == self.channels - 1 else index)
-        self.rows_ready = min(self.rows_ready, h)
 
     def pixel(self, i: int, j: int) -> Tensor:
         """Compute pixel (i, j) of every layer from the current values: (B, P) parameters."""
-        while self.rows_ready < i:
-            self.end_row(self.rows_ready)
-            self.rows_ready += 1
-        f = self.f
-        patch = self.xp[i : i + f + 1, j : j + 2 * f + 1]             # (f + 1, 2f + 1, B, C)
-        u = F.linear(patch.permute(2, 0, 1, 3).reshape(self.batch, -1), self.w_in) + self.b_in.at(i, j)   # (B, 2h)
-        for l, layer in enumerate(self.model.layers):
-            u = self.layer_step(l, layer, i, j, u)
-        return self.head(u)                                            # (B, P)
+        while self.row < i:
+            self.row += 1
+            self.begin_row(self.row)
+        gates = self.gates
+        self.first.step(j)
+        for cache in self.caches:
+            cache.step(j, gates)
+        return self.head(self.top.t())                                 # (B, P)
 
-    def layer_step(self, l: int, layer: nn.Module, i: int, j: int, u: Tensor) -> Tensor:
-        raise NotImplementedError
+    def begin_row(self, i: int) -> None:
+        """Prepare the buffers for row i; every pixel above it is computed."""
+        self.first.begin_row(i)
+        for cache in self.caches:
+            cache.begin_row(i, self.gates)
 
-    def end_row(self, i: int) -> None:
-        """Row i is complete: compute what row i + 1 needs from it."""
-        raise NotImplementedError
+
+class RowLSTMCache:
+    """One Row LSTM layer's buffers for the current row, batch last, and its step at one pixel.
+
+    * ``stream`` (s + W, 2h, B): the layer's input, s zero columns on the left, so that the
+      input-to-state window of pixel j (columns j - s .. j) is one ((s + 1) * 2h, B) block;
+    * ``terms`` (W, 4n, B): the gates' bias plus the state-to-state term of the row above,
+      computed once per row, so a step adds only the input-to-state product;
+    * ``cells`` (2, W, n, B): the row above's and this row's, alternating by row parity;
+    * ``states`` (W, n + 1, B): h, and a constant 1 that carries the output layer's bias, so
+      that u + 1x1(h) is one product.
+    """
+
+    def __init__(self, layer: RowLSTMLayer, bias: PixelBias, like: Tensor, width: int):
+        n, hidden, s = layer.units, layer.output.weight.shape[0], layer.state_to_state.weight.shape[2] // 2
+        batch = like.shape[-1]
+        self.s, self.bias = s, bias
+        self.w_in = patch_weight(layer.input_to_state, 1)              # (4n, (s + 1) * 2h), over (col, in)
+        self.w_state = layer.state_to_state.weight.flatten(1)          # (4n, n * k), over (unit, tap)
+        w_out = masked_weight(layer.output)[:, :, 0, 0]                # (2h, n)
+        self.w_out = torch.cat([w_out, layer.output.bias[:, None]], 1)   # (2h, n + 1)
+        stream = like.new_zeros(s + width, hidden, batch)
+        self.terms = like.new_zeros(width, 4 * n, batch)
+        self.cells = like.new_zeros(2, width, n, batch)
+        self.states = like.new_zeros(width, n + 1, batch)
+        self.states[:, n] = 1.0
+        self.input_at = list(stream[s:].unbind(0))                     # (2h, B) each
+        self.windows = row_windows(stream, width, s + 1)               # ((s + 1) * 2h, B) each
+        self.terms_at = self.terms.unbind(0)
+        self.cells_at = [self.cells[0].unbind(0), self.cells[1].unbind(0)]
+        self.c_above_at = self.c_at = self.cells_at[0]
+        self.states_at = self.states.unbind(0)                         # (n + 1, B)
+        self.h_at = self.states[:, :n].unbind(0)                       # (n, B)
+        self.output_at: list[Tensor] = []
+
+    def begin_row(self, i: int, gates: LSTMGates) -> None:
+        """Row i's terms: its bias plus the 1 x k state-to-state convolution of row i - 1's states."""
+        self.c_above_at, self.c_at = self.cells_at[(i + 1) % 2], self.cells_at[i % 2]
+        if i == 0:                                                     # zeros above the image
+            self.cells[1].zero_()
+            self.terms.copy_(self.bias.row(0).expand_as(self.terms))
+            return
+        s, (width, units, batch) = self.s, self.states.shape           # units: n + 1
+        h = F.pad(self.states[:, : units - 1], (0, 0, 0, 0, s, s))     # (W + 2s, n, B), zeros off the row
+        taps = h.unfold(0, 2 * s + 1, 1).transpose(2, 3).reshape(width, -1, batch)   # (W, n * k, B)
+        torch.add(torch.matmul(self.w_state, taps), self.bias.row(i), out=self.terms)
+
+    def step(self, j: int, gates: LSTMGates) -> None:
+        """Pixel j: gates = terms + input-to-state(window), the cell update from the pixel above, u + 1x1(h)."""
+        torch.addmm(self.terms_at[j], self.w_in, self.windows[j], out=gates.value)
+        gates.update(self.c_above_at[j], self.c_at[j], self.h_at[j])
+        torch.addmm(self.input_at[j], self.w_out, self.states_at[j], out=self.output_at[j])
+
+
+class DiagonalLSTMCache:
+    """One Diagonal BiLSTM layer's buffers for the current row, batch last, and its step at one pixel.
+
+    * ``stream`` (W, 2h, B): the layer's input;
+    * ``hs``, ``cs`` (W + 1, n, B): left-to-right states and cells, a zero column on the left;
+    * ``terms`` (W, 4n, B): the left-to-right gates' bias plus the term of the row above's states;
+    * ``rs`` (W + 1, n, B): right-to-left states of the row above, a zero column on the right,
+      and ``rl_out`` (W, 2h, B): their 1x1 output plus the output bias.
+
+    ``begin_row(i)`` runs the right-to-left pass over row i - 1 (whose inputs are all known by
+    then), so a step adds u, ``rl_out`` and 1x1(h).
+    """
+
+    def __init__(self, layer: DiagonalBiLSTMLayer, bias: PixelBias, xp: Tensor, f: int):
+        n, hidden = layer.units, layer.output.weight.shape[0]
+        width, batch = xp.shape[1] - 2 * f, xp.shape[3]
+        self.xp, self.f, self.width, self.bias, self.units = xp, f, width, bias, n
+        w_in = masked_weight(layer.input_to_state)[:, :, 0, 0]        # (8n, 2h): left to right, right to left
+        self.w_in, self.w_in_rl = w_in[: 4 * n], w_in[4 * n :]         # (4n, 2h) each
+        w_ss = layer.state_to_state.weight                             # (8n, n, 2): (row above, same row) taps
+        self.w_up, self.w_left = w_ss[: 4 * n, :, 0], w_ss[: 4 * n, :, 1].contiguous()   # (4n, n) each
+        self.w_up_rl, self.w_right = w_ss[4 * n :, :, 0], w_ss[4 * n :, :, 1].contiguous()
+        pixel = layer.pixel_to_state
+        self.w_pixel = None if pixel is None else pixel.weight[:, :, 0, 0]         # (4n, C)
+        self.w_out = masked_weight(layer.output)[:, :, 0, 0]           # (2h, n)
+        self.b_out = layer.output.bias[:, None]                        # (2h, 1)
+        self.stream = xp.new_zeros(width, hidden, batch)
+        self.hs, self.cs, self.rs, self.rl_cells = (xp.new_zeros(width + 1, n, batch) for _ in range(4))
+        self.terms = xp.new_zeros(width, 4 * n, batch)
+        self.rl_out = xp.new_zeros(width, hidden, batch)
+        self.input_at, self.terms_at = self.stream.unbind(0), self.terms.unbind(0)
+        self.rl_out_at = self.rl_out.unbind(0)
+        self.h_at, self.c_at = self.hs.unbind(0), self.cs.unbind(0)   # pixel j at j + 1
+        self.rs_at, self.rl_c_at = self.rs.unbind(0), self.rl_cells.unbind(0)   # pixel j at j
+        self.output_at: list[Tensor] = []
+
+    def begin_row(self, i: int, gates: LSTMGates) -> None:
+        """Row i's terms from row i - 1: its left-to-right states, and its right-to-left pass."""
+        n, width = self.units, self.width
+        bias = self.bias.row(i)[:, : 4 * n]                            # (W', 4n, B'), left to right
+        if i == 0:                                                     # zeros above the image
+            self.rs.zero_()
+            self.rl_out.copy_(self.b_out.expand_as(self.rl_out))
+            self.terms.copy_(bias.expand_as(self.terms))
+            return
+        self.right_to_left(i - 1, gates)
+        torch.add(torch.matmul(self.w_out, self.rs[:width]), self.b_out, out=self.rl_out)
+        torch.add(torch.matmul(self.w_up, self.hs[1:]), bias, out=self.terms)
+
+    def right_to_left(self, i: int, gates: LSTMGates) -> None:
+        """Row i's right-to-left states into ``rs``, from the row's inputs and row i - 1's states (in ``rs``)."""
+        n, width, f = self.units, self.width, self.f
+        pre = (torch.matmul(self.w_in_rl, self.stream) + self.bias.row(i)[:, 4 * n :]
+               + torch.matmul(self.w_up_rl, self.rs[:width]))          # (W, 4n, B)
+        if self.w_pixel is not None:
+            pre += torch.matmul(self.w_pixel, self.xp[i + f, f : f + width])   # the whole pixels (W, C, B)
+        pre_at, h_at, c_at = pre.unbind(0), self.rs_at, self.rl_c_at
+        for j in range(width - 1, -1, -1):
+            torch.addmm(pre_at[j], self.w_right, h_at[j + 1], out=gates.value)
+            gates.update(c_at[j + 1], c_at[j], h_at[j])
+
+    def step(self, j: int, gates: LSTMGates) -> None:
+        """Pixel j: left-to-right gates from terms, u and the pixel to the left; u + 1x1(h + r) + b."""
+        g, out, h = gates.value, self.output_at[j], self.h_at[j + 1]
+        torch.addmm(self.terms_at[j], self.w_in, self.input_at[j], out=g)
+        g.addmm_(self.w_left, self.h_at[j])
+        gates.update(self.c_at[j], self.c_at[j + 1], h)
+        torch.add(self.input_at[j], self.rl_out_at[j], out=out)
+        out.addmm_(self.w_out, h)
 
 
 class RowLSTMStepper(PixelRNNStepper):
     """Row LSTM states of every layer; the state-to-state term of a row is computed once."""
 
+    @torch.no_grad()
     def __init__(self, model: RowLSTM, x: Tensor, cond: Condition | None):
         super().__init__(model, x, cond)
-        n, hidden, H, W = model.config.units, model.config.hidden, self.height, self.width
-        self.s = model.config.row_kernel // 2
-        layers = model.layers
-        self.streams = [self.new(H, self.s + W, hidden) for _ in layers]   # layer inputs, padded left
-        self.hs = [self.new(H, W, n) for _ in layers]
-        self.cs = [self.new(H + 1, W, n) for _ in layers]                 # row 0: the row above the image
-        self.recurrent = [self.new(H, W, 4 * n) for _ in layers]           # state-to-state terms; row 0 is 0
-        with torch.no_grad():
-            self.w_is = [patch_weight(m.input_to_state, 1) for m in layers]                 # (4n, (s + 1) * 2h)
-            self.b_is = [PixelBias(m.input_to_state.bias, m.cond_bias, cond, self.batch) for m in layers]
-            self.w_out = [masked_weight(m.output)[:, :, 0, 0] for m in layers]             # (2h, n)
-
-    def layer_step(self, l: int, layer: RowLSTMLayer, i: int, j: int, u: Tensor) -> Tensor:
-        s = self.s
-        self.streams[l][i, j + s] = u
-        patch = self.streams[l][i, j : j + s + 1].transpose(0, 1)     # (B, s + 1, 2h)
-        gates = F.linear(patch.reshape(self.batch, -1), self.w_is[l]) + self.b_is[l].at(i, j) + self.recurrent[l][i, j]
-        h, c = lstm_cell(gates, self.cs[l][i, j])                      # (B, n), cell of the pixel above
-        self.hs[l][i, j], self.cs[l][i + 1, j] = h, c
-        return u + F.linear(h, self.w_out[l], layer.output.bias)       # (B, 2h)
-
-    def end_row(self, i: int) -> None:
-        if i + 1 == self.height:
-            return
-        for l, layer in enumerate(self.model.layers):
-            h = self.hs[l][i].permute(2, 0, 1)                         # (n, W, B)
-            zero = h.new_zeros(4 * h.shape[0], *h.shape[1:])
-            self.recurrent[l][i + 1] = layer.state_to_state(h, zero).permute(1, 2, 0)   # (W, B, 4n)
+        self.link([RowLSTMCache(m, PixelBias(m.input_to_state.bias, m.cond_bias, cond), self.xp, self.width)
+                   for m in model.layers])
 
 
 class DiagonalBiLSTMStepper(PixelRNNStepper):
     """Left-to-right states one pixel at a time; the right-to-left pass over a row once it is set."""
 
+    @torch.no_grad()
     def __init__(self, model: DiagonalBiLSTM, x: Tensor, cond: Condition | None):
         super().__init__(model, x, cond)
-        n, hidden, H, W = model.config.units, model.config.hidden, self.height, self.width
-        layers = model.layers
-        self.streams = [self.new(H, W, hidden) for _ in layers]
-        self.hs = [self.new(H + 1, W + 1, n) for _ in layers]          # left to right; padded top and left
-        self.cs = [self.new(H + 1, W + 1, n) for _ in layers]
-        self.rs = [self.new(H + 1, W + 1, n) for _ in layers]          # right to left; padded top and right
-        with torch.no_grad():
-            self.w_is = [masked_weight(m.input_to_state)[:, :, 0, 0].chunk(2) for m in layers]   # 2 x (4n, 2h)
-            self.b_is = [PixelBias(m.input_to_state.bias, m.cond_bias, cond, self.batch) for m in layers]
-            self.w_ss = [m.state_to_state.weight.chunk(2) for m in layers]                     # 2 x (4n, n, 2)
-            self.w_out = [masked_weight(m.output)[:, :, 0, 0] for m in layers]                 # (2h, n)
-
-    def layer_step(self, l: int, layer: DiagonalBiLSTMLayer, i: int, j: int, u: Tensor) -> Tensor:
-        self.streams[l][i, j] = u
-        w_ss = self.w_ss[l][0]
-        up, left = self.hs[l][i, j + 1], self.hs[l][i + 1, j]          # (B, n) each
-        bias = self.b_is[l].at(i, j).chunk(2, -1)[0]                   # (B, 4n), left to right
-        gates = F.linear(u, self.w_is[l][0]) + bias + F.linear(up, w_ss[:, :, 0]) + F.linear(left, w_ss[:, :, 1])
-        h, c = lstm_cell(gates, self.cs[l][i + 1, j])                  # cell of the pixel to the left
-        self.hs[l][i + 1, j + 1], self.cs[l][i + 1, j + 1] = h, c
-        above = self.rs[l][i, j]                                       # right to left, one row up
-        return u + F.linear(h + above, self.w_out[l], layer.output.bias)  # (B, 2h)
-
-    def end_row(self, i: int) -> None:
-        for l, layer in enumerate(self.model.layers):
-            self.right_to_left(l, layer, i)
-
-    def right_to_left(self, l: int, layer: DiagonalBiLSTMLayer, i: int) -> None:
-        """Layer l's right-to-left states of row i, from the row's inputs and row i - 1."""
-        w_ss, W = self.w_ss[l][1], self.width
-        bias = self.b_is[l].row(i).chunk(2, -1)[1]                     # (W or 1, B, 4n), right to left
-        pre = (F.linear(self.streams[l][i], self.w_is[l][1]) + bias
-               + F.linear(self.rs[l][i, :W], w_ss[:, :, 0]))           # (W, B, 4n): input, row i - 1
-        if layer.pixel_to_state is not None:
-            pixels = self.xp[i + self.f, self.f : self.f + W]          # (W, B, C), the whole pixels
-            pre = pre + F.linear(pixels, layer.pixel_to_state.weight[:, :, 0, 0])
-        h = c = self.rs[l][i + 1, W]                                   # zeros right of the image
-        for j in range(W - 1, -1, -1):
-            h, c = lstm_cell(pre[j] + F.linear(h, w_ss[:, :, 1]), c)
-            self.rs[l][i + 1, j] = h
+        self.link([DiagonalLSTMCache(m, PixelBias(m.input_to_state.bias, m.cond_bias, cond), self.xp, self.f)
+                   for m in model.layers])
