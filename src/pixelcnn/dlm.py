@@ -80,21 +80,17 @@ def log1mexp(d: Tensor) -> Tensor:
     return torch.where(d <= LOG_2, small, large)
 
 
-def log_bin_mass(centred: Tensor, inv_scale: Tensor, half_width: float, first: Tensor, last: Tensor,
-                 log_gap: Tensor | None = None) -> Tensor:
+def log_bin_mass(centred: Tensor, inv_scale: Tensor, half_width: float, first: Tensor, last: Tensor) -> Tensor:
     """log P(bin) under a logistic: ``centred`` is (bin centre - mean), all arguments broadcast.
 
     ``first`` / ``last`` mark the edge bins, whose lower / upper edge is at -inf / +inf.
-    ``log_gap`` is log1mexp(2 h / s) where the caller has it already (it depends on the scale only).
     """
     upper = inv_scale * (centred + half_width)           # standardised upper bin edge
     lower = inv_scale * (centred - half_width)           # standardised lower bin edge
     log_cdf_upper = F.logsigmoid(upper)                  # log P(X <= upper): the whole first bin
     log_sf_lower = F.logsigmoid(-lower)                  # log P(X > lower): the whole last bin
     # Interior: sigmoid(upper) - sigmoid(lower), via the identity in the module docstring.
-    if log_gap is None:
-        log_gap = log1mexp(inv_scale * (2.0 * half_width))
-    interior = log_cdf_upper + log_sf_lower + log_gap
+    interior = log_cdf_upper + log_sf_lower + log1mexp(inv_scale * (2.0 * half_width))
     return torch.where(first, log_cdf_upper, torch.where(last, log_sf_lower, interior))
 
 
