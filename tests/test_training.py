@@ -124,3 +124,24 @@ def test_evaluate_gives_the_mean_and_spread_of_per_image_nll():
     # sizes, so each may differ by ~1e-4 nats; the spread (~5 nats) is checked to that precision.
     assert result["nll_nats"] == pytest.approx(nll.mean().item(), abs=1e-3)
     assert result["nll_std_nats"] == pytest.approx(nll.std().item(), abs=1e-3)
+
+
+def test_a_warm_started_conditional_model_starts_as_the_unconditional_one(tmp_path):
+    torch.manual_seed(0)
+    source = pixelcnn.create("gated_pixelcnn", image_shape=(1, 4, 5), levels=4, **SMALL)
+    source.save_pretrained(tmp_path / "source")
+    target = pixelcnn.create("gated_pixelcnn", image_shape=(1, 4, 5), levels=4, num_classes=3, **SMALL)
+    training.warm_start(target, tmp_path / "source")
+    x = torch.randint(0, 4, (6, 1, 4, 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = source.log_prob(x)
+        for label in range(3):
+            torch.testing.assert_close(target.log_prob(x, torch.full((6,), label)), expected, rtol=0, atol=0)
+
+
+def test_warm_start_refuses_tensors_of_another_shape_before_writing_anything(tmp_path):
+    pixelcnn.create("gated_pixelcnn", image_shape=(1, 28, 28), levels=2, hidden=16, layers=2,
+                    output_hidden=0).save_pretrained(tmp_path / "source")
+    with pytest.raises(pixelcnn.ConfigError, match=r"layers.0.vertical.weight: expected \(16, 1, 4, 7\), got \(32, 1, 4, 7\)"):
+        training.train(cfg(init_from=str(tmp_path / "source")), tmp_path / "run", **SMALL)
+    assert not (tmp_path / "run").exists()

@@ -79,6 +79,7 @@ class TrainConfig:
     tensorboard: bool = False
     data_dir: str | None = None
     image_size: int | None = None
+    init_from: str | None = None
 
     help = {
         "model": "model family (see `pixelcnn models`)",
@@ -108,6 +109,8 @@ class TrainConfig:
         "tensorboard": "also write TensorBoard event files into the run folder",
         "data_dir": "folder with the datasets (default: $PIXELCNN_DATA, then the user cache)",
         "image_size": "size images of a folder dataset are resized and cropped to",
+        "init_from": "warm start: copy the tensors of this checkpoint (a run, a folder or pretrained:NAME) whose names "
+                     "match; a tensor of another shape is an error; class-label biases the checkpoint lacks start at 0",
     }
 
     def __post_init__(self) -> None:
@@ -280,6 +283,37 @@ class EMA:
         self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
 
 
+# ----- warm start ------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def warm_start(model: nn.Module, source: str | os.PathLike) -> None:
+    """Copy into ``model`` every tensor of the checkpoint ``source`` that has the same name.
+
+    A tensor of the same name but another shape is refused before anything is copied. Tensors
+    the source lacks keep their initial values, except the class-label biases
+    (:class:`~pixelcnn.layers.ConditionBias` embeddings), which start at zero: a conditional
+    model warm-started from an unconditional one then starts as exactly that model.
+    """
+    from pixelcnn.layers import ConditionBias
+
+    theirs = pixelcnn.load(source).state_dict()
+    ours = model.state_dict()
+    wrong = [f"{k}: expected {tuple(v.shape)}, got {tuple(theirs[k].shape)}"
+             for k, v in ours.items() if k in theirs and theirs[k].shape != v.shape]
+    if wrong:
+        raise ConfigError(f"--init-from {source}: tensors of another shape than this model's ({'; '.join(wrong)})")
+    shared = [k for k in ours if k in theirs]
+    if not shared:
+        raise ConfigError(f"--init-from {source}: expected tensors named like this model's, got none in common")
+    for k in shared:
+        ours[k].copy_(theirs[k])
+    for name, module in model.named_modules():
+        if isinstance(module, ConditionBias) and module.embedding is not None and f"{name}.embedding.weight" not in theirs:
+            module.embedding.weight.zero_()
+    log.info("warm start from %s: %d of %d tensors copied", source, len(shared), len(ours))
+
+
 # ----- the training loop ----------------------------------------------------------------
 
 
@@ -305,7 +339,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.train_set = load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir, image_size=cfg.image_size)
         self.valid_set = load_dataset(cfg.dataset, "valid", data_dir=cfg.data_dir, image_size=cfg.image_size)
-        self.model = self._build_model(model_args or {}, model_config).to(self.rt.device)
+        self.model = self._build_model(model_args or {}, model_config)
+        if cfg.init_from and model_config is None:          # a resumed run has its own weights
+            warm_start(self.model, cfg.init_from)
+        self.model = self.model.to(self.rt.device)
         self.eval_model = self._build_model({}, self.model.config.to_dict()).to(self.rt.device).eval()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=cfg.gamma)
