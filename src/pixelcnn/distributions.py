@@ -58,17 +58,20 @@ class Categorical(OutputDistribution):
     def param_groups(self) -> Tensor:
         return torch.arange(self.num_params) // self.levels
 
-    def logits(self, params: Tensor) -> Tensor:
+    def levels_last(self, params: Tensor) -> Tensor:
+        """(B, H, W, C, L) logits: the softmax runs over contiguous memory (a view of channels-last parameters)."""
         b, _, h, w = params.shape
-        return params.view(b, self.channels, self.levels, h, w)          # (B, C, L, H, W)
+        return params.permute(0, 2, 3, 1).reshape(b, h, w, self.channels, self.levels)
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
-        logp = F.log_softmax(self.logits(params), dim=2)
-        return logp.gather(2, x.long().unsqueeze(2)).flatten(1).sum(1)
+        logp = F.log_softmax(self.levels_last(params), dim=-1)
+        return logp.gather(-1, x.long().permute(0, 2, 3, 1).unsqueeze(-1)).flatten(1).sum(1)
 
     def nll_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
         """(B, C, H, W) negative log-likelihood; cross-entropy keeps training memory low."""
-        return F.cross_entropy(self.logits(params).transpose(1, 2), x.long(), reduction="none")   # classes on dim 1
+        logits = self.levels_last(params)                                    # (B, H, W, C, L)
+        nll = F.cross_entropy(logits.reshape(-1, self.levels), x.long().permute(0, 2, 3, 1).reshape(-1), reduction="none")
+        return nll.view(logits.shape[:-1]).permute(0, 3, 1, 2)
 
     def conditional(self, pixel_params: Tensor, x_pixel: Tensor, c: int) -> Tensor:
         logits = pixel_params[:, c * self.levels : (c + 1) * self.levels]

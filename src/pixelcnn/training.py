@@ -265,11 +265,11 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v.float(), 1 - d)
-            else:
-                self.shadow[k].copy_(v)
+        state = model.state_dict()
+        floats = [k for k, v in state.items() if v.dtype.is_floating_point]
+        torch._foreach_lerp_([self.shadow[k] for k in floats], [state[k].float() for k in floats], 1 - d)   # one fused pass
+        for k in state.keys() - set(floats):
+            self.shadow[k].copy_(state[k])
 
     def copy_to(self, model: nn.Module) -> None:
         target = model.state_dict()

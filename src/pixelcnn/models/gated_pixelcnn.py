@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from pixelcnn.errors import ConfigError
-from pixelcnn.layers import Condition, ConditionBias, channel_groups, gate, horizontal_conv, shift_down, vertical_conv
+from pixelcnn.layers import (Condition, ConditionBias, add_shifted_down, channel_groups, gate, horizontal_conv,
+                             vertical_conv)
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import MaskedModelConfig, OutputHead, check_kernel, gate_groups, masked_1x1, output_distribution
 from pixelcnn.models.incremental import (CachedConv, CachedStepper, ConvTaps, FeatureMap, Pointwise, PointwiseHead,
@@ -82,9 +83,12 @@ class GatedLayer(nn.Module):
 
     def forward(self, v: Tensor, h: Tensor, cond: Condition | None) -> tuple[Tensor, Tensor]:
         v_pre = self.vertical(v)                                           # (B, 2n, H, W), rows <= h
-        h_pre = self.horizontal(h) + self.v_to_h(shift_down(v_pre))        # rows < h, and row h up to w
-        v_out = gate(v_pre + self.v_bias(cond))                          # (B, n, H, W)
-        h_out = self.h_out(gate(h_pre + self.h_bias(cond)))
+        # horizontal(h) + v_to_h(shift_down(v_pre)): rows < h, and row h up to w
+        h_pre = add_shifted_down(self.horizontal(h), self.v_to_h(v_pre), self.v_to_h.bias)
+        if cond is not None:
+            v_pre, h_pre = v_pre + self.v_bias(cond), h_pre + self.h_bias(cond)
+        v_out = gate(v_pre)                                                # (B, n, H, W)
+        h_out = self.h_out(gate(h_pre))
         return v_out, h_out if self.first else h + h_out
 
 
