@@ -73,9 +73,10 @@ class MaskedConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self.weight if self.skip_mask else self.weight * self.mask
-        # A channels-last kernel makes oneDNN compute in NHWC, about twice as fast on CPU for
-        # these narrow kernels; the output is then channels-last too, and so the whole network.
-        weight = weight.contiguous(memory_format=torch.channels_last)
+        if weight.device.type == "cpu":
+            # A channels-last kernel makes oneDNN compute in NHWC, about twice as fast on CPU for
+            # these narrow kernels; the output is then channels-last too, and so the whole network.
+            weight = weight.contiguous(memory_format=torch.channels_last)
         left, right, top, bottom = self.pad
         if left == right and top == bottom:             # symmetric: the convolution pads, no copy
             return F.conv2d(x, weight, self.bias, padding=(top, left), dilation=self.dilation)
