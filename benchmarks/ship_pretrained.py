@@ -17,7 +17,7 @@ from pathlib import Path
 import pixelcnn
 from pixelcnn import checkpoint
 from pixelcnn.data import load_dataset
-from pixelcnn.training import evaluate
+from pixelcnn.evaluation import evaluate
 
 ROOT = Path(__file__).resolve().parents[1] / "src" / "pixelcnn" / "pretrained"
 

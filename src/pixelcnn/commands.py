@@ -20,7 +20,7 @@ import torch
 
 import pixelcnn
 from pixelcnn.errors import ConfigError, InvalidLabelError
-from pixelcnn.training import resolve_device
+from pixelcnn.runtime import resolve_device
 
 ALIASES = {"hidden": ["--inner-dim", "--inner_dim"], "batch_size": ["-b"], "epochs": ["-e"]}
 
@@ -183,7 +183,7 @@ def _describe(model) -> str:
 
 def run_eval(args) -> int:
     from pixelcnn.data import load_dataset
-    from pixelcnn.training import evaluate
+    from pixelcnn.evaluation import evaluate
 
     model = pixelcnn.load(args.checkpoint).to(resolve_device(args.device))
     dataset = args.dataset or checkpoint_metadata(args.checkpoint).get("dataset")
@@ -454,6 +454,7 @@ def add_pretrained(sub) -> None:
 
 def run_pretrained(args) -> int:
     from pixelcnn import pretrained
+    from pixelcnn.evaluation import reproduce
 
     info = pretrained.manifest()
     if not args.reproduce:
@@ -463,7 +464,7 @@ def run_pretrained(args) -> int:
                   f"bits/dim\n  trained {d['training']}\n  command: {d['command']}")
         return 0
     print(f"{'checkpoint':<28}{'images':>8}{'nats/image':>12}{'bits/dim':>10}{'recorded':>10}{'diff / stderr':>15}")
-    for r in pretrained.reproduce(limit=args.limit, data_dir=args.data_dir):
+    for r in reproduce(limit=args.limit, data_dir=args.data_dir):
         diff = r["nll_nats"] - r["recorded_nll_nats"]
         ratio = f"{diff / r['stderr_nats']:+.2f}" if r["stderr_nats"] > 0 else f"{diff:+.4f} nats"
         print(f"pretrained:{r['name']:<17}{r['images']:>8}{r['nll_nats']:>12.3f}{r['bits_per_dim']:>10.4f}"

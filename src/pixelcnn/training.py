@@ -1,4 +1,4 @@
-"""Training and evaluation: fit, evaluate, checkpoint, resume. No model code lives here.
+"""Training: fit, checkpoint, resume. No model code lives here; evaluation is in evaluation.py.
 
 A run folder holds everything about one training run::
 
@@ -21,7 +21,6 @@ computes with the same global batch. Rank 0 alone logs, evaluates, samples and c
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -37,13 +36,14 @@ from torch import Tensor, nn
 
 import pixelcnn
 from pixelcnn import checkpoint
-from pixelcnn.distributions import bits_per_dim
 from pixelcnn.errors import ConfigError, TrainingError
+from pixelcnn.evaluation import evaluate
+from pixelcnn.runtime import PRECISIONS, autocast, setup_runtime
 from pixelcnn.superres import cond_images, cond_shape_for
+from pixelcnn.version import __version__
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 TASKS = ("density", "superres")
 RUN_FILE = "run.json"
 
@@ -135,112 +135,6 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown training settings {sorted(unknown)}")
         return cls(**data)
-
-
-# ----- runtime: device, processes, precision ----------------------------------------------
-
-
-@dataclass
-class Runtime:
-    device: torch.device
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when torch sees a GPU, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} was asked for, but torch sees no CUDA device")
-    return torch.device(name)
-
-
-def setup_runtime(device: str) -> Runtime:
-    """Pick the device and, under torchrun (WORLD_SIZE > 1), join the process group."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = str(resolve_device(device))
-    if world == 1:
-        return Runtime(torch.device(device))
-    import torch.distributed as dist
-
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.startswith("cuda"):
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return Runtime(torch.device(device), dist.get_rank(), dist.get_world_size())
-
-
-def autocast(runtime: Runtime, precision: str):
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=runtime.device.type, dtype=dtype)
-
-
-# ----- evaluation -------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def full_float32():
-    """Turn off TF32 (10-bit mantissa) convolutions and matmuls on CUDA for the duration, so that
-    reported likelihoods are float32 numbers whatever the process's global settings."""
-    matmul = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=torch.backends.cudnn.benchmark,
-                                        deterministic=torch.backends.cudnn.deterministic, allow_tf32=False):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
-
-
-@torch.no_grad()
-def evaluate(model: pixelcnn.AutoregressiveModel, dataset, batch_size: int = 256, limit: int | None = None,
-             runtime: Runtime | None = None) -> dict[str, float]:
-    """Exact negative log-likelihood of a dataset: nats per image (mean and standard deviation
-    over images) and bits per dimension. Class-conditional models get the dataset's labels,
-    super-resolution models the low-resolution version of each image.
-
-    Under torchrun each process evaluates a contiguous shard and the sums are combined.
-    """
-    runtime = runtime or Runtime(model.device)
-    conditional = model.config.num_classes is not None
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    lo, hi = runtime.rank * n // runtime.world, (runtime.rank + 1) * n // runtime.world
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(2, dtype=torch.float64)                             # sum of NLLs, sum of squares
-    gen = torch.Generator().manual_seed(0)
-    with full_float32():
-        for start in range(lo, hi, batch_size):
-            x, y = dataset.batch(torch.arange(start, min(start + batch_size, hi)), generator=gen)
-            y = y.to(runtime.device) if conditional else None
-            x = x.to(runtime.device)
-            nll = -model.log_prob(x, y, cond_images(model, x)).double().cpu()
-            sums += torch.stack([nll.sum(), nll.square().sum()])
-    model.train(was_training)
-    total, squares = _all_reduce_sum(sums, runtime).tolist()
-    mean = total / n
-    std = math.sqrt(max(0.0, squares / n - mean**2) * n / max(n - 1, 1))  # sample standard deviation
-    return {"nll_nats": mean, "nll_std_nats": std, "bits_per_dim": bits_per_dim(mean, math.prod(dataset.image_shape)),
-            "images": n}
-
-
-def _all_reduce_sum(value: Tensor, runtime: Runtime) -> Tensor:
-    if runtime.world == 1:
-        return value
-    import torch.distributed as dist
-
-    v = value.to(runtime.device)
-    dist.all_reduce(v)
-    return v.cpu()
 
 
 # ----- EMA -------------------------------------------------------------------------------
@@ -540,8 +434,6 @@ class Trainer:
     # ----- logs
 
     def _write_run_file(self) -> None:
-        from pixelcnn import __version__
-
         run = {"package_version": __version__, "train": self.cfg.to_dict(), "model": self.model.name,
                "model_config": self.model.config.to_dict(), "parameters": self.model.num_parameters()}
         tmp = self.out / (RUN_FILE + ".tmp")

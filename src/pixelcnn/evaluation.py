@@ -1,0 +1,102 @@
+"""Evaluation: the exact negative log-likelihood of a dataset under a model, in full float32, and the
+re-evaluation of the shipped checkpoints against the test scores recorded in their manifest.
+
+Training evaluates its validation split with :func:`evaluate`; ``pixelcnn eval`` and
+``pixelcnn pretrained --reproduce`` call it from the command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Any
+
+import torch
+
+import pixelcnn
+from pixelcnn.data import load_dataset
+from pixelcnn.distributions import bits_per_dim
+from pixelcnn.pretrained import available, manifest
+from pixelcnn.runtime import Runtime, all_reduce_sum
+from pixelcnn.superres import cond_images
+
+
+@contextlib.contextmanager
+def full_float32():
+    """Turn off TF32 (10-bit mantissa) convolutions and matmuls on CUDA for the duration, so that
+    reported likelihoods are float32 numbers whatever the process's global settings."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=torch.backends.cudnn.benchmark,
+                                        deterministic=torch.backends.cudnn.deterministic, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
+@torch.no_grad()
+def evaluate(model: pixelcnn.AutoregressiveModel, dataset, batch_size: int = 256, limit: int | None = None,
+             runtime: Runtime | None = None) -> dict[str, float]:
+    """Exact negative log-likelihood of a dataset: nats per image (mean and standard deviation
+    over images) and bits per dimension. Class-conditional models get the dataset's labels,
+    super-resolution models the low-resolution version of each image.
+
+    Under torchrun each process evaluates a contiguous shard and the sums are combined.
+    """
+    runtime = runtime or Runtime(model.device)
+    conditional = model.config.num_classes is not None
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    lo, hi = runtime.rank * n // runtime.world, (runtime.rank + 1) * n // runtime.world
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(2, dtype=torch.float64)                             # sum of NLLs, sum of squares
+    gen = torch.Generator().manual_seed(0)
+    with full_float32():
+        for start in range(lo, hi, batch_size):
+            x, y = dataset.batch(torch.arange(start, min(start + batch_size, hi)), generator=gen)
+            y = y.to(runtime.device) if conditional else None
+            x = x.to(runtime.device)
+            nll = -model.log_prob(x, y, cond_images(model, x)).double().cpu()
+            sums += torch.stack([nll.sum(), nll.square().sum()])
+    model.train(was_training)
+    total, squares = all_reduce_sum(sums, runtime).tolist()
+    mean = total / n
+    std = math.sqrt(max(0.0, squares / n - mean**2) * n / max(n - 1, 1))  # sample standard deviation
+    return {"nll_nats": mean, "nll_std_nats": std, "bits_per_dim": bits_per_dim(mean, math.prod(dataset.image_shape)),
+            "images": n}
+
+
+def random_subset(data, size: int, seed: int = 0):
+    """``size`` images drawn without replacement (seeded): a fair sample, unlike the first ones
+    (MNIST's test set, for one, is ordered by the writers' origin)."""
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:size].sort().values
+    pick = lambda t: None if t is None else t[idx]   # noqa: E731
+    return dataclasses.replace(data, images=data.images[idx], labels=pick(data.labels),
+                               intensities=pick(data.intensities))
+
+
+def reproduce(names: list[str] | None = None, limit: int | None = None, data_dir=None,
+              batch_size: int = 256) -> list[dict[str, Any]]:
+    """Evaluate shipped checkpoints on their test split (a random subset of ``limit`` images if given).
+
+    Each row holds the recorded full-test figure and, for a subset, the standard error of its
+    mean, so that the agreement can be judged: |subset - full| should be a few standard errors.
+    """
+    rows = []
+    for name in names or available():
+        info = manifest()[name]
+        model = pixelcnn.load(f"pretrained:{name}")
+        data = load_dataset(info["dataset"], "test", data_dir=data_dir)
+        full = len(data)
+        if limit is not None and limit < full:
+            data = random_subset(data, limit)
+        result = evaluate(model, data, batch_size)
+        n = result["images"]
+        # standard error of a mean of n draws without replacement from the full test set
+        stderr = info["test_nll_std_nats"] / math.sqrt(n) * math.sqrt(max(0.0, 1 - n / full))
+        rows.append({"name": name, "images": n, "nll_nats": result["nll_nats"], "bits_per_dim": result["bits_per_dim"],
+                     "recorded_nll_nats": info["test_nll_nats"], "recorded_bits_per_dim": info["test_bits_per_dim"],
+                     "stderr_nats": stderr})
+    return rows
