@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = "pixelcnn"
 SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 
@@ -142,44 +144,53 @@ def test_the_graph_sees_function_level_and_relative_imports():
 
 # Each module must import with no other module of the package imported before it (an import that works
 # only after another module ran hides a circle or a missing import). One driver loads the third-party
-# libraries once, then forks a child per module, which starts with none of the package loaded.
+# libraries once (not constriction), then forks a child per module, which starts with none of the package
+# loaded and reports its error, if any, and which modules of the compressor the import loaded.
 _IMPORT_EACH_ALONE = """
 import importlib, json, os, sys
 import numpy, PIL.Image, safetensors.torch, torch, tqdm   # shared by every child; the package is not
-failures = {}
+COMPRESSOR = lambda m: m.split(".")[0] == "constriction" or m.startswith("pixelcnn.coding")
+assert not any(m.split(".")[0] == "pixelcnn" or COMPRESSOR(m) for m in sys.modules)
+report = {}
 for name in json.loads(sys.argv[1]):
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read)
-        assert not any(m.split(".")[0] == "pixelcnn" for m in sys.modules)
         try:
             importlib.import_module(name)
-            os._exit(0)
+            error = None
         except BaseException as e:
-            os.write(write, f"{type(e).__name__}: {e}".encode())
-            os._exit(1)
+            error = f"{type(e).__name__}: {e}"
+        os.write(write, json.dumps({"error": error, "compressor": sorted(filter(COMPRESSOR, sys.modules))}).encode())
+        os._exit(0)
     os.close(write)
     with os.fdopen(read, "rb") as f:
         message = f.read().decode()
-    if os.waitpid(pid, 0)[1]:
-        failures[name] = message or "the child died"
-print(json.dumps(failures))
+    os.waitpid(pid, 0)
+    report[name] = json.loads(message) if message else {"error": "the child died", "compressor": []}
+print(json.dumps(report))
 """
 
 
-def test_every_module_imports_alone():
+@pytest.fixture(scope="module")
+def imported_alone() -> dict[str, dict]:
+    """Module -> {"error": None or the exception, "compressor": the compressor's modules it loaded}."""
     modules = sorted(m for m in module_files() if not m.endswith(".__main__"))     # __main__ runs the CLI
     run = subprocess.run([sys.executable, "-c", _IMPORT_EACH_ALONE, json.dumps(modules)], capture_output=True,
                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert run.returncode == 0, run.stderr
-    failures = json.loads(run.stdout)
+    return json.loads(run.stdout)
+
+
+def test_every_module_imports_alone(imported_alone):
+    failures = {name: r["error"] for name, r in imported_alone.items() if r["error"]}
     assert not failures, "modules that fail to import alone:\n  " + "\n  ".join(f"{k}: {v}" for k, v in failures.items())
+    assert "pixelcnn.training" in imported_alone and "pixelcnn.coding.codec" in imported_alone
 
 
-def test_importing_the_trainer_does_not_load_the_compressor():
-    probe = ("import sys, pixelcnn.training; "
-             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'constriction' or m.startswith('pixelcnn.coding')))")
-    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "[]", f"import pixelcnn.training loaded {run.stdout.strip()}"
+def test_importing_the_trainer_does_not_load_the_compressor(imported_alone):
+    for trainer in ("pixelcnn.training", "pixelcnn.evaluation", "pixelcnn"):
+        assert imported_alone[trainer]["compressor"] == [], f"import {trainer} loaded {imported_alone[trainer]['compressor']}"
+    # the probe sees the compressor where it is loaded
+    assert "constriction" in imported_alone["pixelcnn.coding"]["compressor"]
