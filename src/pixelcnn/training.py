@@ -679,6 +679,7 @@ def resume(run_dir: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not _is_main_process():
         return resume_trainer(run_dir, **overrides).fit()
+    runlock.check_free(run_dir)
     resume_config(run_dir, overrides)                   # refuse bad settings before taking the folder
     with runlock.hold(run_dir):
         return resume_trainer(run_dir, **overrides).fit()
