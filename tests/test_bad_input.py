@@ -103,6 +103,8 @@ ROWS = [
     (["train", *T, "--in-channels", "0"], "argument --in-channels: expected an integer >= 1"),
     (["train", *T, "--device", "gpu"], "expected a device: auto, cpu, cuda or cuda:N, got 'gpu'"),
     (["train", *T, "--hidden", "0"], "hidden must be an integer >= 1"),
+    (["train", *T, "--dilations", "1,,2"], "argument --dilations: expected values of type int separated by commas"),
+    (["train", *T, "--dilations", "x"], "argument --dilations: expected values of type int separated by commas"),
     (["train", *T, "--conditional"], "--conditional needs class labels"),
     (["train", *T, "--model", "pixelsnail"], "unknown model 'pixelsnail'"),
     (["train", *T[:2], "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
@@ -119,6 +121,7 @@ ROWS = [
     (["eval", "{cond}", "--dataset", "binarized_mnist", "--limit", "2"], "class-conditional: expected a dataset with class labels"),
     (["eval", "{plain}", "--device", "gpu"], "expected a device"),
     (["eval", "{work}/no/such/run"], "does not exist"),
+    (["eval", "{plain}", "--baseline", "{work}/no/such/run"], "does not exist"),
     # sample
     (["sample", "{plain}", "--n", "0"], "argument --n: expected an integer >= 1, got 0"),
     (["sample", "{plain}", "--n", "-2"], "argument --n: expected an integer >= 1, got -2"),
@@ -127,14 +130,15 @@ ROWS = [
     (["sample", "{cond}", "--labels", "1,,2"], "argument --labels: expected class labels"),
     (["sample", "{cond}", "--labels", "x"], "argument --labels: expected class labels"),
     (["sample", "{cond}", "--labels", "-1"], "argument --labels: expected class labels"),
-    (["sample", "{cond}", "--labels", "3,10", "--n", "1"], "expected --label/--labels in [0, 10) for this model, got [3, 10]"),
-    (["sample", "{plain}", "--label", "3"], "expected no --label/--labels for this unconditional model"),
+    (["sample", "{cond}", "--labels", "3,10", "--n", "1"], "expected --labels in [0, 10) for this model, got [3, 10]"),
+    (["sample", "{plain}", "--label", "3"], "expected no --label for this unconditional model"),
     (["sample", "{cond}", "--label", "1", "--labels", "2"], "not allowed with argument"),
     (["sample", "{plain}", "--method", "fast"], "argument --method: expected one of auto, naive, cached, got 'fast'"),
     (["sample", "{plain}", "--out", "{work}/missing-dir/s.png"], "expected a file in an existing folder"),
     (["sample", "{plain}", "--out", "{work}"], "expected a file name to write, not an existing folder"),
     (["sample", "{plain}", "--npy", "{work}/missing/s.npy"], "expected a file in an existing folder"),
     (["sample", "{plain}", "--seed", "-1"], "argument --seed: expected an integer in [0, 4294967295]"),
+    (["sample", "{plain}", "--n", "1000000000"], "out of memory: expected a smaller --n or --batch-size"),
     # complete
     (["complete", "{plain}", "--image", "{deep}", "--out", "{work}/c.png"], "expected an 8-bit image, got mode I;16"),
     (["complete", "{plain}", "--image", "{huge}", "--out", "{work}/c.png"], "expected a 28x28 image, got 10000x10000"),
@@ -345,6 +349,25 @@ def test_a_lock_left_by_a_killed_process_does_not_block_a_resume(tmp_path, capsy
     code, err = run_cli(["train", "--resume", str(out), "--max-steps", str(step + 2)], capsys)
     assert code == 0, err
     assert torch.load(out / "checkpoints" / "last" / "training_state.pt", weights_only=True)["step"] == step + 2
+
+
+def test_weights_that_are_not_finite_are_never_saved(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    real_step = training.Trainer._train_step
+
+    def step(self, indices):
+        bpd = real_step(self, indices)
+        if self.step == 2:                      # as an overflowing update would leave them
+            next(self.model.parameters()).data.fill_(float("inf"))
+        return bpd
+
+    monkeypatch.setattr(training.Trainer, "_train_step", step)
+    code, err = run_cli(train_argv(out, "--max-steps", "3", "--checkpoint-every", "1", "--ema", "0"), capsys)
+    assert code == 2
+    assert_one_line(err, "the weights became NaN or infinite by step 2; training stopped without saving them")
+    assert f"The last good checkpoint is {out / 'checkpoints' / 'last'} (step 1)" in err
+    state = torch.load(out / "checkpoints" / "last" / "training_state.pt", weights_only=True)
+    assert state["step"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
 # ----- a full disk ---------------------------------------------------------------------------

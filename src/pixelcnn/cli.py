@@ -62,9 +62,20 @@ def main(argv: list[str] | None = None) -> int:
         where = f" {e.filename}" if e.filename else ""
         print(f"pixelcnn {args.command}: error: cannot use{where}: {e.strerror or e}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        print(f"pixelcnn {args.command}: error: out of memory: expected a smaller --n or --batch-size "
+              f"({one_line(str(e))[:160]})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"pixelcnn {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """torch.OutOfMemoryError on accelerators; on CPUs a RuntimeError from the allocator."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(e)
 
 
 def one_line(text: str) -> str:

@@ -130,6 +130,7 @@ def run_eval(args) -> int:
     from pixelcnn.training import evaluate
 
     model = pixelcnn.load(args.checkpoint).to(resolve_device(args.device))
+    base = pixelcnn.load(args.baseline).to(model.device) if args.baseline else None
     dataset = args.dataset or checkpoint_metadata(args.checkpoint).get("dataset")
     if dataset is None:
         raise ConfigError("this checkpoint does not record its dataset: pass --dataset")
@@ -139,8 +140,7 @@ def run_eval(args) -> int:
                    "conditional": model.config.num_classes is not None or model.config.cond_shape is not None})
     print(f"{dataset} {args.split} ({result['images']} images): {_describe(model)}NLL {result['nll_nats']:.4f} "
           f"nats/image, {result['bits_per_dim']:.4f} bits/dim")
-    if args.baseline:
-        base = pixelcnn.load(args.baseline).to(model.device)
+    if base is not None:
         result["baseline"] = {**evaluate(base, data, args.batch_size, args.limit), "checkpoint": str(args.baseline)}
         b = result["baseline"]
         print(f"baseline {args.baseline}: {_describe(base)}NLL {b['nll_nats']:.4f} nats/image, "
@@ -179,7 +179,9 @@ def add_sampling_options(p, out: str, npy_help: str) -> None:
 def sample_labels(model, args) -> tuple[torch.Tensor | None, int, int | None]:
     """(labels, n, images per grid row) from --n / --label / --labels."""
     k = model.config.num_classes
-    validation.labels_fit(model, [args.label] if args.label is not None else args.labels, "--label/--labels")
+    if args.label is not None:
+        validation.labels_fit(model, [args.label], "--label")
+    validation.labels_fit(model, args.labels, "--labels")
     if k is None:
         return None, 64 if args.n is None else args.n, None
     if args.label is not None:

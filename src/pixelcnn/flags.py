@@ -15,7 +15,7 @@ import typing
 from typing import Any
 
 import pixelcnn
-from pixelcnn.validation import flag
+from pixelcnn.validation import fail, flag
 
 ALIASES = {"hidden": ["--inner-dim", "--inner_dim"], "batch_size": ["-b"], "epochs": ["-e"]}
 
@@ -33,9 +33,18 @@ def _parser_for(hint: Any):
     if origin in (typing.Union, types.UnionType):
         return _parser_for(args[0])
     if origin is tuple:
-        inner = args[0]
-        return lambda text: tuple(inner(v) for v in text.replace(" ", "").split(",") if v)
+        return flag(comma_list(args[0]))
     return hint
+
+
+def comma_list(inner: type):
+    """'1,2,4' -> (1, 2, 4): every item of type ``inner``, none empty."""
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(inner(v) for v in text.split(","))
+        except ValueError:
+            fail(None, f"values of type {inner.__name__} separated by commas (like 1,2,4)", text)
+    return parse
 
 
 def add_dataclass_flags(parser, cls: type, fields=None, show_defaults: bool = True) -> None:
