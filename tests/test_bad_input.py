@@ -182,6 +182,9 @@ ROWS = [
     (["decompress", "{plain}", "{garbage}", "-o", "{a_file}"], "expected a folder to write into, not an existing file"),
     # the rest
     (["pretrained", "--reproduce", "--limit", "0"], "argument --limit: expected an integer >= 1"),
+    (["pretrained", "--limit", "3"], "expected --limit with --reproduce only"),
+    (["sample", "{sr}"], "got a super-resolution model (given 14x14): use pixelcnn upscale"),
+    (["complete", "{sr}", "--image", "{digit}"], "got a super-resolution model"),
     (["models", "--hidden", "3"], "unrecognized arguments: --hidden 3"),
     (["paint"], "argument COMMAND: invalid choice: 'paint'"),
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import re
 import sys
 
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     except PixelCNNError as e:
         print(f"pixelcnn {args.command}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
+    except BrokenPipeError:                 # the reader went away (| head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as e:
         where = f" {e.filename}" if e.filename else ""
         print(f"pixelcnn {args.command}: error: cannot use{where}: {e.strerror or e}", file=sys.stderr)

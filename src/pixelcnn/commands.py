@@ -199,7 +199,7 @@ def run_sample(args) -> int:
 
     from pixelcnn.images import save_grid
 
-    model = pixelcnn.load(args.checkpoint).to(resolve_device(args.device))
+    model = load_unconditioned(args)
     labels, n, nrow = sample_labels(model, args)
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
     images = model.sample(n, labels=labels, temperature=args.temperature, generator=gen, method=args.method)
@@ -208,6 +208,15 @@ def run_sample(args) -> int:
         np.save(args.npy, images.cpu().numpy())
     print(f"wrote {n} samples to {args.out}" + (f" and {args.npy}" if args.npy else ""))
     return 0
+
+
+def load_unconditioned(args):
+    """The model of ``sample`` and ``complete``: any but a super-resolution one (that is ``upscale``'s)."""
+    model = pixelcnn.load(args.checkpoint).to(resolve_device(args.device))
+    if model.config.cond_shape is not None:
+        raise ConfigError(f"expected a model that needs no conditioning image, got a super-resolution model "
+                          f"(given {model.config.cond_shape[1]}x{model.config.cond_shape[2]}): use pixelcnn upscale")
+    return model
 
 
 def run_models(args) -> int:
@@ -302,7 +311,7 @@ def run_complete(args) -> int:
 
     from pixelcnn.images import save_grid
 
-    model = pixelcnn.load(args.checkpoint).to(resolve_device(args.device))
+    model = load_unconditioned(args)
     x, data_labels = completion_inputs(model, args)
     known = known_mask(model, args, x.shape[0])
     labels = None
@@ -387,6 +396,8 @@ def run_pretrained(args) -> int:
     from pixelcnn import pretrained
 
     info = pretrained.manifest()
+    if args.limit is not None and not args.reproduce:
+        raise ConfigError(f"expected --limit with --reproduce only, got --limit {args.limit} alone")
     if not args.reproduce:
         for name, d in info.items():
             print(f"pretrained:{name}\n  {d['model']} on {d['dataset']}, {d['parameters']:,} parameters, "
