@@ -179,8 +179,7 @@ def add_sampling_options(p, out: str, npy_help: str) -> None:
 def sample_labels(model, args) -> tuple[torch.Tensor | None, int, int | None]:
     """(labels, n, images per grid row) from --n / --label / --labels."""
     k = model.config.num_classes
-    if args.label is not None:
-        validation.labels_fit(model, [args.label], "--label")
+    validation.labels_fit(model, None if args.label is None else [args.label], "--label")
     validation.labels_fit(model, args.labels, "--labels")
     if k is None:
         return None, 64 if args.n is None else args.n, None
@@ -191,7 +190,6 @@ def sample_labels(model, args) -> tuple[torch.Tensor | None, int, int | None]:
     per = 8 if args.n is None else args.n
     labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(per)
     return labels, len(labels), per
-
 
 
 def run_sample(args) -> int:
