@@ -14,9 +14,9 @@ parsed here too, once.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,7 +38,7 @@ def _bounds(lo, hi, open_lo: bool = False, open_hi: bool = False) -> str:
     return f"{'<' if open_hi else '<='} {hi}" if hi is not None else ""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Integer:
     """An int (not a bool) in [minimum, maximum]."""
 
@@ -64,7 +64,7 @@ class Integer:
         return self(value)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Real:
     """A finite number (int or float, not a bool) between the bounds, each open or closed."""
 
@@ -95,7 +95,7 @@ class Real:
         return self(value)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class OneOf:
     """One of a few strings."""
 
@@ -122,8 +122,6 @@ METHOD = OneOf(METHODS)
 
 def check_fields(config, limits: dict[str, Callable[[Any, str], Any]]) -> None:
     """Apply each field's check to a configuration dataclass; None passes where it is the default."""
-    import dataclasses
-
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
     for name, check in limits.items():
         value = getattr(config, name)
@@ -149,9 +147,8 @@ def flag(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 def labels(text: str) -> list[int]:
     """'3' -> [3]; '0,3,9' -> [0, 3, 9]. Every item an integer >= 0; no empty items."""
     expected = "class labels: one integer >= 0, or several separated by commas (like 0,3,9)"
-    items = text.split(",")
     try:
-        values = [int(v) for v in items]
+        values = [int(v) for v in text.split(",")]
     except ValueError:
         fail(None, expected, text, InvalidLabelError)
     if any(v < 0 for v in values):
