@@ -151,6 +151,8 @@ ROWS = [
     (["complete", "{plain}", "--from-dataset", "mnist", "--index", "1,,2"], "argument --index: expected indices >= 0"),
     (["complete", "{plain}", "--from-dataset", "mnist", "--index", "99999", "--out", "{work}/c.png"], "expected --index within [0, 10000)"),
     (["complete", "{plain}", "--image", "{digit}", "--n", "0"], "argument --n: expected an integer >= 1"),
+    (["complete", "{plain}", "--image", "{digit}", "--index", "3"], "expected --index with --from-dataset only"),
+    (["upscale", "{sr}", "--image", "{digit}", "--index", "3"], "expected --index with --from-dataset only"),
     (["complete", "{plain}", "--image", "{digit}", "--temperature", "-1"], "argument --temperature: expected a finite number > 0"),
     (["complete", "{plain}", "--image", "{digit}", "--label", "3", "--out", "{work}/c.png"], "expected no --label for this unconditional model"),
     (["complete", "{plain}", "--image", "{digit}", "--from-dataset", "mnist"], "not allowed with argument"),

@@ -250,7 +250,7 @@ def add_image_source(p, image_help: str, dataset_help: str) -> None:
     src.add_argument("--from-dataset", "--from_dataset", dest="from_dataset", metavar="DATASET",
                      help=dataset_help + " (see --split, --index)")
     p.add_argument("--split", default="test")
-    p.add_argument("--index", default=validation.indices("0..7"), type=flag(validation.indices),
+    p.add_argument("--index", type=flag(validation.indices),
                    help="dataset indices: 5, 0,3,9 or 0..7 (inclusive; default: 0..7)")
     p.add_argument("--data-dir", "--data_dir", dest="data_dir")
 
@@ -265,11 +265,16 @@ def dataset_examples(args) -> tuple[torch.Tensor, torch.Tensor | None]:
     from pixelcnn.data import load_dataset
 
     data = load_dataset(args.from_dataset, args.split, data_dir=args.data_dir)
-    idx = args.index
+    idx = validation.indices("0..7") if args.index is None else args.index
     if max(idx) >= len(data):
         raise ConfigError(f"expected --index within [0, {len(data)}) for {args.from_dataset} {args.split}, "
                           f"got indices up to {max(idx)}")
     return data.batch(torch.tensor(idx))
+
+
+def check_no_index(args) -> None:
+    if args.index is not None:
+        raise ConfigError("expected --index with --from-dataset only, got --index with --image files")
 
 
 def completion_inputs(model, args) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -277,6 +282,7 @@ def completion_inputs(model, args) -> tuple[torch.Tensor, torch.Tensor | None]:
     from pixelcnn.images import read_png
 
     if args.image:
+        check_no_index(args)
         return torch.stack([read_png(f, model.image_shape, model.levels) for f in args.image]), None
     return dataset_examples(args)
 
@@ -351,6 +357,7 @@ def upscale_inputs(model, args) -> tuple[torch.Tensor, torch.Tensor | None]:
     if shape is None:
         raise ConfigError("this model is not a super-resolution model: train one with --task superres")
     if args.image:
+        check_no_index(args)
         return torch.stack([read_png(f, shape, model.levels, what="low-resolution image") for f in args.image]), None
     x = dataset_examples(args)[0]
     return downsample(x, shape), x
