@@ -17,9 +17,11 @@ import torch
 import pixelcnn
 from pixelcnn.data import load_dataset
 from pixelcnn.distributions import bits_per_dim
+from pixelcnn.errors import DataError, InvalidLabelError
 from pixelcnn.pretrained import available, manifest
 from pixelcnn.runtime import Runtime, all_reduce_sum
 from pixelcnn.superres import cond_images
+from pixelcnn.validation import COUNT
 
 
 @contextlib.contextmanager
@@ -47,7 +49,7 @@ def evaluate(model: pixelcnn.AutoregressiveModel, dataset, batch_size: int = 256
     """
     runtime = runtime or Runtime(model.device)
     conditional = model.config.num_classes is not None
-    n = len(dataset) if limit is None else min(limit, len(dataset))
+    n = check_evaluation(model, dataset, batch_size, limit)
     lo, hi = runtime.rank * n // runtime.world, (runtime.rank + 1) * n // runtime.world
     was_training = model.training
     model.eval()
@@ -66,6 +68,23 @@ def evaluate(model: pixelcnn.AutoregressiveModel, dataset, batch_size: int = 256
     std = math.sqrt(max(0.0, squares / n - mean**2) * n / max(n - 1, 1))  # sample standard deviation
     return {"nll_nats": mean, "nll_std_nats": std, "bits_per_dim": bits_per_dim(mean, math.prod(dataset.image_shape)),
             "images": n}
+
+
+def check_evaluation(model, dataset, batch_size: int, limit: int | None) -> int:
+    """Refuse what evaluate cannot score; returns the number of images it will score."""
+    COUNT(batch_size, "batch_size")
+    if limit is not None:
+        COUNT(limit, "limit")
+    if tuple(dataset.image_shape) != model.image_shape or dataset.levels != model.levels:
+        raise DataError(f"expected a dataset of {model.image_shape} images with {model.levels} levels, as the model "
+                        f"has, got {dataset.name} with {tuple(dataset.image_shape)} images and {dataset.levels} levels")
+    if model.config.num_classes is not None and dataset.labels is None:
+        raise InvalidLabelError(f"the model is class-conditional: expected a dataset with class labels, "
+                                f"got {dataset.name} {dataset.split} without labels")
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    if n == 0:
+        raise DataError(f"expected at least one image to evaluate, got an empty {dataset.name} {dataset.split}")
+    return n
 
 
 def random_subset(data, size: int, seed: int = 0):

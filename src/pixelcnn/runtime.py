@@ -33,9 +33,18 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` (CUDA when torch sees a GPU, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    expected = "a device: auto, cpu, cuda or cuda:N"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"expected {expected}, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} was asked for, but torch sees no CUDA device")
-    return torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"expected a CUDA device index below {torch.cuda.device_count()}, got {name!r}")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"expected {expected}, got {name!r}")
+    return device
 
 
 def setup_runtime(device: str) -> Runtime:

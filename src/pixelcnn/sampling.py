@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from pixelcnn.distributions import sample_inverse_cdf
-
-METHODS = ("auto", "naive", "cached")
+from pixelcnn.errors import ConfigError
+from pixelcnn.validation import METHOD, TEMPERATURE
 
 
 class Stepper(Protocol):
@@ -54,14 +54,13 @@ class NaiveStepper:
 
 def make_stepper(model, x: Tensor, cond, method: str):
     """The stepper for ``method`` over images x (B, C, H, W); ``cond`` from ``model.condition`` (or None)."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    METHOD(method, "method")
     if method == "naive":
         return NaiveStepper(model, x, cond)
     stepper = model.cached_stepper(x, cond)
     if stepper is None:
         if method == "cached":
-            raise ValueError(f"model {model.name!r} has no cached sampling path; use method='naive' or 'auto'")
+            raise ConfigError(f"model {model.name!r} has no cached sampling path; use method='naive' or 'auto'")
         return NaiveStepper(model, x, cond)
     return stepper
 
@@ -87,8 +86,7 @@ def complete(model, x: Tensor, known: Tensor, cond=None, temperature: float = 1.
 
     ``cond`` is the batch's conditioning as prepared by ``model.condition`` (None if unconditional).
     """
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    TEMPERATURE(temperature, "temperature")
     x = x.to(model.device).long()
     known = known.to(model.device)
     u = draw_uniforms(tuple(x.shape), generator, model.device)

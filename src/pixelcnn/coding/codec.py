@@ -21,8 +21,9 @@ from torch import Tensor
 from pixelcnn.coding import container
 from pixelcnn.coding.container import MAX_CHUNK_SIZE, Header
 from pixelcnn.coding.quantize import quantized_weights
-from pixelcnn.errors import CompressionError
+from pixelcnn.errors import CompressionError, ConfigError
 from pixelcnn.sampling import NaiveStepper, make_stepper, run
+from pixelcnn.validation import METHOD, Integer
 
 DEFAULT_CHUNK_SIZE = 64
 Progress = Callable[[int], None]          # called with the number of images done so far
@@ -67,8 +68,7 @@ def deterministic_cpu(model) -> Iterator[None]:
 
 def resolve_method(model, method: str) -> str:
     """"auto" -> "cached" where the family has a cached stepper, else "naive"."""
-    if method not in ("auto", "naive", "cached"):
-        raise ValueError(f"method must be 'auto', 'naive' or 'cached', got {method!r}")
+    METHOD(method, "method")
     if method != "auto":
         return method
     x = torch.zeros((1, *model.image_shape), dtype=torch.long)
@@ -170,7 +170,8 @@ def compress(model, images: Tensor, labels: Tensor | None = None, *, chunk_size:
     images, labels = images.detach().cpu().long(), None if labels is None else labels.cpu()
     chunk = _chunk_size(chunk_size, n)
     if not isinstance(metadata, bytes) or len(metadata) > 0xFFFF:
-        raise ValueError("metadata must be bytes of length at most 65535")
+        raise ConfigError(f"expected metadata to be bytes of length at most 65535, got {type(metadata).__name__}"
+                          f"{f' of length {len(metadata)}' if isinstance(metadata, bytes) else ''}")
     with deterministic_cpu(model):
         method = resolve_method(model, method)
         streams = list(_encode_all(model, images, labels, chunk, method, progress))
@@ -183,8 +184,7 @@ def _chunk_size(chunk_size: int | None, n: int) -> int:
     """The requested size, no larger than the number of images (padding beyond it buys nothing)."""
     if chunk_size is None:
         chunk_size = DEFAULT_CHUNK_SIZE
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:
-        raise ValueError(f"chunk_size must be an integer in [1, {MAX_CHUNK_SIZE}], got {chunk_size!r}")
+    Integer(1, MAX_CHUNK_SIZE)(chunk_size, "chunk_size")
     return max(1, min(n, chunk_size))
 
 

@@ -20,6 +20,7 @@ from pixelcnn import checkpoint
 from pixelcnn.config import ModelConfig
 from pixelcnn.distributions import OutputDistribution, bits_per_dim
 from pixelcnn.errors import InvalidImageError, InvalidLabelError
+from pixelcnn.validation import COUNT
 from pixelcnn.layers import Condition, ConditionNetwork
 
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -129,8 +130,7 @@ class AutoregressiveModel(nn.Module):
         """
         from pixelcnn.sampling import complete
 
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        COUNT(n, "n")
         x = torch.zeros((n, *self.image_shape), dtype=torch.long, device=self.device)
         known = torch.zeros_like(x, dtype=torch.bool)
         cond = self.condition(labels, cond_image, n)
@@ -160,8 +160,7 @@ class AutoregressiveModel(nn.Module):
             known = known.expand_as(x)
         except RuntimeError:
             raise InvalidImageError(f"{expected}, got shape {tuple(known.shape)}") from None
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        COUNT(n, "n")
         b = x.shape[0]
         cond = self.condition(labels, cond_image, b)
         xs = x.to(self.device).repeat_interleave(n, dim=0)
