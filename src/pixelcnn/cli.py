@@ -18,6 +18,7 @@ from pixelcnn.errors import PixelCNNError
 COMMAND_MODULES = [
     "pixelcnn.commands",
     "pixelcnn.coding.commands",
+    "pixelcnn.serve.commands",
 ]
 
 

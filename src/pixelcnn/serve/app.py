@@ -1,0 +1,353 @@
+"""The HTTP API and the page, as a Starlette app.
+
+    GET  /                         the page (static/index.html, app.js, style.css)
+    GET  /api/models               the models served and what the page needs to know of each
+    POST /api/complete             {model, image, known, n, temperature?, label?, seed?} -> {completions}
+    POST /api/sample               {model, temperature?, label?, seed?} -> NDJSON stream, one line a pixel
+    POST /api/likelihood           {model, image, label?} -> {bits_per_dim, bits (H*W)}
+    POST /api/compress             {model, image, label?} -> {model_bytes, png_bytes, ...}
+    POST /api/png                  {model, image} -> image/png
+    POST /api/upload?model=NAME    any image file as the body -> {image, note}
+    GET  /api/status               jobs running and streams started / finished / stopped
+
+Images are flat lists of C*H*W integer levels in channel, row, column order; ``known`` is a flat
+list of H*W booleans (0/1). Model work runs in worker threads, at most ``workers`` jobs per model
+at once, so the event loop keeps answering while models compute. Nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+import threading
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import anyio
+import torch
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from pixelcnn.errors import PixelCNNError
+from pixelcnn.serve import work
+
+log = logging.getLogger(__name__)
+
+MAX_JSON_BYTES = 1 << 20             # 1 MiB: a 3x64x64 image as JSON is about 50 KB
+MAX_UPLOAD_BYTES = 8 << 20
+MAX_COMPLETIONS = 64
+TEMPERATURE_RANGE = (0.01, 10.0)
+# The compressor pins torch to one thread while it codes (process-wide): one compression at a time.
+COMPRESS_LOCK = threading.Lock()
+
+
+class ApiError(Exception):
+    """A bad request: answered as {"error": message} with ``status``."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Served:
+    """A model and the limiter that bounds how many of its jobs run at once."""
+
+    name: str
+    model: Any
+    limiter: anyio.CapacityLimiter
+    info: dict = field(init=False)
+
+    def __post_init__(self):
+        self.info = work.describe(self.name, self.model)
+
+    async def run(self, fn, *args):
+        """``fn(model, *args)`` in a worker thread; library errors become 400s."""
+        try:
+            return await anyio.to_thread.run_sync(fn, self.model, *args, limiter=self.limiter)
+        except PixelCNNError as e:
+            raise ApiError(str(e)) from None
+
+
+@dataclass
+class Stats:
+    """Counters for /api/status (and the tests that cut streams off)."""
+
+    jobs_running: int = 0
+    streams_started: int = 0
+    streams_finished: int = 0
+    streams_stopped: int = 0
+    last_stopped_pixels: int | None = None
+
+
+# ----- reading requests --------------------------------------------------------------------------
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(f"expected a request body of at most {limit:,} bytes, got {int(declared):,}", 413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(f"expected a request body of at most {limit:,} bytes, got more", 413)
+    return bytes(body)
+
+
+async def read_json(request: Request) -> dict:
+    body = await read_body(request, MAX_JSON_BYTES)
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(f"expected a JSON object as the request body, got {body[:40]!r}") from None
+    if not isinstance(data, dict):
+        raise ApiError(f"expected a JSON object as the request body, got {type(data).__name__}")
+    return data
+
+
+def served(request: Request, name: Any) -> Served:
+    models: dict[str, Served] = request.app.state.models
+    if name not in models:
+        raise ApiError(f"unknown model {name!r}; expected one of {sorted(models)}", 404)
+    return models[name]
+
+
+def integer(data: dict, key: str, low: int, high: int, default: int | None = None) -> int:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ApiError(f"expected {key} an integer in {low}..{high}, got {value!r}")
+    return value
+
+
+def read_image(data: dict, info: dict) -> torch.Tensor:
+    """``image``: a flat list of C*H*W integer levels -> (C, H, W) int64."""
+    c, h, w, levels = info["channels"], info["height"], info["width"], info["levels"]
+    value = data.get("image")
+    expected = f"expected image a list of {c * h * w} integers ({c}x{h}x{w}, channel-major) in [0, {levels})"
+    if not isinstance(value, list):
+        raise ApiError(f"{expected}, got {type(value).__name__}")
+    if len(value) != c * h * w:
+        raise ApiError(f"{expected}, got {len(value)} values")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < levels for v in value):
+        bad = next(v for v in value if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < levels))
+        raise ApiError(f"{expected}, got {bad!r}")
+    return torch.tensor(value, dtype=torch.long).view(c, h, w)
+
+
+def read_known(data: dict, info: dict) -> torch.Tensor:
+    """``known``: a flat list of H*W booleans (or 0/1) -> (H, W) bool."""
+    h, w = info["height"], info["width"]
+    value = data.get("known")
+    expected = f"expected known a list of {h * w} booleans ({h}x{w}, row-major; false = erased)"
+    if not isinstance(value, list) or len(value) != h * w or not all(v in (0, 1) for v in value):
+        got = f"{len(value)} values" if isinstance(value, list) else type(value).__name__
+        raise ApiError(f"{expected}, got {got}")
+    return torch.tensor([bool(v) for v in value]).view(h, w)
+
+
+def read_job(data: dict, info: dict) -> work.Job:
+    """``label`` (conditional models only), ``temperature`` and ``seed`` (random when absent)."""
+    k = info["num_classes"]
+    if k is None:
+        if data.get("label") is not None:
+            raise ApiError(f"model {info['name']!r} is unconditional: expected no label, got {data['label']!r}")
+        label = None
+    else:
+        label = integer(data, "label", 0, k - 1)
+    temperature = data.get("temperature", 1.0)
+    low, high = TEMPERATURE_RANGE
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not low <= temperature <= high:
+        raise ApiError(f"expected temperature a number in [{low}, {high}], got {temperature!r}")
+    seed = integer(data, "seed", 0, 2**63 - 1, default=random.randrange(2**31))
+    return work.Job(label=label, temperature=float(temperature), seed=seed)
+
+
+# ----- endpoints -----------------------------------------------------------------------------------
+
+
+async def index(request: Request) -> Response:
+    return FileResponse(static_dir() / "index.html")
+
+
+async def list_models(request: Request) -> Response:
+    return JSONResponse({"models": [s.info for s in request.app.state.models.values()]})
+
+
+async def status(request: Request) -> Response:
+    return JSONResponse(vars(request.app.state.stats))
+
+
+async def complete_images(request: Request) -> Response:
+    data = await read_json(request)
+    s = served(request, data.get("model"))
+    image, known, job = read_image(data, s.info), read_known(data, s.info), read_job(data, s.info)
+    n = integer(data, "n", 1, MAX_COMPLETIONS, default=8)
+    out = await counted(request, s.run(work.complete, image, known, n, job))
+    return JSONResponse({"completions": out.flatten(1).tolist(), "seed": job.seed, "any_order": s.info["any_order"],
+                         "note": s.info["completion_note"]})
+
+
+async def likelihood(request: Request) -> Response:
+    data = await read_json(request)
+    s = served(request, data.get("model"))
+    result = await counted(request, s.run(work.likelihood, read_image(data, s.info), read_job(data, s.info)))
+    return JSONResponse(result)
+
+
+async def compress(request: Request) -> Response:
+    data = await read_json(request)
+    s = served(request, data.get("model"))
+    if s.model.config.cond_shape is not None:
+        raise ApiError(f"model {s.name!r} is conditioned on an image and cannot compress on its own")
+    image, job = read_image(data, s.info), read_job(data, s.info)
+
+    def locked(model, image, job):
+        with COMPRESS_LOCK:
+            return work.compressed_size(model, image, job)
+
+    return JSONResponse(await counted(request, s.run(locked, image, job)))
+
+
+async def png(request: Request) -> Response:
+    data = await read_json(request)
+    s = served(request, data.get("model"))
+    body = work.png_bytes(read_image(data, s.info), s.info["levels"])
+    return Response(body, media_type="image/png", headers={"Content-Disposition": 'attachment; filename="image.png"'})
+
+
+async def upload(request: Request) -> Response:
+    s = served(request, request.query_params.get("model"))
+    body = await read_body(request, MAX_UPLOAD_BYTES)
+    if not body:
+        raise ApiError("expected an image file as the request body, got nothing")
+    try:
+        image, note = await anyio.to_thread.run_sync(work.convert_upload, body, tuple(s.model.image_shape), s.info["levels"])
+    except PixelCNNError as e:
+        raise ApiError(str(e)) from None
+    return JSONResponse({"image": image.flatten().tolist(), "note": note})
+
+
+async def sample(request: Request) -> Response:
+    data = await read_json(request)
+    s = served(request, data.get("model"))
+    if s.model.config.cond_shape is not None:
+        raise ApiError(f"model {s.name!r} is conditioned on an image: the page cannot sample it")
+    return SampleStream(request, s, read_job(data, s.info))
+
+
+async def counted(request: Request, job):
+    stats: Stats = request.app.state.stats
+    stats.jobs_running += 1
+    try:
+        return await job
+    finally:
+        stats.jobs_running -= 1
+
+
+class SampleStream(StreamingResponse):
+    """NDJSON: a start line, one line per pixel as the model sets it, then the whole image.
+
+    The sampling loop runs in a worker thread and hands pixels to the event loop; when the
+    response ends for any reason (the client went away included) ``stop`` is set, and the loop
+    raises :class:`work.Stopped` at the end of its current row.
+    """
+
+    def __init__(self, request: Request, s: Served, job: work.Job):
+        self.stop = threading.Event()
+        self.served, self.job, self.stats = s, job, request.app.state.stats
+        self.pixels = 0
+        super().__init__(self.lines(), media_type="application/x-ndjson", headers={"Cache-Control": "no-store"})
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.stop.set()
+
+    async def lines(self):
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        c, h, w = self.served.model.image_shape
+        yield _line({"event": "start", "shape": [c, h, w], "levels": self.served.info["levels"], "seed": self.job.seed})
+        task = asyncio.ensure_future(counted_stream(self, loop, queue))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())      # retrieved even if nobody awaits it
+        try:
+            while (item := await queue.get()) is not None:
+                self.pixels += 1
+                yield _line({"h": item[0], "w": item[1], "v": item[2]})
+            image = await task
+            yield _line({"event": "done", "image": image.flatten().tolist()})
+        except ApiError as e:
+            yield _line({"event": "error", "error": str(e)})
+        except work.Stopped:
+            return
+        finally:
+            self.stop.set()
+
+
+async def counted_stream(stream: SampleStream, loop, queue: asyncio.Queue):
+    """Run the sampling loop in a worker thread; pixels go to ``queue``, then None."""
+    stats = stream.stats
+    stats.streams_started += 1
+    stats.jobs_running += 1
+
+    def emit(h: int, w: int, values: list[int]) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, (h, w, values))
+
+    try:
+        image = await stream.served.run(work.sample_stream, stream.job, emit, stream.stop.is_set)
+        stats.streams_finished += 1
+        return image
+    except work.Stopped:
+        stats.streams_stopped += 1
+        stats.last_stopped_pixels = stream.pixels
+        log.info("sampling stream stopped: the client went away after %d pixels", stream.pixels)
+        raise
+    finally:
+        stats.jobs_running -= 1
+        loop.call_soon_threadsafe(queue.put_nowait, None)
+
+
+def _line(obj: dict) -> bytes:
+    return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+
+
+# ----- the app -------------------------------------------------------------------------------------
+
+
+def static_dir():
+    return resources.files("pixelcnn.serve") / "static"
+
+
+async def api_error(request: Request, exc: ApiError) -> Response:
+    return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+
+def create_app(models: dict[str, Any], workers: int = 2) -> Starlette:
+    """The app serving ``models`` (display name -> loaded model), ``workers`` jobs per model at once."""
+    if not models:
+        raise ValueError("expected at least one model to serve, got none")
+    routes = [
+        Route("/", index),
+        Route("/api/models", list_models),
+        Route("/api/status", status),
+        Route("/api/complete", complete_images, methods=["POST"]),
+        Route("/api/sample", sample, methods=["POST"]),
+        Route("/api/likelihood", likelihood, methods=["POST"]),
+        Route("/api/compress", compress, methods=["POST"]),
+        Route("/api/png", png, methods=["POST"]),
+        Route("/api/upload", upload, methods=["POST"]),
+        Mount("/static", app=StaticFiles(directory=str(static_dir())), name="static"),
+    ]
+    app = Starlette(routes=routes, exception_handlers={ApiError: api_error})
+    app.state.models = {name: Served(name, model.eval(), anyio.CapacityLimiter(workers)) for name, model in models.items()}
+    app.state.stats = Stats()
+    return app
