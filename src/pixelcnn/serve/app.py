@@ -264,7 +264,7 @@ class SampleStream(StreamingResponse):
     def __init__(self, request: Request, s: Served, job: work.Job):
         self.stop = threading.Event()
         self.served, self.job, self.stats = s, job, request.app.state.stats
-        self.pixels = 0
+        self.pixels = 0                 # set by the sampling loop so far
         super().__init__(self.lines(), media_type="application/x-ndjson", headers={"Cache-Control": "no-store"})
 
     async def __call__(self, scope, receive, send) -> None:
@@ -281,7 +281,6 @@ class SampleStream(StreamingResponse):
         task.add_done_callback(lambda t: t.cancelled() or t.exception())      # retrieved even if nobody awaits it
         try:
             while (item := await queue.get()) is not None:
-                self.pixels += 1
                 yield _line({"h": item[0], "w": item[1], "v": item[2]})
             image = await task
             yield _line({"event": "done", "image": image.flatten().tolist()})
@@ -300,6 +299,7 @@ async def counted_stream(stream: SampleStream, loop, queue: asyncio.Queue):
     stats.jobs_running += 1
 
     def emit(h: int, w: int, values: list[int]) -> None:
+        stream.pixels += 1
         loop.call_soon_threadsafe(queue.put_nowait, (h, w, values))
 
     try:
