@@ -24,7 +24,7 @@ endif
 
 DEMO := demo
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean browser
 
 install: $(VENV)/.installed
 
@@ -37,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 	else \
 		$(PIP) install "$(TORCH)" --index-url $(TORCH_INDEX); \
 	fi
-	$(PIP) install -e ".[test,tensorboard]"
+	$(PIP) install -e ".[test,tensorboard,serve]"
 	touch $@
 
 demo: install
@@ -46,9 +46,24 @@ demo: install
 		--epochs 1 --time-budget 4 --batch-size 64 --lr 2e-3 --valid-limit 1000 --samples 0 --out $(DEMO)/run
 	$(VENV)/bin/pixelcnn eval $(DEMO)/run --split test
 	$(VENV)/bin/pixelcnn sample $(DEMO)/run --n 16 --seed 0 --out $(DEMO)/samples.png
+	@echo "To draw, complete, sample and compress in a browser: $(VENV)/bin/pixelcnn serve $(DEMO)/run pretrained:mnist"
+	@echo "then open http://127.0.0.1:8000/ (Ctrl+C stops the server)"
 
-test: install
+test: install browser
 	$(PY) -m pytest
+
+# The web app's browser test drives Debian's chromium (never a downloaded browser); installed here
+# when missing and running as root. PIXELCNN_NO_BROWSER=1 skips the browser test instead.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ "$${PIXELCNN_NO_BROWSER:-0}" != 1 ] && [ ! -x "$(CHROMIUM)" ]; then \
+		if [ "$$(id -u)" -eq 0 ]; then \
+			echo "installing Debian's chromium for the browser test"; \
+			apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; \
+		else \
+			echo "the browser test needs $(CHROMIUM): sudo apt-get install -y chromium (or set PIXELCNN_NO_BROWSER=1)"; \
+		fi; \
+	fi
 
 bench: install
 	$(PY) benchmarks/bench_training.py

@@ -274,14 +274,17 @@ class SampleStream(StreamingResponse):
             self.stop.set()
 
     async def lines(self):
-        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
         c, h, w = self.served.model.image_shape
         yield _line({"event": "start", "shape": [c, h, w], "levels": self.served.info["levels"], "seed": self.job.seed})
-        task = asyncio.ensure_future(counted_stream(self, loop, queue))
+        pixels = Handover(asyncio.get_running_loop())
+        task = asyncio.ensure_future(counted_stream(self, pixels))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())      # retrieved even if nobody awaits it
         try:
-            while (item := await queue.get()) is not None:
-                yield _line({"h": item[0], "w": item[1], "v": item[2]})
+            finished = False
+            while not finished:
+                items = await pixels.take()
+                finished = items[-1] is None
+                yield b"".join(_line({"h": h, "w": w, "v": v}) for h, w, v in items[: len(items) - finished])
             image = await task
             yield _line({"event": "done", "image": image.flatten().tolist()})
         except ApiError as e:
@@ -292,15 +295,38 @@ class SampleStream(StreamingResponse):
             self.stop.set()
 
 
-async def counted_stream(stream: SampleStream, loop, queue: asyncio.Queue):
-    """Run the sampling loop in a worker thread; pixels go to ``queue``, then None."""
+class Handover:
+    """Items from a worker thread to the event loop, waking the loop once per batch, not per item:
+    the loop takes everything that arrived while it was busy sending the last batch."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.ready, self.lock = loop, asyncio.Event(), threading.Lock()
+        self.items: list = []
+
+    def put(self, item) -> None:                     # in the worker thread
+        with self.lock:
+            self.items.append(item)
+            wake = len(self.items) == 1
+        if wake:
+            self.loop.call_soon_threadsafe(self.ready.set)
+
+    async def take(self) -> list:                    # in the event loop
+        await self.ready.wait()
+        with self.lock:
+            self.ready.clear()
+            items, self.items = self.items, []
+        return items
+
+
+async def counted_stream(stream: SampleStream, pixels: Handover):
+    """Run the sampling loop in a worker thread; pixels go to ``pixels``, then None."""
     stats = stream.stats
     stats.streams_started += 1
     stats.jobs_running += 1
 
     def emit(h: int, w: int, values: list[int]) -> None:
         stream.pixels += 1
-        loop.call_soon_threadsafe(queue.put_nowait, (h, w, values))
+        pixels.put((h, w, values))
 
     try:
         image = await stream.served.run(work.sample_stream, stream.job, emit, stream.stop.is_set)
@@ -313,7 +339,7 @@ async def counted_stream(stream: SampleStream, loop, queue: asyncio.Queue):
         raise
     finally:
         stats.jobs_running -= 1
-        loop.call_soon_threadsafe(queue.put_nowait, None)
+        pixels.put(None)
 
 
 def _line(obj: dict) -> bytes:
@@ -331,7 +357,7 @@ async def api_error(request: Request, exc: ApiError) -> Response:
     return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
 
-def create_app(models: dict[str, Any], workers: int = 2) -> Starlette:
+def create_app(models: dict[str, Any], workers: int = 4) -> Starlette:
     """The app serving ``models`` (display name -> loaded model), ``workers`` jobs per model at once."""
     if not models:
         raise ValueError("expected at least one model to serve, got none")

@@ -16,7 +16,7 @@ def add_commands(sub) -> None:
                    help="run folder, checkpoint folder or pretrained:NAME (default: every shipped checkpoint)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=2, help="jobs one model runs at once (default 2)")
+    p.add_argument("--workers", type=int, default=4, help="jobs one model runs at once (default 4)")
     p.set_defaults(run=run_serve)
 
 
