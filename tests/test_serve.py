@@ -70,6 +70,25 @@ def test_models_lists_shapes_and_completion_order(client, name):
     assert info["any_order"] is False and "before it" in info["completion_note"]
 
 
+def test_an_any_order_model_is_asked_for_order_auto(models):
+    """Found by what ``complete`` accepts, not by the family's name."""
+    gray = models["gray"]
+
+    class AnyOrder(type(gray)):
+        def complete(self, x, known, n=1, order="raster", **kwargs):
+            self.orders.append(order)
+            return super().complete(x, known, n=n, **kwargs)
+
+    model = AnyOrder(gray.config).eval()
+    model.load_state_dict(gray.state_dict())
+    model.orders = []
+    client = TestClient(create_app({"any": model}))
+    (info,) = client.get("/api/models").json()["models"]
+    assert info["any_order"] is True and "everything you kept" in info["completion_note"]
+    r = client.post("/api/complete", json={"model": "any", "image": image_of("gray"), "known": [0] * 30, "n": 2})
+    assert r.status_code == 200 and r.json()["any_order"] is True and model.orders == ["auto"]
+
+
 def test_page_and_static_files(client):
     page = client.get("/")
     assert page.status_code == 200 and 'id="canvas"' in page.text and "/static/app.js" in page.text
@@ -206,7 +225,7 @@ BAD = [  # (path, JSON body or raw bytes, status, what the error must say)
     ("/api/sample", {"model": "nope"}, 404, "unknown model 'nope'"),
     ("/api/sample", {"model": "gray", "temperature": None}, 400, "expected temperature a number"),
     ("/api/likelihood", {"model": "rgb", "image": image_of("gray")}, 400, "expected image a list of 36 integers (3x4x3"),
-    ("/api/compress", {"model": "gray"}, 400, "expected image a list of 30 integers"),
+    ("/api/compress", {"model": "gray"}, 400, "expected image a list of 30 integers (1x6x5, channel-major) in [0, 4), got nothing"),
     ("/api/png", {"model": "gray", "image": image_of("gray", 31)}, 400, "got 31 values"),
     ("/api/likelihood", b"{not json", 400, "expected a JSON object as the request body"),
     ("/api/likelihood", b"[1, 2]", 400, "expected a JSON object as the request body, got list"),

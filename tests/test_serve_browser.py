@@ -8,15 +8,14 @@ Without Chromium or Playwright this test fails with a message saying what to ins
 PIXELCNN_NO_BROWSER=1 says to skip it.
 """
 
+import importlib.util
 import json
 import os
 import shutil
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("starlette")
-from serve_server import running  # noqa: E402
+from serve_server import running
 
 CHROMIUM = os.environ.get("PIXELCNN_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -25,7 +24,8 @@ SCALE = 16                          # the page draws a 28x28 image 448 px wide
 
 
 def browser_or_fail():
-    missing = []
+    missing = [f"the serve extra's {m} (pip install 'pixelcnn[serve]')" for m in ("starlette", "uvicorn")
+               if importlib.util.find_spec(m) is None]
     if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
         missing.append(f"Chromium at {CHROMIUM} (apt-get install -y chromium)")
     try:
@@ -42,10 +42,12 @@ def browser_or_fail():
 
 @pytest.fixture(scope="module")
 def url():
+    browser_or_fail()
     import pixelcnn
     from pixelcnn.serve.app import create_app
 
-    with running(create_app({"pretrained:mnist": pixelcnn.load("pretrained:mnist")})) as base:
+    names = ["pretrained:mnist", "pretrained:mnist-conditional"]
+    with running(create_app({name: pixelcnn.load(name) for name in names})) as base:
         yield base
 
 
@@ -135,3 +137,16 @@ def test_likelihood_compress_and_screenshot(page, tmp_path):
     out = Path(os.environ.get("PIXELCNN_SCREENSHOT", tmp_path / "serve.png"))
     page.screenshot(path=str(out), full_page=True)
     assert out.stat().st_size > 10_000
+
+
+def test_a_class_conditional_model_samples_the_chosen_class(page):
+    page.select_option("#model", "pretrained:mnist-conditional")
+    assert page.is_visible("#label") and page.locator("#label option").count() == 10
+    page.select_option("#label", "3")
+    with page.expect_request("**/api/sample") as request:
+        page.click("#sample")
+    assert json.loads(request.value.post_data)["label"] == 3
+    page.wait_for_selector("#sample-canvas[data-done='true']", timeout=60_000)
+    assert page.evaluate("window.pixelcnn.sample.length") == 784
+    page.select_option("#model", "pretrained:mnist")
+    assert not page.is_visible("#label")

@@ -134,7 +134,7 @@ def read_image(data: dict, info: dict) -> torch.Tensor:
     value = data.get("image")
     expected = f"expected image a list of {c * h * w} integers ({c}x{h}x{w}, channel-major) in [0, {levels})"
     if not isinstance(value, list):
-        raise ApiError(f"{expected}, got {type(value).__name__}")
+        raise ApiError(f"{expected}, got {_kind(value)}")
     if len(value) != c * h * w:
         raise ApiError(f"{expected}, got {len(value)} values")
     if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < levels for v in value):
@@ -143,13 +143,17 @@ def read_image(data: dict, info: dict) -> torch.Tensor:
     return torch.tensor(value, dtype=torch.long).view(c, h, w)
 
 
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
 def read_known(data: dict, info: dict) -> torch.Tensor:
     """``known``: a flat list of H*W booleans (or 0/1) -> (H, W) bool."""
     h, w = info["height"], info["width"]
     value = data.get("known")
     expected = f"expected known a list of {h * w} booleans ({h}x{w}, row-major; false = erased)"
     if not isinstance(value, list) or len(value) != h * w or not all(v in (0, 1) for v in value):
-        got = f"{len(value)} values" if isinstance(value, list) else type(value).__name__
+        got = f"{len(value)} values" if isinstance(value, list) else _kind(value)
         raise ApiError(f"{expected}, got {got}")
     return torch.tensor([bool(v) for v in value]).view(h, w)
 
