@@ -21,7 +21,7 @@ pytest.importorskip("httpx")
 
 import pixelcnn  # noqa: E402
 from pixelcnn.images import to_uint8  # noqa: E402
-from pixelcnn.serve import app as serve_app  # noqa: E402
+from pixelcnn.serve import parsing  # noqa: E402
 from pixelcnn.serve.app import create_app  # noqa: E402
 from pixelcnn.serve.commands import is_loopback  # noqa: E402
 
@@ -229,11 +229,11 @@ BAD = [  # (path, JSON body or raw bytes, status, what the error must say)
     ("/api/png", {"model": "gray", "image": image_of("gray", 31)}, 400, "got 31 values"),
     ("/api/likelihood", b"{not json", 400, "expected a JSON object as the request body"),
     ("/api/likelihood", b"[1, 2]", 400, "expected a JSON object as the request body, got list"),
-    ("/api/likelihood", b"x" * (serve_app.MAX_JSON_BYTES + 1), 413, "expected a request body of at most 1,048,576 bytes"),
+    ("/api/likelihood", b"x" * (parsing.MAX_JSON_BYTES + 1), 413, "expected a request body of at most 1,048,576 bytes"),
     ("/api/upload?model=gray", b"not an image", 400, "expected an image file"),
     ("/api/upload?model=gray", b"", 400, "expected an image file as the request body, got nothing"),
     ("/api/upload?model=zzz", b"", 404, "unknown model 'zzz'"),
-    ("/api/upload?model=gray", b"\0" * (serve_app.MAX_UPLOAD_BYTES + 1), 413, "at most 8,388,608 bytes"),
+    ("/api/upload?model=gray", b"\0" * (parsing.MAX_UPLOAD_BYTES + 1), 413, "at most 8,388,608 bytes"),
 ]
 
 
