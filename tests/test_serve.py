@@ -204,6 +204,13 @@ def complete_body(**changes):
     return {"model": "gray", "image": image_of("gray"), "known": known_of("gray"), "n": 2, **changes}
 
 
+def huge_png() -> bytes:
+    """A few kilobytes of PNG that decode to 64 million pixels."""
+    buf = io.BytesIO()
+    Image.new("1", (8000, 8000)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 BAD = [  # (path, JSON body or raw bytes, status, what the error must say)
     ("/api/complete", complete_body(image=image_of("gray", 29)), 400, "expected image a list of 30 integers (1x6x5"),
     ("/api/complete", complete_body(image=[4] * 30), 400, "in [0, 4), got 4"),
@@ -231,6 +238,7 @@ BAD = [  # (path, JSON body or raw bytes, status, what the error must say)
     ("/api/likelihood", b"[1, 2]", 400, "expected a JSON object as the request body, got list"),
     ("/api/likelihood", b"x" * (parsing.MAX_JSON_BYTES + 1), 413, "expected a request body of at most 1,048,576 bytes"),
     ("/api/upload?model=gray", b"not an image", 400, "expected an image file"),
+    ("/api/upload?model=gray", huge_png(), 400, "expected an image of at most 50,000,000 pixels, got 8000x8000"),
     ("/api/upload?model=gray", b"", 400, "expected an image file as the request body, got nothing"),
     ("/api/upload?model=zzz", b"", 404, "unknown model 'zzz'"),
     ("/api/upload?model=gray", b"\0" * (parsing.MAX_UPLOAD_BYTES + 1), 413, "at most 8,388,608 bytes"),

@@ -142,6 +142,8 @@ def convert_upload(data: bytes, image_shape: tuple[int, int, int], levels: int) 
 def _open_image(data: bytes) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:          # Pillow's own limit, far above ours
+        raise InvalidImageError(f"expected an image of at most {MAX_UPLOAD_PIXELS:,} pixels: {e}") from None
     except (OSError, ValueError) as e:
         raise InvalidImageError(f"expected an image file (PNG, JPEG, GIF, BMP, WebP), could not read it: {e}") from None
     if img.size[0] * img.size[1] > MAX_UPLOAD_PIXELS:
