@@ -30,7 +30,7 @@ FASHION_MNIST_PACKAGE := dataset-fashion-mnist
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 FASHION_MNIST_FILE := t10k-images-idx3-ubyte.gz
 
-.PHONY: install fashion-mnist demo test bench clean
+.PHONY: install fashion-mnist browser demo test bench clean
 
 install: $(VENV)/.installed
 
@@ -43,7 +43,7 @@ $(VENV)/.installed: pyproject.toml
 	else \
 		$(PIP) install "$(TORCH)" --index-url $(TORCH_INDEX); \
 	fi
-	$(PIP) install -e ".[test,tensorboard]"
+	$(PIP) install -e ".[test,tensorboard,serve]"
 	touch $@
 
 demo: install
@@ -52,8 +52,10 @@ demo: install
 		--epochs 1 --time-budget 4 --batch-size 64 --lr 2e-3 --valid-limit 1000 --samples 0 --out $(DEMO)/run
 	$(VENV)/bin/pixelcnn eval $(DEMO)/run --split test
 	$(VENV)/bin/pixelcnn sample $(DEMO)/run --n 16 --seed 0 --out $(DEMO)/samples.png
+	@echo "To draw, complete, sample and compress in a browser: $(VENV)/bin/pixelcnn serve $(DEMO)/run pretrained:mnist"
+	@echo "then open http://127.0.0.1:8000/ (Ctrl+C stops the server)"
 
-test: install fashion-mnist
+test: install fashion-mnist browser
 	$(PY) -m pytest
 
 # Installs $(FASHION_MNIST_PACKAGE) unless Fashion-MNIST is already in $(FASHION_MNIST_DIR) or under
@@ -77,6 +79,19 @@ fashion-mnist:
 	$$sudo apt-get install -y -q $(FASHION_MNIST_PACKAGE) || \
 		{ $$sudo apt-get update -q && $$sudo apt-get install -y -q $(FASHION_MNIST_PACKAGE); } || \
 		echo "$$unable"
+
+# The web app's browser test drives Debian's chromium (never a downloaded browser); installed here
+# when missing and running as root. PIXELCNN_NO_BROWSER=1 skips the browser test instead.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ "$${PIXELCNN_NO_BROWSER:-0}" != 1 ] && [ ! -x "$(CHROMIUM)" ]; then \
+		if [ "$$(id -u)" -eq 0 ]; then \
+			echo "installing Debian's chromium for the browser test"; \
+			apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; \
+		else \
+			echo "the browser test needs $(CHROMIUM): sudo apt-get install -y chromium (or set PIXELCNN_NO_BROWSER=1)"; \
+		fi; \
+	fi
 
 bench: install
 	$(PY) benchmarks/bench_training.py

@@ -21,6 +21,7 @@ from pixelcnn.errors import PixelCNNError
 COMMAND_MODULES = [
     "pixelcnn.commands",
     "pixelcnn.coding.commands",
+    "pixelcnn.serve.commands",
 ]
 
 

@@ -44,6 +44,10 @@ class OutputDistribution:
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def log_prob_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
+        """(B, H, W) log p of each pixel's channels given what comes before; sums to ``log_prob``."""
+        raise NotImplementedError
+
     def conditional(self, pixel_params: Tensor, x_pixel: Tensor, c: int) -> Tensor:
         raise NotImplementedError
 
@@ -65,6 +69,10 @@ class Categorical(OutputDistribution):
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         logp = F.log_softmax(self.logits(params), dim=2)
         return logp.gather(2, x.long().unsqueeze(2)).flatten(1).sum(1)
+
+    def log_prob_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
+        """(B, H, W) log p of each pixel (its channels together) given the pixels before it."""
+        return -self.nll_per_pixel(params, x).sum(1)
 
     def nll_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
         """(B, C, H, W) negative log-likelihood; cross-entropy keeps training memory low."""
@@ -92,6 +100,10 @@ class Bernoulli(OutputDistribution):
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         return -self.nll_per_pixel(params, x).flatten(1).sum(1)
+
+    def log_prob_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
+        """(B, H, W) log p of each pixel (its channels together) given the pixels before it."""
+        return -self.nll_per_pixel(params, x).sum(1)
 
     def nll_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(params, x.to(params.dtype), reduction="none")

@@ -65,13 +65,20 @@ def make_stepper(model, x: Tensor, cond, method: str):
     return stepper
 
 
-def run(stepper: Stepper, shape: tuple[int, int, int], choose: Callable[[int, int, int, Tensor], Tensor]) -> None:
-    """Visit every sub-pixel in order; ``choose(c, h, w, log_probs)`` returns its (B,) values."""
+def run(stepper: Stepper, shape: tuple[int, int, int], choose: Callable[[int, int, int, Tensor], Tensor],
+        on_pixel: Callable[[int, int], None] | None = None) -> None:
+    """Visit every sub-pixel in order; ``choose(c, h, w, log_probs)`` returns its (B,) values.
+
+    ``on_pixel(h, w)``, if given, is called once every channel of pixel (h, w) is set: a place to
+    report progress or to stop early by raising.
+    """
     channels, height, width = shape
     for h in range(height):
         for w in range(width):
             for c in range(channels):
                 stepper.set(c, h, w, choose(c, h, w, stepper.log_probs(c, h, w)))
+            if on_pixel is not None:
+                on_pixel(h, w)
 
 
 def draw_uniforms(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -81,10 +88,13 @@ def draw_uniforms(shape: tuple[int, ...], generator: torch.Generator | None, dev
 
 
 def complete(model, x: Tensor, known: Tensor, cond=None, temperature: float = 1.0,
-             generator: torch.Generator | None = None, method: str = "auto") -> Tensor:
+             generator: torch.Generator | None = None, method: str = "auto",
+             on_pixel: Callable[[int, int, Tensor], None] | None = None) -> Tensor:
     """Fill the unknown sub-pixels of x (B, C, H, W) in order; known ones are kept bit for bit.
 
     ``cond`` is the batch's conditioning as prepared by ``model.condition`` (None if unconditional).
+    ``on_pixel(h, w, values)`` is called as each pixel is finished, with its (B, C) values: a way
+    to stream an image while it is drawn, or to stop (by raising) between pixels.
     """
     TEMPERATURE(temperature, "temperature")
     x = x.to(model.device).long()
@@ -105,10 +115,14 @@ def complete(model, x: Tensor, known: Tensor, cond=None, temperature: float = 1.
         out_steps[i] = values
         return values
 
+    def finished(h: int, w: int) -> None:
+        i = (h * width + w) * channels
+        on_pixel(h, w, out_steps[i : i + channels].T)                         # (B, C)
+
     was_training = model.training
     model.eval()
     try:
-        run(stepper, model.image_shape, choose)
+        run(stepper, model.image_shape, choose, None if on_pixel is None else finished)
     finally:
         model.train(was_training)
     return out_steps.view(height, width, channels, -1).permute(3, 2, 0, 1).contiguous()

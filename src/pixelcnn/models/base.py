@@ -101,6 +101,14 @@ class AutoregressiveModel(nn.Module):
         params = self(x, labels, cond_image)
         return self.distribution.log_prob(params, x.to(params.device))
 
+    def log_prob_per_pixel(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
+        """(B, H, W) natural-log probability of each pixel (all its channels) given those before it.
+
+        Summed over the pixels it is ``log_prob``: -log2 of it shows where the model is surprised.
+        """
+        params = self(x, labels, cond_image)
+        return self.distribution.log_prob_per_pixel(params, x.to(params.device).long())
+
     def nll(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
         """(B,) negative log-likelihood of each image in nats: training's loss."""
         return self.nll_from_params(self(x, labels, cond_image), x)
