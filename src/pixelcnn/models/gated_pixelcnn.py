@@ -48,6 +48,9 @@ class GatedPixelCNNConfig(MaskedModelConfig):
         "dilations": "dilation of gated layer i is dilations[i %% len(dilations)], e.g. 1,2,4",
         "conv_impl": "'shaped' (convolutions shaped to the mask, faster) or 'masked' (plain masked k x k)",
     }
+    branches: ClassVar[dict[str, tuple]] = {**MaskedModelConfig.branches, "layers": (1, 3), "first_kernel": (1, 3),
+                                            "kernel_size": (1, 3), "dilations": ((1,), (1, 2)),
+                                            "conv_impl": ("shaped", "masked")}
 
     def __post_init__(self) -> None:
         super().__post_init__()

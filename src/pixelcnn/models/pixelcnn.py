@@ -30,6 +30,8 @@ class PixelCNNConfig(MaskedModelConfig):
         "first_kernel": "size of the first (mask A) convolution",
         "kernel_size": "size of the mask-B convolution in each residual block",
     }
+    branches: ClassVar[dict[str, tuple]] = {**MaskedModelConfig.branches, "layers": (0, 2), "first_kernel": (1, 3),
+                                            "kernel_size": (1, 3)}
 
     def __post_init__(self) -> None:
         super().__post_init__()

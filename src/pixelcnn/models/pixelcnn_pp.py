@@ -68,6 +68,8 @@ class PixelCNNPPConfig(ModelConfig):
         "mixtures": "components of the discretized logistic mixture",
         "dropout": "dropout probability inside every gated ResNet block (training only)",
     }
+    branches: ClassVar[dict[str, tuple]] = {**ModelConfig.branches, "resnet_blocks": (0, 1, 2), "stages": (1, 2, 3),
+                                            "mixtures": (1, 3), "dropout": (0.0, 0.5)}
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -96,6 +96,7 @@ class PixelRNNConfig(MaskedModelConfig):
         "layers": "number of LSTM layers after the first (mask A) convolution",
         "first_kernel": "size of the first (mask A) convolution",
     }
+    branches: ClassVar[dict[str, tuple]] = {**MaskedModelConfig.branches, "layers": (1, 2), "first_kernel": (1, 3)}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -119,6 +120,7 @@ class RowLSTMConfig(PixelRNNConfig):
         **PixelRNNConfig.help,
         "row_kernel": "width k of the 1 x k input-to-state and state-to-state convolutions along the row",
     }
+    branches: ClassVar[dict[str, tuple]] = {**PixelRNNConfig.branches, "row_kernel": (1, 3)}
 
     def __post_init__(self) -> None:
         super().__post_init__()
