@@ -17,8 +17,8 @@ each channel; a pixel-level network (PixelCNN++) computes it once per pixel.
 
 Exactness: each output is computed with the same masked weights as the full network, restricted
 to the rectangle of kernel taps the mask can keep, and reads the same zero padding. The sums are
-the same, in another order, so the cached path agrees with the full network to float rounding
-(about 1e-7 relative in float32, 1e-16 in float64).
+the same, in another order, so the cached path agrees with the full network to float rounding,
+amplified by no more than the network amplifies its own rounding (``pixelcnn_pp_cached.py``).
 
 Speed: caches are channels-last, (B, top + H + bottom, left + W + right, C), so that a window of
 one row is one run of memory per image, and the windows of every output position are built once
