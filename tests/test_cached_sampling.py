@@ -37,7 +37,6 @@ def small_hp(name: str, **extra) -> dict:
 
 
 CACHED = sorted(CACHED_FAMILIES)
-OURS = [name for name in ("pixelcnn", "gated_pixelcnn") if name in CACHED]   # built on incremental.CachedStepper
 
 
 def make(name, shape, num_classes=None, seed=0, dtype=torch.float64, **extra):
@@ -124,7 +123,7 @@ def test_cached_method_without_a_cached_path_says_so():
     assert model.sample(1, method="auto").shape == (1, 1, 3, 3)
 
 
-@pytest.mark.parametrize("name", OURS)
+@pytest.mark.parametrize("name", CACHED)
 @pytest.mark.parametrize("shape", [(1, 4, 5), (3, 3, 4)])
 def test_values_set_without_asking_their_probabilities_still_count(name, shape):
     """A caller may set known sub-pixels without asking for their distribution (a coder copying
@@ -142,13 +141,23 @@ def test_values_set_without_asking_their_probabilities_still_count(name, shape):
                 cached.set(c, h, w, x[:, c, h, w])
 
 
-@pytest.mark.parametrize("name", OURS)
+@pytest.mark.parametrize("name", CACHED)
 def test_cached_stepper_refuses_pixels_out_of_order(name):
+    """One contract for every family: the pixels in the stepper's order, each once; anything else is refused."""
     model = make(name, (1, 3, 3))
     stepper = model.cached_stepper(torch.zeros((1, 1, 3, 3), dtype=torch.long), None)
     stepper.log_probs(0, 0, 0)
-    with pytest.raises(ValueError, match=r"raster order: expected pixel \(0, 0\)"):
+    with pytest.raises(ValueError, match=r"in its order, each once: expected pixel \(0, 0\), got channel 0 of pixel \(0, 1\)"):
         stepper.log_probs(0, 0, 1)
+    for w in range(3):
+        stepper.set(0, 0, w, torch.ones(1, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"expected pixel \(1, 0\), got channel 0 of pixel \(0, 2\)"):
+        stepper.set(0, 0, 2, torch.zeros(1, dtype=torch.long))      # an earlier value changed: refused, not recomputed
+    for h in range(1, 3):
+        for w in range(3):
+            stepper.set(0, h, w, torch.ones(1, dtype=torch.long))
+    with pytest.raises(ValueError, match="expected no more pixels"):
+        stepper.log_probs(0, 0, 0)
 
 
 def masked_convs():
@@ -212,15 +221,6 @@ def test_pixelcnn_pp_float32_probabilities_match_naive_for_a_wider_model():
                  mixtures=5)
     x = torch.zeros((3, 3, 8, 8), dtype=torch.long)
     assert drive(model, x, torch.tensor([0, 1, 2]), seed=27) < 1e-4
-
-
-@pytest.mark.parametrize("shape", [(1, 4, 5), (3, 3, 4)])
-def test_pixelcnn_pp_values_set_without_asking_their_probabilities_still_count(shape):
-    test_values_set_without_asking_their_probabilities_still_count("pixelcnn_pp", shape)
-
-
-def test_pixelcnn_pp_stepper_refuses_pixels_out_of_order():
-    test_cached_stepper_refuses_pixels_out_of_order("pixelcnn_pp")
 
 
 def test_pixelcnn_pp_coarse_maps_update_once_at_the_coarser_rate():

@@ -1,4 +1,4 @@
-"""PixelRNN (Row LSTM, Diagonal BiLSTM): receptive fields, skewing, cached sampling, configs.
+"""PixelRNN (Row LSTM, Diagonal BiLSTM): receptive fields, skewing, configs.
 
 Normalisation, causality and faithful sampling at the defaults are covered for every
 registered model by test_exactness.py; these tests pin down what is specific to the family.
@@ -14,11 +14,10 @@ import torch
 
 import pixelcnn
 from conftest import TINY
-from exact import dependency_violations, input_gradient, randomise, tiny_model, total_log_mass
+from exact import dependency_violations, input_gradient, randomise, tiny_model
 from pixelcnn.cli import main
 from pixelcnn.errors import ConfigError
 from pixelcnn.layers import skew, skew_columns, unskew, unskew_columns
-from pixelcnn.sampling import NaiveStepper
 
 NAMES = ["row_lstm", "diagonal_bilstm"]
 SMALL = {"hidden": 8, "layers": 2, "output_hidden": 8}
@@ -146,43 +145,6 @@ def test_recurrence_steps_once_per_row_or_diagonal(name, steps):
         layer.state_to_state.register_forward_hook(lambda *_: calls.append(1))
     model.log_prob(torch.zeros(3, *shape, dtype=torch.long))
     assert len(calls) == SMALL["layers"] * steps(5, 8)
-
-
-# ----- cached sampling (cached == naive is generated: test_generated.py) ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", NAMES)
-def stepper_probabilities(stepper, x):
-    """(B, H * W * C, L) probabilities of every sub-pixel of x, visited in order while x is set."""
-    _, c_, h_, w_ = x.shape
-    rows = []
-    for h in range(h_):
-        for w in range(w_):
-            for c in range(c_):
-                rows.append(stepper.log_probs(c, h, w).exp())
-                stepper.set(c, h, w, x[:, c, h, w])
-    return torch.stack(rows, 1)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_cached_stepper_recomputes_after_an_earlier_value_changes(name):
-    shape = (3, 3, 4)
-    model = float_model(name, shape, 4)
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randint(0, 4, (2, 2, *shape), generator=g)
-    stepper = model.cached_stepper(x, None)
-    stepper_probabilities(stepper, x)                          # every pixel of x is final now
-    for c in range(3):                                         # change a pixel in the middle
-        stepper.set(c, 1, 2, y[:, c, 1, 2])
-    x[:, :, 1, 2] = y[:, :, 1, 2]
-    with torch.no_grad():
-        params = model.network(model.preprocess(x), None)
-        for c, h, w in [(0, 2, 3), (2, 1, 3), (1, 1, 2), (0, 0, 1)]:
-            expected = model.distribution.conditional(params[:, :, h, w], x[:, :, h, w], c)
-            assert (stepper.log_probs(c, h, w) - expected).abs().max() < 1e-4, (c, h, w)
-
-
-# ----- conditioning ------------------------------------------------------------------------
 
 
 # ----- configuration ------------------------------------------------------------------------

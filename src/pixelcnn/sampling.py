@@ -24,6 +24,8 @@ METHODS = ("auto", "naive", "cached")
 
 
 class Stepper(Protocol):
+    order: list[tuple[int, int]]          # the pixels (h, w) in the order the stepper visits them
+
     def log_probs(self, c: int, h: int, w: int) -> Tensor:
         """(B, L) log-probabilities of sub-pixel (c, h, w) given every value set before it."""
 
@@ -38,6 +40,8 @@ class NaiveStepper:
         self.model, self.cond = model, cond
         self.x = x.clone()
         self.params: Tensor | None = None
+        height, width = x.shape[2:]
+        self.order = [divmod(p, width) for p in range(height * width)]     # raster
 
     def log_probs(self, c: int, h: int, w: int) -> Tensor:
         if self.params is None:
@@ -67,12 +71,11 @@ def make_stepper(model, x: Tensor, cond, method: str):
 
 
 def run(stepper: Stepper, shape: tuple[int, int, int], choose: Callable[[int, int, int, Tensor], Tensor]) -> None:
-    """Visit every sub-pixel in order; ``choose(c, h, w, log_probs)`` returns its (B,) values."""
-    channels, height, width = shape
-    for h in range(height):
-        for w in range(width):
-            for c in range(channels):
-                stepper.set(c, h, w, choose(c, h, w, stepper.log_probs(c, h, w)))
+    """Visit every sub-pixel in the stepper's order; ``choose(c, h, w, log_probs)`` returns its (B,) values."""
+    channels = shape[0]
+    for h, w in stepper.order:
+        for c in range(channels):
+            stepper.set(c, h, w, choose(c, h, w, stepper.log_probs(c, h, w)))
 
 
 def draw_uniforms(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:

@@ -314,7 +314,7 @@ class CachedPixelCNNPP(CachedStepper):
 
     def log_probs(self, c: int, h: int, w: int) -> Tensor:
         """(B, L) as CachedStepper's, from the pixel's :class:`PixelMixture`, which :meth:`set` moves along."""
-        self._check_order(c, h, w)
+        self.check_order(c, h, w)
         if self.params is None:                                                # a new pixel (``set`` resets it)
             self.params, self.mixture = self.column(h, w), None
         if self.mixture is None or self.mixture.channel != c:

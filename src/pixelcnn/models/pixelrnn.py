@@ -73,7 +73,7 @@ from pixelcnn.layers import (Condition, ConditionBias, MaskedConv2d, channel_gro
                              raster_conv, skew_columns, unskew_columns)
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import MaskedModelConfig, OutputHead, check_kernel, masked_1x1, output_distribution
-from pixelcnn.models.incremental import PointwiseHead
+from pixelcnn.models.incremental import PixelStepper, PointwiseHead
 
 FORGET_BIAS = 1.0   # initial forget-gate bias: cells start by keeping their state (a common LSTM choice)
 
@@ -444,20 +444,15 @@ class FirstLayerCache:
         torch.addmm(self.above_at[j], self.w_row, self.windows[j], out=self.output_at[j])
 
 
-class PixelRNNStepper:
+class PixelRNNStepper(PixelStepper):
     """Incremental sampler: one pixel of every layer per step, LSTM states kept between steps.
 
     The buffers hold one row (``row``): what pixels of that row compute, and what they need from
     the rows above, prepared by ``begin_row`` (the first layer's taps on the rows above, the Row
     LSTM's state-to-state term, the Diagonal BiLSTM's right-to-left pass over the row above)
-    when the row's first pixel is computed, at which point every pixel above is.
-
-    Pixel states are final once every channel they depend on is set. They never depend on the
-    pixel's own last channel (the first layer is mask A), so they are final after the query of
-    that channel; ``done`` counts the final pixels in raster order. A value set (or a query) in
-    the current row moves ``done`` back and the row is recomputed from there; one in an earlier
-    row, whose states the buffers no longer hold, restarts from the top (``restart``): correct,
-    and never needed by a caller that goes in order.
+    when the row's first pixel is computed, at which point every pixel above is. Pixel states
+    never depend on the pixel's own last channel (the first layer is mask A), so the column
+    computed for the last channel's query is final; :class:`PixelStepper` keeps the raster order.
 
     A subclass builds one cache per LSTM layer (``begin_row(i, gates)``, ``step(j, gates)``,
     ``input_at``) and passes them to ``link``.
@@ -465,11 +460,10 @@ class PixelRNNStepper:
 
     @torch.no_grad()
     def __init__(self, model: PixelRNN, x: Tensor, cond: Condition | None):
-        self.model, self.cond = model, cond
-        self.x = x.clone()
-        self.batch, self.channels, self.height, self.width = x.shape
+        super().__init__(model, x)
+        self.cond = cond
         self.f = f = model.config.first_kernel // 2
-        self.done, self.row = 0, -1
+        self.row = -1
         xf = model.preprocess(x).permute(2, 3, 1, 0)                   # (H, W, C, B)
         self.xp = F.pad(xf, (0, 0, 0, 0, f, f, f, 0)).contiguous()     # (f + H, f + W + f, C, B)
         self.level_values = model.preprocess(torch.arange(model.levels, device=x.device))   # (L,)
@@ -487,33 +481,11 @@ class PixelRNNStepper:
         for cache, out in zip(caches, outputs[1:]):
             cache.output_at = out
 
-    def restart(self) -> None:
-        """Recompute everything from the first pixel on the next query."""
-        self.done, self.row = 0, -1
-
-    @torch.no_grad()
-    def log_probs(self, c: int, h: int, w: int) -> Tensor:
-        if h < self.row:
-            self.restart()
-        index = h * self.width + w
-        while self.done < index:
-            self.pixel(*divmod(self.done, self.width))
-            self.done += 1
-        params = self.pixel(h, w)                                      # (B, P)
-        if c == self.channels - 1 and self.done == index:
-            self.done += 1
-        return self.model.distribution.conditional(params, self.x[:, :, h, w], c)
-
-    @torch.no_grad()
-    def set(self, c: int, h: int, w: int, values: Tensor) -> None:
-        self.x[:, c, h, w] = values
+    def write(self, c: int, h: int, w: int, values: Tensor) -> None:
         self.xp[h + self.f, w + self.f, c] = self.level_values[values]   # the model's preprocess, by table
-        if h < self.row:
-            self.restart()
-        index = h * self.width + w
-        self.done = min(self.done, index + 1 if c == self.channels - 1 else index)
 
-    def pixel(self, i: int, j: int) -> Tensor:
+    @torch.no_grad()
+    def column(self, i: int, j: int) -> Tensor:
         """Compute pixel (i, j) of every layer from the current values: (B, P) parameters."""
         while self.row < i:
             self.row += 1
