@@ -13,7 +13,7 @@ from generated import CACHED_FAMILIES
 from pixelcnn.layers import horizontal_conv, raster_conv, vertical_conv
 from pixelcnn.layers import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
                              DownShiftedConvTranspose2d)
-from pixelcnn.models.incremental import CachedConv, CachedStepper, ConvTaps, FeatureMap, Pad
+from pixelcnn.models.incremental import CachedConv, ConvTaps, FeatureMap, Pad
 from pixelcnn.models.incremental import CachedConvTranspose, TransposedTaps
 from pixelcnn.sampling import NaiveStepper, make_stepper
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import pixelcnn
-from exact import all_images, chi_square_pvalue, dependency_violations, input_gradient, randomise, sampling_pvalue
+from exact import all_images, chi_square_pvalue, input_gradient, randomise, sampling_pvalue
 from pixelcnn.distributions import make_distribution, sample_inverse_cdf
 from pixelcnn.errors import ConfigError
 

@@ -28,7 +28,7 @@ from pixelcnn.layers import Condition, ConditionBias, channel_groups, gate, hori
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import MaskedModelConfig, OutputHead, check_kernel, gate_groups, masked_1x1, output_distribution
 from pixelcnn.models.incremental import (CachedConv, CachedStepper, ConvTaps, FeatureMap, Pointwise, PointwiseHead,
-                                         bias_row, class_bias, gate_rows)
+                                         bias_row, class_bias)
 
 CONV_IMPLS = ("shaped", "masked")
 
@@ -144,7 +144,7 @@ class CachedGatedLayer:
             v_pre = self.vertical.row(h - 1)                               # (W, B, 2n)
             if self.v_next is not None:
                 v_gated = v_pre if self.v_bias is None else v_pre + bias_row(self.v_bias, h - 1)
-                self.v_next.write_row(h - 1, gate_rows(v_gated))          # (B, W, n) in the cache
+                self.v_next.write_row(h - 1, gate(v_gated, dim=-1))          # (B, W, n) in the cache
             v_to_h = self.v_to_h.rows(v_pre)
         bias = v_to_h + self.horizontal.bias
         self.row_bias = (bias if self.h_bias is None else bias + bias_row(self.h_bias, h)).contiguous()

@@ -33,7 +33,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from pixelcnn.layers import Condition, ConditionBias, MaskedConv2d, gate
+from pixelcnn.layers import Condition, ConditionBias, MaskedConv2d
 from pixelcnn.layers import DownRightShiftedConv2d, DownShiftedConv2d, DownShiftedConvTranspose2d
 
 
@@ -113,7 +113,7 @@ class ConvTaps:
         if isinstance(conv, MaskedConv2d):
             left, right, top, bottom = conv.pad
             used = conv.mask.ne(0).any(0).any(0)                               # (kh, kw)
-            return cls(weight * conv.mask, bias, Pad(top, bottom, left, right), conv.dilation, conv.stride, used)
+            return cls(conv.masked_weight().detach(), bias, Pad(top, bottom, left, right), conv.dilation, conv.stride, used)
         ph, pw = conv.padding
         used = torch.ones(weight.shape[-2:], dtype=torch.bool, device=weight.device)
         if isinstance(conv, (DownShiftedConv2d, DownRightShiftedConv2d)):
@@ -318,11 +318,6 @@ def class_bias(module: ConditionBias, cond: Condition | None,
 def bias_row(bias: Tensor | PositionBias, h: int) -> Tensor:
     """A conditioning bias broadcastable against row h's (W, B, n) features."""
     return bias.row(h) if isinstance(bias, PositionBias) else bias
-
-
-def gate_rows(x: Tensor) -> Tensor:
-    """:func:`layers.gate` over the last dimension of (..., 2n) features: -> (..., n)."""
-    return gate(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
 
 
 class PixelStepper:

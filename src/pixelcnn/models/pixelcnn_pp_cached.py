@@ -50,38 +50,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelcnn.dlm import PixelMixture
-from pixelcnn.layers import Condition
+from pixelcnn.layers import Condition, concat_elu, concat_elu_into, gated_residual, signed_identity
 from pixelcnn.models.incremental import (CachedConv, CachedConvTranspose, CachedStepper, ConvTaps, FeatureMap,
                                          Pointwise, TransposedTaps, class_bias)
 
 if TYPE_CHECKING:
     from pixelcnn.models.pixelcnn_pp import GatedResnet, PixelCNNPP
-
-
-def concat_elu_rows(x: Tensor) -> Tensor:
-    """concat_elu over the last dimension: (..., F) -> (..., 2F), [elu(x), elu(-x)]."""
-    return F.elu(torch.cat([x, -x], dim=-1))
-
-
-def signed_identity(features: int, like: Tensor) -> Tensor:
-    """(F, 2F) [I, -I]: x @ it is [x, -x], exactly (each output is one input times +-1, plus zeros)."""
-    eye = torch.eye(features, dtype=like.dtype, device=like.device)
-    return torch.cat([eye, -eye], dim=1)
-
-
-def concat_elu_into(x: Tensor, out: Tensor, signs: Tensor) -> Tensor:
-    """concat_elu of (B, F) ``x`` written into ``out``, a (B, 2F) view of a cache position.
-
-    [x, -x] comes from one product with ``signs`` (:func:`signed_identity`), written straight into
-    the strided view: one operation where a negation and a concatenation would take two.
-    """
-    torch.mm(x, signs, out=out)
-    return F.elu_(out)
-
-
-def gated_residual(x: Tensor, ab: Tensor) -> Tensor:
-    """x + a * sigmoid(b) for ab = [a, b] along the last dimension (GatedResnet's output; glu is a * sigmoid(b))."""
-    return x + F.glu(ab, dim=-1)
 
 
 def shortcut_weights(nin: nn.Conv2d, streams: int) -> list[Tensor]:
@@ -125,8 +99,8 @@ class CachedGatedResnet:
         if skip_elu is not None:
             flat = skip_elu.reshape(-1, skip_elu.shape[-1])
             h = h + torch.addmm(self.nin_bias, flat, self.shortcuts[0]).view_as(h)
-        self.h_elu.write_row(i, concat_elu_rows(h))
-        return gated_residual(x, self.conv_out.row(i))                         # (W, B, F)
+        self.h_elu.write_row(i, concat_elu(h, dim=-1))
+        return gated_residual(x, self.conv_out.row(i), dim=-1)                # (W, B, F)
 
     def prepare_row(self, u_elu: Tensor, i: int) -> None:
         """Ul row i: the first convolution's bias at each position (its and nin's biases plus nin of the
@@ -145,7 +119,7 @@ class CachedGatedResnet:
         x_elu = concat_elu_into(x, self.x_elu_row[:, j], self.signs)
         h = window_product(self.conv_in, self.in_windows, i, j, bias)           # (B, F)
         concat_elu_into(h, self.h_elu_row[:, j], self.signs)
-        return gated_residual(x, window_product(self.conv_out, self.out_windows, i, j)), x_elu
+        return gated_residual(x, window_product(self.conv_out, self.out_windows, i, j), dim=-1), x_elu
 
 
 def window_product(conv: CachedConv, windows: Tensor, i: int, j: int, bias: Tensor | None = None) -> Tensor:
@@ -208,11 +182,11 @@ class UpStage:
         """Row i from the input row u (W, B, F) -> (its last u row, the concat_elu of the down pass's u shortcuts)."""
         if self.down_u is not None:
             u = self.down_u.row(i)
-        u_elu, skips = concat_elu_rows(u), []
+        u_elu, skips = concat_elu(u, dim=-1), []
         for u_block, ul_block in zip(self.u, self.ul):
             skips.append(u_elu)
             u = u_block.row(u, u_elu, i)
-            u_elu = concat_elu_rows(u)
+            u_elu = concat_elu(u, dim=-1)
             ul_block.prepare_row(u_elu, i)                                        # the ul block's shortcut is this u
         if self.u_top is not None:                                             # else u starts the down pass
             self.u_top.write_row(i, u)
@@ -262,10 +236,10 @@ class DownStage:
         """Row i, from the up pass's last u row (last stage) or the coarser stage; consumes ``skips`` from the end."""
         if self.up_u is not None:
             u = self.up_u.row(i)
-        u_elu = concat_elu_rows(u)
+        u_elu = concat_elu(u, dim=-1)
         for u_block, ul_block in zip(self.u, self.ul):
             u = u_block.row(u, u_elu, i, skips.pop())
-            u_elu = concat_elu_rows(u)
+            u_elu = concat_elu(u, dim=-1)
             ul_block.prepare_row(u_elu, i)
         if self.u_top is not None:
             self.u_top.write_row(i, u)

@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelcnn.errors import ConfigError
-from pixelcnn.layers import (Condition, ConditionBias, MaskedConv2d, channel_groups, horizontal_conv, lstm_cell,
+from pixelcnn.layers import (Condition, ConditionBias, LSTMGates, MaskedConv2d, channel_groups, horizontal_conv, lstm_cell,
                              raster_conv, skew_columns, unskew_columns)
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import MaskedModelConfig, OutputHead, check_kernel, masked_1x1, output_distribution
@@ -135,11 +135,6 @@ class DiagonalBiLSTMConfig(PixelRNNConfig):
 def lstm_groups(units: int, colours: int, directions: int = 1) -> Tensor:
     """Colour groups of the gate pre-activations [i, f, o, g] (per direction): each grouped like the units."""
     return channel_groups(units, colours).repeat(4 * directions)
-
-
-def masked_weight(conv: MaskedConv2d) -> Tensor:
-    """A masked convolution's effective kernel (the mask applied, as in its forward)."""
-    return conv.weight * conv.mask
 
 
 def init_forget_bias(conv: nn.Module, units: int, directions: int = 1) -> None:
@@ -251,11 +246,11 @@ class DiagonalBiLSTMLayer(nn.Module):
             pre[:, :, 1] += torch.matmul(self.pixel_to_state.weight[:, :, 0, 0], image)
         left, right = self.scan(pre).unbind(2)                         # (H, W, n, B) each
         right = torch.cat([torch.zeros_like(right[:1]), right[:-1].flip(1)])   # unmirror, shift down a row
-        out = torch.matmul(masked_weight(self.output)[:, :, 0, 0], left + right)   # (H, W, 2h, B)
+        out = torch.matmul(self.output.masked_weight()[:, :, 0, 0], left + right)   # (H, W, 2h, B)
         return u + out.permute(3, 2, 0, 1) + self.output.bias[:, None, None]      # (B, 2h, H, W)
 
     def input_weights(self) -> Tensor:
-        w = masked_weight(self.input_to_state)[:, :, 0, 0]            # (8n, 2h)
+        w = self.input_to_state.masked_weight()[:, :, 0, 0]            # (8n, 2h)
         return w.view(2, 4 * self.units, -1)                           # (2, 4n, 2h)
 
     def gate_bias(self, cond: Condition | None) -> Tensor:
@@ -356,7 +351,7 @@ class DiagonalBiLSTM(PixelRNN):
 
 def patch_weight(conv: MaskedConv2d, rows: int) -> Tensor:
     """The masked kernel's top ``rows`` rows as a matrix over (row, col, in) patches: (out, rows * kw * in)."""
-    w = masked_weight(conv)[:, :, :rows, :].permute(0, 2, 3, 1)       # (out, rows, kw, in)
+    w = conv.masked_weight()[:, :, :rows, :].permute(0, 2, 3, 1)       # (out, rows, kw, in)
     return w.reshape(w.shape[0], -1)
 
 
@@ -388,30 +383,6 @@ class PixelBias:
         return self.value[min(i, self.value.shape[0] - 1)]            # (W', n, B'): W' is 1 or W
 
 
-class LSTMGates:
-    """A batch-last (4n, B) buffer of gate pre-activations [i, f, o, g] and the LSTM update on it.
-
-    Equation (3) as in ``layers.lstm_cell``, in place: one sigmoid over [i, f, o], one tanh over
-    g, results written into the caller's (n, B) cell and state views. Every operand is a
-    contiguous block (the gates are rows).
-    """
-
-    def __init__(self, like: Tensor, units: int, batch: int):
-        n = units
-        self.value = like.new_zeros(4 * n, batch)
-        self.ifo, self.g = self.value[: 3 * n], self.value[3 * n :]
-        self.i, self.f, self.o = self.ifo.split(n)
-
-    def update(self, c_prev: Tensor, c_out: Tensor, h_out: Tensor) -> None:
-        """c_out = f * c_prev + i * g and h_out = o * tanh(c_out), each (n, B); ``value`` is spent."""
-        self.ifo.sigmoid_()
-        self.g.tanh_()
-        torch.mul(self.f, c_prev, out=c_out)
-        c_out.addcmul_(self.i, self.g)
-        torch.tanh(c_out, out=self.g)
-        torch.mul(self.o, self.g, out=h_out)
-
-
 class FirstLayerCache:
     """The first (mask A) convolution on the current row.
 
@@ -422,7 +393,7 @@ class FirstLayerCache:
     """
 
     def __init__(self, conv: MaskedConv2d, bias: PixelBias, xp: Tensor, f: int):
-        w = masked_weight(conv)                                        # (2h, C, 2f + 1, 2f + 1)
+        w = conv.masked_weight()                                        # (2h, C, 2f + 1, 2f + 1)
         self.w_above = w[:, :, :f].permute(0, 2, 3, 1).reshape(w.shape[0], -1)       # (2h, f * (2f + 1) * C)
         self.w_row = w[:, :, f, : f + 1].permute(0, 2, 1).reshape(w.shape[0], -1)    # (2h, (f + 1) * C)
         self.xp, self.f, self.bias = xp, f, bias
@@ -521,7 +492,7 @@ class RowLSTMCache:
         self.s, self.bias = s, bias
         self.w_in = patch_weight(layer.input_to_state, 1)              # (4n, (s + 1) * 2h), over (col, in)
         self.w_state = layer.state_to_state.weight.flatten(1)          # (4n, n * k), over (unit, tap)
-        w_out = masked_weight(layer.output)[:, :, 0, 0]                # (2h, n)
+        w_out = layer.output.masked_weight()[:, :, 0, 0]                # (2h, n)
         self.w_out = torch.cat([w_out, layer.output.bias[:, None]], 1)   # (2h, n + 1)
         stream = like.new_zeros(s + width, hidden, batch)
         self.terms = like.new_zeros(width, 4 * n, batch)
@@ -573,14 +544,14 @@ class DiagonalLSTMCache:
         n, hidden = layer.units, layer.output.weight.shape[0]
         width, batch = xp.shape[1] - 2 * f, xp.shape[3]
         self.xp, self.f, self.width, self.bias, self.units = xp, f, width, bias, n
-        w_in = masked_weight(layer.input_to_state)[:, :, 0, 0]        # (8n, 2h): left to right, right to left
+        w_in = layer.input_to_state.masked_weight()[:, :, 0, 0]        # (8n, 2h): left to right, right to left
         self.w_in, self.w_in_rl = w_in[: 4 * n], w_in[4 * n :]         # (4n, 2h) each
         w_ss = layer.state_to_state.weight                             # (8n, n, 2): (row above, same row) taps
         self.w_up, self.w_left = w_ss[: 4 * n, :, 0], w_ss[: 4 * n, :, 1].contiguous()   # (4n, n) each
         self.w_up_rl, self.w_right = w_ss[4 * n :, :, 0], w_ss[4 * n :, :, 1].contiguous()
         pixel = layer.pixel_to_state
         self.w_pixel = None if pixel is None else pixel.weight[:, :, 0, 0]         # (4n, C)
-        self.w_out = masked_weight(layer.output)[:, :, 0, 0]           # (2h, n)
+        self.w_out = layer.output.masked_weight()[:, :, 0, 0]           # (2h, n)
         self.b_out = layer.output.bias[:, None]                        # (2h, 1)
         self.stream = xp.new_zeros(width, hidden, batch)
         self.hs, self.cs, self.rs, self.rl_cells = (xp.new_zeros(width + 1, n, batch) for _ in range(4))
