@@ -3,6 +3,8 @@
 Salimans et al. 2017's network (``pixelcnn_pp.py``) evaluated incrementally with the machinery of
 ``incremental.py``. It is a pixel-level network: one column of activations per pixel serves all
 its colour channels, which the discretized logistic mixture couples (``CachedStepper.pixel_level``).
+It reads the modules of a ``PixelCNNPP`` without importing the model's file: the model builds its
+stepper, so the import points one way, from the network to its incremental evaluator.
 
 When an activation is final. Stage s of the U-Net has maps of ceil(H / 2^s) x ceil(W / 2^s)
 positions, and its position (I, J) sits over image pixel (2^s I, 2^s J).
@@ -43,8 +45,6 @@ in float64 the paths agree to ~1e-12, default size included (tests/test_generate
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -53,9 +53,6 @@ from pixelcnn.dlm import PixelMixture
 from pixelcnn.layers import Condition, concat_elu, concat_elu_into, gated_residual, signed_identity
 from pixelcnn.models.incremental import (CachedConv, CachedConvTranspose, CachedStepper, ConvTaps, FeatureMap,
                                          Pointwise, TransposedTaps, class_bias)
-
-if TYPE_CHECKING:
-    from pixelcnn.models.pixelcnn_pp import GatedResnet, PixelCNNPP
 
 
 def shortcut_weights(nin: nn.Conv2d, streams: int) -> list[Tensor]:
@@ -75,7 +72,7 @@ class CachedGatedResnet:
     row at a time, the second (the up pass's ul, down pass only) a position at a time.
     """
 
-    def __init__(self, block: "GatedResnet", stepper: CachedStepper, size: tuple[int, int], cond: Condition | None):
+    def __init__(self, block: nn.Module, stepper: CachedStepper, size: tuple[int, int], cond: Condition | None):
         taps_in, taps_out = ConvTaps.of(block.conv_in), ConvTaps.of(block.conv_out)
         self.x_elu = stepper.feature_map(taps_in.in_channels, [taps_in], size)
         self.h_elu = stepper.feature_map(taps_out.in_channels, [taps_out], size)
@@ -165,7 +162,7 @@ class UpStage:
     ``u_top`` / ``ul_top`` cache its last outputs for the next stage's stride-2 convolutions (None at the last stage).
     """
 
-    def __init__(self, model: "PixelCNNPP", s: int, size: tuple[int, int], below: "UpStage | None",
+    def __init__(self, model: nn.Module, s: int, size: tuple[int, int], below: "UpStage | None",
                  stepper: CachedStepper, cond: Condition | None):
         blocks = model.up_pass[s]
         self.u = [CachedGatedResnet(b.u, stepper, size, cond) for b in blocks]
@@ -213,7 +210,7 @@ class DownStage:
     ``u_top`` / ``ul_top`` cache its last outputs for the finer stage's transposed convolutions (None at stage 0).
     """
 
-    def __init__(self, model: "PixelCNNPP", s: int, sizes: list[tuple[int, int]], above: "DownStage | None",
+    def __init__(self, model: nn.Module, s: int, sizes: list[tuple[int, int]], above: "DownStage | None",
                  stepper: CachedStepper, cond: Condition | None):
         stages = len(sizes)
         d = stages - 1 - s                                                     # index in model.down_pass
@@ -255,7 +252,7 @@ class DownStage:
         return ul
 
 
-def check_geometry(model: "PixelCNNPP") -> None:
+def check_geometry(model: nn.Module) -> None:
     """The schedule relies on the shapes of the resampling layers: refuse others rather than be wrong."""
     for layers, kernel in ((model.down_u, (2, 3)), (model.up_u, (2, 3)), (model.down_ul, (2, 2)), (model.up_ul, (2, 2))):
         for layer in layers:
@@ -267,7 +264,7 @@ def check_geometry(model: "PixelCNNPP") -> None:
 class CachedPixelCNNPP(CachedStepper):
     """PixelCNN++ one pixel at a time: u rows when an image row starts, ul positions at their pixel (see the module)."""
 
-    def __init__(self, model: "PixelCNNPP", x: Tensor, cond: Condition | None):
+    def __init__(self, model: nn.Module, x: Tensor, cond: Condition | None):
         check_geometry(model)
         first = [ConvTaps.of(m) for m in (model.u_in, model.ul_in_above, model.ul_in_left)]
         super().__init__(model, x, first, ones_channel=True)
