@@ -12,7 +12,6 @@ from pixelcnn.config import ModelConfig
 from pixelcnn.distributions import OutputDistribution, make_distribution
 from pixelcnn.errors import ConfigError
 from pixelcnn.layers import MaskedConv2d, channel_groups, raster_conv
-from pixelcnn.models.incremental import full
 
 OUTPUTS = ("auto", "categorical", "bernoulli")
 
@@ -85,12 +84,11 @@ class OutputHead(nn.Module):
             self.hidden = None
             self.out = raster_conv(in_channels, dist.num_params, 1, "B", colours, out_groups=out_groups)
 
-    def forward(self, x: Tensor, run=full) -> Tensor:
-        """``run`` evaluates each layer: on whole maps by default, or at one position (``incremental.AtPosition``)."""
+    def forward(self, x: Tensor) -> Tensor:
         x = torch.relu(x)
         if self.hidden is not None:
-            x = torch.relu(run(self.hidden, x))
-        return run(self.out, x)
+            x = torch.relu(self.hidden(x))
+        return self.out(x)
 
 
 def masked_1x1(in_groups: Tensor, out_groups: Tensor, colours: int) -> MaskedConv2d:

@@ -272,10 +272,6 @@ class Pointwise:
     def __call__(self, x: Tensor) -> Tensor:
         return torch.addmm(self.bias, x, self.weight)
 
-    def at(self, x: Tensor, h: int, w: int) -> Tensor:
-        """The same at any position (:class:`AtPosition`'s form of a 1x1 convolution)."""
-        return self(x)
-
     def rows(self, x: Tensor) -> Tensor:
         """(W, B, in) -> (W, B, out)."""
         return self(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
@@ -322,77 +318,6 @@ def class_bias(module: ConditionBias, cond: Condition | None,
 def bias_row(bias: Tensor | PositionBias, h: int) -> Tensor:
     """A conditioning bias broadcastable against row h's (W, B, n) features."""
     return bias.row(h) if isinstance(bias, PositionBias) else bias
-
-
-# ----- one composition, two evaluations ----------------------------------------------------------
-#
-# A network written as ``run(layer, x)`` calls (``run=full`` by default) states its composition once:
-# the forward pass evaluates it on whole maps, a stepper on one position by passing an
-# :class:`AtPosition`, which replaces each layer by its incremental form (derived from the module by
-# :func:`position_forms`). Activations, residuals and where biases enter are the same code on both paths.
-
-
-def full(layer: nn.Module, x):
-    """``layer(x)`` on whole feature maps: the network's own forward."""
-    return layer(x)
-
-
-class ConvAt:
-    """A convolution at one position: writes its (B, in) input into its cache there, then reads the window."""
-
-    def __init__(self, taps: ConvTaps, source: FeatureMap, written: bool = False):
-        self.conv, self.source, self.written = CachedConv(taps, source), source, written
-
-    def at(self, x: Tensor | None, h: int, w: int) -> Tensor:
-        if not self.written:                           # else the stepper wrote the input (the image) as it was set
-            self.source.at(h, w).copy_(x)
-        return self.conv.at(h, w)                      # (B, out)
-
-
-class BiasAt:
-    """A :class:`ConditionBias` at one position: 0.0, a (B, n) class bias, or a conditioning image's bias there."""
-
-    def __init__(self, module: ConditionBias, cond: Condition | None):
-        value = class_bias(module, cond)
-        self.value = 0.0 if value is None else value
-
-    def at(self, cond, h: int, w: int) -> Tensor | float:
-        return self.value.at(h, w) if isinstance(self.value, PositionBias) else self.value
-
-
-class AtPosition:
-    """``run(layer, x)`` at position (h, w): each layer's incremental form in place of the layer."""
-
-    def __init__(self, forms: dict[nn.Module, object]):
-        self.forms = forms
-        self.h = self.w = 0
-
-    def __call__(self, layer: nn.Module, x):
-        return self.forms[layer].at(x, self.h, self.w)
-
-
-def position_forms(modules: list[nn.Module], stepper: "CachedStepper", cond: Condition | None,
-                   written: dict[nn.Module, FeatureMap]) -> dict[nn.Module, object]:
-    """The incremental form of every layer in ``modules``: a 1x1 convolution applied to feature vectors, a
-    larger one on a cache of its input (``written``: those whose cache the stepper fills, the image's), a
-    conditioning bias at the position."""
-    forms: dict[nn.Module, object] = {}
-    inside_bias = set()
-    for root in modules:
-        for module in root.modules():
-            if id(module) in inside_bias:
-                continue
-            if isinstance(module, ConditionBias):
-                forms[module] = BiasAt(module, cond)
-                inside_bias.update(id(m) for m in module.modules())
-            elif isinstance(module, nn.Conv2d):
-                taps = ConvTaps.of(module)
-                if taps.kernel == (1, 1) and not any(taps.padding) and module not in written:
-                    forms[module] = Pointwise(module)
-                else:
-                    source = written.get(module) or stepper.feature_map(taps.in_channels, [taps])
-                    forms[module] = ConvAt(taps, source, written=module in written)
-    return forms
 
 
 class PixelStepper:

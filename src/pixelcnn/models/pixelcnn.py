@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from pixelcnn.layers import Condition, ConditionBias, channel_groups, raster_conv
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import MaskedModelConfig, OutputHead, check_kernel, masked_1x1, output_distribution
-from pixelcnn.models.incremental import AtPosition, CachedStepper, ConvTaps, full, position_forms
+from pixelcnn.models.incremental import CachedConv, CachedStepper, ConvTaps, Pointwise, PointwiseHead, class_bias
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,10 @@ class ResidualBlock(nn.Module):
         self.expand = masked_1x1(narrow, wide, colours)
         self.cond_bias = ConditionBias(config, channels // 2)
 
-    def forward(self, x: Tensor, cond: Condition | None, run=full) -> Tensor:
-        h = run(self.reduce, torch.relu(x))
-        h = run(self.conv, torch.relu(h)) + run(self.cond_bias, cond)
-        return x + run(self.expand, torch.relu(h))
+    def forward(self, x: Tensor, cond: Condition | None) -> Tensor:
+        h = self.reduce(torch.relu(x))
+        h = self.conv(torch.relu(h)) + self.cond_bias(cond)
+        return x + self.expand(torch.relu(h))
 
 
 class PixelCNN(AutoregressiveModel):
@@ -77,27 +77,43 @@ class PixelCNN(AutoregressiveModel):
     def make_distribution(self):
         return output_distribution(self.config)
 
-    def network(self, x: Tensor | None, cond: Condition | None, run=full) -> Tensor:
-        """(B, P, H, W) parameters; or, with ``run`` an ``AtPosition``, (B, P) at its position (x: cached)."""
-        h = run(self.input, x) + run(self.input_bias, cond)  # (B, hidden, H, W)
+    def network(self, x: Tensor, cond: Condition | None) -> Tensor:
+        h = self.input(x) + self.input_bias(cond)            # (B, hidden, H, W)
         for block in self.blocks:
-            h = block(h, cond, run)
-        return self.head(h, run)                             # (B, P, H, W)
+            h = block(h, cond)
+        return self.head(h)                                  # (B, P, H, W)
 
     def cached_stepper(self, x: Tensor, cond: Condition | None) -> "CachedPixelCNN":
         return CachedPixelCNN(self, x, cond)
 
 
+class CachedResidualBlock:
+    """A ResidualBlock at one position; it caches the input of its k x k convolution."""
+
+    def __init__(self, block: ResidualBlock, stepper: CachedStepper, cond: Condition | None):
+        taps = ConvTaps.of(block.conv)
+        self.reduce, self.expand = Pointwise(block.reduce), Pointwise(block.expand)
+        self.narrow = stepper.feature_map(taps.in_channels, [taps])          # ReLU(reduce(ReLU(x)))
+        self.conv = CachedConv(taps, self.narrow, class_bias(block.cond_bias, cond))
+
+    def __call__(self, x: Tensor, h: int, w: int) -> Tensor:
+        """(B, hidden) block input at (h, w) -> (B, hidden) output."""
+        torch.clamp_min(self.reduce(torch.relu(x)), 0.0, out=self.narrow.at(h, w))   # = ReLU, into the cache
+        return x + self.expand(self.conv.at(h, w).relu_())
+
+
 class CachedPixelCNN(CachedStepper):
-    """PixelCNN one pixel column at a time: ``network`` evaluated at the pixel, each masked convolution on a
-    window of a cache of its input."""
+    """PixelCNN one pixel column at a time: each masked convolution reads a window of its cache."""
 
     def __init__(self, model: PixelCNN, x: Tensor, cond: Condition | None):
-        super().__init__(model, x, [ConvTaps.of(model.input)])
-        forms = position_forms([model.input, model.input_bias, *model.blocks, model.head], self, cond,
-                               {model.input: self.inputs})
-        self.run, self.cond = AtPosition(forms), cond
+        first = ConvTaps.of(model.input)
+        super().__init__(model, x, [first])
+        self.input = CachedConv(first, self.inputs, class_bias(model.input_bias, cond))
+        self.blocks = [CachedResidualBlock(block, self, cond) for block in model.blocks]
+        self.head = PointwiseHead(model.head)
 
     def column(self, h: int, w: int) -> Tensor:
-        self.run.h, self.run.w = h, w
-        return self.model.network(None, self.cond, self.run)    # (B, P)
+        x = self.input.at(h, w)                              # (B, hidden)
+        for block in self.blocks:
+            x = block(x, h, w)
+        return self.head(x)                                  # (B, P)
