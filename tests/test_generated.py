@@ -1,4 +1,4 @@
-"""Every family over its declared branches: cached == naive, exact normalisation, causality.
+"""Every family over its declared branches: cached == naive, exact normalisation, causality; faithful sampling.
 
 The cases come from each config's ``branches`` (``generated.py``), pairwise, on images from 1x1 to
 6x6, with every weight moved away from its initial value; the default sizes are checked too. Each
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import pixelcnn
-from exact import dependency_violations, randomise, total_log_mass
+from exact import dependency_violations, randomise, sampling_pvalue, tiny_model, total_log_mass
 from generated import CACHED_FAMILIES, build, case_id, cases
 from pixelcnn.distributions import sample_inverse_cdf
 from pixelcnn.sampling import NaiveStepper, draw_uniforms, make_stepper
@@ -109,3 +109,11 @@ def test_the_causality_check_catches_a_leak_of_one_pixel(name):
     original = model.network
     model.network = lambda x, cond: original(x, cond) + 1e-3 * x[:, :1] ** 2
     assert dependency_violations(model) != []
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("shape,levels", [((1, 2, 2), 3), ((3, 1, 2), 2)])
+def test_samples_follow_exp_log_prob(name, shape, levels):
+    """A chi-square test of the (cached) sampler against exp(log_prob) over every image."""
+    model = tiny_model(name, shape, levels, seed=1)
+    assert sampling_pvalue(model, n=20000, seed=0) > 1e-3

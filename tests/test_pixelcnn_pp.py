@@ -2,8 +2,8 @@
 
 The mixture is checked against a direct float64 computation from the logistic CDF, for
 normalisation with extreme parameters, for a faithful sampler, and for the chain rule across
-channels; the model for exact normalisation over every tiny image, causality (pixel level: a
-pixel's parameters see none of its own channels), its parameter count and its errors.
+channels; the model for its receptive field, faithful sampling, its parameter count and its errors
+(normalisation, causality and cached == naive over its declared branches: test_generated.py).
 """
 
 import math

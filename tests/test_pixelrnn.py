@@ -1,7 +1,7 @@
 """PixelRNN (Row LSTM, Diagonal BiLSTM): receptive fields, skewing, configs.
 
 Normalisation, causality and faithful sampling at the defaults are covered for every
-registered model by test_exactness.py; these tests pin down what is specific to the family.
+registered model by test_generated.py; these tests pin down what is specific to the family.
 """
 
 import os
