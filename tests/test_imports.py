@@ -21,14 +21,6 @@ import pytest
 PACKAGE = "pixelcnn"
 SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 
-# Circles known today, each as its sorted modules; the cached-path refactor (issue 14, part 1) breaks
-# them by layer, and this set is then emptied. Nothing else may be added here.
-KNOWN_CYCLES: set[tuple[str, ...]] = {
-    ("pixelcnn.distributions", "pixelcnn.dlm"),
-    ("pixelcnn.models.pixelcnn_pp", "pixelcnn.models.pixelcnn_pp_cached"),
-}
-
-
 def module_files() -> dict[str, Path]:
     """Dotted name -> source file of every module of the package (a package is its __init__.py)."""
     modules = {}
@@ -122,10 +114,8 @@ def a_circle(graph: dict[str, set[str]], component: tuple[str, ...]) -> list[str
 def test_the_package_has_no_import_circles():
     graph = import_graph()
     found = cycles(graph)
-    unknown = [" -> ".join(a_circle(graph, c)) for c in found if c not in KNOWN_CYCLES]
-    assert not unknown, "import circles in the package:\n  " + "\n  ".join(unknown)
-    stale = KNOWN_CYCLES - set(found)
-    assert not stale, f"KNOWN_CYCLES lists circles that are gone; remove them: {sorted(stale)}"
+    circles = [" -> ".join(a_circle(graph, c)) for c in found]
+    assert not circles, "import circles in the package:\n  " + "\n  ".join(circles)
 
 
 def test_the_circle_finder_finds_a_circle_and_nothing_else():

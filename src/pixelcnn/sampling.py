@@ -24,6 +24,8 @@ from pixelcnn.validation import METHOD, TEMPERATURE
 
 
 class Stepper(Protocol):
+    order: list[tuple[int, int]]          # the pixels (h, w) in the order the stepper visits them
+
     def log_probs(self, c: int, h: int, w: int) -> Tensor:
         """(B, L) log-probabilities of sub-pixel (c, h, w) given every value set before it."""
 
@@ -38,6 +40,8 @@ class NaiveStepper:
         self.model, self.cond = model, cond
         self.x = x.clone()
         self.params: Tensor | None = None
+        height, width = x.shape[2:]
+        self.order = [divmod(p, width) for p in range(height * width)]     # raster
 
     def log_probs(self, c: int, h: int, w: int) -> Tensor:
         if self.params is None:
@@ -67,18 +71,17 @@ def make_stepper(model, x: Tensor, cond, method: str):
 
 def run(stepper: Stepper, shape: tuple[int, int, int], choose: Callable[[int, int, int, Tensor], Tensor],
         on_pixel: Callable[[int, int], None] | None = None) -> None:
-    """Visit every sub-pixel in order; ``choose(c, h, w, log_probs)`` returns its (B,) values.
+    """Visit every sub-pixel in the stepper's order; ``choose(c, h, w, log_probs)`` returns its (B,) values.
 
     ``on_pixel(h, w)``, if given, is called once every channel of pixel (h, w) is set: a place to
     report progress or to stop early by raising.
     """
-    channels, height, width = shape
-    for h in range(height):
-        for w in range(width):
-            for c in range(channels):
-                stepper.set(c, h, w, choose(c, h, w, stepper.log_probs(c, h, w)))
-            if on_pixel is not None:
-                on_pixel(h, w)
+    channels = shape[0]
+    for h, w in stepper.order:
+        for c in range(channels):
+            stepper.set(c, h, w, choose(c, h, w, stepper.log_probs(c, h, w)))
+        if on_pixel is not None:
+            on_pixel(h, w)
 
 
 def draw_uniforms(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:

@@ -32,6 +32,8 @@ class MaskedModelConfig(ModelConfig):
         "output_hidden": "feature maps of the 1x1 output layer before the logits (0: none)",
         "output": "output distribution: categorical (softmax over levels), bernoulli (levels=2) or auto",
     }
+    branches: ClassVar[dict[str, tuple]] = {**ModelConfig.branches, "output_hidden": (0, 8),
+                                            "output": ("auto", "categorical")}
 
     def __post_init__(self) -> None:
         super().__post_init__()
