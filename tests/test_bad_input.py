@@ -188,6 +188,11 @@ ROWS = [
     (["sample", "{sr}"], "got a super-resolution model (given 14x14): use pixelcnn upscale"),
     (["complete", "{sr}", "--image", "{digit}"], "got a super-resolution model"),
     (["models", "--hidden", "3"], "unrecognized arguments: --hidden 3"),
+    (["serve", "{plain}", "--port", "70000"], "argument --port: expected an integer in [0, 65535], got 70000"),
+    (["serve", "{plain}", "--port", "http"], "argument --port: expected an integer in [0, 65535], got 'http'"),
+    (["serve", "{plain}", "--workers", "0"], "argument --workers: expected an integer >= 1, got 0"),
+    (["serve", "{work}/no-such-run"], "no-such-run"),
+    (["serve", "pretrained:no-such-model"], "no-such-model"),
     (["paint"], "argument COMMAND: invalid choice: 'paint'"),
 ]
 

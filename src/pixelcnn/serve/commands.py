@@ -5,6 +5,9 @@ from __future__ import annotations
 import ipaddress
 import sys
 
+from pixelcnn.validation import COUNT, Integer, flag
+
+PORT = Integer(0, 65535)
 LOOPBACK_NAMES = {"localhost"}
 
 
@@ -15,8 +18,8 @@ def add_commands(sub) -> None:
     p.add_argument("models", nargs="*", metavar="MODEL",
                    help="run folder, checkpoint folder or pretrained:NAME (default: every shipped checkpoint)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=4, help="jobs one model runs at once (default 4)")
+    p.add_argument("--port", type=flag(PORT.parse), default=8000)
+    p.add_argument("--workers", type=flag(COUNT.parse), default=4, help="jobs one model runs at once (default 4)")
     p.set_defaults(run=run_serve)
 
 
@@ -41,10 +44,6 @@ def load_models(names: list[str]) -> dict:
 def run_serve(args) -> int:
     from pixelcnn.errors import ConfigError
 
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"expected --port in 0..65535, got {args.port}")
-    if args.workers < 1:
-        raise ConfigError(f"expected --workers >= 1, got {args.workers}")
     try:
         import uvicorn
 
