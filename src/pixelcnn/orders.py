@@ -14,7 +14,9 @@ are always visited R, G, B. Orders are named ``NAME`` or ``NAME:S``:
 
 and ``S`` in 0..7 is one of the 8 symmetries of the rectangle: bit 0 flips left-right, bit 1
 flips top-bottom, bit 2 transposes (the curve is drawn on the W x H rectangle and its (row,
-column) read as (column, row)). ``S`` defaults to 0.
+column) read as (column, row)). ``S`` defaults to 0. The generalised Hilbert curve of a non-square
+rectangle runs along its longer side whichever way it is drawn, so there its transposes repeat its
+flips: 4 different orders, not 8.
 """
 
 from __future__ import annotations

@@ -45,8 +45,8 @@ class NaiveStepper:
 
     def log_probs(self, c: int, h: int, w: int) -> Tensor:
         if self.params is None:
-            order = {} if self.order is None else {"order": self.order}
-            self.params = self.model.network(self.model.preprocess(self.x), self.cond, **order)
+            order = () if self.order is None else (self.order,)               # any-order families take it third
+            self.params = self.model.network(self.model.preprocess(self.x), self.cond, *order)
         return self.model.distribution.conditional(self.params[:, :, h, w], self.x[:, :, h, w], c)
 
     def set(self, c: int, h: int, w: int, values: Tensor) -> None:

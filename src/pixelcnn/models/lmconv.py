@@ -118,6 +118,7 @@ class LMConv(AutoregressiveModel):
         self.head = OutputHead(n, config.output_hidden, self.distribution, c)
         _, height, width = config.image_shape
         table = torch.stack([orders_lib.resolve(spec, height, width) for spec in config.order_specs()])
+        table = table[_first_occurrences(table)]                             # symmetries may coincide on small images
         self.register_buffer("orders", table, persistent=False)              # (K, H W) training orders
         self._masks: dict = {}
 
@@ -253,6 +254,12 @@ class LMConv(AutoregressiveModel):
 
     def cached_stepper(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> "CachedLMConv":
         return CachedLMConv(self, x, cond, self.default_order() if order is None else order)
+
+
+def _first_occurrences(rows: Tensor) -> Tensor:
+    """Indices of the rows of (K, N) that equal no earlier row, in order."""
+    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    return torch.tensor([i for i in range(len(rows)) if int(inverse[i]) not in inverse[:i].tolist()], dtype=torch.long)
 
 
 class CachedLMConvBlock:
