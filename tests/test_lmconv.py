@@ -7,12 +7,15 @@ random permutations and the order ensemble.
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import pixelcnn
+from conftest import needs_mnist
 from exact import all_images, chi_square_pvalue, dependency_violations, image_index, randomise
 from pixelcnn import orders
+from pixelcnn.cli import main
 from pixelcnn.errors import ConfigError, PixelCNNError
 from pixelcnn.orders import InvalidOrderError
 from pixelcnn.sampling import NaiveStepper
@@ -327,3 +330,34 @@ def test_each_training_step_uses_one_training_order_chosen_by_seed_and_step():
     assert {tuple(p.tolist()) for p in picks} <= table and len({tuple(p.tolist()) for p in picks}) > 8
     x = torch.randint(0, 2, (3, 1, 4, 4))
     torch.testing.assert_close(model.nll(x, order=picks[0]), -model.log_prob(x, order=picks[0]))
+
+
+# ----- command line ------------------------------------------------------------------------
+
+
+@needs_mnist
+def test_command_line_trains_evaluates_samples_and_completes_in_orders(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--model", "lmconv", "--dataset", "mnist", "--orders", "s_curve,hilbert",
+                 "--order-symmetries", "2", "--hidden", "4", "--layers", "1", "--output-hidden", "0",
+                 "--first-kernel", "3", "--max-steps", "2", "--batch-size", "4", "--valid-limit", "4",
+                 "--samples", "0", "--out", str(run)]) == 0
+    model = pixelcnn.load(run)
+    assert model.order_names == ["s_curve:0", "s_curve:1", "hilbert:0", "hilbert:1"]
+    capsys.readouterr()
+    assert main(["eval", str(run), "--limit", "4"]) == 0
+    text = capsys.readouterr().out
+    assert all(f"order {name}: NLL" in text for name in model.order_names)
+    assert "ensemble of 4 orders: NLL" in text
+    npy = tmp_path / "s.npy"
+    assert main(["sample", str(run), "--n", "2", "--order", "hilbert:1", "--out", str(tmp_path / "s.png"),
+                 "--npy", str(npy)]) == 0
+    gen = torch.Generator().manual_seed(0)
+    assert np.array_equal(np.load(npy), model.sample(2, generator=gen, order="hilbert:1").numpy())
+    assert main(["complete", str(run), "--from-dataset", "mnist", "--index", "0", "--n", "1", "--order", "auto",
+                 "--out", str(tmp_path / "c.png")]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(run), "--order", "spiral", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "expected an order" in err and "got 'spiral'" in err
+    assert not (tmp_path / "x.png").exists()

@@ -193,7 +193,10 @@ def run_eval(args) -> int:
     result = evaluate(model, data, args.batch_size, args.limit)
     result.update({"dataset": dataset, "split": args.split, "checkpoint": str(args.checkpoint),
                    "conditional": model.config.num_classes is not None or model.config.cond_shape is not None})
-    print(f"{dataset} {args.split} ({result['images']} images): {_describe(model)}NLL {result['nll_nats']:.4f} "
+    for name, r in result.get("orders", {}).items():
+        print(f"  order {name}: NLL {r['nll_nats']:.4f} nats/image, {r['bits_per_dim']:.4f} bits/dim")
+    ensemble = f"ensemble of {len(result['orders'])} orders: " if "orders" in result else ""
+    print(f"{dataset} {args.split} ({result['images']} images): {_describe(model)}{ensemble}NLL {result['nll_nats']:.4f} "
           f"nats/image, {result['bits_per_dim']:.4f} bits/dim")
     if args.baseline:
         base = pixelcnn.load(args.baseline).to(model.device)
@@ -218,6 +221,8 @@ def add_sample(sub) -> None:
     p.add_argument("--label", type=int, help="class of every image (conditional models)")
     p.add_argument("--labels", help="comma-separated classes, one grid row each (default: every class)")
     p.add_argument("--method", default="auto", choices=["auto", "naive", "cached"])
+    add_order_option(p, "pixel order (any-order models): NAME or NAME:S, e.g. hilbert:3 (default: the mixture "
+                        "of the model's training orders)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", "-o", default="samples.png", help="PNG grid to write")
     p.add_argument("--npy", help="also save the raw integer images (n, C, H, W) as .npy")
@@ -248,7 +253,8 @@ def run_sample(args) -> int:
     model = pixelcnn.load(args.checkpoint).to(resolve_device(args.device))
     labels, n, nrow = sample_labels(model, args)
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
-    images = model.sample(n, labels=labels, temperature=args.temperature, generator=gen, method=args.method)
+    images = model.sample(n, labels=labels, temperature=args.temperature, generator=gen, method=args.method,
+                          order=args.order)
     save_grid(images, model.levels, args.out, nrow=nrow)
     if args.npy:
         np.save(args.npy, images.cpu().numpy())
@@ -268,7 +274,7 @@ def run_models(args) -> int:
 
 
 def add_complete(sub) -> None:
-    p = sub.add_parser("complete", help="fill in the unknown part of images (inpainting in raster order)",
+    p = sub.add_parser("complete", help="fill in the unknown part of images (inpainting)",
                        description="Keep part of each image and sample the rest. The grid shows, per image, the "
                                    "original, the masked input (unknown pixels grey) and --n completions.")
     add_image_source(p, "image file(s) of the model's size", "take images from a dataset split")
@@ -292,11 +298,17 @@ def add_image_source(p, image_help: str, dataset_help: str) -> None:
     p.add_argument("--data-dir", "--data_dir", dest="data_dir")
 
 
+def add_order_option(p, help_text: str) -> None:
+    p.add_argument("--order", help=help_text + "; raster-order families take only raster")
+
+
 def add_generation_options(p, n: int, out: str) -> None:
     p.add_argument("--n", "-n", type=int, default=n, help="samples per input image")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=1.0, help="1 samples exactly; lower values sharpen")
     p.add_argument("--method", default="auto", choices=["auto", "naive", "cached"])
+    add_order_option(p, "pixel order (any-order models): auto (known pixels first, then the hole from its "
+                        "border inwards; the default) or NAME[:S]")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", "-o", default=out, help="PNG grid to write")
     p.add_argument("--npy", help="also save the samples (B, n, C, H, W) as .npy")
@@ -378,7 +390,7 @@ def run_complete(args) -> int:
             raise InvalidLabelError("this model is conditional: pass --label (or use --from-dataset with labels)")
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
     out = model.complete(x, known, n=args.n, labels=labels, temperature=args.temperature, generator=gen,
-                         method=args.method).cpu()
+                         method=args.method, order=args.order).cpu()
     save_grid(completion_grid(x, known, out, model.levels), 256, args.out, nrow=args.n + 2)
     if args.npy:
         np.save(args.npy, out.numpy())
@@ -429,7 +441,7 @@ def run_upscale(args) -> int:
     b, n = y.shape[0], args.n
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
     out = model.sample(b * n, cond_image=y.repeat_interleave(n, dim=0), temperature=args.temperature,
-                       generator=gen, method=args.method).cpu().view(b, n, *model.image_shape)
+                       generator=gen, method=args.method, order=args.order).cpu().view(b, n, *model.image_shape)
     panels = [nearest_upsample(y, model.image_shape[1:])[:, None], out]
     if originals is not None:
         panels.append(originals[:, None])

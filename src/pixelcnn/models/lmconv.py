@@ -117,9 +117,11 @@ class LMConv(AutoregressiveModel):
             for i in range(config.layers))
         self.head = OutputHead(n, config.output_hidden, self.distribution, c)
         _, height, width = config.image_shape
-        table = torch.stack([orders_lib.resolve(spec, height, width) for spec in config.order_specs()])
-        table = table[_first_occurrences(table)]                             # symmetries may coincide on small images
-        self.register_buffer("orders", table, persistent=False)              # (K, H W) training orders
+        specs = config.order_specs()
+        table = torch.stack([orders_lib.resolve(spec, height, width) for spec in specs])
+        kept = _first_occurrences(table)                                     # symmetries may coincide on small images
+        self.order_names = [specs[i] for i in kept.tolist()]
+        self.register_buffer("orders", table[kept], persistent=False)        # (K, H W) training orders
         self._masks: dict = {}
 
     @classmethod
@@ -218,7 +220,7 @@ class LMConv(AutoregressiveModel):
         return torch.logsumexp(per_order, 0) - math.log(per_order.shape[0])
 
     def log_prob_per_order(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
-        """(K, B) log p_k(x) for each training order k."""
+        """(K, B) log p_k(x) for each training order k (named in ``order_names``)."""
         self.check_images(x)
         xf, cond = self.preprocess(x), self.condition(labels, cond_image, x.shape[0])
         x = x.to(xf.device)
