@@ -50,20 +50,36 @@ def known_masks(name: str, n: int, height: int, width: int, seed: int) -> torch.
 
 
 @torch.no_grad()
-def raster_conditional_nll(model, x: torch.Tensor, known: torch.Tensor, batch: int) -> torch.Tensor:
-    """(n,) sum over unknown sub-pixels of -log p(x_i | x_<i) in the model's raster order."""
-    out = []
-    for i in range(0, len(x), batch):
-        xb, kb = x[i : i + batch], known[i : i + batch].expand_as(x[i : i + batch])
-        nll = model.distribution.nll_per_pixel(model(xb), xb)                 # (b, C, H, W)
-        out.append((nll * ~kb).flatten(1).sum(1))
-    return torch.cat(out)
+def raster_nll_per_pixel(model, x: torch.Tensor, batch: int) -> torch.Tensor:
+    """(n, C, H, W): -log p(x_i | x_<i) of every sub-pixel in the model's raster order. Summed over
+    the unknown sub-pixels of a mask, it is what raster completion conditions on: the known pixels before each."""
+    return torch.cat([model.distribution.nll_per_pixel(model(x[i : i + batch]), x[i : i + batch])
+                      for i in range(0, len(x), batch)])
 
 
 @torch.no_grad()
 def lmconv_conditional_nll(model, x: torch.Tensor, known: torch.Tensor, batch: int, order) -> torch.Tensor:
     return torch.cat([-model.conditional_log_prob(x[i : i + batch], known[i : i + batch].expand_as(x[i : i + batch]),
                                                   order=order) for i in range(0, len(x), batch)])
+
+
+@torch.no_grad()
+def write_picture(lm, raster, x: torch.Tensor, args) -> None:
+    """Per image and mask, one row: original, masked input, 3 raster completions, 3 lmconv ones (order auto)."""
+    from pixelcnn.commands import completion_grid
+    from pixelcnn.images import save_grid
+
+    rows = []
+    _, h, w = lm.image_shape
+    for mask in ("bottom half known", "centre 14x14 unknown"):
+        known = known_masks(mask, len(x), h, w, args.seed).expand_as(x)
+        gen = lambda: torch.Generator().manual_seed(args.seed)   # noqa: E731
+        ras = raster.complete(x, known, n=3, generator=gen())
+        lmc = lm.complete(x, known, n=3, generator=gen(), order="auto")
+        rows.append(completion_grid(x, known, torch.cat([ras, lmc], 1), lm.levels).view(len(x), 8, *x.shape[1:]))
+    grid = torch.cat(rows).flatten(0, 1)
+    save_grid(grid, 256, args.picture, nrow=8)
+    print(f"wrote {args.picture}: rows of original, masked input, 3 raster completions, 3 lmconv completions")
 
 
 def timed(fn):
@@ -83,6 +99,8 @@ def main() -> None:
     p.add_argument("--sample-images", type=int, default=2)
     p.add_argument("--sample-order", default="hilbert:3")
     p.add_argument("--skip", nargs="*", default=[], choices=["nll", "completion", "sampling"])
+    p.add_argument("--picture", help="PNG of completions by both models")
+    p.add_argument("--picture-images", type=int, default=4)
     p.add_argument("--json")
     args = p.parse_args()
     torch.manual_seed(args.seed)
@@ -105,14 +123,15 @@ def main() -> None:
     if "completion" not in args.skip:
         result["completion"] = {}
         _, h, w = lm.image_shape
+        per_pixel = {name: raster_nll_per_pixel(model, x, args.batch) for name, model in rasters.items()}
         for mask in MASKS:
             known = known_masks(mask, len(x), h, w, args.seed)
             row = {"unknown pixels (mean)": float((~known).flatten(1).sum(1).double().mean()),
                    "lmconv auto": float(lmconv_conditional_nll(lm, x, known, args.batch, "auto").mean()),
                    f"lmconv {lm.order_names[0]} (control)": float(
                        lmconv_conditional_nll(lm, x, known, args.batch, lm.order_names[0]).mean())}
-            for name, model in rasters.items():
-                row[name] = float(raster_conditional_nll(model, x, known, args.batch).mean())
+            for name, nll in per_pixel.items():
+                row[name] = float((nll * ~known).flatten(1).sum(1).mean())
             result["completion"][mask] = row
             print(f"completion {mask:<22} " + ", ".join(f"{k}: {v:.1f}" for k, v in row.items()))
 
@@ -128,6 +147,8 @@ def main() -> None:
         print(f"sampling {n} images in {order}: cached {t_cached:.1f} s, naive {t_naive:.1f} s "
               f"({t_naive / t_cached:.1f}x), same images: {torch.equal(cached, naive)}; "
               f"raster model cached {t_raster:.1f} s")
+    if args.picture:
+        write_picture(lm, rasters["raster"], x[: args.picture_images], args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -73,17 +73,25 @@ def test_hilbert_curve_of_a_square_is_the_classic_one():
     assert orders.named("hilbert", 4, 4).tolist() == [0, 1, 5, 4, 8, 12, 13, 9, 10, 14, 15, 11, 7, 6, 2, 3]
 
 
-def test_known_first_visits_known_pixels_first_then_by_distance_from_them():
+def test_known_first_splits_the_training_order_needing_fewest_swaps():
+    candidates = torch.stack([orders.named("s_curve", 6, 7, s) for s in range(8)])
+    bottom = torch.zeros(6, 7, dtype=torch.bool)
+    bottom[3:] = True                                         # bottom half known: s_curve:2 starts there
+    assert torch.equal(orders.known_first(bottom, candidates), candidates[2])
     known = torch.zeros(6, 7, dtype=torch.bool)
     known[:, :2] = True
     known[4:, :] = True
-    order = orders.known_first(known, orders.named("s_curve", 6, 7), 7)
-    flat = known.flatten()[order]
-    assert flat[: int(known.sum())].all() and not flat[int(known.sum()):].any()
-    cols = (order % 7)[int(known.sum()):]
-    rows = (order // 7)[int(known.sum()):]
-    distance = torch.minimum(cols - 1, 4 - rows)             # to the known columns on the left or rows below
-    assert (distance.diff() >= 0).all()
+    order = orders.known_first(known, candidates)
+    n = int(known.sum())
+    assert known.flatten()[order[:n]].all() and not known.flatten()[order[n:]].any()
+    swaps = []
+    for row in candidates:                                    # pairs (unknown visited, then a known one)
+        seen = known.flatten()[row].long()
+        swaps.append(int(((1 - seen) * (seen.sum() - seen.cumsum(0))).sum()))
+    base = candidates[min(range(8), key=lambda k: swaps[k])]
+    rank = orders.ranks(base)
+    assert (rank[order[:n]].diff() > 0).all() and (rank[order[n:]].diff() > 0).all()   # base's order kept
+    assert torch.equal(orders.known_first(torch.zeros(6, 7, dtype=torch.bool), candidates), candidates[0])
 
 
 BAD_ORDERS = [

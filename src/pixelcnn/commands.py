@@ -307,8 +307,8 @@ def add_generation_options(p, n: int, out: str) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=1.0, help="1 samples exactly; lower values sharpen")
     p.add_argument("--method", default="auto", choices=["auto", "naive", "cached"])
-    add_order_option(p, "pixel order (any-order models): auto (known pixels first, then the hole from its "
-                        "border inwards; the default) or NAME[:S]")
+    add_order_option(p, "pixel order (any-order models): auto (known pixels first, then the unknown ones, "
+                        "along a training order; the default) or NAME[:S]")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", "-o", default=out, help="PNG grid to write")
     p.add_argument("--npy", help="also save the samples (B, n, C, H, W) as .npy")

@@ -94,36 +94,22 @@ def ranks(order: Tensor) -> Tensor:
     return out
 
 
-def known_first(known: Tensor, base: Tensor, width: int) -> Tensor:
-    """The order that visits every known pixel first, then the unknown ones from the border of the hole inwards.
+def known_first(known: Tensor, candidates: Tensor) -> Tensor:
+    """The order that visits every known pixel first, then the unknown ones, both as a training order does.
 
-    ``known`` (H, W) bool: pixels all of whose channels are known. Unknown pixels are visited by
-    increasing distance (chessboard, i.e. 8-neighbour steps) to the nearest known pixel, so each
-    one is generated next to pixels already set; ties, and the known pixels among themselves,
-    follow ``base`` (the model's own training order), so the path looks like the ones it learnt.
-    With no known pixel this is ``base``.
+    ``known`` (H, W) bool: pixels all of whose channels are known; ``candidates`` (K, H W) the
+    model's training orders. Of these, the one that needs the fewest swaps to put the known pixels
+    first (fewest pairs of an unknown pixel visited before a known one) is split, stably, into its
+    known and its unknown pixels. Both parts keep that order's local paths, the contexts the model
+    was trained on; where one training order already visits the known pixels first (the bottom
+    half known, and an S-curve that starts at the bottom) it is used as it is.
     """
-    flat = known.flatten()
-    if bool(flat.all()) or not bool(flat.any()):
-        return base
-    distance = _chessboard_distance(known).flatten()                        # 0 on known pixels
-    key = distance * flat.numel() + ranks(base).to(distance.device)       # distance first, base rank second
-    return torch.argsort(key).to(base.device)
-
-
-def _chessboard_distance(known: Tensor) -> Tensor:
-    """(H, W) long: steps to the nearest known pixel, moving to any of the 8 neighbours (by dilation)."""
-    height, width = known.shape
-    far = height + width
-    distance = torch.where(known, 0, far).long()
-    reached = known.clone()
-    for step in range(1, max(height, width)):
-        if bool(reached.all()):
-            break
-        grown = torch.nn.functional.max_pool2d(reached[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
-        distance[grown & ~reached] = step
-        reached = grown
-    return distance
+    flat = known.flatten().to(candidates.device)
+    seen = flat[candidates]                                                 # (K, H W): known, in visiting order
+    known_after = seen.sum(1, keepdim=True) - seen.long().cumsum(1)         # known pixels still to come
+    inversions = (known_after * ~seen).sum(1)                               # (K,)
+    base = candidates[int(inversions.argmin())]
+    return torch.cat([base[flat[base]], base[~flat[base]]])
 
 
 # ----- the curves: (rows, cols) -> (row index, column index) of each step ---------------------------

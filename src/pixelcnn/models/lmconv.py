@@ -184,12 +184,10 @@ class LMConv(AutoregressiveModel):
 
     def known_first_orders(self, known: Tensor) -> Tensor:
         """(B, H W): for each image the order that visits pixels with every channel known first
-        (the first training order where nothing is known)."""
+        (see :func:`orders.known_first`; with nothing known, the first training order)."""
         pixels = known.all(1)                                                # (B, H, W)
         unique, inverse = torch.unique(pixels.flatten(1), dim=0, return_inverse=True)
-        width = self.image_shape[2]
-        rows = [orders_lib.known_first(u.view(pixels.shape[1:]).cpu(), self.default_order().cpu(), width)
-                for u in unique]
+        rows = [orders_lib.known_first(u.view(pixels.shape[1:]), self.orders) for u in unique]
         return torch.stack(rows).to(self.orders.device)[inverse.to(self.orders.device)]
 
     # ----- the network and its likelihoods
