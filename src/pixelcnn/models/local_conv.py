@@ -69,7 +69,7 @@ class LocallyMaskedConv2d(nn.Module):
         kk = self.kernel * self.kernel
         pad = self.dilation * (self.kernel // 2)
         patches = F.unfold(x, self.kernel, dilation=self.dilation, padding=pad)   # (B, in k k, H W)
-        patches = (patches.view(b, cin, kk, h * w) * masks).view(b, cin * kk, h * w)
+        patches = patches.view(b, cin, kk, h * w).mul_(masks).view(b, cin * kk, h * w)   # unfold keeps no copy: in place
         weight = (self.conv.weight * self.mask).flatten(1)                  # (out, in k k)
         out = torch.matmul(weight, patches) + self.conv.bias[:, None]       # (B, out, H W)
         return out.view(b, -1, h, w)
