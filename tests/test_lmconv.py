@@ -369,3 +369,12 @@ def test_command_line_trains_evaluates_samples_and_completes_in_orders(tmp_path,
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "expected an order" in err and "got 'spiral'" in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_compression_round_trips_in_the_first_training_order():
+    model = lmconv((3, 3, 4), 5, orders=("hilbert:5", "s_curve"), num_classes=2).float()
+    g = torch.Generator().manual_seed(0)
+    x, labels = torch.randint(0, 5, (3, 3, 3, 4), generator=g), torch.tensor([1, 0, 1])
+    for method in ("naive", "cached"):
+        images, got = pixelcnn.decompress(model, pixelcnn.compress(model, x, labels, method=method))
+        assert torch.equal(images, x) and torch.equal(got, labels)
