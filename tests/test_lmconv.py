@@ -5,6 +5,7 @@ standard through its tiny settings; this file checks every other order, their sy
 random permutations and the order ensemble.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -16,6 +17,7 @@ from conftest import needs_mnist
 from exact import all_images, chi_square_pvalue, dependency_violations, image_index, randomise
 from pixelcnn import orders
 from pixelcnn.cli import main
+from pixelcnn.coding import container
 from pixelcnn.errors import ConfigError, PixelCNNError
 from pixelcnn.orders import InvalidOrderError
 from pixelcnn.sampling import NaiveStepper
@@ -369,6 +371,25 @@ def test_command_line_trains_evaluates_samples_and_completes_in_orders(tmp_path,
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "expected an order" in err and "got 'spiral'" in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_compression_in_a_named_order_stores_it_and_decodes_with_it():
+    model = lmconv((1, 4, 5), 4, orders=("s_curve",), order_symmetries=2).float()
+    x = torch.randint(0, 4, (3, 1, 4, 5), generator=torch.Generator().manual_seed(1))
+    data = pixelcnn.compress(model, x, order="hilbert:6")
+    assert pixelcnn.coding.read_header(data).order == "hilbert:6"
+    assert torch.equal(pixelcnn.decompress(model, data), x)
+    default = pixelcnn.compress(model, x)
+    assert pixelcnn.coding.read_header(default).order == "" and default != data
+    for bad, error in (("auto", "got 'auto'"), ("spiral", "got 'spiral'")):
+        with pytest.raises(ValueError, match=error):
+            pixelcnn.compress(model, x, order=bad)
+    raster_family = pixelcnn.create("gated_pixelcnn", image_shape=(1, 4, 5), levels=4, hidden=4, layers=1)
+    assert pixelcnn.coding.read_header(pixelcnn.compress(raster_family, x, order="raster")).order == ""
+    header, streams = container.unpack(data)                  # a file naming an order the model cannot follow
+    forged = container.pack(dataclasses.replace(header, order="spiral:2"), streams)
+    with pytest.raises(pixelcnn.CompressionError, match="pixel order 'spiral:2'.*got 'spiral:2'"):
+        pixelcnn.decompress(model, forged)
 
 
 def test_compression_round_trips_in_the_first_training_order():
