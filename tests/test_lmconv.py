@@ -399,3 +399,19 @@ def test_compression_round_trips_in_the_first_training_order():
     for method in ("naive", "cached"):
         images, got = pixelcnn.decompress(model, pixelcnn.compress(model, x, labels, method=method))
         assert torch.equal(images, x) and torch.equal(got, labels)
+
+
+def test_version_1_files_without_an_order_field_are_still_read():
+    import struct
+    import zlib
+
+    model = lmconv((1, 3, 3), 2).float()
+    x = torch.randint(0, 2, (2, 1, 3, 3), generator=torch.Generator().manual_seed(0))
+    data = pixelcnn.compress(model, x)
+    header = container.read_header(data)
+    at = container._PREFIX.size + container._FIELDS.size + len(header.metadata)   # the empty order field
+    assert data[at] == 0
+    body = bytearray(data[:at] + data[at + 1 : -4])
+    body[4:6] = struct.pack(">H", 1)
+    old = bytes(body) + struct.pack(">I", zlib.crc32(bytes(body)))
+    assert container.read_header(old).order == "" and torch.equal(pixelcnn.decompress(model, old), x)
