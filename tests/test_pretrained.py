@@ -28,7 +28,7 @@ def test_loads_offline_causal_and_samples(name):
     assert info["parameters"] == model.num_parameters()
     corners = [(0, 0), (h // 2, w // 2), (h - 1, w - 1), (h - 1, 0)]
     labels = None if model.config.num_classes is None else torch.tensor([0, 1])
-    assert dependency_violations(model, labels, positions=corners) == []
+    assert dependency_violations(model, labels, positions=corners, order=model.default_order()) == []
     labels = None if model.config.num_classes is None else 3
     images = model.sample(2, labels=labels, generator=torch.Generator().manual_seed(0))
     assert images.shape == (2, c, h, w) and images.min() >= 0 and images.max() < model.levels

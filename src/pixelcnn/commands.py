@@ -138,7 +138,10 @@ def run_eval(args) -> int:
     result = evaluate(model, data, args.batch_size, args.limit)
     result.update({"dataset": dataset, "split": args.split, "checkpoint": str(args.checkpoint),
                    "conditional": model.config.num_classes is not None or model.config.cond_shape is not None})
-    print(f"{dataset} {args.split} ({result['images']} images): {_describe(model)}NLL {result['nll_nats']:.4f} "
+    for name, r in result.get("orders", {}).items():
+        print(f"  order {name}: NLL {r['nll_nats']:.4f} nats/image, {r['bits_per_dim']:.4f} bits/dim")
+    ensemble = f"ensemble of {len(result['orders'])} orders: " if "orders" in result else ""
+    print(f"{dataset} {args.split} ({result['images']} images): {_describe(model)}{ensemble}NLL {result['nll_nats']:.4f} "
           f"nats/image, {result['bits_per_dim']:.4f} bits/dim")
     if base is not None:
         result["baseline"] = {**evaluate(base, data, args.batch_size, args.limit), "checkpoint": str(args.baseline)}
@@ -163,6 +166,8 @@ def add_sample(sub) -> None:
     which.add_argument("--labels", type=flag(validation.labels),
                        help="comma-separated classes, one grid row each (default: every class)")
     add_sampling_options(p, "samples.png", "also save the raw integer images (n, C, H, W) as .npy")
+    add_order_option(p, "pixel order (any-order models): NAME or NAME:S, e.g. hilbert:3 (default: the mixture "
+                        "of the model's training orders)")
     p.set_defaults(run=run_sample)
 
 
@@ -200,7 +205,8 @@ def run_sample(args) -> int:
     model = load_unconditioned(args)
     labels, n, nrow = sample_labels(model, args)
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
-    images = model.sample(n, labels=labels, temperature=args.temperature, generator=gen, method=args.method)
+    images = model.sample(n, labels=labels, temperature=args.temperature, generator=gen, method=args.method,
+                          order=args.order)
     save_grid(images, model.levels, args.out, nrow=nrow)
     if args.npy:
         np.save(args.npy, images.cpu().numpy())
@@ -229,7 +235,7 @@ def run_models(args) -> int:
 
 
 def add_complete(sub) -> None:
-    p = sub.add_parser("complete", help="fill in the unknown part of images (inpainting in raster order)",
+    p = sub.add_parser("complete", help="fill in the unknown part of images (inpainting)",
                        description="Keep part of each image and sample the rest. The grid shows, per image, the "
                                    "original, the masked input (unknown pixels grey) and --n completions.")
     add_image_source(p, "image file(s) of the model's size", "take images from a dataset split")
@@ -255,9 +261,15 @@ def add_image_source(p, image_help: str, dataset_help: str) -> None:
     p.add_argument("--data-dir", "--data_dir", dest="data_dir")
 
 
+def add_order_option(p, help_text: str) -> None:
+    p.add_argument("--order", help=help_text + "; raster-order families take only raster")
+
+
 def add_generation_options(p, n: int, out: str) -> None:
     p.add_argument("--n", "-n", type=flag(COUNT.parse), default=n, help="samples per input image")
     add_sampling_options(p, out, "also save the samples (B, n, C, H, W) as .npy")
+    add_order_option(p, "pixel order (any-order models): auto (known pixels first, then the unknown ones, "
+                        "along a training order; the default) or NAME[:S]")
 
 
 def dataset_examples(args) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -326,7 +338,7 @@ def run_complete(args) -> int:
             raise InvalidLabelError("this model is conditional: pass --label (or use --from-dataset with labels)")
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
     out = model.complete(x, known, n=args.n, labels=labels, temperature=args.temperature, generator=gen,
-                         method=args.method).cpu()
+                         method=args.method, order=args.order).cpu()
     save_grid(completion_grid(x, known, out, model.levels), 256, args.out, nrow=args.n + 2)
     if args.npy:
         np.save(args.npy, out.numpy())
@@ -374,7 +386,7 @@ def run_upscale(args) -> int:
     b, n = y.shape[0], args.n
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
     out = model.sample(b * n, cond_image=y.repeat_interleave(n, dim=0), temperature=args.temperature,
-                       generator=gen, method=args.method).cpu().view(b, n, *model.image_shape)
+                       generator=gen, method=args.method, order=args.order).cpu().view(b, n, *model.image_shape)
     panels = [nearest_upsample(y, model.image_shape[1:])[:, None], out]
     if originals is not None:
         panels.append(originals[:, None])

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 import torch
+from torch import Tensor
 
 import pixelcnn
 from pixelcnn.data import load_dataset
@@ -45,7 +46,9 @@ def evaluate(model: pixelcnn.AutoregressiveModel, dataset, batch_size: int = 256
     over images) and bits per dimension. Class-conditional models get the dataset's labels,
     super-resolution models the low-resolution version of each image.
 
-    Under torchrun each process evaluates a contiguous shard and the sums are combined.
+    Under torchrun each process evaluates a contiguous shard and the sums are combined. An
+    any-order model (one with ``log_prob_per_order``) is scored as its order ensemble, and
+    ``orders`` maps each of its training orders to that order's mean NLL, from the same passes.
     """
     runtime = runtime or Runtime(model.device)
     conditional = model.config.num_classes is not None
@@ -53,21 +56,35 @@ def evaluate(model: pixelcnn.AutoregressiveModel, dataset, batch_size: int = 256
     lo, hi = runtime.rank * n // runtime.world, (runtime.rank + 1) * n // runtime.world
     was_training = model.training
     model.eval()
-    sums = torch.zeros(2, dtype=torch.float64)                             # sum of NLLs, sum of squares
+    names = list(getattr(model, "order_names", []))
+    sums = torch.zeros(2 + len(names), dtype=torch.float64)                # NLLs, their squares, each order's NLLs
     gen = torch.Generator().manual_seed(0)
     with full_float32():
         for start in range(lo, hi, batch_size):
             x, y = dataset.batch(torch.arange(start, min(start + batch_size, hi)), generator=gen)
             y = y.to(runtime.device) if conditional else None
             x = x.to(runtime.device)
-            nll = -model.log_prob(x, y, cond_images(model, x)).double().cpu()
-            sums += torch.stack([nll.sum(), nll.square().sum()])
+            nll, per_order = _image_nlls(model, x, y)
+            sums += torch.cat([torch.stack([nll.sum(), nll.square().sum()]), per_order.sum(1)])
     model.train(was_training)
-    total, squares = all_reduce_sum(sums, runtime).tolist()
+    total, squares, *order_totals = all_reduce_sum(sums, runtime).tolist()
     mean = total / n
     std = math.sqrt(max(0.0, squares / n - mean**2) * n / max(n - 1, 1))  # sample standard deviation
-    return {"nll_nats": mean, "nll_std_nats": std, "bits_per_dim": bits_per_dim(mean, math.prod(dataset.image_shape)),
-            "images": n}
+    dims = math.prod(dataset.image_shape)
+    out = {"nll_nats": mean, "nll_std_nats": std, "bits_per_dim": bits_per_dim(mean, dims), "images": n}
+    if names:
+        out["orders"] = {name: {"nll_nats": t / n, "bits_per_dim": bits_per_dim(t / n, dims)}
+                         for name, t in zip(names, order_totals)}
+    return out
+
+
+def _image_nlls(model, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(B,) NLL of each image and (K, B) NLL in each of an any-order model's K orders (K = 0 otherwise)."""
+    cond = cond_images(model, x)
+    if not hasattr(model, "log_prob_per_order"):
+        return -model.log_prob(x, y, cond).double().cpu(), torch.zeros(0, x.shape[0], dtype=torch.float64)
+    per_order = model.log_prob_per_order(x, y, cond).double().cpu()        # (K, B)
+    return -(torch.logsumexp(per_order, 0) - math.log(len(per_order))), -per_order
 
 
 def check_evaluation(model, dataset, batch_size: int, limit: int | None) -> int:

@@ -209,6 +209,11 @@ class Condition:
         rep = lambda t: None if t is None else t.repeat_interleave(n, dim=0)   # noqa: E731
         return Condition(rep(self.labels), rep(self.features))
 
+    def select(self, index: Tensor) -> "Condition":
+        """The conditioning of the images at ``index`` (1-D) of the batch."""
+        pick = lambda t: None if t is None else t[index]   # noqa: E731
+        return Condition(pick(self.labels), pick(self.features))
+
 
 class ConditionBias(nn.Module):
     """A layer's bias from the conditioning (van den Oord et al. 2016b, equations 4 and 5).

@@ -384,7 +384,7 @@ class Trainer:
         y = y.to(rt.device) if self.model.config.num_classes is not None else None
         self.model.train()
         with autocast(rt, cfg.precision):
-            params = self.net(x, y, cond_images(self.model, x))
+            params = self.net(x, y, cond_images(self.model, x), **self.model.step_inputs(cfg.seed, self.step))
         dims = x[0].numel()
         loss = self.model.nll_from_params(params.float(), x).mean() / dims          # nats per dim
         if not torch.isfinite(loss):

@@ -50,6 +50,8 @@ def add_compress(sub) -> None:
                    help=f"images coded together (default: {codec.DEFAULT_CHUNK_SIZE}, at most {codec.MAX_CHUNK_SIZE})")
     p.add_argument("--method", type=flag(METHOD.parse), default="auto", metavar="{auto,naive,cached}",
                    help="stepper: the family's cached one (auto) or the naive reference")
+    p.add_argument("--order", help="pixel order of an any-order model, NAME[:S] (stored in the file; "
+                                   "default: the model's first training order)")
     p.set_defaults(run=run_compress)
 
 
@@ -75,7 +77,7 @@ def run_compress(args) -> int:
     start = time.perf_counter()
     with _progress(images.shape[0], "compress") as update:
         data = codec.compress(model, images, labels, chunk_size=args.chunk_size, method=args.method,
-                              metadata=png.metadata(scale), progress=update)
+                              metadata=png.metadata(scale), progress=update, order=args.order)
     seconds = time.perf_counter() - start
     Path(args.output).write_bytes(data)
     dims = images[0].numel() * images.shape[0]

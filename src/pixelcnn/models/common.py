@@ -67,6 +67,15 @@ def check_kernel(config, name: str) -> None:
         raise ConfigError(f"{name} must be a positive odd integer, got {value!r}")
 
 
+def check_dilations(config) -> None:
+    """``dilations`` as a non-empty tuple of positive integers (a single int is accepted), or ConfigError."""
+    value = config.dilations
+    dil = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    if not dil or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dil):
+        raise ConfigError(f"dilations must be positive integers, got {value!r}")
+    object.__setattr__(config, "dilations", dil)
+
+
 def output_distribution(config: MaskedModelConfig) -> OutputDistribution:
     return make_distribution(config.output_kind, config.channels, config.levels)
 

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from pixelcnn.errors import ConfigError
 from pixelcnn.layers import Condition, ConditionBias, channel_groups, gate, horizontal_conv, shift_down, vertical_conv
 from pixelcnn.models.base import AutoregressiveModel
-from pixelcnn.models.common import MaskedModelConfig, OutputHead, check_kernel, gate_groups, masked_1x1, output_distribution
+from pixelcnn.models.common import (MaskedModelConfig, OutputHead, check_dilations, check_kernel, gate_groups, masked_1x1,
+                                    output_distribution)
 from pixelcnn.models.incremental import (CachedConv, CachedStepper, ConvTaps, FeatureMap, Pointwise, PointwiseHead,
                                          bias_row, class_bias)
 
@@ -56,10 +57,7 @@ class GatedPixelCNNConfig(MaskedModelConfig):
         super().__post_init__()
         check_kernel(self, "first_kernel")
         check_kernel(self, "kernel_size")
-        dil = tuple(self.dilations) if isinstance(self.dilations, (list, tuple)) else (self.dilations,)
-        if not dil or not all(isinstance(d, int) and d >= 1 for d in dil):
-            raise ConfigError(f"dilations must be positive integers, got {self.dilations!r}")
-        object.__setattr__(self, "dilations", dil)
+        check_dilations(self)
         if self.conv_impl not in CONV_IMPLS:
             raise ConfigError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
         if self.layers < 1:
