@@ -1,5 +1,5 @@
 # Set-up, demo and tests. `make demo` and `make test` each create the virtual environment
-# first if it is missing.
+# first if it is missing; `make test` also installs Fashion-MNIST (see fashion-mnist below).
 #
 # PyTorch: an existing torch in the venv is kept. Otherwise torch==2.13.0 is installed from a
 # local wheel if pip's find-links has one, else the CPU build from PyTorch's own index; the
@@ -24,7 +24,13 @@ endif
 
 DEMO := demo
 
-.PHONY: install demo test bench clean
+# Fashion-MNIST, which the shipped pretrained:fashion-mnist is tested on: Debian's package puts its
+# IDX files in $(FASHION_MNIST_DIR), where pixelcnn looks after its data roots.
+FASHION_MNIST_PACKAGE := dataset-fashion-mnist
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+FASHION_MNIST_FILE := t10k-images-idx3-ubyte.gz
+
+.PHONY: install fashion-mnist browser demo test bench clean
 
 install: $(VENV)/.installed
 
@@ -37,7 +43,7 @@ $(VENV)/.installed: pyproject.toml
 	else \
 		$(PIP) install "$(TORCH)" --index-url $(TORCH_INDEX); \
 	fi
-	$(PIP) install -e ".[test,tensorboard]"
+	$(PIP) install -e ".[test,tensorboard,serve]"
 	touch $@
 
 demo: install
@@ -46,9 +52,46 @@ demo: install
 		--epochs 1 --time-budget 4 --batch-size 64 --lr 2e-3 --valid-limit 1000 --samples 0 --out $(DEMO)/run
 	$(VENV)/bin/pixelcnn eval $(DEMO)/run --split test
 	$(VENV)/bin/pixelcnn sample $(DEMO)/run --n 16 --seed 0 --out $(DEMO)/samples.png
+	@echo "To draw, complete, sample and compress in a browser: $(VENV)/bin/pixelcnn serve $(DEMO)/run pretrained:mnist"
+	@echo "then open http://127.0.0.1:8000/ (Ctrl+C stops the server)"
 
-test: install
+test: install fashion-mnist browser
 	$(PY) -m pytest
+
+# Installs $(FASHION_MNIST_PACKAGE) unless Fashion-MNIST is already in $(FASHION_MNIST_DIR) or under
+# $$PIXELCNN_DATA; apt-get update only when the first install fails; sudo when not root. Where that
+# cannot be done it says so and goes on: the loader then downloads the files into its cache, or its
+# error names the files to put where.
+fashion-mnist:
+	@if [ -f "$(FASHION_MNIST_DIR)/$(FASHION_MNIST_FILE)" ] || \
+	    { [ -n "$$PIXELCNN_DATA" ] && [ -f "$$PIXELCNN_DATA/fashion_mnist/$(FASHION_MNIST_FILE)" ]; }; then \
+		exit 0; \
+	fi; \
+	sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+	unable="make: could not install $(FASHION_MNIST_PACKAGE) with apt-get (and sudo when not root);"; \
+	unable="$$unable the tests will download Fashion-MNIST or name the files to put in"; \
+	unable="$$unable $${PIXELCNN_DATA:-~/.cache/pixelcnn}/fashion_mnist/"; \
+	if ! command -v apt-get >/dev/null || { [ -n "$$sudo" ] && ! command -v sudo >/dev/null; }; then \
+		echo "$$unable"; exit 0; \
+	fi; \
+	echo "installing Fashion-MNIST: $${sudo:+sudo }apt-get install -y $(FASHION_MNIST_PACKAGE)"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	$$sudo apt-get install -y -q $(FASHION_MNIST_PACKAGE) || \
+		{ $$sudo apt-get update -q && $$sudo apt-get install -y -q $(FASHION_MNIST_PACKAGE); } || \
+		echo "$$unable"
+
+# The web app's browser test drives Debian's chromium (never a downloaded browser); installed here
+# when missing and running as root. PIXELCNN_NO_BROWSER=1 skips the browser test instead.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ "$${PIXELCNN_NO_BROWSER:-0}" != 1 ] && [ ! -x "$(CHROMIUM)" ]; then \
+		if [ "$$(id -u)" -eq 0 ]; then \
+			echo "installing Debian's chromium for the browser test"; \
+			apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; \
+		else \
+			echo "the browser test needs $(CHROMIUM): sudo apt-get install -y chromium (or set PIXELCNN_NO_BROWSER=1)"; \
+		fi; \
+	fi
 
 bench: install
 	$(PY) benchmarks/bench_training.py

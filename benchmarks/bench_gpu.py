@@ -23,7 +23,7 @@ import time
 import torch
 
 import pixelcnn
-from pixelcnn.training import full_float32
+from pixelcnn.evaluation import full_float32
 
 CONFIGS = [
     ("gated_pixelcnn-mnist", "gated_pixelcnn", (1, 28, 28), {"hidden": 64, "layers": 7}, 128),

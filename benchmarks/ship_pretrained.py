@@ -1,6 +1,6 @@
 """Add a trained run's best checkpoint to the package as ``pretrained:NAME``.
 
-Evaluates it on the full test split (mean and standard deviation of the per-image NLL), copies
+Evaluates it on the full test split (or a seeded random subset, --limit) (mean and standard deviation of the per-image NLL), copies
 config.json and model.safetensors into src/pixelcnn/pretrained/NAME/ and records everything in
 src/pixelcnn/pretrained/manifest.json.
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pixelcnn
 from pixelcnn import checkpoint
 from pixelcnn.data import load_dataset
-from pixelcnn.training import evaluate
+from pixelcnn.evaluation import evaluate, random_subset
 
 ROOT = Path(__file__).resolve().parents[1] / "src" / "pixelcnn" / "pretrained"
 
@@ -28,12 +28,15 @@ def main() -> None:
     p.add_argument("name")
     p.add_argument("--command", required=True, help="the exact training command")
     p.add_argument("--training", required=True, help="machine and training time")
+    p.add_argument("--limit", type=int, help="evaluate a random (seeded) subset of N test images, the one "
+                                             "`pixelcnn pretrained --reproduce --limit N` uses (slow models)")
     args = p.parse_args()
     folder = checkpoint.resolve(args.run)
     meta = checkpoint.read_config(folder)
     model = pixelcnn.load(folder)
     dataset = meta["metadata"]["dataset"]
-    test = evaluate(model, load_dataset(dataset, "test"))
+    data = load_dataset(dataset, "test")
+    test = evaluate(model, data if args.limit is None else random_subset(data, args.limit))
     dest = ROOT / args.name
     dest.mkdir(parents=True, exist_ok=True)
     for f in (checkpoint.CONFIG_FILE, checkpoint.WEIGHTS_FILE):

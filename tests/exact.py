@@ -52,31 +52,33 @@ def total_log_mass(model, labels=None, **kw) -> float:
         return torch.logsumexp(model.log_prob(x, labels, **kw), 0).item()
 
 
-def order_index(c: int, h: int, w: int, shape) -> int:
-    channels, _, width = shape
-    return (h * width + w) * channels + c
-
-
 def dependency_violations(model, labels=None, batch: int = 2, seed: int = 0, cond_image=None,
-                          positions=None) -> list[str]:
+                          positions=None, order=None) -> list[str]:
     """Sub-pixel pairs where a parameter depends on its own or a later sub-pixel (by gradients).
 
-    ``positions`` restricts the check to some pixels (h, w); by default every pixel is checked.
+    The gradient is that of a random projection of the parameters, so contributions of several
+    parameters cannot cancel out; ``positions`` restricts the check to some pixels (h, w), by
+    default every pixel is checked. ``order`` (H W,) is the pixel visiting order of an any-order
+    model (None: raster), passed to its network; colour channels come R, G, B inside each pixel
+    either way.
     """
     shape = model.image_shape
     c_, h_, w_ = shape
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, model.levels, (batch, *shape), generator=g)
     xf = model.preprocess(x).requires_grad_(True)
-    params = model.network(xf, model.condition(labels, cond_image, batch))
+    cond = model.condition(labels, cond_image, batch)
+    params = model.network(xf, cond) if order is None else model.network(xf, cond, order)
     groups = model.distribution.param_groups()
-    cs, hs, ws = torch.meshgrid(torch.arange(c_), torch.arange(h_), torch.arange(w_), indexing="ij")
-    order = (hs * w_ + ws) * c_ + cs                                        # (C, H, W) raster-then-colour index
+    step = torch.arange(h_ * w_) if order is None else torch.empty_like(order).scatter_(0, order, torch.arange(h_ * w_))
+    index = step.view(1, h_, w_) * c_ + torch.arange(c_).view(c_, 1, 1)   # (C, H, W): visiting step of each sub-pixel
     bad = []
     for h, w in positions or itertools.product(range(h_), range(w_)):
         for grp in groups.unique().tolist():
-            grad, = torch.autograd.grad(params[:, groups == grp, h, w].sum(), xf, retain_graph=True)
-            leaks = (grad.abs().amax(0) > 0) & (order >= order_index(grp, h, w, shape))
+            picked = params[:, groups == grp, h, w]
+            projection = torch.randn(picked.shape, generator=g, dtype=picked.dtype)
+            grad, = torch.autograd.grad((picked * projection).sum(), xf, retain_graph=True)
+            leaks = (grad.abs().amax(0) > 0) & (index >= index[grp, h, w])
             bad += [f"params of channel {grp} at ({h},{w}) depend on channel {c2} at ({h2},{w2})"
                     for c2, h2, w2 in leaks.nonzero().tolist()]
     return bad

@@ -146,4 +146,4 @@ def test_conditional_and_superres_command_line(tmp_path, capsys):
     assert main(["upscale", str(sr), "--image", str(small), "--n", "1", "--out", str(tmp_path / "u2.png")]) == 0
     assert main(["upscale", str(plain), "--image", str(small)]) == 2
     assert main(["sample", str(cond), "--label", "11"]) == 2
-    assert "expected labels in [0, 10)" in capsys.readouterr().err
+    assert "expected --label in [0, 10) for this model, got [11]" in capsys.readouterr().err

@@ -392,7 +392,7 @@ def test_corrupted_file_fails_its_checksum(tmp_path):
                                             "binarized_mnist_test.amat", "binarized_mnist.npz")),
     ("cifar10", "cifar10", ("cifar-10-python.tar.gz", "cifar-10-batches-py"))])
 def test_missing_files_without_download_say_what_to_put_where(monkeypatch, tmp_path, name, key, files):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr(data.downloads, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
     with pytest.raises(DataError) as err:
         load_dataset(name, "test", data_dir=tmp_path / "root", download=False)
     message = str(err.value)

@@ -7,7 +7,7 @@ import torch
 
 import pixelcnn
 from pixelcnn.layers import shaped_from_full, skew, unskew
-from exact import randomise, tiny_model
+from exact import input_gradient, randomise, tiny_model
 
 
 @pytest.mark.parametrize("name", pixelcnn.available_models())
@@ -168,3 +168,21 @@ def test_a_swap_interrupted_between_renames_still_loads(model, tmp_path):
     assert pixelcnn.load(tmp_path / "ckpt").config == model.config
     model.save_pretrained(tmp_path / "ckpt")
     assert (tmp_path / "ckpt").is_dir() and not (tmp_path / "ckpt.old").exists()
+
+
+def test_gated_pixelcnn_has_no_blind_spot():
+    model = tiny_model("gated_pixelcnn", (1, 6, 6), 4)
+    h, w = 5, 2
+    grad = input_gradient(model, h, w)[0]
+    for h2 in range(6):
+        for w2 in range(6):
+            before = (h2, w2) < (h, w)
+            assert (grad[h2, w2] > 0) == before, (h2, w2)
+
+
+def test_pixelcnn_has_the_documented_blind_spot():
+    """3x3 mask-B stacks miss the region up and to the right (van den Oord et al. 2016b, fig. 1)."""
+    model = tiny_model("pixelcnn", (1, 8, 8), 4, first_kernel=3, layers=3)
+    grad = input_gradient(model, 4, 1)[0]
+    assert grad[3, 0] > 0 and grad[4, 0] > 0
+    assert grad[0, 7] == 0

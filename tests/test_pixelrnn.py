@@ -1,7 +1,7 @@
-"""PixelRNN (Row LSTM, Diagonal BiLSTM): receptive fields, skewing, cached sampling, configs.
+"""PixelRNN (Row LSTM, Diagonal BiLSTM): receptive fields, skewing, configs.
 
 Normalisation, causality and faithful sampling at the defaults are covered for every
-registered model by test_exactness.py; these tests pin down what is specific to the family.
+registered model by test_generated.py; these tests pin down what is specific to the family.
 """
 
 import os
@@ -14,11 +14,10 @@ import torch
 
 import pixelcnn
 from conftest import TINY
-from exact import dependency_violations, input_gradient, randomise, tiny_model, total_log_mass
+from exact import dependency_violations, input_gradient, randomise, tiny_model
 from pixelcnn.cli import main
 from pixelcnn.errors import ConfigError
 from pixelcnn.layers import skew, skew_columns, unskew, unskew_columns
-from pixelcnn.sampling import NaiveStepper
 
 NAMES = ["row_lstm", "diagonal_bilstm"]
 SMALL = {"hidden": 8, "layers": 2, "output_hidden": 8}
@@ -146,112 +145,6 @@ def test_recurrence_steps_once_per_row_or_diagonal(name, steps):
         layer.state_to_state.register_forward_hook(lambda *_: calls.append(1))
     model.log_prob(torch.zeros(3, *shape, dtype=torch.long))
     assert len(calls) == SMALL["layers"] * steps(5, 8)
-
-
-# ----- cached sampling ----------------------------------------------------------------------
-
-
-CASES = [  # shape, levels, num_classes, conditioning image shape
-    ((1, 4, 5), 4, None, None),
-    ((1, 5, 3), 2, 3, None),
-    ((3, 3, 2), 5, None, None),
-    ((3, 2, 4), 256, 4, None),
-    ((1, 1, 6), 3, None, None),
-    ((2, 4, 1), 3, 2, None),
-    ((3, 4, 3), 4, 2, (3, 2, 2)),
-]
-
-
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("shape,levels,num_classes,cond_shape", CASES)
-def test_cached_sampling_gives_the_naive_samples(name, shape, levels, num_classes, cond_shape):
-    model = float_model(name, shape, levels, num_classes=num_classes, cond_shape=cond_shape, output_hidden=16)
-    labels = None if num_classes is None else torch.arange(5) % num_classes
-    g = torch.Generator().manual_seed(7)
-    cond_image = None if cond_shape is None else torch.randint(0, levels, (5, *cond_shape), generator=g)
-    for seed in (0, 1):
-        kw = dict(labels=labels, cond_image=cond_image, temperature=0.8 if seed else 1.0)
-        naive = model.sample(5, generator=torch.Generator().manual_seed(seed), method="naive", **kw)
-        cached = model.sample(5, generator=torch.Generator().manual_seed(seed), method="cached", **kw)
-        assert torch.equal(naive, cached)
-        assert len(naive.unique()) > 1                         # the samples are not trivially constant
-
-
-def stepper_probabilities(stepper, x):
-    """(B, H * W * C, L) probabilities of every sub-pixel of x, visited in order while x is set."""
-    _, c_, h_, w_ = x.shape
-    rows = []
-    for h in range(h_):
-        for w in range(w_):
-            for c in range(c_):
-                rows.append(stepper.log_probs(c, h, w).exp())
-                stepper.set(c, h, w, x[:, c, h, w])
-    return torch.stack(rows, 1)
-
-
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("shape,levels,num_classes,cond_shape", [((1, 4, 6), 3, None, None), ((3, 3, 4), 4, 3, None),
-                                                                  ((1, 5, 4), 3, None, (1, 2, 2))])
-def test_cached_probabilities_match_the_network(name, shape, levels, num_classes, cond_shape):
-    model = float_model(name, shape, levels, num_classes=num_classes, cond_shape=cond_shape, layers=3)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, levels, (4, *shape), generator=g)
-    labels = None if num_classes is None else torch.tensor([0, 1, 2, 1])
-    cond_image = None if cond_shape is None else torch.randint(0, levels, (4, *cond_shape), generator=g)
-    with torch.no_grad():
-        cond = model.condition(labels, cond_image, 4)
-        naive = stepper_probabilities(NaiveStepper(model, x, cond), x)
-        cached = stepper_probabilities(model.cached_stepper(torch.zeros_like(x), cond), x)
-    assert (naive - cached).abs().max() < 1e-4
-    assert (naive - 1 / levels).abs().max() > 0.1             # far from uniform: the check has teeth
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_cached_stepper_recomputes_after_an_earlier_value_changes(name):
-    shape = (3, 3, 4)
-    model = float_model(name, shape, 4)
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randint(0, 4, (2, 2, *shape), generator=g)
-    stepper = model.cached_stepper(x, None)
-    stepper_probabilities(stepper, x)                          # every pixel of x is final now
-    for c in range(3):                                         # change a pixel in the middle
-        stepper.set(c, 1, 2, y[:, c, 1, 2])
-    x[:, :, 1, 2] = y[:, :, 1, 2]
-    with torch.no_grad():
-        params = model.network(model.preprocess(x), None)
-        for c, h, w in [(0, 2, 3), (2, 1, 3), (1, 1, 2), (0, 0, 1)]:
-            expected = model.distribution.conditional(params[:, :, h, w], x[:, :, h, w], c)
-            assert (stepper.log_probs(c, h, w) - expected).abs().max() < 1e-4, (c, h, w)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_cached_completion_gives_the_naive_completion(name):
-    shape = (1, 5, 4)
-    model = float_model(name, shape, 4, num_classes=2)
-    g = torch.Generator().manual_seed(3)
-    x = torch.randint(0, 4, (2, *shape), generator=g)
-    known = torch.ones_like(x, dtype=torch.bool)
-    known[:, :, 1:4, 1:3] = False
-    out = {m: model.complete(x, known, n=3, labels=1, generator=torch.Generator().manual_seed(0), method=m)
-           for m in ("naive", "cached")}
-    assert torch.equal(out["naive"], out["cached"])
-    assert torch.equal(out["cached"][:, 0][known], x[known])
-
-
-# ----- conditioning ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_conditional_model_is_normalised_and_causal_for_every_label(name):
-    model = tiny_model(name, (3, 2, 2), 2, num_classes=3, **SMALL)
-    masses = [total_log_mass(model, labels=k) for k in range(3)]
-    assert max(abs(m) for m in masses) < 1e-6
-    x = torch.randint(0, 2, (4, 3, 2, 2), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        per_label = torch.stack([model.log_prob(x, torch.full((4,), k)) for k in range(3)])
-    assert (per_label[0] - per_label[1]).abs().max() > 1e-3   # the label changes the distribution
-    model3 = tiny_model(name, (3, 3, 4), 4, num_classes=3, **SMALL)
-    assert dependency_violations(model3, labels=torch.tensor([0, 2])) == []
 
 
 # ----- configuration ------------------------------------------------------------------------

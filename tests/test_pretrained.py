@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pixelcnn
-from pixelcnn import pretrained
+from pixelcnn import evaluation, pretrained
 from conftest import needs_mnist
 from exact import dependency_violations
 
@@ -28,7 +28,7 @@ def test_loads_offline_causal_and_samples(name):
     assert info["parameters"] == model.num_parameters()
     corners = [(0, 0), (h // 2, w // 2), (h - 1, w - 1), (h - 1, 0)]
     labels = None if model.config.num_classes is None else torch.tensor([0, 1])
-    assert dependency_violations(model, labels, positions=corners) == []
+    assert dependency_violations(model, labels, positions=corners, order=model.default_order()) == []
     labels = None if model.config.num_classes is None else 3
     images = model.sample(2, labels=labels, generator=torch.Generator().manual_seed(0))
     assert images.shape == (2, c, h, w) and images.min() >= 0 and images.max() < model.levels
@@ -41,7 +41,7 @@ def test_unknown_pretrained_name_lists_the_shipped_ones():
 
 @needs_mnist
 def test_reproduce_on_a_subset_agrees_with_the_recorded_full_evaluation():
-    for row in pretrained.reproduce(limit=500):
+    for row in evaluation.reproduce(limit=500):
         assert row["images"] == 500
         # The subset mean of 500 per-image NLLs lies within a few standard errors of the full mean.
         assert abs(row["nll_nats"] - row["recorded_nll_nats"]) < 5 * row["stderr_nats"] + 1e-6, row

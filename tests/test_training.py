@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import pixelcnn
-from pixelcnn import training
+from pixelcnn import evaluation, training
 from pixelcnn.training import TrainConfig
 from conftest import needs_mnist
 
@@ -116,7 +116,7 @@ def test_evaluate_gives_the_mean_and_spread_of_per_image_nll():
 
     data = load_dataset("binarized_mnist", "valid")
     model = pixelcnn.create("gated_pixelcnn", image_shape=(1, 28, 28), levels=2, **SMALL)
-    result = training.evaluate(model, data, batch_size=7, limit=20)
+    result = evaluation.evaluate(model, data, batch_size=7, limit=20)
     x, _ = data.batch(torch.arange(20))
     nll = -model.log_prob(x).double()
     assert result["images"] == 20

@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import os
 from typing import Any
 
@@ -20,13 +18,23 @@ from pixelcnn.errors import (CheckpointError, CompressionError, ConfigError, Dat
 from pixelcnn.models import REGISTRY
 from pixelcnn.models import get as _get_model
 from pixelcnn.models.base import AutoregressiveModel
-from pixelcnn.coding import compress, decompress
+from pixelcnn.version import __version__
 
 __all__ = [
     "AutoregressiveModel", "available_models", "create", "load", "compress", "decompress", "__version__",
     "PixelCNNError", "InvalidImageError", "InvalidLabelError", "ConfigError", "CheckpointError", "DataError",
     "TrainingError", "CompressionError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``compress`` and ``decompress`` load the compressor (and constriction) on first use, so that
+    importing the package, the trainer or a model does not."""
+    if name in ("compress", "decompress"):
+        from pixelcnn import coding
+
+        return getattr(coding, name)
+    raise AttributeError(f"module 'pixelcnn' has no attribute {name!r}")
 
 
 def available_models() -> list[str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pixelcnn.errors import CheckpointError
+from pixelcnn.version import __version__
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -74,8 +75,6 @@ def existing_folder(path: str | os.PathLike) -> Path | None:
 
 
 def write_config(folder: Path, model_name: str, config: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
-    from pixelcnn import __version__
-
     meta = {"format_version": FORMAT_VERSION, "package_version": __version__, "model": model_name, "config": config}
     if metadata:
         meta["metadata"] = metadata

@@ -2,8 +2,9 @@
 
 Each command lives with the feature it drives: a module in ``COMMAND_MODULES`` defines
 ``add_commands(subparsers)``, adding its sub-commands with ``set_defaults(run=function)``;
-``function(args)`` returns an exit status. Errors derived from PixelCNNError become one line
-on stderr and exit status 2, not a traceback.
+``function(args)`` returns an exit status. Bad input, whether argparse or the library finds it
+(a PixelCNNError), becomes one line on stderr and exit status 2, not a traceback; so does a
+file that cannot be read or written (an OSError: a full disk, a missing permission).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import re
 import sys
 
 from pixelcnn.errors import PixelCNNError
@@ -18,13 +21,22 @@ from pixelcnn.errors import PixelCNNError
 COMMAND_MODULES = [
     "pixelcnn.commands",
     "pixelcnn.coding.commands",
+    "pixelcnn.serve.commands",
 ]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with errors in one line: what was wrong, and where the usage is."""
+
+    def error(self, message: str):
+        message = re.sub(r"^argument (-[^/ :]+)/[^ :]+:", r"argument \1:", message)     # one spelling of the flag
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from pixelcnn import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pixelcnn",
         description="Autoregressive image models with exact likelihoods: train, evaluate, sample, complete, compress.",
     )
@@ -46,11 +58,33 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except PixelCNNError as e:
-        print(f"pixelcnn {args.command}: error: {e}", file=sys.stderr)
+        print(f"pixelcnn {args.command}: error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:                 # the reader went away (| head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        print(f"pixelcnn {args.command}: error: cannot use{where}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        print(f"pixelcnn {args.command}: error: out of memory: expected a smaller --n or --batch-size "
+              f"({one_line(str(e))[:160]})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pixelcnn {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """torch.OutOfMemoryError on accelerators; on CPUs a RuntimeError from the allocator."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(e)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

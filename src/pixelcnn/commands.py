@@ -1,82 +1,27 @@
-"""The core commands: ``train``, ``eval``, ``sample`` and ``models``.
+"""The core commands: ``train``, ``eval``, ``sample``, ``complete``, ``upscale``, ``models``, ``pretrained``.
 
-Model hyperparameter flags are generated from the fields of every family's config dataclass,
-so flags and configs never drift apart. Flags accept both spellings (``--batch-size`` and
-``--batch_size``), and the names users of the small PixelCNN repositories type
-(``--inner_dim`` for ``--hidden``, ``--in_channels``) are accepted as aliases.
+Training and model hyperparameter flags are generated from the config dataclasses (see
+:mod:`pixelcnn.flags`); every other value is checked by :mod:`pixelcnn.validation` while the
+arguments are parsed, so bad input is refused before a model is loaded or a file written.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import pixelcnn
+from pixelcnn import validation
 from pixelcnn.errors import ConfigError, InvalidLabelError
-from pixelcnn.training import resolve_device
+from pixelcnn.flags import add_dataclass_flags, add_model_flags, flag_names, model_hyperparameter_fields
+from pixelcnn.runtime import resolve_device
+from pixelcnn.validation import COUNT, METHOD, SEED, TEMPERATURE, Integer, flag
 
-ALIASES = {"hidden": ["--inner-dim", "--inner_dim"], "batch_size": ["-b"], "epochs": ["-e"]}
-
-
-def flag_names(field: str) -> list[str]:
-    dashed = "--" + field.replace("_", "-")
-    names = [dashed] + (["--" + field] if "_" in field else [])
-    return names + ALIASES.get(field, [])
-
-
-def _parser_for(hint: Any):
-    """An argparse ``type`` for a dataclass field annotation."""
-    origin = typing.get_origin(hint)
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if origin in (typing.Union, types.UnionType):
-        return _parser_for(args[0])
-    if origin is tuple:
-        inner = args[0]
-        return lambda text: tuple(inner(v) for v in text.replace(" ", "").split(",") if v)
-    return hint
-
-
-def add_dataclass_flags(parser, hints: dict[str, Any], fields, help_texts: dict[str, str], show_defaults: bool) -> None:
-    """One flag per dataclass field, typed from its annotation (``hints``: field name -> type).
-
-    Every flag defaults to None, so that the caller sees which ones the user gave; the
-    dataclass fills in the rest.
-    """
-    for f in fields:
-        kind = hints[f.name]
-        shown = f" (default: {f.default})" if show_defaults and f.default is not None else ""
-        help_text = help_texts.get(f.name, "") + shown
-        if kind is bool:
-            parser.add_argument(*flag_names(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=None, help=help_text)
-        else:
-            parser.add_argument(*flag_names(f.name), dest=f.name, type=_parser_for(kind), default=None,
-                                help=help_text, metavar=f.name.upper())
-
-
-def model_hyperparameter_fields() -> dict[str, tuple[type, dataclasses.Field]]:
-    """Union of every family's hyperparameter fields: name -> (config class, field)."""
-    out: dict[str, tuple[type, dataclasses.Field]] = {}
-    for name in pixelcnn.available_models():
-        cls = pixelcnn.models.get(name).config_class
-        for f in cls.hyperparameters():
-            out.setdefault(f.name, (cls, f))
-    return out
-
-
-def add_model_flags(parser) -> None:
-    fields = model_hyperparameter_fields()
-    hints = {n: typing.get_type_hints(cls)[n] for n, (cls, _) in fields.items()}
-    helps = {n: cls.help.get(n, "") for n, (cls, _) in fields.items()}
-    add_dataclass_flags(parser, hints, [f for _, f in fields.values()], helps, show_defaults=False)
-
+LABEL = Integer(0)
 
 def add_commands(sub) -> None:
     add_train(sub)
@@ -100,10 +45,9 @@ def add_train(sub) -> None:
                                    "Under torchrun (torchrun --nproc_per_node=N -m pixelcnn train ...) it trains with DDP.")
     p.add_argument("--out", "-o", help="run folder (default: runs/MODEL-DATASET)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
-    p.add_argument("--in-channels", "--in_channels", type=int, dest="in_channels",
+    p.add_argument("--in-channels", "--in_channels", type=flag(COUNT.parse), dest="in_channels",
                    help="image channels; checked against the dataset's")
-    g = p.add_argument_group("training (defaults: pixelcnn.training.TrainConfig)")
-    add_dataclass_flags(g, typing.get_type_hints(TrainConfig), dataclasses.fields(TrainConfig), TrainConfig.help, show_defaults=True)
+    add_dataclass_flags(p.add_argument_group("training (defaults: pixelcnn.training.TrainConfig)"), TrainConfig)
     add_model_flags(p.add_argument_group("model hyperparameters (each applies to the families that have it)"))
     p.set_defaults(run=run_train)
 
@@ -157,11 +101,11 @@ def add_eval(sub) -> None:
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     p.add_argument("--dataset", help="dataset (default: the one the model was trained on)")
     p.add_argument("--split", default="test", help="train, valid, test or trainval (default: test)")
-    p.add_argument("--batch-size", "--batch_size", type=int, default=256, dest="batch_size")
-    p.add_argument("--limit", type=int, help="evaluate the first N images only")
+    p.add_argument("--batch-size", "--batch_size", type=flag(COUNT.parse), default=256, dest="batch_size")
+    p.add_argument("--limit", type=flag(COUNT.parse), help="evaluate the first N images only")
     p.add_argument("--data-dir", "--data_dir", dest="data_dir")
     p.add_argument("--device", default="auto")
-    p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    p.add_argument("--json", metavar="FILE", type=flag(validation.output_file), help="also write the result as JSON")
     p.add_argument("--baseline", metavar="RUN_OR_CHECKPOINT",
                    help="also evaluate this model on the same images (e.g. the unconditional model beside a "
                         "conditional or super-resolution one)")
@@ -183,9 +127,10 @@ def _describe(model) -> str:
 
 def run_eval(args) -> int:
     from pixelcnn.data import load_dataset
-    from pixelcnn.training import evaluate
+    from pixelcnn.evaluation import evaluate
 
     model = pixelcnn.load(args.checkpoint).to(resolve_device(args.device))
+    base = pixelcnn.load(args.baseline).to(model.device) if args.baseline else None
     dataset = args.dataset or checkpoint_metadata(args.checkpoint).get("dataset")
     if dataset is None:
         raise ConfigError("this checkpoint does not record its dataset: pass --dataset")
@@ -193,10 +138,12 @@ def run_eval(args) -> int:
     result = evaluate(model, data, args.batch_size, args.limit)
     result.update({"dataset": dataset, "split": args.split, "checkpoint": str(args.checkpoint),
                    "conditional": model.config.num_classes is not None or model.config.cond_shape is not None})
-    print(f"{dataset} {args.split} ({result['images']} images): {_describe(model)}NLL {result['nll_nats']:.4f} "
+    for name, r in result.get("orders", {}).items():
+        print(f"  order {name}: NLL {r['nll_nats']:.4f} nats/image, {r['bits_per_dim']:.4f} bits/dim")
+    ensemble = f"ensemble of {len(result['orders'])} orders: " if "orders" in result else ""
+    print(f"{dataset} {args.split} ({result['images']} images): {_describe(model)}{ensemble}NLL {result['nll_nats']:.4f} "
           f"nats/image, {result['bits_per_dim']:.4f} bits/dim")
-    if args.baseline:
-        base = pixelcnn.load(args.baseline).to(model.device)
+    if base is not None:
         result["baseline"] = {**evaluate(base, data, args.batch_size, args.limit), "checkpoint": str(args.baseline)}
         b = result["baseline"]
         print(f"baseline {args.baseline}: {_describe(base)}NLL {b['nll_nats']:.4f} nats/image, "
@@ -212,30 +159,40 @@ def run_eval(args) -> int:
 def add_sample(sub) -> None:
     p = sub.add_parser("sample", help="draw images from a model into a PNG grid")
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
-    p.add_argument("--n", "-n", type=int, help="images (per class with --labels; default 64, or 8 per class)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0, help="1 samples exactly; lower values sharpen")
-    p.add_argument("--label", type=int, help="class of every image (conditional models)")
-    p.add_argument("--labels", help="comma-separated classes, one grid row each (default: every class)")
-    p.add_argument("--method", default="auto", choices=["auto", "naive", "cached"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", "-o", default="samples.png", help="PNG grid to write")
-    p.add_argument("--npy", help="also save the raw integer images (n, C, H, W) as .npy")
+    p.add_argument("--n", "-n", type=flag(COUNT.parse),
+                   help="images (per class with --labels; default 64, or 8 per class)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--label", type=flag(LABEL.parse), help="class of every image (conditional models)")
+    which.add_argument("--labels", type=flag(validation.labels),
+                       help="comma-separated classes, one grid row each (default: every class)")
+    add_sampling_options(p, "samples.png", "also save the raw integer images (n, C, H, W) as .npy")
+    add_order_option(p, "pixel order (any-order models): NAME or NAME:S, e.g. hilbert:3 (default: the mixture "
+                        "of the model's training orders)")
     p.set_defaults(run=run_sample)
+
+
+def add_sampling_options(p, out: str, npy_help: str) -> None:
+    p.add_argument("--seed", type=flag(SEED.parse), default=0)
+    p.add_argument("--temperature", type=flag(TEMPERATURE.parse), default=1.0,
+                   help="1 samples exactly; lower values sharpen")
+    p.add_argument("--method", default="auto", type=flag(METHOD.parse), metavar="{auto,naive,cached}")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", "-o", default=out, type=flag(validation.output_file), help="PNG grid to write")
+    p.add_argument("--npy", type=flag(validation.output_file), help=npy_help)
 
 
 def sample_labels(model, args) -> tuple[torch.Tensor | None, int, int | None]:
     """(labels, n, images per grid row) from --n / --label / --labels."""
     k = model.config.num_classes
+    validation.labels_fit(model, None if args.label is None else [args.label], "--label")
+    validation.labels_fit(model, args.labels, "--labels")
     if k is None:
-        if args.label is not None or args.labels is not None:
-            raise InvalidLabelError("--label/--labels given, but this model is unconditional")
-        return None, args.n or 64, None
+        return None, 64 if args.n is None else args.n, None
     if args.label is not None:
-        n = args.n or 64
+        n = 64 if args.n is None else args.n
         return torch.full((n,), args.label, dtype=torch.long), n, None
-    classes = list(range(k)) if args.labels is None else [int(v) for v in args.labels.split(",") if v.strip()]
-    per = args.n or 8
+    classes = list(range(k)) if args.labels is None else args.labels
+    per = 8 if args.n is None else args.n
     labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(per)
     return labels, len(labels), per
 
@@ -245,15 +202,25 @@ def run_sample(args) -> int:
 
     from pixelcnn.images import save_grid
 
-    model = pixelcnn.load(args.checkpoint).to(resolve_device(args.device))
+    model = load_unconditioned(args)
     labels, n, nrow = sample_labels(model, args)
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
-    images = model.sample(n, labels=labels, temperature=args.temperature, generator=gen, method=args.method)
+    images = model.sample(n, labels=labels, temperature=args.temperature, generator=gen, method=args.method,
+                          order=args.order)
     save_grid(images, model.levels, args.out, nrow=nrow)
     if args.npy:
         np.save(args.npy, images.cpu().numpy())
     print(f"wrote {n} samples to {args.out}" + (f" and {args.npy}" if args.npy else ""))
     return 0
+
+
+def load_unconditioned(args):
+    """The model of ``sample`` and ``complete``: any but a super-resolution one (that is ``upscale``'s)."""
+    model = pixelcnn.load(args.checkpoint).to(resolve_device(args.device))
+    if model.config.cond_shape is not None:
+        raise ConfigError(f"expected a model that needs no conditioning image, got a super-resolution model "
+                          f"(given {model.config.cond_shape[1]}x{model.config.cond_shape[2]}): use pixelcnn upscale")
+    return model
 
 
 def run_models(args) -> int:
@@ -268,14 +235,15 @@ def run_models(args) -> int:
 
 
 def add_complete(sub) -> None:
-    p = sub.add_parser("complete", help="fill in the unknown part of images (inpainting in raster order)",
+    p = sub.add_parser("complete", help="fill in the unknown part of images (inpainting)",
                        description="Keep part of each image and sample the rest. The grid shows, per image, the "
                                    "original, the masked input (unknown pixels grey) and --n completions.")
     add_image_source(p, "image file(s) of the model's size", "take images from a dataset split")
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--keep-rows", "--keep_rows", dest="keep_rows", type=int, help="keep the top N rows (default: half)")
+    what.add_argument("--keep-rows", "--keep_rows", dest="keep_rows", type=flag(Integer(0).parse),
+                      help="keep the top N rows (default: half)")
     what.add_argument("--mask", help="PNG of the image's size: white (>= 128) where pixels are known")
-    p.add_argument("--label", type=int, help="class label (conditional models; default: the dataset's)")
+    p.add_argument("--label", type=flag(LABEL.parse), help="class label (conditional models; default: the dataset's)")
     add_generation_options(p, 8, "completions.png")
     p.set_defaults(run=run_complete)
 
@@ -288,18 +256,20 @@ def add_image_source(p, image_help: str, dataset_help: str) -> None:
     src.add_argument("--from-dataset", "--from_dataset", dest="from_dataset", metavar="DATASET",
                      help=dataset_help + " (see --split, --index)")
     p.add_argument("--split", default="test")
-    p.add_argument("--index", default="0..7", help="dataset indices: 5, 0,3,9 or 0..7 (inclusive)")
+    p.add_argument("--index", type=flag(validation.indices),
+                   help="dataset indices: 5, 0,3,9 or 0..7 (inclusive; default: 0..7)")
     p.add_argument("--data-dir", "--data_dir", dest="data_dir")
 
 
+def add_order_option(p, help_text: str) -> None:
+    p.add_argument("--order", help=help_text + "; raster-order families take only raster")
+
+
 def add_generation_options(p, n: int, out: str) -> None:
-    p.add_argument("--n", "-n", type=int, default=n, help="samples per input image")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0, help="1 samples exactly; lower values sharpen")
-    p.add_argument("--method", default="auto", choices=["auto", "naive", "cached"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", "-o", default=out, help="PNG grid to write")
-    p.add_argument("--npy", help="also save the samples (B, n, C, H, W) as .npy")
+    p.add_argument("--n", "-n", type=flag(COUNT.parse), default=n, help="samples per input image")
+    add_sampling_options(p, out, "also save the samples (B, n, C, H, W) as .npy")
+    add_order_option(p, "pixel order (any-order models): auto (known pixels first, then the unknown ones, "
+                        "along a training order; the default) or NAME[:S]")
 
 
 def dataset_examples(args) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -307,45 +277,34 @@ def dataset_examples(args) -> tuple[torch.Tensor, torch.Tensor | None]:
     from pixelcnn.data import load_dataset
 
     data = load_dataset(args.from_dataset, args.split, data_dir=args.data_dir)
-    idx = parse_indices(args.index)
-    if not idx or min(idx) < 0 or max(idx) >= len(data):
-        raise ConfigError(f"expected --index within [0, {len(data)}) for {args.from_dataset} {args.split}, got {args.index}")
+    idx = validation.indices("0..7") if args.index is None else args.index
+    if max(idx) >= len(data):
+        raise ConfigError(f"expected --index within [0, {len(data)}) for {args.from_dataset} {args.split}, "
+                          f"got indices up to {max(idx)}")
     return data.batch(torch.tensor(idx))
 
 
-def parse_indices(text: str) -> list[int]:
-    """'5' -> [5]; '0,3,9' -> [0, 3, 9]; '0..7' -> [0, ..., 7]."""
-    try:
-        if ".." in text:
-            lo, hi = (int(v) for v in text.split(".."))
-            return list(range(lo, hi + 1))
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"expected --index like 5, 0,3,9 or 0..7, got {text!r}") from None
+def check_no_index(args) -> None:
+    if args.index is not None:
+        raise ConfigError("expected --index with --from-dataset only, got --index with --image files")
 
 
 def completion_inputs(model, args) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Images (B, C, H, W) and labels to complete, from files or a dataset."""
-    from pixelcnn.errors import InvalidImageError
     from pixelcnn.images import read_png
 
     if args.image:
-        x = torch.stack([read_png(f, model.image_shape[0], model.levels) for f in args.image])
-        if tuple(x.shape[1:]) != model.image_shape:
-            raise InvalidImageError(f"expected images of shape {model.image_shape}, got {tuple(x.shape[1:])}")
-        return x, None
+        check_no_index(args)
+        return torch.stack([read_png(f, model.image_shape, model.levels) for f in args.image]), None
     return dataset_examples(args)
 
 
 def known_mask(model, args, batch: int) -> torch.Tensor:
-    from pixelcnn.errors import InvalidImageError
     from pixelcnn.images import read_png
 
     c, h, w = model.image_shape
     if args.mask:
-        m = read_png(args.mask, 1, 256)[0] >= 128
-        if m.shape != (h, w):
-            raise InvalidImageError(f"expected a mask of {h}x{w} pixels, got {m.shape[0]}x{m.shape[1]}")
+        m = read_png(args.mask, (1, h, w), 256, what="mask")[0] >= 128
     else:
         rows = h // 2 if args.keep_rows is None else args.keep_rows
         if not 0 <= rows <= h:
@@ -368,17 +327,18 @@ def run_complete(args) -> int:
 
     from pixelcnn.images import save_grid
 
-    model = pixelcnn.load(args.checkpoint).to(resolve_device(args.device))
+    model = load_unconditioned(args)
     x, data_labels = completion_inputs(model, args)
     known = known_mask(model, args, x.shape[0])
     labels = None
+    validation.labels_fit(model, None if args.label is None else [args.label], "--label")
     if model.config.num_classes is not None:
         labels = args.label if args.label is not None else data_labels
         if labels is None:
             raise InvalidLabelError("this model is conditional: pass --label (or use --from-dataset with labels)")
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
     out = model.complete(x, known, n=args.n, labels=labels, temperature=args.temperature, generator=gen,
-                         method=args.method).cpu()
+                         method=args.method, order=args.order).cpu()
     save_grid(completion_grid(x, known, out, model.levels), 256, args.out, nrow=args.n + 2)
     if args.npy:
         np.save(args.npy, out.numpy())
@@ -402,7 +362,6 @@ def add_upscale(sub) -> None:
 
 def upscale_inputs(model, args) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Low-resolution images (B, C, h, w) and, from a dataset, the originals."""
-    from pixelcnn.errors import InvalidImageError
     from pixelcnn.images import read_png
     from pixelcnn.superres import downsample
 
@@ -410,10 +369,8 @@ def upscale_inputs(model, args) -> tuple[torch.Tensor, torch.Tensor | None]:
     if shape is None:
         raise ConfigError("this model is not a super-resolution model: train one with --task superres")
     if args.image:
-        y = torch.stack([read_png(f, shape[0], model.levels) for f in args.image])
-        if tuple(y.shape[1:]) != shape:
-            raise InvalidImageError(f"expected low-resolution images of shape {shape}, got {tuple(y.shape[1:])}")
-        return y, None
+        check_no_index(args)
+        return torch.stack([read_png(f, shape, model.levels, what="low-resolution image") for f in args.image]), None
     x = dataset_examples(args)[0]
     return downsample(x, shape), x
 
@@ -429,7 +386,7 @@ def run_upscale(args) -> int:
     b, n = y.shape[0], args.n
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
     out = model.sample(b * n, cond_image=y.repeat_interleave(n, dim=0), temperature=args.temperature,
-                       generator=gen, method=args.method).cpu().view(b, n, *model.image_shape)
+                       generator=gen, method=args.method, order=args.order).cpu().view(b, n, *model.image_shape)
     panels = [nearest_upsample(y, model.image_shape[1:])[:, None], out]
     if originals is not None:
         panels.append(originals[:, None])
@@ -447,15 +404,18 @@ def run_upscale(args) -> int:
 def add_pretrained(sub) -> None:
     p = sub.add_parser("pretrained", help="list the shipped checkpoints (load them as pretrained:NAME)")
     p.add_argument("--reproduce", action="store_true", help="re-evaluate them on their test split and print the table")
-    p.add_argument("--limit", type=int, help="with --reproduce: a random (seeded) subset of N test images")
+    p.add_argument("--limit", type=flag(COUNT.parse), help="with --reproduce: a random (seeded) subset of N test images")
     p.add_argument("--data-dir", "--data_dir", dest="data_dir")
     p.set_defaults(run=run_pretrained)
 
 
 def run_pretrained(args) -> int:
     from pixelcnn import pretrained
+    from pixelcnn.evaluation import reproduce
 
     info = pretrained.manifest()
+    if args.limit is not None and not args.reproduce:
+        raise ConfigError(f"expected --limit with --reproduce only, got --limit {args.limit} alone")
     if not args.reproduce:
         for name, d in info.items():
             print(f"pretrained:{name}\n  {d['model']} on {d['dataset']}, {d['parameters']:,} parameters, "
@@ -463,7 +423,7 @@ def run_pretrained(args) -> int:
                   f"bits/dim\n  trained {d['training']}\n  command: {d['command']}")
         return 0
     print(f"{'checkpoint':<28}{'images':>8}{'nats/image':>12}{'bits/dim':>10}{'recorded':>10}{'diff / stderr':>15}")
-    for r in pretrained.reproduce(limit=args.limit, data_dir=args.data_dir):
+    for r in reproduce(limit=args.limit, data_dir=args.data_dir):
         diff = r["nll_nats"] - r["recorded_nll_nats"]
         ratio = f"{diff / r['stderr_nats']:+.2f}" if r["stderr_nats"] > 0 else f"{diff:+.4f} nats"
         print(f"pretrained:{r['name']:<17}{r['images']:>8}{r['nll_nats']:>12.3f}{r['bits_per_dim']:>10.4f}"

@@ -37,6 +37,16 @@ class ModelConfig:
         "cond_features": "feature maps of the network that turns the conditioning image into biases",
     }
 
+    # The values of each setting that takes the code down a different branch: the generated tests
+    # (tests/test_generated.py) run over their product, pairwise. ``channels`` is the image's first
+    # side; a cond_shape of "half" stands for a conditioning image of half the image's size.
+    branches: ClassVar[dict[str, tuple]] = {
+        "channels": (1, 3),
+        "levels": (2, 5, 256),
+        "num_classes": (None, 3),
+        "cond_shape": (None, "half"),
+    }
+
     def __post_init__(self) -> None:
         shape = tuple(self.image_shape)
         if len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape):

@@ -6,7 +6,7 @@ parameters of a pixel into probabilities of its C channel values, each an intege
 
 * :class:`Categorical`: a softmax over ``levels`` values for each channel (PixelCNN, PixelRNN).
 * :class:`Bernoulli`: one logit per channel for binary images (``levels == 2``).
-* :class:`DiscretizedLogisticMixture`: PixelCNN++'s mixture, defined in ``dlm.py``'s terms below.
+* :class:`DiscretizedLogisticMixture`: PixelCNN++'s mixture, built on the mathematics of ``dlm.py``.
 
 Every distribution answers the same questions, so training, evaluation, sampling, completion
 and compression share one implementation:
@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pixelcnn.dlm import LevelConstants, PixelMixture, coupling_scatter, level_edges, log_bin_mass
+
 
 class OutputDistribution:
     """Interface of an output distribution over C channels with ``levels`` values each."""
@@ -42,6 +44,10 @@ class OutputDistribution:
         raise NotImplementedError
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def log_prob_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
+        """(B, H, W) log p of each pixel's channels given what comes before; sums to ``log_prob``."""
         raise NotImplementedError
 
     def conditional(self, pixel_params: Tensor, x_pixel: Tensor, c: int) -> Tensor:
@@ -66,6 +72,10 @@ class Categorical(OutputDistribution):
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         logp = F.log_softmax(self.levels_last(params), dim=-1)
         return logp.gather(-1, x.long().permute(0, 2, 3, 1).unsqueeze(-1)).flatten(1).sum(1)
+
+    def log_prob_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
+        """(B, H, W) log p of each pixel (its channels together) given the pixels before it."""
+        return -self.nll_per_pixel(params, x).sum(1)
 
     def nll_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
         """(B, C, H, W) negative log-likelihood; cross-entropy keeps training memory low."""
@@ -96,12 +106,118 @@ class Bernoulli(OutputDistribution):
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         return -self.nll_per_pixel(params, x).flatten(1).sum(1)
 
+    def log_prob_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
+        """(B, H, W) log p of each pixel (its channels together) given the pixels before it."""
+        return -self.nll_per_pixel(params, x).sum(1)
+
     def nll_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(params, x.to(params.dtype), reduction="none")
 
     def conditional(self, pixel_params: Tensor, x_pixel: Tensor, c: int) -> Tensor:
         z = pixel_params[:, c]
         return torch.stack([F.logsigmoid(-z), F.logsigmoid(z)], dim=1)
+
+
+class DiscretizedLogisticMixture(OutputDistribution):
+    """Mixture of K discretized logistics per pixel with in-pixel linear colour coupling (PixelCNN++).
+
+    ``min_log_scale`` is the reference's floor on log-scales (-7): it keeps the loss from
+    rewarding infinitely sharp components early in training; it changes no normalisation.
+    """
+
+    def __init__(self, channels: int, levels: int, mixtures: int = 10, min_log_scale: float = -7.0):
+        if channels < 1 or levels < 2 or mixtures < 1:
+            raise ValueError(f"expected channels >= 1, levels >= 2, mixtures >= 1, got {channels}, {levels}, {mixtures}")
+        super().__init__(channels, levels)
+        self.mixtures = mixtures
+        self.min_log_scale = min_log_scale
+        self.num_coeffs = channels * (channels - 1) // 2
+        self.half_width = 1.0 / (levels - 1)
+        self._constants: dict[tuple[torch.dtype, torch.device], LevelConstants] = {}
+
+    def constants(self, like: Tensor) -> LevelConstants:
+        """The :class:`LevelConstants` in the dtype and on the device of ``like``, made once for each."""
+        key = (like.dtype, like.device)
+        if key not in self._constants:
+            levels = torch.arange(self.levels, device=like.device)
+            self._constants[key] = LevelConstants(self.scale_values(levels, like.dtype),
+                                                  level_edges(self.levels, like.dtype, like.device),
+                                                  coupling_scatter(self.channels, self.mixtures, like.dtype, like.device))
+        return self._constants[key]
+
+    @property
+    def num_params(self) -> int:
+        return self.mixtures * (1 + 2 * self.channels + self.num_coeffs)
+
+    def param_groups(self) -> Tensor:
+        """All 0: the network sees no channel of the current pixel; channel coupling is inside the distribution."""
+        return torch.zeros(self.num_params, dtype=torch.long)
+
+    # ----- unpacking ------------------------------------------------------------------------
+
+    def split(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(B, P, *S) -> logits (B, K, *S), means (B, C, K, *S), log-scales (B, C, K, *S), coeffs (B, C(C-1)/2, K, *S)."""
+        if params.shape[1] != self.num_params:
+            raise ValueError(f"expected {self.num_params} parameters per pixel, got {params.shape[1]}")
+        k, c, n = self.mixtures, self.channels, self.num_coeffs
+        b, rest = params.shape[0], params.shape[2:]
+        logits, means, log_scales, coeffs = params.split([k, c * k, c * k, n * k], dim=1)
+        means = means.reshape(b, c, k, *rest)
+        log_scales = log_scales.reshape(b, c, k, *rest).clamp(min=self.min_log_scale)
+        coeffs = torch.tanh(coeffs.reshape(b, n, k, *rest))
+        return logits, means, log_scales, coeffs
+
+    def scale_values(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        """Integer values -> bin centres in [-1, 1] (the same map as the model's preprocessing)."""
+        return x.to(dtype) * (2.0 / (self.levels - 1)) - 1.0
+
+    def channel_mean(self, means: Tensor, coeffs: Tensor, y: Tensor, c: int) -> Tensor:
+        """(B, K, *S) mean of channel c, shifted by the earlier channels' values y (B, C, *S) (eq. 3)."""
+        mean = means[:, c]
+        for j in range(c):
+            mean = mean + coeffs[:, c * (c - 1) // 2 + j] * y[:, j].unsqueeze(1)
+        return mean
+
+    def observed_log_mass(self, means: Tensor, log_scales: Tensor, coeffs: Tensor, x: Tensor, c: int) -> Tensor:
+        """(B, K, *S) log P_k(x_c | x_<c) of the observed value of channel c under each component."""
+        y = self.scale_values(x, means.dtype)                                  # (B, C, *S)
+        centred = y[:, c].unsqueeze(1) - self.channel_mean(means, coeffs, y, c)
+        xc = x[:, c].unsqueeze(1)
+        return log_bin_mass(centred, torch.exp(-log_scales[:, c]), self.half_width, xc == 0, xc == self.levels - 1)
+
+    # ----- the interface ----------------------------------------------------------------------
+
+    def log_prob_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
+        """(B, H, W) log p(x_pixel): gathers the observed bins only, then logsumexp over components."""
+        logits, means, log_scales, coeffs = self.split(params)
+        joint = F.log_softmax(logits, dim=1)                                   # (B, K, H, W)
+        for c in range(self.channels):
+            joint = joint + self.observed_log_mass(means, log_scales, coeffs, x, c)
+        return torch.logsumexp(joint, dim=1)
+
+    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+        return self.log_prob_per_pixel(params, x.long()).flatten(1).sum(1)
+
+    def nll_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
+        """(B, H, W) negative log-likelihood of each pixel (all its channels), for training."""
+        return -self.log_prob_per_pixel(params, x.long())
+
+    def pixel(self, pixel_params: Tensor) -> PixelMixture:
+        """The mixture of one pixel, (B, P) parameters, unpacked once for the conditionals of its channels."""
+        split = self.split(pixel_params)
+        return PixelMixture(split, self.constants(split[1]), self.half_width)
+
+    def conditional(self, pixel_params: Tensor, x_pixel: Tensor, c: int) -> Tensor:
+        """(B, L) log p(x_c = v | x_<c) of one pixel for every v, given the values (B, C) of its channels < c.
+
+        Goes through the channels before c as :class:`PixelMixture` does (a caller that visits the
+        channels in turn keeps one instead), so every path computes the same numbers.
+        """
+        mixture = self.pixel(pixel_params)
+        x_pixel = x_pixel.long()
+        for j in range(c):
+            mixture.observe(x_pixel[:, j])
+        return mixture.levels()
 
 
 def make_distribution(kind: str, channels: int, levels: int, **kwargs) -> OutputDistribution:
@@ -111,8 +227,6 @@ def make_distribution(kind: str, channels: int, levels: int, **kwargs) -> Output
     if kind == "bernoulli":
         return Bernoulli(channels, levels)
     if kind == "logistic_mixture":
-        from pixelcnn.dlm import DiscretizedLogisticMixture
-
         return DiscretizedLogisticMixture(channels, levels, **kwargs)
     raise ValueError(f"unknown output distribution {kind!r}; expected 'categorical', 'bernoulli' or 'logistic_mixture'")
 

@@ -1,4 +1,7 @@
-"""PixelCNN++'s discretized logistic mixture, with linear coupling of colours inside a pixel.
+"""The mathematics of PixelCNN++'s discretized logistic mixture, with linear coupling of colours inside a pixel.
+
+The distribution object (``distributions.DiscretizedLogisticMixture``) is built on these functions;
+this module depends on nothing in the package.
 
 Salimans, Karpathy, Chen & Kingma 2017, "PixelCNN++", section 2.1 and 2.2 (equations 1-3).
 A sub-pixel value v in [0, L) sits at the centre y_v = 2 v / (L - 1) - 1 of a bin of width
@@ -59,8 +62,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pixelcnn.distributions import OutputDistribution
-
 LOG_2 = math.log(2.0)
 
 
@@ -95,7 +96,7 @@ def log_bin_mass(centred: Tensor, inv_scale: Tensor, half_width: float, first: T
 
 
 class LevelConstants(NamedTuple):
-    """What the per-level evaluation reads for a given dtype and device, made once (:meth:`DiscretizedLogisticMixture.constants`)."""
+    """What the per-level evaluation reads for a given dtype and device, made once (``DiscretizedLogisticMixture.constants``)."""
 
     centres: Tensor      # (L,) bin centres y_v, exactly as ``scale_values`` gives them
     edges: Tensor        # (L + 1,) bin edges: -inf, y_v + h for v < L - 1, +inf
@@ -162,107 +163,6 @@ def observed_weights(table: LevelTable, values: Tensor) -> Tensor:
     return F.log_softmax(joint, dim=1)
 
 
-class DiscretizedLogisticMixture(OutputDistribution):
-    """Mixture of K discretized logistics per pixel with in-pixel linear colour coupling (PixelCNN++).
-
-    ``min_log_scale`` is the reference's floor on log-scales (-7): it keeps the loss from
-    rewarding infinitely sharp components early in training; it changes no normalisation.
-    """
-
-    def __init__(self, channels: int, levels: int, mixtures: int = 10, min_log_scale: float = -7.0):
-        if channels < 1 or levels < 2 or mixtures < 1:
-            raise ValueError(f"expected channels >= 1, levels >= 2, mixtures >= 1, got {channels}, {levels}, {mixtures}")
-        super().__init__(channels, levels)
-        self.mixtures = mixtures
-        self.min_log_scale = min_log_scale
-        self.num_coeffs = channels * (channels - 1) // 2
-        self.half_width = 1.0 / (levels - 1)
-        self._constants: dict[tuple[torch.dtype, torch.device], LevelConstants] = {}
-
-    def constants(self, like: Tensor) -> LevelConstants:
-        """The :class:`LevelConstants` in the dtype and on the device of ``like``, made once for each."""
-        key = (like.dtype, like.device)
-        if key not in self._constants:
-            levels = torch.arange(self.levels, device=like.device)
-            self._constants[key] = LevelConstants(self.scale_values(levels, like.dtype),
-                                                  level_edges(self.levels, like.dtype, like.device),
-                                                  coupling_scatter(self.channels, self.mixtures, like.dtype, like.device))
-        return self._constants[key]
-
-    @property
-    def num_params(self) -> int:
-        return self.mixtures * (1 + 2 * self.channels + self.num_coeffs)
-
-    def param_groups(self) -> Tensor:
-        """All 0: the network sees no channel of the current pixel; channel coupling is inside the distribution."""
-        return torch.zeros(self.num_params, dtype=torch.long)
-
-    # ----- unpacking ------------------------------------------------------------------------
-
-    def split(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(B, P, *S) -> logits (B, K, *S), means (B, C, K, *S), log-scales (B, C, K, *S), coeffs (B, C(C-1)/2, K, *S)."""
-        if params.shape[1] != self.num_params:
-            raise ValueError(f"expected {self.num_params} parameters per pixel, got {params.shape[1]}")
-        k, c, n = self.mixtures, self.channels, self.num_coeffs
-        b, rest = params.shape[0], params.shape[2:]
-        logits, means, log_scales, coeffs = params.split([k, c * k, c * k, n * k], dim=1)
-        means = means.reshape(b, c, k, *rest)
-        log_scales = log_scales.reshape(b, c, k, *rest).clamp(min=self.min_log_scale)
-        coeffs = torch.tanh(coeffs.reshape(b, n, k, *rest))
-        return logits, means, log_scales, coeffs
-
-    def scale_values(self, x: Tensor, dtype: torch.dtype) -> Tensor:
-        """Integer values -> bin centres in [-1, 1] (the same map as the model's preprocessing)."""
-        return x.to(dtype) * (2.0 / (self.levels - 1)) - 1.0
-
-    def channel_mean(self, means: Tensor, coeffs: Tensor, y: Tensor, c: int) -> Tensor:
-        """(B, K, *S) mean of channel c, shifted by the earlier channels' values y (B, C, *S) (eq. 3)."""
-        mean = means[:, c]
-        for j in range(c):
-            mean = mean + coeffs[:, c * (c - 1) // 2 + j] * y[:, j].unsqueeze(1)
-        return mean
-
-    def observed_log_mass(self, means: Tensor, log_scales: Tensor, coeffs: Tensor, x: Tensor, c: int) -> Tensor:
-        """(B, K, *S) log P_k(x_c | x_<c) of the observed value of channel c under each component."""
-        y = self.scale_values(x, means.dtype)                                  # (B, C, *S)
-        centred = y[:, c].unsqueeze(1) - self.channel_mean(means, coeffs, y, c)
-        xc = x[:, c].unsqueeze(1)
-        return log_bin_mass(centred, torch.exp(-log_scales[:, c]), self.half_width, xc == 0, xc == self.levels - 1)
-
-    # ----- the interface ----------------------------------------------------------------------
-
-    def log_prob_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
-        """(B, H, W) log p(x_pixel): gathers the observed bins only, then logsumexp over components."""
-        logits, means, log_scales, coeffs = self.split(params)
-        joint = F.log_softmax(logits, dim=1)                                   # (B, K, H, W)
-        for c in range(self.channels):
-            joint = joint + self.observed_log_mass(means, log_scales, coeffs, x, c)
-        return torch.logsumexp(joint, dim=1)
-
-    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
-        return self.log_prob_per_pixel(params, x.long()).flatten(1).sum(1)
-
-    def nll_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
-        """(B, H, W) negative log-likelihood of each pixel (all its channels), for training."""
-        return -self.log_prob_per_pixel(params, x.long())
-
-    def pixel(self, pixel_params: Tensor) -> "PixelMixture":
-        """The mixture of one pixel, (B, P) parameters, unpacked once for the conditionals of its channels."""
-        return PixelMixture(self, pixel_params)
-
-    def conditional(self, pixel_params: Tensor, x_pixel: Tensor, c: int) -> Tensor:
-        """(B, L) log p(x_c = v | x_<c) of one pixel for every v, given the values (B, C) of its channels < c.
-
-        Goes through the channels before c as :class:`PixelMixture` does (a caller that visits the
-        channels in turn keeps one instead), so every path computes the same numbers.
-        """
-        mixture = self.pixel(pixel_params)
-        x_pixel = x_pixel.long()
-        for j in range(c):
-            mixture.observe(x_pixel[:, j])
-        return mixture.levels()
-
-
 class PixelMixture:
     """One pixel's mixture, visited a channel at a time: the conditional of each channel given the earlier ones.
 
@@ -279,10 +179,12 @@ class PixelMixture:
     coupling (eq. 3).
     """
 
-    def __init__(self, dist: DiscretizedLogisticMixture, pixel_params: Tensor):
-        logits, means, log_scales, coeffs = dist.split(pixel_params)           # (B, K), (B, C, K) x 2, (B, n, K)
+    def __init__(self, split: tuple[Tensor, Tensor, Tensor, Tensor], constants: LevelConstants, half_width: float):
+        """``split``: the pixel's (B, K) logits, (B, C, K) means and log-scales, (B, n, K) coefficients
+        (``DiscretizedLogisticMixture.split``); ``constants`` in their dtype; h = 1 / (L - 1)."""
+        logits, means, log_scales, coeffs = split
         b, c, k = means.shape
-        self.constants = dist.constants(means)
+        self.constants = constants
         self.channel = 0                                                       # the channel :meth:`levels` answers for
         self.table: LevelTable | None = None                                   # its conditional, once computed
         # Per component quantities are kept as (..., K, 1) columns, to broadcast against the L levels.
@@ -291,7 +193,7 @@ class PixelMixture:
         # A log-scale so large that exp(-log_scale) underflows to 0 would make 0 * inf at the edges
         # -inf / +inf; the floor at the smallest normal number leaves every finite edge within 1e-38 of 0.
         self.inv_scales = torch.exp(-log_scales).clamp_(min=torch.finfo(log_scales.dtype).tiny).unsqueeze(3)
-        self.log_gaps = log_gap(self.inv_scales, dist.half_width)              # (B, C, K, 1), as inv_scales
+        self.log_gaps = log_gap(self.inv_scales, half_width)              # (B, C, K, 1), as inv_scales
         self.coupling = coupling_matrix(coeffs, self.constants.scatter, c)     # (B, C, C, K, 1)
 
     def levels(self) -> Tensor:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -38,21 +40,52 @@ def make_grid(images: Tensor, levels: int, nrow: int | None = None, padding: int
 def save_grid(images: Tensor, levels: int, path: str | os.PathLike, nrow: int | None = None) -> None:
     """Write a PNG grid of integer images (atomically: a reader never sees half a file)."""
     tmp = f"{path}.tmp"
-    make_grid(images, levels, nrow).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def read_png(path: str | os.PathLike, channels: int, levels: int) -> Tensor:
-    """An image file -> (C, H, W) int64 in [0, levels); 8-bit values are mapped down for levels < 256."""
     try:
-        img = Image.open(path)
+        make_grid(images, levels, nrow).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def open_image(path: str | os.PathLike, shape: tuple[int, int, int], what: str = "image") -> Image.Image:
+    """Open an 8-bit image file of ``shape`` (C, H, W), checking its header before decoding the pixels.
+
+    The size and bit depth are read from the header, so a huge file is refused without being
+    decoded, and 16-bit or floating-point images are refused instead of being clipped.
+    """
+    _, h, w = shape
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # the size is checked below
+            img = Image.open(path)
+    except Image.DecompressionBombError:
+        raise InvalidImageError(f"{path}: expected a {w}x{h} {what}, got a far larger one") from None
+    except (OSError, ValueError) as e:
+        raise InvalidImageError(f"cannot read {what} {path}: {e}") from None
+    if img.size != (w, h):
+        img.close()
+        raise InvalidImageError(f"{path}: expected a {w}x{h} {what}, got {img.size[0]}x{img.size[1]}")
+    if img.mode.startswith(("I", "F")):
+        img.close()
+        raise InvalidImageError(f"{path}: expected an 8-bit {what}, got mode {img.mode} (16-bit or floating point)")
+    try:
         img.load()
     except (OSError, ValueError) as e:
-        raise InvalidImageError(f"cannot read image {path}: {e}") from None
+        raise InvalidImageError(f"cannot read {what} {path}: {e}") from None
+    return img
+
+
+def read_png(path: str | os.PathLike, shape: tuple[int, int, int], levels: int, what: str = "image") -> Tensor:
+    """An 8-bit image file of ``shape`` (C, H, W) -> int64 (C, H, W) in [0, levels); values are mapped down
+    for levels < 256 unless they are already raw levels."""
+    channels = shape[0]
     mode = {1: "L", 3: "RGB"}.get(channels)
     if mode is None:
         raise InvalidImageError(f"expected a model with 1 or 3 channels to read {path}, got {channels}")
-    arr = np.asarray(img.convert(mode), dtype=np.int64)
+    with open_image(path, shape, what) as img:
+        arr = np.asarray(img.convert(mode), dtype=np.int64)
     x = torch.from_numpy(arr.reshape(arr.shape[0], arr.shape[1], channels)).permute(2, 0, 1)
     if levels == 256:
         return x.contiguous()

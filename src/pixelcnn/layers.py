@@ -71,8 +71,12 @@ class MaskedConv2d(nn.Conv2d):
         self.pad = padding
         self.skip_mask = bool(mask.all())
 
+    def masked_weight(self) -> Tensor:
+        """weight * mask: the kernel every form of this layer (full or incremental) applies."""
+        return self.weight if self.skip_mask else self.weight * self.mask
+
     def forward(self, x: Tensor) -> Tensor:
-        weight = self.weight if self.skip_mask else self.weight * self.mask
+        weight = self.masked_weight()
         if weight.device.type == "cpu":
             # A channels-last kernel makes oneDNN compute in NHWC, about twice as fast on CPU for
             # these narrow kernels; the output is then channels-last too, and so the whole network.
@@ -167,16 +171,19 @@ class _AddShiftedDown(torch.autograd.Function):
         return grad, grad_y, grad[:, :, 0].sum((0, 2))
 
 
-def gate(x: Tensor) -> Tensor:
-    """Gated activation tanh(a) * sigmoid(b) of the two halves of the channels: (B, 2n, ...) -> (B, n, ...)."""
-    if torch.is_grad_enabled() and x.requires_grad:
+def gate(x: Tensor, dim: int = 1) -> Tensor:
+    """Gated activation tanh(a) * sigmoid(b) of the two halves [a, b] of ``dim``: (B, 2n, ...) -> (B, n, ...).
+
+    ``dim=-1`` is the incremental paths' channels-last layout.
+    """
+    if dim == 1 and torch.is_grad_enabled() and x.requires_grad:
         return _Gate.apply(x)
-    a, b = x.chunk(2, dim=1)
+    a, b = x.chunk(2, dim=dim)
     return torch.tanh(a) * torch.sigmoid(b)
 
 
 class _Gate(torch.autograd.Function):
-    """:func:`gate` whose backward writes both halves of the gradient into one tensor (no concatenation)."""
+    """:func:`gate` over the channels whose backward writes both halves of the gradient into one tensor (no concatenation)."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
@@ -198,9 +205,30 @@ class _Gate(torch.autograd.Function):
         return out
 
 
-def concat_elu(x: Tensor) -> Tensor:
-    """ELU of [x, -x] along the channels (PixelCNN++): (B, n, ...) -> (B, 2n, ...)."""
-    return F.elu(torch.cat([x, -x], dim=1))
+def gated_residual(x: Tensor, ab: Tensor, dim: int = 1) -> Tensor:
+    """PixelCNN++'s gated ResNet output x + a * sigmoid(b), for ab = [a, b] along ``dim`` (glu is a * sigmoid(b))."""
+    return x + F.glu(ab, dim=dim)
+
+
+def concat_elu(x: Tensor, dim: int = 1) -> Tensor:
+    """ELU of [x, -x] along ``dim``, the channels (PixelCNN++): (B, n, ...) -> (B, 2n, ...)."""
+    return F.elu(torch.cat([x, -x], dim=dim))
+
+
+def signed_identity(features: int, like: Tensor) -> Tensor:
+    """(F, 2F) [I, -I]: x @ it is [x, -x], exactly (each output is one input times +-1, plus zeros)."""
+    eye = torch.eye(features, dtype=like.dtype, device=like.device)
+    return torch.cat([eye, -eye], dim=1)
+
+
+def concat_elu_into(x: Tensor, out: Tensor, signs: Tensor) -> Tensor:
+    """:func:`concat_elu` of (B, F) ``x`` written into ``out``, e.g. a (B, 2F) view of a cache position.
+
+    [x, -x] comes from one product with ``signs`` (:func:`signed_identity`), written straight into
+    the strided view: one operation where a negation and a concatenation would take two.
+    """
+    torch.mm(x, signs, out=out)
+    return F.elu_(out)
 
 
 def skew(x: Tensor) -> Tensor:
@@ -238,6 +266,11 @@ class Condition:
     def repeat_interleave(self, n: int) -> "Condition":
         rep = lambda t: None if t is None else t.repeat_interleave(n, dim=0)   # noqa: E731
         return Condition(rep(self.labels), rep(self.features))
+
+    def select(self, index: Tensor) -> "Condition":
+        """The conditioning of the images at ``index`` (1-D) of the batch."""
+        pick = lambda t: None if t is None else t[index]   # noqa: E731
+        return Condition(pick(self.labels), pick(self.features))
 
 
 class ConditionBias(nn.Module):
@@ -373,6 +406,30 @@ def lstm_cell(gates: Tensor, c_prev: Tensor, dim: int = 1) -> tuple[Tensor, Tens
     g = torch.tanh(gates.narrow(dim, 3 * n, n))
     c = f * c_prev + i * g
     return o * torch.tanh(c), c
+
+
+class LSTMGates:
+    """A batch-last (4n, B) buffer of gate pre-activations [i, f, o, g] and the LSTM update on it.
+
+    Equation (3) as :func:`lstm_cell`, in place: one sigmoid over [i, f, o], one tanh over
+    g, results written into the caller's (n, B) cell and state views. Every operand is a
+    contiguous block (the gates are rows).
+    """
+
+    def __init__(self, like: Tensor, units: int, batch: int):
+        n = units
+        self.value = like.new_zeros(4 * n, batch)
+        self.ifo, self.g = self.value[: 3 * n], self.value[3 * n :]
+        self.i, self.f, self.o = self.ifo.split(n)
+
+    def update(self, c_prev: Tensor, c_out: Tensor, h_out: Tensor) -> None:
+        """c_out = f * c_prev + i * g and h_out = o * tanh(c_out), each (n, B); ``value`` is spent."""
+        self.ifo.sigmoid_()
+        self.g.tanh_()
+        torch.mul(self.f, c_prev, out=c_out)
+        c_out.addcmul_(self.i, self.g)
+        torch.tanh(c_out, out=self.g)
+        torch.mul(self.o, self.g, out=h_out)
 
 
 def skew_columns(x: Tensor) -> Tensor:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 

@@ -1,6 +1,7 @@
 """The autoregressive loop, written once for sampling, completion and entropy coding.
 
-The loop visits sub-pixels in the model's order (raster order of pixels, then colour channels)
+The loop visits sub-pixels in the stepper's order (raster order of pixels unless the stepper
+carries another permutation of them in ``order``; colour channels R, G, B inside each pixel)
 and at each one asks a *stepper* for the conditional log-probabilities (B, L) of that
 sub-pixel given everything set so far, then sets its value. What decides the value differs:
 sampling draws it, completion copies known values, the compressor's encoder reads it from
@@ -19,11 +20,13 @@ import torch
 from torch import Tensor
 
 from pixelcnn.distributions import sample_inverse_cdf
-
-METHODS = ("auto", "naive", "cached")
+from pixelcnn.errors import ConfigError
+from pixelcnn.validation import METHOD, TEMPERATURE
 
 
 class Stepper(Protocol):
+    order: list[tuple[int, int]]          # the pixels (h, w) in the order the stepper visits them
+
     def log_probs(self, c: int, h: int, w: int) -> Tensor:
         """(B, L) log-probabilities of sub-pixel (c, h, w) given every value set before it."""
 
@@ -34,14 +37,19 @@ class Stepper(Protocol):
 class NaiveStepper:
     """Re-runs the whole network whenever a value it depends on has changed."""
 
-    def __init__(self, model, x: Tensor, cond):
+    def __init__(self, model, x: Tensor, cond, order: Tensor | None = None):
         self.model, self.cond = model, cond
         self.x = x.clone()
         self.params: Tensor | None = None
+        height, width = x.shape[2:]
+        # None: the family's own (raster) order; else (H W,) pixel indices, which an any-order family's
+        # network takes as its third argument.
+        self.network_order = () if order is None else (order,)
+        self.order = [divmod(p, width) for p in (range(height * width) if order is None else order.tolist())]
 
     def log_probs(self, c: int, h: int, w: int) -> Tensor:
         if self.params is None:
-            self.params = self.model.network(self.model.preprocess(self.x), self.cond)
+            self.params = self.model.network(self.model.preprocess(self.x), self.cond, *self.network_order)
         return self.model.distribution.conditional(self.params[:, :, h, w], self.x[:, :, h, w], c)
 
     def set(self, c: int, h: int, w: int, values: Tensor) -> None:
@@ -52,27 +60,38 @@ class NaiveStepper:
             self.params = None
 
 
-def make_stepper(model, x: Tensor, cond, method: str):
-    """The stepper for ``method`` over images x (B, C, H, W); ``cond`` from ``model.condition`` (or None)."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+def make_stepper(model, x: Tensor, cond, method: str, order: Tensor | None = None):
+    """The stepper for ``method`` over images x (B, C, H, W); ``cond`` from ``model.condition`` (or None).
+
+    ``order``: None for the model's default order, or a checked (H W,) permutation of the pixels
+    (from ``model.visiting_order``) for a family that generates in any order.
+    """
+    METHOD(method, "method")
+    if order is None:
+        order = model.default_order()
     if method == "naive":
-        return NaiveStepper(model, x, cond)
-    stepper = model.cached_stepper(x, cond)
+        return NaiveStepper(model, x, cond, order)
+    stepper = model.cached_stepper(x, cond) if order is None else model.cached_stepper(x, cond, order=order)
     if stepper is None:
         if method == "cached":
-            raise ValueError(f"model {model.name!r} has no cached sampling path; use method='naive' or 'auto'")
-        return NaiveStepper(model, x, cond)
+            raise ConfigError(f"model {model.name!r} has no cached sampling path; use method='naive' or 'auto'")
+        return NaiveStepper(model, x, cond, order)
     return stepper
 
 
-def run(stepper: Stepper, shape: tuple[int, int, int], choose: Callable[[int, int, int, Tensor], Tensor]) -> None:
-    """Visit every sub-pixel in order; ``choose(c, h, w, log_probs)`` returns its (B,) values."""
-    channels, height, width = shape
-    for h in range(height):
-        for w in range(width):
-            for c in range(channels):
-                stepper.set(c, h, w, choose(c, h, w, stepper.log_probs(c, h, w)))
+def run(stepper: Stepper, shape: tuple[int, int, int], choose: Callable[[int, int, int, Tensor], Tensor],
+        on_pixel: Callable[[int, int], None] | None = None) -> None:
+    """Visit every sub-pixel in the stepper's order; ``choose(c, h, w, log_probs)`` returns its (B,) values.
+
+    ``on_pixel(h, w)``, if given, is called once every channel of pixel (h, w) is set: a place to
+    report progress or to stop early by raising.
+    """
+    channels = shape[0]
+    for h, w in stepper.order:
+        for c in range(channels):
+            stepper.set(c, h, w, choose(c, h, w, stepper.log_probs(c, h, w)))
+        if on_pixel is not None:
+            on_pixel(h, w)
 
 
 def draw_uniforms(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -82,19 +101,41 @@ def draw_uniforms(shape: tuple[int, ...], generator: torch.Generator | None, dev
 
 
 def complete(model, x: Tensor, known: Tensor, cond=None, temperature: float = 1.0,
-             generator: torch.Generator | None = None, method: str = "auto") -> Tensor:
+             generator: torch.Generator | None = None, method: str = "auto", order: Tensor | None = None,
+             on_pixel: Callable[[int, int, Tensor], None] | None = None) -> Tensor:
     """Fill the unknown sub-pixels of x (B, C, H, W) in order; known ones are kept bit for bit.
 
     ``cond`` is the batch's conditioning as prepared by ``model.condition`` (None if unconditional).
+    ``order``: None (the model's default order), one (H W,) order for the batch, or (B, H W), one
+    per image: images that share an order are generated together. Every uniform is drawn up front,
+    so an image gets the same ones whichever images share its order.
+    ``on_pixel(h, w, values)`` is called as each pixel is finished, with its (B, C) values: a way
+    to stream an image while it is drawn, or to stop (by raising) between pixels.
     """
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    TEMPERATURE(temperature, "temperature")
     x = x.to(model.device).long()
     known = known.to(model.device)
     u = draw_uniforms(tuple(x.shape), generator, model.device)
-    stepper = make_stepper(model, torch.where(known, x, torch.zeros_like(x)), cond, method)
+    if order is None or order.dim() == 1:
+        return _complete(model, x, known, cond, u, temperature, method, order, on_pixel)
+    if on_pixel is not None:
+        raise ConfigError("expected one visiting order for the whole batch when streaming pixels (on_pixel), "
+                          f"got one order per image: {tuple(order.shape)}")
+    out = torch.empty_like(x)
+    rows, group = torch.unique(order, dim=0, return_inverse=True)
+    for k, row in enumerate(rows):
+        idx = (group == k).nonzero().flatten()
+        sub = None if cond is None else cond.select(idx)
+        out[idx] = _complete(model, x[idx], known[idx], sub, u[idx], temperature, method, row)
+    return out
+
+
+def _complete(model, x: Tensor, known: Tensor, cond, u: Tensor, temperature: float, method: str,
+              order: Tensor | None, on_pixel: Callable[[int, int, Tensor], None] | None = None) -> Tensor:
+    """:func:`complete` for one visiting order, with its uniforms ``u`` (B, C, H, W) drawn."""
+    stepper = make_stepper(model, torch.where(known, x, torch.zeros_like(x)), cond, method, order)
     channels, height, width = model.image_shape
-    # (H W C, B) copies in the loop's order: one index per sub-pixel instead of four.
+    # (H W C, B) copies indexed (h W + w) C + c: one index per sub-pixel instead of four.
     u_steps, known_steps, x_steps = (in_visiting_order(t) for t in (u, known, x))
     out_steps = torch.empty_like(x_steps)                                     # every sub-pixel is visited
     partial = bool(known.any())
@@ -107,10 +148,14 @@ def complete(model, x: Tensor, known: Tensor, cond=None, temperature: float = 1.
         out_steps[i] = values
         return values
 
+    def finished(h: int, w: int) -> None:
+        i = (h * width + w) * channels
+        on_pixel(h, w, out_steps[i : i + channels].T)                         # (B, C)
+
     was_training = model.training
     model.eval()
     try:
-        run(stepper, model.image_shape, choose)
+        run(stepper, model.image_shape, choose, None if on_pixel is None else finished)
     finally:
         model.train(was_training)
     return out_steps.view(height, width, channels, -1).permute(3, 2, 0, 1).contiguous()

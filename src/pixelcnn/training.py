@@ -1,4 +1,4 @@
-"""Training and evaluation: fit, evaluate, checkpoint, resume. No model code lives here.
+"""Training: fit, checkpoint, resume. No model code lives here; evaluation is in evaluation.py.
 
 A run folder holds everything about one training run::
 
@@ -7,6 +7,7 @@ A run folder holds everything about one training run::
     samples/epoch_0001.png  a grid of samples after every epoch
     checkpoints/last/       config.json, model.safetensors (EMA weights), training_state.pt
     checkpoints/best/       the checkpoint with the best validation bits/dim
+    run.lock                held by the process that trains into the folder (see runlock.py)
 
 Exact resume: the data order of epoch e is a permutation drawn from a generator seeded with
 (seed, e), and every random draw of a step (dynamic binarization) comes from a generator
@@ -17,16 +18,20 @@ run continues the trajectory an uninterrupted one would have followed.
 Distributed: under ``torchrun`` every process takes its slice of each *global* batch, and
 DistributedDataParallel averages the gradients, so N processes compute what one process
 computes with the same global batch. Rank 0 alone logs, evaluates, samples and checkpoints.
+
+Every setting is checked, and the data, the model and the batch size are known to fit, before
+the run folder is created; a refused start leaves nothing behind. One process at a time trains
+into a run folder: a second one is refused while the first holds the folder's lock.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,14 +41,16 @@ import torch
 from torch import Tensor, nn
 
 import pixelcnn
-from pixelcnn import checkpoint
-from pixelcnn.distributions import bits_per_dim
-from pixelcnn.errors import ConfigError, TrainingError
+from pixelcnn import checkpoint, runlock
+from pixelcnn.errors import ConfigError, PixelCNNError, TrainingError
+from pixelcnn.evaluation import check_evaluation, evaluate
+from pixelcnn.runtime import PRECISIONS, autocast, setup_runtime
 from pixelcnn.superres import cond_images, cond_shape_for
+from pixelcnn.validation import COUNT, SEED, TEMPERATURE, Integer, OneOf, Real, check_fields
+from pixelcnn.version import __version__
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 TASKS = ("density", "superres")
 RUN_FILE = "run.json"
 
@@ -113,20 +120,16 @@ class TrainConfig:
                      "match; a tensor of another shape is an error; class-label biases the checkpoint lacks start at 0",
     }
 
+    limits = {
+        "epochs": COUNT, "lr": Real(0, open_min=True), "gamma": Real(0, 1, open_min=True), "batch_size": COUNT,
+        "seed": SEED, "max_steps": COUNT, "time_budget": Real(0, open_min=True), "ema": Real(0, 1, open_max=True),
+        "grad_clip": Real(0, open_min=True), "weight_decay": Real(0), "eval_batch_size": COUNT, "valid_limit": COUNT,
+        "samples": Integer(0), "sample_temperature": TEMPERATURE, "task": OneOf(TASKS), "scale": Integer(2),
+        "checkpoint_every": COUNT, "log_every": COUNT, "precision": OneOf(tuple(PRECISIONS)), "image_size": COUNT,
+    }
+
     def __post_init__(self) -> None:
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
-                    "log_every": self.log_every}
-        for name, value in positive.items():
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if not self.lr > 0 or not 0 < self.gamma <= 1:
-            raise ConfigError(f"expected lr > 0 and 0 < gamma <= 1, got lr={self.lr}, gamma={self.gamma}")
-        if not 0 <= self.ema < 1:
-            raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
-        if self.task not in TASKS:
-            raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
+        check_fields(self, self.limits)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -138,112 +141,6 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown training settings {sorted(unknown)}")
         return cls(**data)
-
-
-# ----- runtime: device, processes, precision ----------------------------------------------
-
-
-@dataclass
-class Runtime:
-    device: torch.device
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when torch sees a GPU, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} was asked for, but torch sees no CUDA device")
-    return torch.device(name)
-
-
-def setup_runtime(device: str) -> Runtime:
-    """Pick the device and, under torchrun (WORLD_SIZE > 1), join the process group."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = str(resolve_device(device))
-    if world == 1:
-        return Runtime(torch.device(device))
-    import torch.distributed as dist
-
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.startswith("cuda"):
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return Runtime(torch.device(device), dist.get_rank(), dist.get_world_size())
-
-
-def autocast(runtime: Runtime, precision: str):
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=runtime.device.type, dtype=dtype)
-
-
-# ----- evaluation -------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def full_float32():
-    """Turn off TF32 (10-bit mantissa) convolutions and matmuls on CUDA for the duration, so that
-    reported likelihoods are float32 numbers whatever the process's global settings."""
-    matmul = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=torch.backends.cudnn.benchmark,
-                                        deterministic=torch.backends.cudnn.deterministic, allow_tf32=False):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
-
-
-@torch.no_grad()
-def evaluate(model: pixelcnn.AutoregressiveModel, dataset, batch_size: int = 256, limit: int | None = None,
-             runtime: Runtime | None = None) -> dict[str, float]:
-    """Exact negative log-likelihood of a dataset: nats per image (mean and standard deviation
-    over images) and bits per dimension. Class-conditional models get the dataset's labels,
-    super-resolution models the low-resolution version of each image.
-
-    Under torchrun each process evaluates a contiguous shard and the sums are combined.
-    """
-    runtime = runtime or Runtime(model.device)
-    conditional = model.config.num_classes is not None
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    lo, hi = runtime.rank * n // runtime.world, (runtime.rank + 1) * n // runtime.world
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(2, dtype=torch.float64)                             # sum of NLLs, sum of squares
-    gen = torch.Generator().manual_seed(0)
-    with full_float32():
-        for start in range(lo, hi, batch_size):
-            x, y = dataset.batch(torch.arange(start, min(start + batch_size, hi)), generator=gen)
-            y = y.to(runtime.device) if conditional else None
-            x = x.to(runtime.device)
-            nll = -model.log_prob(x, y, cond_images(model, x)).double().cpu()
-            sums += torch.stack([nll.sum(), nll.square().sum()])
-    model.train(was_training)
-    total, squares = _all_reduce_sum(sums, runtime).tolist()
-    mean = total / n
-    std = math.sqrt(max(0.0, squares / n - mean**2) * n / max(n - 1, 1))  # sample standard deviation
-    return {"nll_nats": mean, "nll_std_nats": std, "bits_per_dim": bits_per_dim(mean, math.prod(dataset.image_shape)),
-            "images": n}
-
-
-def _all_reduce_sum(value: Tensor, runtime: Runtime) -> Tensor:
-    if runtime.world == 1:
-        return value
-    import torch.distributed as dist
-
-    v = value.to(runtime.device)
-    dist.all_reduce(v)
-    return v.cpu()
 
 
 # ----- EMA -------------------------------------------------------------------------------
@@ -349,6 +246,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=cfg.precision == "fp16")
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
         self.net = self._wrap(self.model)
+        self._check_sizes()
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best_bpd = math.inf
         self.writer = None
@@ -366,6 +264,14 @@ class Trainer:
         cond_shape = cond_shape_for(data.image_shape, cfg.scale) if cfg.task == "superres" else None
         return pixelcnn.create(cfg.model, image_shape=data.image_shape, levels=data.levels,
                                num_classes=num_classes, cond_shape=cond_shape, **model_args)
+
+    def _check_sizes(self) -> None:
+        """Refuse, before anything is written, a batch larger than the data or a validation that cannot run."""
+        cfg = self.cfg
+        if len(self.train_set) < cfg.batch_size:
+            raise ConfigError(f"expected a batch size of at most the {len(self.train_set)} training images of "
+                              f"{cfg.dataset}, got {cfg.batch_size}")
+        check_evaluation(self.eval_model, self.valid_set, cfg.eval_batch_size, cfg.valid_limit)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         net = model
@@ -411,19 +317,44 @@ class Trainer:
         return self.eval_model
 
     def save(self, name: str, with_state: bool = True, metadata: dict[str, Any] | None = None) -> Path:
+        """Write checkpoint ``name``; refuses weights that are not finite, so a saved checkpoint is a good one."""
+        for model in (self.model, self.eval_model):
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                raise TrainingError(f"the weights became NaN or infinite by step {self.step}; training stopped "
+                                    f"without saving them. {self.last_good()}; try a lower --lr or --grad-clip")
         extra = {checkpoint.TRAINING_STATE_FILE: self.training_state()} if with_state else None
         meta = {"dataset": self.cfg.dataset, "conditional": self.cfg.conditional, "step": self.step,
                 "epoch": self.epoch, **(metadata or {})}
         return self.eval_model.save_pretrained(self.out / "checkpoints" / name, extra_files=extra, metadata=meta)
 
+    def last_good(self) -> str:
+        """Where the last complete checkpoint is, in words."""
+        folder = checkpoint.existing_folder(self.out / "checkpoints" / "last")
+        try:
+            step = checkpoint.read_config(folder).get("metadata", {}).get("step") if folder else None
+        except PixelCNNError:
+            folder = None
+        if folder is None:
+            return "No checkpoint was saved"
+        return f"The last good checkpoint is {folder} (step {step})"
+
     # ----- the loop
 
     def fit(self) -> dict[str, Any]:
-        """Train until the epochs, ``max_steps`` or ``time_budget`` run out; returns the final metrics."""
+        """Train until the epochs, ``max_steps`` or ``time_budget`` run out; returns the final metrics.
+
+        A file that cannot be written (a full disk) stops training with a TrainingError that names
+        the last good checkpoint; checkpoints are written whole or not at all.
+        """
+        try:
+            return self._fit()
+        except OSError as e:
+            raise TrainingError(f"cannot write {e.filename or self.out}: {e.strerror or e}; training stopped at step "
+                                f"{self.step}. {self.last_good()}") from None
+
+    def _fit(self) -> dict[str, Any]:
         self._start()
         steps_per_epoch = len(self.train_set) // self.cfg.batch_size
-        if steps_per_epoch == 0:
-            raise ConfigError(f"batch size {self.cfg.batch_size} is larger than the {len(self.train_set)} training images")
         result = None
         while self.epoch < self.cfg.epochs and not self._should_stop():
             finished = not self._run_epoch(steps_per_epoch)
@@ -490,13 +421,13 @@ class Trainer:
         y = y.to(rt.device) if self.model.config.num_classes is not None else None
         self.model.train()
         with autocast(rt, cfg.precision):
-            params = self.net(x, y, cond_images(self.model, x))
+            params = self.net(x, y, cond_images(self.model, x), **self.model.step_inputs(cfg.seed, self.step))
         dims = x[0].numel()
         loss = self.model.nll_from_params(params.float(), x).mean() / dims          # nats per dim
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"the loss became {loss.item()} at step {self.step} (epoch {self.epoch + 1}); training stopped. "
-                f"The last good checkpoint is {self.out / 'checkpoints' / 'last'}; try a lower --lr or --grad-clip"
+                f"{self.last_good()}; try a lower --lr or --grad-clip"
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -577,8 +508,6 @@ class Trainer:
     # ----- logs
 
     def _write_run_file(self) -> None:
-        from pixelcnn import __version__
-
         run = {"package_version": __version__, "train": self.cfg.to_dict(), "model": self.model.name,
                "model_config": self.model.config.to_dict(), "parameters": self.model.num_parameters()}
         tmp = self.out / (RUN_FILE + ".tmp")
@@ -610,33 +539,89 @@ RESUME_OVERRIDABLE = {"epochs", "max_steps", "time_budget", "device", "precision
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, **model_args: Any) -> dict[str, Any]:
-    """Start a new run in ``out_dir`` (which must not hold one already)."""
+    """Start a new run in ``out_dir`` (which must not hold one already).
+
+    Everything is checked before the folder is created; a start that fails before the run's
+    first file is written removes the folder it created.
+    """
     out = Path(out_dir)
-    if int(os.environ.get("RANK", "0")) == 0 and (out / RUN_FILE).exists():
+    if not _is_main_process():
+        return Trainer(cfg, out, model_args=model_args).fit()
+    _check_new_run(out)
+    trainer = Trainer(cfg, out, model_args=model_args)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainingError(f"cannot create run folder {out}: {e.strerror or e}") from None
+    with runlock.hold(out):
+        try:
+            _check_new_run(out, held=True)
+            return trainer.fit()
+        except BaseException:
+            if created and not (out / RUN_FILE).exists():
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _check_new_run(out: Path, held: bool = False) -> None:
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"expected --out to be a folder for the run, got the existing file {out}")
+    if not held:
+        runlock.check_free(out)
+    if (out / RUN_FILE).exists():
         raise TrainingError(f"{out} already holds a training run: resume it with --resume {out}, or pick another --out")
-    return Trainer(cfg, out, model_args=model_args).fit()
 
 
 def resume(run_dir: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its last checkpoint, exactly where it stopped."""
-    trainer = resume_trainer(run_dir, **overrides)
-    return trainer.fit()
+    run_dir = Path(run_dir)
+    if not _is_main_process():
+        return resume_trainer(run_dir, **overrides).fit()
+    runlock.check_free(run_dir)
+    resume_config(run_dir, overrides)                   # refuse bad settings before taking the folder
+    with runlock.hold(run_dir):
+        return resume_trainer(run_dir, **overrides).fit()
+
+
+def read_run_file(run_dir: Path) -> dict[str, Any]:
+    """The run's ``run.json``, checked."""
+    run_file = run_dir / RUN_FILE
+    if not run_file.is_file():
+        raise TrainingError(f"cannot resume {run_dir}: expected a run folder with {RUN_FILE}")
+    try:
+        meta = json.loads(run_file.read_text())
+    except (ValueError, OSError) as e:
+        raise TrainingError(f"cannot resume {run_dir}: expected {RUN_FILE} in JSON, got an unreadable file ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("train"), dict) or not isinstance(meta.get("model_config"), dict):
+        raise TrainingError(f"cannot resume {run_dir}: expected {RUN_FILE} with 'train' and 'model_config' settings")
+    return meta
+
+
+def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+    """The resumed run's settings: the recorded ones with the allowed ``overrides``; and run.json."""
+    meta = read_run_file(run_dir)
+    fixed = {k: v for k, v in overrides.items() if k not in RESUME_OVERRIDABLE and v != meta["train"].get(k)}
+    if fixed:
+        raise ConfigError(f"cannot change {sorted(fixed)} when resuming; only {sorted(RESUME_OVERRIDABLE)} may change")
+    return TrainConfig.from_dict({**meta["train"], **overrides}), meta
 
 
 def resume_trainer(run_dir: str | os.PathLike, **overrides: Any) -> Trainer:
     run_dir = Path(run_dir)
-    run_file = run_dir / RUN_FILE
-    if not run_file.is_file():
-        raise TrainingError(f"cannot resume {run_dir}: expected a run folder with {RUN_FILE}")
-    meta = json.loads(run_file.read_text())
-    fixed = {k: v for k, v in overrides.items() if k not in RESUME_OVERRIDABLE and v != meta["train"].get(k)}
-    if fixed:
-        raise ConfigError(f"cannot change {sorted(fixed)} when resuming; only {sorted(RESUME_OVERRIDABLE)} may change")
-    cfg = TrainConfig.from_dict({**meta["train"], **overrides})
+    cfg, meta = resume_config(run_dir, overrides)
     trainer = Trainer(cfg, run_dir, model_config=meta["model_config"])
     folder = checkpoint.existing_folder(run_dir / "checkpoints" / "last")
     state_file = folder / checkpoint.TRAINING_STATE_FILE if folder else None
     if state_file is None or not state_file.is_file():
         raise TrainingError(f"cannot resume {run_dir}: no checkpoints/last/{checkpoint.TRAINING_STATE_FILE}")
-    trainer.load_training_state(torch.load(state_file, map_location=trainer.rt.device, weights_only=True))
+    try:
+        state = torch.load(state_file, map_location=trainer.rt.device, weights_only=True)
+    except Exception as e:          # torch raises several kinds for a damaged file
+        raise TrainingError(f"cannot resume {run_dir}: {state_file} is corrupted ({type(e).__name__})") from None
+    trainer.load_training_state(state)
     return trainer

@@ -21,8 +21,9 @@ from torch import Tensor
 from pixelcnn.coding import container
 from pixelcnn.coding.container import MAX_CHUNK_SIZE, Header
 from pixelcnn.coding.quantize import quantized_weights
-from pixelcnn.errors import CompressionError
+from pixelcnn.errors import CompressionError, ConfigError, PixelCNNError
 from pixelcnn.sampling import NaiveStepper, make_stepper, run
+from pixelcnn.validation import METHOD, Integer
 
 DEFAULT_CHUNK_SIZE = 64
 Progress = Callable[[int], None]          # called with the number of images done so far
@@ -67,8 +68,7 @@ def deterministic_cpu(model) -> Iterator[None]:
 
 def resolve_method(model, method: str) -> str:
     """"auto" -> "cached" where the family has a cached stepper, else "naive"."""
-    if method not in ("auto", "naive", "cached"):
-        raise ValueError(f"method must be 'auto', 'naive' or 'cached', got {method!r}")
+    METHOD(method, "method")
     if method != "auto":
         return method
     x = torch.zeros((1, *model.image_shape), dtype=torch.long)
@@ -79,13 +79,32 @@ def resolve_method(model, method: str) -> str:
 # ----- one chunk --------------------------------------------------------------------------------
 
 
-def _new_stepper(model, batch: int, labels: Tensor | None, method: str):
-    """A stepper over an all-zero chunk: the encoder and the decoder start from the same state."""
+def _new_stepper(model, batch: int, labels: Tensor | None, method: str, order: str = ""):
+    """A stepper over an all-zero chunk: the encoder and the decoder start from the same state.
+    ``order``: an any-order model's visiting order by name ("": its default order)."""
     x = torch.zeros((batch, *model.image_shape), dtype=torch.long)
-    return make_stepper(model, x, model.condition(labels, None, batch), method)
+    return make_stepper(model, x, model.condition(labels, None, batch), method, visiting_order(model, order))
 
 
-def encode_chunk(model, x: Tensor, labels: Tensor | None, n: int, method: str) -> np.ndarray:
+def visiting_order(model, order: str) -> Tensor | None:
+    """The order a file names, as the stepper takes it; "auto" has no meaning without a mask."""
+    if not order:
+        return None
+    if order == "auto":
+        raise ValueError("compression codes whole images: expected a pixel order NAME[:S], got 'auto'")
+    return model.visiting_order(order)
+
+
+def _order_name(model, order: str | None) -> str:
+    """The order a file stores: "" for the model's default (raster in a raster family), else the checked name."""
+    if not order:
+        return ""
+    if not isinstance(order, str):
+        raise ValueError(f"expected a pixel order name NAME[:S] (a file stores names), got {type(order).__name__}")
+    return order if visiting_order(model, order) is not None else ""
+
+
+def encode_chunk(model, x: Tensor, labels: Tensor | None, n: int, method: str, order: str = "") -> np.ndarray:
     """Range-code the first ``n`` images of the padded chunk x (B, C, H, W): uint32 words.
 
     The values are teacher-forced: at each sub-pixel the stepper gives the log-probabilities
@@ -101,11 +120,12 @@ def encode_chunk(model, x: Tensor, labels: Tensor | None, n: int, method: str) -
         encoder.encode(values[:n].numpy().astype(np.int32), family, weights[:n])
         return values
 
-    run(_new_stepper(model, x.shape[0], labels, method), model.image_shape, choose)
+    run(_new_stepper(model, x.shape[0], labels, method, order), model.image_shape, choose)
     return encoder.get_compressed()
 
 
-def decode_chunk(model, words: np.ndarray, batch: int, n: int, method: str) -> tuple[Tensor, Tensor | None]:
+def decode_chunk(model, words: np.ndarray, batch: int, n: int, method: str,
+                 order: str = "") -> tuple[Tensor, Tensor | None]:
     """Decode ``n`` images (and labels) from one chunk's words, running a padded batch of ``batch``."""
     decoder = constriction.stream.queue.RangeDecoder(words)
     labels = _decode_labels(model, decoder, batch, n)
@@ -119,7 +139,7 @@ def decode_chunk(model, words: np.ndarray, batch: int, n: int, method: str) -> t
         x[:, c, h, w] = values
         return values
 
-    run(_new_stepper(model, batch, labels, method), model.image_shape, choose)
+    run(_new_stepper(model, batch, labels, method, order), model.image_shape, choose)
     return x[:n], None if labels is None else labels[:n]
 
 
@@ -151,14 +171,17 @@ def _pad(t: Tensor, size: int) -> Tensor:
 
 
 def compress(model, images: Tensor, labels: Tensor | None = None, *, chunk_size: int | None = None,
-             method: str = "auto", metadata: bytes = b"", progress: Progress | None = None) -> bytes:
+             method: str = "auto", metadata: bytes = b"", progress: Progress | None = None,
+             order: str | None = None) -> bytes:
     """Losslessly compress integer images (N, C, H, W) with ``model``; returns the ``.pxc`` bytes.
 
     ``labels`` (N,) are required for a class-conditional model and are stored in the file.
     ``chunk_size`` images are coded together (default 64, at most N and 4096); ``method`` picks the
     stepper ("auto": the family's cached one where it has one). Both are recorded in the file,
     and decompression uses them. ``metadata`` is stored verbatim. The model runs in float32 on
-    one CPU thread whatever its dtype and device (see :mod:`pixelcnn.coding`).
+    one CPU thread whatever its dtype and device (see :mod:`pixelcnn.coding`). ``order``: for an
+    any-order model, the pixel order NAME[:S] to code in (stored in the file; default: the model's
+    first training order); other families take only None or "raster".
     """
     if model.config.cond_shape is not None:
         raise CompressionError("models conditioned on an image (cond_shape) cannot compress on their own: the "
@@ -169,13 +192,15 @@ def compress(model, images: Tensor, labels: Tensor | None = None, *, chunk_size:
     labels = model.check_labels(labels, n)
     images, labels = images.detach().cpu().long(), None if labels is None else labels.cpu()
     chunk = _chunk_size(chunk_size, n)
+    order = _order_name(model, order)                                # a bad order fails before any coding
     if not isinstance(metadata, bytes) or len(metadata) > 0xFFFF:
-        raise ValueError("metadata must be bytes of length at most 65535")
+        raise ConfigError(f"expected metadata to be bytes of length at most 65535, got {type(metadata).__name__}"
+                          f"{f' of length {len(metadata)}' if isinstance(metadata, bytes) else ''}")
     with deterministic_cpu(model):
         method = resolve_method(model, method)
-        streams = list(_encode_all(model, images, labels, chunk, method, progress))
+        streams = list(_encode_all(model, images, labels, chunk, method, progress, order))
     header = Header(method, model.levels, model.image_shape, n, chunk, container.model_fingerprint(model),
-                    container.content_digest(images, labels), metadata)
+                    container.content_digest(images, labels), metadata, order)
     return container.pack(header, streams)
 
 
@@ -183,17 +208,16 @@ def _chunk_size(chunk_size: int | None, n: int) -> int:
     """The requested size, no larger than the number of images (padding beyond it buys nothing)."""
     if chunk_size is None:
         chunk_size = DEFAULT_CHUNK_SIZE
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:
-        raise ValueError(f"chunk_size must be an integer in [1, {MAX_CHUNK_SIZE}], got {chunk_size!r}")
+    Integer(1, MAX_CHUNK_SIZE)(chunk_size, "chunk_size")
     return max(1, min(n, chunk_size))
 
 
-def _encode_all(model, images, labels, chunk, method, progress) -> Iterator[np.ndarray]:
+def _encode_all(model, images, labels, chunk, method, progress, order) -> Iterator[np.ndarray]:
     n = images.shape[0]
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         lab = None if labels is None else _pad(labels[start : start + m], chunk)
-        yield encode_chunk(model, _pad(images[start : start + m], chunk), lab, m, method)
+        yield encode_chunk(model, _pad(images[start : start + m], chunk), lab, m, method, order)
         if progress:
             progress(start + m)
 
@@ -220,7 +244,7 @@ def _decode_all(model, header: Header, streams, progress) -> Iterator[tuple[Tens
     done = 0
     for words in streams:
         m = min(header.chunk_size, header.count - done)
-        yield decode_chunk(model, words, header.chunk_size, m, header.method)
+        yield decode_chunk(model, words, header.chunk_size, m, header.method, header.order)
         done += m
         if progress:
             progress(done)
@@ -236,6 +260,11 @@ def check_model(model, header: Header) -> None:
     if container.model_fingerprint(model) != header.fingerprint:
         raise CompressionError("the file was compressed with a different model (its fingerprint of config and "
                                "weights does not match this model's): decompress with the model that compressed it")
+    try:
+        visiting_order(model, header.order)
+    except (PixelCNNError, ValueError) as e:
+        raise CompressionError(f"the file was coded in pixel order {header.order!r}, which this model cannot "
+                               f"follow: {e}") from None
     if header.method == "cached" and resolve_method(model, "auto") != "cached":
         raise CompressionError(f"the file was coded with the cached stepper, which model {model.name!r} does not offer")
 

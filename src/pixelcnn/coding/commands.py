@@ -11,7 +11,6 @@ and writes ``labels.txt`` (one label per line, in image order) beside the decomp
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -19,7 +18,9 @@ from pathlib import Path
 import torch
 
 from pixelcnn.coding import codec, png
+from pixelcnn import validation
 from pixelcnn.errors import CompressionError, InvalidImageError, InvalidLabelError
+from pixelcnn.validation import COUNT, METHOD, Integer, flag
 
 
 def add_commands(sub) -> None:
@@ -32,37 +33,25 @@ def _add_common(p) -> None:
     p.add_argument("--nll", action="store_true", help="also print the model's NLL of the same images and the overhead")
 
 
-def _count(minimum: int, maximum: int | None = None):
-    """An argparse type: an integer in [minimum, maximum]."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
-            raise argparse.ArgumentTypeError(f"expected an integer {bound}, got {value}")
-        return value
-    return parse
-
-
 def add_compress(sub) -> None:
     p = sub.add_parser("compress", help="losslessly compress images with a model",
                        description="Compress PNG images (or a dataset split) into one .pxc file whose size is "
                                    "about the model's -log2 p of the images.")
     _add_common(p)
     p.add_argument("inputs", nargs="*", metavar="PNG", help="images to compress, in this order")
-    p.add_argument("-o", "--output", required=True, help="the .pxc file to write")
+    p.add_argument("-o", "--output", required=True, type=flag(validation.output_file), help="the .pxc file to write")
     p.add_argument("--from-dataset", metavar="NAME", help="compress a dataset split instead of PNG files (e.g. mnist)")
     p.add_argument("--split", default="test", help="dataset split for --from-dataset (default: test)")
-    p.add_argument("--limit", type=_count(0), metavar="N", help="only the first N images")
+    p.add_argument("--limit", type=flag(COUNT.parse), metavar="N", help="only the first N images")
     p.add_argument("--data-dir", help="dataset folder (default: $PIXELCNN_DATA or the package default)")
-    p.add_argument("--labels",
+    p.add_argument("--labels", type=flag(validation.labels),
                    help="class labels of the PNG inputs for a conditional model: one for all, or a comma list")
-    p.add_argument("--chunk-size", type=_count(1, codec.MAX_CHUNK_SIZE), metavar="N",
+    p.add_argument("--chunk-size", type=flag(Integer(1, codec.MAX_CHUNK_SIZE).parse), metavar="N",
                    help=f"images coded together (default: {codec.DEFAULT_CHUNK_SIZE}, at most {codec.MAX_CHUNK_SIZE})")
-    p.add_argument("--method", choices=("auto", "naive", "cached"), default="auto",
+    p.add_argument("--method", type=flag(METHOD.parse), default="auto", metavar="{auto,naive,cached}",
                    help="stepper: the family's cached one (auto) or the naive reference")
+    p.add_argument("--order", help="pixel order of an any-order model, NAME[:S] (stored in the file; "
+                                   "default: the model's first training order)")
     p.set_defaults(run=run_compress)
 
 
@@ -72,7 +61,8 @@ def add_decompress(sub) -> None:
                                    "00000.png, 00001.png, ... into DIR, pixel for pixel the compressed images.")
     _add_common(p)
     p.add_argument("file", metavar="FILE", help="the .pxc file")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the PNG files")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", type=flag(validation.output_folder),
+                   help="folder for the PNG files")
     p.set_defaults(run=run_decompress)
 
 
@@ -87,9 +77,8 @@ def run_compress(args) -> int:
     start = time.perf_counter()
     with _progress(images.shape[0], "compress") as update:
         data = codec.compress(model, images, labels, chunk_size=args.chunk_size, method=args.method,
-                              metadata=png.metadata(scale), progress=update)
+                              metadata=png.metadata(scale), progress=update, order=args.order)
     seconds = time.perf_counter() - start
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_bytes(data)
     dims = images[0].numel() * images.shape[0]
     print(f"compressed {images.shape[0]} images {_shape(model)} into {args.output}: {_size(len(data), dims)}")
@@ -105,6 +94,8 @@ def _inputs(args, model):
     """(images, labels, png scale, bytes of the input files or None) from PNG files or a dataset."""
     if args.from_dataset and args.inputs:
         raise InvalidImageError("give either PNG files or --from-dataset, not both")
+    if args.from_dataset and args.labels is not None:
+        raise InvalidLabelError("expected --labels with PNG files only: --from-dataset takes the dataset's labels")
     if args.from_dataset:
         images, labels, scale = _dataset_images(args, model)
         return images, labels, scale, None
@@ -132,21 +123,17 @@ def _dataset_images(args, model):
     return images, labels, png.stretch_factor(model.levels) or 1
 
 
-def _parse_labels(text: str | None, n: int, model) -> torch.Tensor | None:
+def _parse_labels(values: list[int] | None, n: int, model) -> torch.Tensor | None:
+    """--labels (parsed by validation.labels) for ``n`` PNG images: one for all, or one each."""
+    validation.labels_fit(model, values)
     if model.config.num_classes is None:
-        if text is not None:
-            raise InvalidLabelError("--labels given but the model is unconditional")
         return None
-    if text is None:
+    if values is None:
         raise InvalidLabelError(f"the model is conditional: give --labels (one, or {n} separated by commas)")
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise InvalidLabelError(f"--labels must be integers separated by commas, got {text!r}") from None
     if len(values) == 1:
         values = values * n
     if len(values) != n:
-        raise InvalidLabelError(f"--labels has {len(values)} values for {n} images")
+        raise InvalidLabelError(f"expected --labels with one value or {n} (one per image), got {len(values)}")
     return torch.tensor(values, dtype=torch.long)
 
 

@@ -13,10 +13,12 @@ Layout (integers big-endian, ``struct`` formats in brackets)::
     fingerprint      8 bytes   sha256 of the model's config JSON and float32 weights, truncated
     content digest   8 bytes   sha256 of the original images (uint8) and labels, truncated
     metadata         bytes     opaque to the library (the CLI records how to write PNGs)
+    order length     [B]       (version 2) bytes of the pixel order's name that follow; 0: the model's default
+    order            bytes     (version 2) ASCII NAME:S of an any-order model's visiting order
     per chunk:       [I] word count n, then n little-endian uint32 words of range coder output
     crc32            [I]       zlib.crc32 of every byte before it
 
-The magic and version are read first, so a file from a future version says so rather than
+Version 1 files (no order fields) are still read. The magic and version are read first, so a file from a future version says so rather than
 failing its checksum. The CRC-32 then covers everything (it detects every single-bit error and
 every burst up to 32 bits); the content digest is checked after decoding, so even a decoder
 that computed different probabilities cannot return wrong images silently.
@@ -37,7 +39,8 @@ from torch import Tensor
 from pixelcnn.errors import CompressionError
 
 MAGIC = b"PXC\x89"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 METHODS = ("naive", "cached")
 MAX_CHUNK_SIZE = 4096          # bounds the memory a decoder allocates for one chunk
 
@@ -59,6 +62,7 @@ class Header:
     fingerprint: bytes
     digest: bytes
     metadata: bytes = b""
+    order: str = ""                 # an any-order model's visiting order, NAME:S; "" for its default
 
     @property
     def num_chunks(self) -> int:
@@ -114,11 +118,19 @@ def pack(header: Header, streams: list[np.ndarray]) -> bytes:
         _FIELDS.pack(METHODS.index(header.method), header.levels, c, h, w, header.count, header.chunk_size,
                      len(header.metadata), header.fingerprint, header.digest),
         header.metadata,
+        _order_field(header.order),
     ]
     for words in streams:
         parts += [_U32.pack(len(words)), np.asarray(words, dtype="<u4").tobytes()]
     body = b"".join(parts)
     return body + _U32.pack(zlib.crc32(body))
+
+
+def _order_field(order: str) -> bytes:
+    raw = order.encode("ascii")
+    if len(raw) > 255:
+        raise ValueError(f"expected an order name of at most 255 ASCII bytes, got {len(raw)}")
+    return bytes([len(raw)]) + raw
 
 
 # ----- reading --------------------------------------------------------------------------------
@@ -150,10 +162,10 @@ def _check_prefix(data: bytes) -> None:
         got = data[:4].hex() if data else "an empty input"
         raise CompressionError(f"not a pixelcnn compressed file: expected magic {MAGIC.hex()}, got {got}")
     _, version = _PREFIX.unpack_from(data)
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         newer = " (written by a newer pixelcnn)" if version > FORMAT_VERSION else ""
         raise CompressionError(f"compressed file has format version {version}{newer}; "
-                               f"this pixelcnn reads version {FORMAT_VERSION}")
+                               f"this pixelcnn reads versions {', '.join(map(str, READABLE_VERSIONS))}")
 
 
 def _check_crc(data: bytes) -> None:
@@ -180,8 +192,23 @@ def _read_header(data: bytes) -> tuple[Header, int]:
     if bad:
         raise CompressionError(f"compressed file has an invalid header: {', '.join(bad)}")
     metadata = data[pos : pos + meta_len]
-    header = Header(METHODS[method], levels, (c, h, w), count, chunk, fingerprint, digest, metadata)
-    return header, pos + meta_len
+    order, pos = _read_order(data, pos + meta_len, _PREFIX.unpack_from(data)[1])
+    header = Header(METHODS[method], levels, (c, h, w), count, chunk, fingerprint, digest, metadata, order)
+    return header, pos
+
+
+def _read_order(data: bytes, pos: int, version: int) -> tuple[str, int]:
+    """The order name of a version-2 header at ``pos`` (version 1 has none) and the position after it."""
+    if version < 2:
+        return "", pos
+    end = len(data) - _U32.size
+    size = data[pos] if pos < end else None
+    if size is None or pos + 1 + size > end:
+        raise CompressionError(f"compressed file has an invalid header: order field at byte {pos} runs past the end")
+    raw = data[pos + 1 : pos + 1 + size]
+    if not raw.isascii():
+        raise CompressionError(f"compressed file has an invalid header: order name {raw!r} is not ASCII")
+    return raw.decode("ascii"), pos + 1 + size
 
 
 def _read_streams(data: bytes, pos: int, num_chunks: int, end: int) -> list[np.ndarray]:

@@ -26,6 +26,7 @@ from PIL import Image
 from torch import Tensor
 
 from pixelcnn.errors import InvalidImageError
+from pixelcnn.images import open_image
 
 MODES = {1: ("L", "1"), 3: ("RGB",)}
 
@@ -40,20 +41,13 @@ def read_pixels(path: str | os.PathLike, image_shape: tuple[int, int, int]) -> n
     c, h, w = image_shape
     if c not in MODES:
         raise InvalidImageError(f"PNG files can be read for 1- or 3-channel models, got {c} channels")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            arr = np.asarray(img.convert("L") if mode == "1" else img, dtype=np.uint8)
-    except (OSError, ValueError) as e:
-        raise InvalidImageError(f"cannot read image {path}: {e}") from None
-    if mode not in MODES[c]:
-        raise InvalidImageError(f"{path}: expected an 8-bit {' or '.join(MODES[c])} PNG for a {c}-channel model, "
-                                f"got mode {mode}")
-    arr = arr.reshape(arr.shape[0], arr.shape[1], c).transpose(2, 0, 1)
-    if arr.shape != (c, h, w):
-        raise InvalidImageError(f"{path}: expected a {w}x{h} image for this model, got {arr.shape[2]}x{arr.shape[1]}")
-    return arr
+    with open_image(path, image_shape) as img:            # size and bit depth checked from the header
+        mode = img.mode
+        if mode not in MODES[c]:
+            raise InvalidImageError(f"{path}: expected an 8-bit {' or '.join(MODES[c])} PNG for a {c}-channel "
+                                    f"model, got mode {mode}")
+        arr = np.asarray(img.convert("L") if mode == "1" else img, dtype=np.uint8)
+    return arr.reshape(h, w, c).transpose(2, 0, 1)
 
 
 def choose_scale(pixels: np.ndarray, levels: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pixelcnn.errors import ConfigError
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.gated_pixelcnn import GatedPixelCNN
+from pixelcnn.models.lmconv import LMConv
 from pixelcnn.models.pixelcnn import PixelCNN
 from pixelcnn.models.pixelcnn_pp import PixelCNNPP
 from pixelcnn.models.pixelrnn import DiagonalBiLSTM, RowLSTM
@@ -17,7 +18,7 @@ def register(cls: type[AutoregressiveModel]) -> type[AutoregressiveModel]:
     return cls
 
 
-for _cls in (PixelCNN, GatedPixelCNN, PixelCNNPP, RowLSTM, DiagonalBiLSTM):
+for _cls in (PixelCNN, GatedPixelCNN, PixelCNNPP, RowLSTM, DiagonalBiLSTM, LMConv):
     register(_cls)
 
 

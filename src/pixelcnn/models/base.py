@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from pixelcnn import checkpoint
 from pixelcnn.config import ModelConfig
 from pixelcnn.distributions import OutputDistribution, bits_per_dim
-from pixelcnn.errors import InvalidImageError, InvalidLabelError
+from pixelcnn.errors import ConfigError, InvalidImageError, InvalidLabelError
+from pixelcnn.validation import COUNT
 from pixelcnn.layers import Condition, ConditionNetwork
 
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -53,6 +54,23 @@ class AutoregressiveModel(nn.Module):
     def cached_stepper(self, x: Tensor, cond: Condition | None):
         """A faster incremental stepper for the sampling loop, or None if the family has none."""
         return None
+
+    def visiting_order(self, order: object, known: Tensor | None = None,
+                       generator: torch.Generator | None = None) -> Tensor | None:
+        """The pixel order of sampling (``known`` None) or completion: None for raster order,
+        else (H W,) or (B, H W) permutations of the pixel indices h * W + w (any-order families)."""
+        if order is None or (isinstance(order, str) and order in ("raster", "raster:0")):
+            return None
+        raise ConfigError(f"model {self.name!r} generates in raster order only: expected order None or 'raster', "
+                          f"got {order if isinstance(order, str) else type(order).__name__!r}")
+
+    def default_order(self) -> Tensor | None:
+        """The pixel order of a stepper given none: None (raster) except for the any-order families."""
+        return None
+
+    def step_inputs(self, seed: int, step: int) -> dict[str, object]:
+        """Extra keyword arguments of ``forward`` for training step ``step`` (e.g. an any-order model's order)."""
+        return {}
 
     # ----- the shared interface -------------------------------------------------------------
 
@@ -100,6 +118,14 @@ class AutoregressiveModel(nn.Module):
         params = self(x, labels, cond_image)
         return self.distribution.log_prob(params, x.to(params.device))
 
+    def log_prob_per_pixel(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
+        """(B, H, W) natural-log probability of each pixel (all its channels) given those before it.
+
+        Summed over the pixels it is ``log_prob``: -log2 of it shows where the model is surprised.
+        """
+        params = self(x, labels, cond_image)
+        return self.distribution.log_prob_per_pixel(params, x.to(params.device).long())
+
     def nll(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
         """(B,) negative log-likelihood of each image in nats: training's loss."""
         return self.nll_from_params(self(x, labels, cond_image), x)
@@ -118,28 +144,29 @@ class AutoregressiveModel(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, labels: Tensor | int | None = None, temperature: float = 1.0,
                generator: torch.Generator | None = None, method: str = "auto",
-               cond_image: Tensor | None = None) -> Tensor:
+               cond_image: Tensor | None = None, order: object = None) -> Tensor:
         """Draw ``n`` images (n, C, H, W), int64, in raster then R, G, B order.
 
         ``temperature`` divides every conditional log-probability before renormalising (1 is
         exact). ``method`` is "naive" (one network pass per sub-pixel, the reference), "cached"
         (the family's incremental path) or "auto" (cached where there is one). The same
         ``generator`` state gives the same images on either path. ``labels`` (n,) or an int, and
-        ``cond_image`` (n, *cond_shape) or one image for all, for conditional models.
+        ``cond_image`` (n, *cond_shape) or one image for all, for conditional models. ``order``:
+        see :meth:`visiting_order` (an any-order family visits pixels in that order instead).
         """
         from pixelcnn.sampling import complete
 
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        COUNT(n, "n")
         x = torch.zeros((n, *self.image_shape), dtype=torch.long, device=self.device)
         known = torch.zeros_like(x, dtype=torch.bool)
         cond = self.condition(labels, cond_image, n)
-        return complete(self, x, known, cond, temperature=temperature, generator=generator, method=method)
+        order = self.visiting_order(order, known, generator)
+        return complete(self, x, known, cond, temperature=temperature, generator=generator, method=method, order=order)
 
     @torch.no_grad()
     def complete(self, x: Tensor, known: Tensor, n: int = 1, labels: Tensor | int | None = None,
                  temperature: float = 1.0, generator: torch.Generator | None = None,
-                 method: str = "auto", cond_image: Tensor | None = None) -> Tensor:
+                 method: str = "auto", cond_image: Tensor | None = None, order: object = None) -> Tensor:
         """Fill in the pixels where ``known`` is False; returns (B, n, C, H, W).
 
         Sub-pixels are visited in the model's order (raster, then R, G, B). An unknown one is
@@ -148,26 +175,21 @@ class AutoregressiveModel(nn.Module):
         one in this order do not influence it: the sampler conditions on the past only, so for
         a mask with known pixels below or to the right of a hole the result is a sample of the
         hole given what lies before it, not of the exact posterior given every known pixel.
+        An any-order family takes ``order`` (see :meth:`visiting_order`) and can visit the known
+        pixels first, which makes completions samples of that exact posterior.
         """
         from pixelcnn.sampling import complete
 
         self.check_images(x)
-        expected = f"expected a boolean mask `known` of shape {tuple(x.shape)} (or one that broadcasts to it)"
-        if not isinstance(known, Tensor) or known.dtype != torch.bool:
-            got = known.dtype if isinstance(known, Tensor) else type(known).__name__
-            raise InvalidImageError(f"{expected}, got {got}")
-        try:
-            known = known.expand_as(x)
-        except RuntimeError:
-            raise InvalidImageError(f"{expected}, got shape {tuple(known.shape)}") from None
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        known = self.check_known(x, known)
+        COUNT(n, "n")
         b = x.shape[0]
         cond = self.condition(labels, cond_image, b)
         xs = x.to(self.device).repeat_interleave(n, dim=0)
         ks = known.to(self.device).repeat_interleave(n, dim=0)
         cs = None if cond is None else cond.repeat_interleave(n)
-        out = complete(self, xs, ks, cs, temperature=temperature, generator=generator, method=method)
+        order = self.visiting_order(order, ks, generator)
+        out = complete(self, xs, ks, cs, temperature=temperature, generator=generator, method=method, order=order)
         return out.view(b, n, *self.image_shape)
 
     # ----- checks -------------------------------------------------------------------------
@@ -184,6 +206,17 @@ class AutoregressiveModel(nn.Module):
             raise InvalidImageError(f"expected {expected}, got dtype {x.dtype}")
         if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.levels):
             raise InvalidImageError(f"expected {expected}, got values in [{int(x.min())}, {int(x.max())}]")
+
+    def check_known(self, x: Tensor, known: Tensor) -> Tensor:
+        """``known`` as a boolean mask broadcast to x's shape, or InvalidImageError."""
+        expected = f"expected a boolean mask `known` of shape {tuple(x.shape)} (or one that broadcasts to it)"
+        if not isinstance(known, Tensor) or known.dtype != torch.bool:
+            got = known.dtype if isinstance(known, Tensor) else type(known).__name__
+            raise InvalidImageError(f"{expected}, got {got}")
+        try:
+            return known.expand_as(x)
+        except RuntimeError:
+            raise InvalidImageError(f"{expected}, got shape {tuple(known.shape)}") from None
 
     def check_labels(self, labels: Tensor | None, batch: int) -> Tensor | None:
         """Validate labels against ``num_classes``; returns them as a long tensor on the model's device."""

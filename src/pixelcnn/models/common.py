@@ -32,6 +32,8 @@ class MaskedModelConfig(ModelConfig):
         "output_hidden": "feature maps of the 1x1 output layer before the logits (0: none)",
         "output": "output distribution: categorical (softmax over levels), bernoulli (levels=2) or auto",
     }
+    branches: ClassVar[dict[str, tuple]] = {**ModelConfig.branches, "output_hidden": (0, 8),
+                                            "output": ("auto", "categorical")}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,6 +65,15 @@ def check_kernel(config, name: str) -> None:
     value = getattr(config, name)
     if not isinstance(value, int) or value < 1 or value % 2 == 0:
         raise ConfigError(f"{name} must be a positive odd integer, got {value!r}")
+
+
+def check_dilations(config) -> None:
+    """``dilations`` as a non-empty tuple of positive integers (a single int is accepted), or ConfigError."""
+    value = config.dilations
+    dil = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    if not dil or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dil):
+        raise ConfigError(f"dilations must be positive integers, got {value!r}")
+    object.__setattr__(config, "dilations", dil)
 
 
 def output_distribution(config: MaskedModelConfig) -> OutputDistribution:

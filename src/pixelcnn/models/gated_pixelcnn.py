@@ -27,9 +27,10 @@ from pixelcnn.errors import ConfigError
 from pixelcnn.layers import (Condition, ConditionBias, add_shifted_down, channel_groups, gate, horizontal_conv,
                              vertical_conv)
 from pixelcnn.models.base import AutoregressiveModel
-from pixelcnn.models.common import MaskedModelConfig, OutputHead, check_kernel, gate_groups, masked_1x1, output_distribution
+from pixelcnn.models.common import (MaskedModelConfig, OutputHead, check_dilations, check_kernel, gate_groups, masked_1x1,
+                                    output_distribution)
 from pixelcnn.models.incremental import (CachedConv, CachedStepper, ConvTaps, FeatureMap, Pointwise, PointwiseHead,
-                                         bias_row, class_bias, gate_rows)
+                                         bias_row, class_bias)
 
 CONV_IMPLS = ("shaped", "masked")
 
@@ -49,19 +50,32 @@ class GatedPixelCNNConfig(MaskedModelConfig):
         "dilations": "dilation of gated layer i is dilations[i %% len(dilations)], e.g. 1,2,4",
         "conv_impl": "'shaped' (convolutions shaped to the mask, faster) or 'masked' (plain masked k x k)",
     }
+    branches: ClassVar[dict[str, tuple]] = {**MaskedModelConfig.branches, "layers": (1, 3), "first_kernel": (1, 3),
+                                            "kernel_size": (1, 3), "dilations": ((1,), (1, 2)),
+                                            "conv_impl": ("shaped", "masked")}
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_kernel(self, "first_kernel")
         check_kernel(self, "kernel_size")
-        dil = tuple(self.dilations) if isinstance(self.dilations, (list, tuple)) else (self.dilations,)
-        if not dil or not all(isinstance(d, int) and d >= 1 for d in dil):
-            raise ConfigError(f"dilations must be positive integers, got {self.dilations!r}")
-        object.__setattr__(self, "dilations", dil)
+        check_dilations(self)
         if self.conv_impl not in CONV_IMPLS:
             raise ConfigError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
         if self.layers < 1:
             raise ConfigError(f"layers counts the gated layers, the first included: expected >= 1, got {self.layers}")
+
+
+def stacks(v_pre: Tensor, h_pre: Tensor, h_out, residual: Tensor | None, dim: int = 1) -> tuple[Tensor, Tensor]:
+    """The layer's outputs from its gates' pre-activations (biases and the vertical-to-horizontal link included),
+    for both paths: gate(v_pre), and h_out(gate(h_pre)) plus the layer's input unless it is the first.
+
+    ``dim`` is the channels' dimension (-1 on the cached path's rows); either stack may be absent (None).
+    """
+    v_out = None if v_pre is None else gate(v_pre, dim)
+    if h_pre is None:
+        return v_out, None
+    out = h_out(gate(h_pre, dim))
+    return v_out, out if residual is None else residual + out
 
 
 class GatedLayer(nn.Module):
@@ -85,11 +99,9 @@ class GatedLayer(nn.Module):
         v_pre = self.vertical(v)                                           # (B, 2n, H, W), rows <= h
         # horizontal(h) + v_to_h(shift_down(v_pre)): rows < h, and row h up to w
         h_pre = add_shifted_down(self.horizontal(h), self.v_to_h(v_pre), self.v_to_h.bias)
-        if cond is not None:
+        if cond is not None:                                               # unconditional: no zero biases to add
             v_pre, h_pre = v_pre + self.v_bias(cond), h_pre + self.h_bias(cond)
-        v_out = gate(v_pre)                                                # (B, n, H, W)
-        h_out = self.h_out(gate(h_pre))
-        return v_out, h_out if self.first else h + h_out
+        return stacks(v_pre, h_pre, self.h_out, None if self.first else h)
 
 
 class GatedPixelCNN(AutoregressiveModel):
@@ -145,7 +157,7 @@ class CachedGatedLayer:
             v_pre = self.vertical.row(h - 1)                               # (W, B, 2n)
             if self.v_next is not None:
                 v_gated = v_pre if self.v_bias is None else v_pre + bias_row(self.v_bias, h - 1)
-                self.v_next.write_row(h - 1, gate_rows(v_gated))          # (B, W, n) in the cache
+                self.v_next.write_row(h - 1, stacks(v_gated, None, None, None, dim=-1)[0])   # (B, W, n) in the cache
             v_to_h = self.v_to_h.rows(v_pre)
         bias = v_to_h + self.horizontal.bias
         self.row_bias = (bias if self.h_bias is None else bias + bias_row(self.h_bias, h)).contiguous()
@@ -155,11 +167,8 @@ class CachedGatedLayer:
 
         ``residual`` is the layer's input at (h, w), the previous layer's output; None for the first layer.
         """
-        out = self.h_out(gate(self.horizontal.at(h, w, bias=self.row_bias[w])))   # (B, n)
-        target = None if self.h_next is None else self.h_next.at(h, w)
-        if residual is not None:
-            return torch.add(residual, out, out=target)                    # h + h_out, as in GatedLayer
-        return out if target is None else target.copy_(out)
+        _, out = stacks(None, self.horizontal.at(h, w, bias=self.row_bias[w]), self.h_out, residual)   # (B, n)
+        return out if self.h_next is None else self.h_next.at(h, w).copy_(out)
 
 
 class CachedGatedPixelCNN(CachedStepper):

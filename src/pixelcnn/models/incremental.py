@@ -17,8 +17,8 @@ each channel; a pixel-level network (PixelCNN++) computes it once per pixel.
 
 Exactness: each output is computed with the same masked weights as the full network, restricted
 to the rectangle of kernel taps the mask can keep, and reads the same zero padding. The sums are
-the same, in another order, so the cached path agrees with the full network to float rounding
-(about 1e-7 relative in float32, 1e-16 in float64).
+the same, in another order, so the cached path agrees with the full network to float rounding,
+amplified by no more than the network amplifies its own rounding (``pixelcnn_pp_cached.py``).
 
 Speed: caches are channels-last, (B, top + H + bottom, left + W + right, C), so that a window of
 one row is one run of memory per image, and the windows of every output position are built once
@@ -33,7 +33,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from pixelcnn.layers import Condition, ConditionBias, MaskedConv2d, gate
+from pixelcnn.layers import Condition, ConditionBias, MaskedConv2d
 from pixelcnn.layers import DownRightShiftedConv2d, DownShiftedConv2d, DownShiftedConvTranspose2d
 
 
@@ -113,7 +113,7 @@ class ConvTaps:
         if isinstance(conv, MaskedConv2d):
             left, right, top, bottom = conv.pad
             used = conv.mask.ne(0).any(0).any(0)                               # (kh, kw)
-            return cls(weight * conv.mask, bias, Pad(top, bottom, left, right), conv.dilation, conv.stride, used)
+            return cls(conv.masked_weight().detach(), bias, Pad(top, bottom, left, right), conv.dilation, conv.stride, used)
         ph, pw = conv.padding
         used = torch.ones(weight.shape[-2:], dtype=torch.bool, device=weight.device)
         if isinstance(conv, (DownShiftedConv2d, DownRightShiftedConv2d)):
@@ -320,59 +320,48 @@ def bias_row(bias: Tensor | PositionBias, h: int) -> Tensor:
     return bias.row(h) if isinstance(bias, PositionBias) else bias
 
 
-def gate_rows(x: Tensor) -> Tensor:
-    """:func:`layers.gate` over the last dimension of (..., 2n) features: -> (..., n)."""
-    return gate(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
+class PixelStepper:
+    """The one contract of every cached sampling path: the parameters of position p given the values written so far.
 
-
-class CachedStepper:
-    """The sampling loop's Stepper for a network evaluated one pixel column at a time.
-
-    A subclass builds its caches (``self.feature_map`` allocates one) and implements
-    ``column(h, w) -> (B, P)``: the distribution parameters of pixel (h, w), computed from the
-    caches and written into them. It may assume that the columns of every earlier pixel were
-    computed with their final values, which this class guarantees by enforcing the raster order.
+    Pixels are visited in a fixed order, ``order`` (raster by default; a family with another order,
+    e.g. one per position, passes its own), and inside a pixel its colour channels in turn. A query
+    ``log_probs(c, h, w)`` or a value ``set(c, h, w, v)`` for any pixel but the current one is refused
+    with an error naming the pixel expected; a value may be set without asking its probabilities
+    first (a coder copying known values). A subclass implements ``column(h, w) -> (B, P)``, the
+    distribution parameters of pixel (h, w), computed from its caches and written into them, and
+    ``write(c, h, w, values)``, which records a value in its caches. It may assume that every earlier
+    pixel's column was computed with its final values: this class computes the column of a pixel
+    whose values were set without asking before it moves on.
     """
 
-    def __init__(self, model, x: Tensor, input_readers: list[ConvTaps], ones_channel: bool = False):
-        """``ones_channel``: the network's input has one more channel after the image's, all ones inside
-        the image and zero in the padding (PixelCNN++'s way to tell the border from black pixels)."""
+    def __init__(self, model, x: Tensor, order: list[tuple[int, int]] | None = None):
         self.model = model
         self.distribution = model.distribution
         self.x = x.clone()                                                       # (B, C, H, W) integers
         self.batch, self.channels, self.height, self.width = x.shape
-        self.like = next(model.parameters()).detach()                            # dtype and device of activations
-        self.inputs = self.feature_map(self.channels + ones_channel, input_readers)   # the image, in [-1, 1]
-        self.inputs.interior()[..., : self.channels].copy_(model.preprocess(x).permute(0, 2, 3, 1))
-        if ones_channel:
-            self.inputs.interior()[..., self.channels].fill_(1.0)
-        levels = torch.arange(model.levels, device=self.like.device)
-        self.preprocessed = model.preprocess(levels)                             # (L,): value -> network input
+        self.order = order if order is not None else [divmod(p, self.width) for p in range(self.height * self.width)]
         self.pixel_level = model.pixel_level_network
         self.params: Tensor | None = None                                        # (B, P) of the current pixel
-        self.position = 0                                                         # raster index being filled
-
-    def feature_map(self, channels: int, readers: list[ConvTaps], size: tuple[int, int] | None = None) -> FeatureMap:
-        """A zeroed cache of ``channels`` maps of ``size`` (the image's by default), padded for ``readers``."""
-        height, width = size or (self.height, self.width)
-        pad = Pad.union(taps.reach(height, width) for taps in readers)
-        return FeatureMap(self.batch, height, width, channels, pad, self.like)
+        self.position = 0                                                        # index in ``order`` being filled
 
     def column(self, h: int, w: int) -> Tensor:
         raise NotImplementedError
 
+    def write(self, c: int, h: int, w: int, values: Tensor) -> None:
+        raise NotImplementedError
+
     def log_probs(self, c: int, h: int, w: int) -> Tensor:
         """(B, L) log-probabilities of sub-pixel (c, h, w); the pixel's column is computed once per value set."""
-        self._check_order(c, h, w)
+        self.check_order(c, h, w)
         if self.params is None:
             self.params = self.column(h, w)
         return self.distribution.conditional(self.params, self.x[:, :, h, w], c)
 
     def set(self, c: int, h: int, w: int, values: Tensor) -> None:
-        """Record the (B,) values of sub-pixel (c, h, w) in the image and in the input cache."""
-        self._check_order(c, h, w)
+        """Record the (B,) values of sub-pixel (c, h, w)."""
+        self.check_order(c, h, w)
         self.x[:, c, h, w] = values
-        self.inputs.at(h, w)[:, c].copy_(self.preprocessed.index_select(0, values))
+        self.write(c, h, w, values)
         if c == self.channels - 1:
             if self.params is None:
                 self.column(h, w)            # later pixels read this pixel's activations: make them final
@@ -381,8 +370,34 @@ class CachedStepper:
         elif not self.pixel_level:
             self.params = None
 
-    def _check_order(self, c: int, h: int, w: int) -> None:
-        if h * self.width + w != self.position:
-            h0, w0 = divmod(self.position, self.width)
-            raise ValueError(f"a cached stepper visits pixels in raster order: expected pixel ({h0}, {w0}), "
+    def check_order(self, c: int, h: int, w: int) -> None:
+        if self.position >= len(self.order) or self.order[self.position] != (h, w):
+            expected = "no more pixels" if self.position >= len(self.order) else f"pixel {self.order[self.position]}"
+            raise ValueError(f"a cached stepper visits the pixels in its order, each once: expected {expected}, "
                              f"got channel {c} of pixel ({h}, {w})")
+
+
+class CachedStepper(PixelStepper):
+    """A :class:`PixelStepper` over channels-last caches of every layer's input (``feature_map`` allocates one)."""
+
+    def __init__(self, model, x: Tensor, input_readers: list[ConvTaps], ones_channel: bool = False):
+        """``ones_channel``: the network's input has one more channel after the image's, all ones inside
+        the image and zero in the padding (PixelCNN++'s way to tell the border from black pixels)."""
+        super().__init__(model, x)
+        self.like = next(model.parameters()).detach()                            # dtype and device of activations
+        self.inputs = self.feature_map(self.channels + ones_channel, input_readers)   # the image, in [-1, 1]
+        self.inputs.interior()[..., : self.channels].copy_(model.preprocess(x).permute(0, 2, 3, 1))
+        if ones_channel:
+            self.inputs.interior()[..., self.channels].fill_(1.0)
+        levels = torch.arange(model.levels, device=self.like.device)
+        self.preprocessed = model.preprocess(levels)                             # (L,): value -> network input
+
+    def feature_map(self, channels: int, readers: list[ConvTaps], size: tuple[int, int] | None = None) -> FeatureMap:
+        """A zeroed cache of ``channels`` maps of ``size`` (the image's by default), padded for ``readers``."""
+        height, width = size or (self.height, self.width)
+        pad = Pad.union(taps.reach(height, width) for taps in readers)
+        return FeatureMap(self.batch, height, width, channels, pad, self.like)
+
+    def write(self, c: int, h: int, w: int, values: Tensor) -> None:
+        """The value into the input cache, as the network's preprocessing maps it."""
+        self.inputs.at(h, w)[:, c].copy_(self.preprocessed.index_select(0, values))

@@ -30,6 +30,8 @@ class PixelCNNConfig(MaskedModelConfig):
         "first_kernel": "size of the first (mask A) convolution",
         "kernel_size": "size of the mask-B convolution in each residual block",
     }
+    branches: ClassVar[dict[str, tuple]] = {**MaskedModelConfig.branches, "layers": (0, 2), "first_kernel": (1, 3),
+                                            "kernel_size": (1, 3)}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -39,6 +41,16 @@ class PixelCNNConfig(MaskedModelConfig):
             from pixelcnn.errors import ConfigError
 
             raise ConfigError(f"hidden must be at least {2 * self.channels} (it is halved inside each block), got {self.hidden}")
+
+
+def residual(x: Tensor, reduce, conv, expand) -> Tensor:
+    """The block's composition, for both paths: x + expand(ReLU(conv(ReLU(reduce(ReLU(x)))))).
+
+    ``conv`` includes the conditioning bias. On whole maps the layers are the modules; at one position
+    (:class:`CachedPixelCNN`) 1x1 products and a convolution reading a window of its input's cache.
+    """
+    h = reduce(torch.relu(x))
+    return x + expand(torch.relu(conv(torch.relu(h))))
 
 
 class ResidualBlock(nn.Module):
@@ -53,9 +65,7 @@ class ResidualBlock(nn.Module):
         self.cond_bias = ConditionBias(config, channels // 2)
 
     def forward(self, x: Tensor, cond: Condition | None) -> Tensor:
-        h = self.reduce(torch.relu(x))
-        h = self.conv(torch.relu(h)) + self.cond_bias(cond)
-        return x + self.expand(torch.relu(h))
+        return residual(x, self.reduce, lambda h: self.conv(h) + self.cond_bias(cond), self.expand)
 
 
 class PixelCNN(AutoregressiveModel):
@@ -86,18 +96,25 @@ class PixelCNN(AutoregressiveModel):
 
 
 class CachedResidualBlock:
-    """A ResidualBlock at one position; it caches the input of its k x k convolution."""
+    """A ResidualBlock at one position, through the block's own :func:`residual`; it caches the input of its
+    k x k convolution, whose conditioning bias (as in the module's form) the window's product includes."""
 
     def __init__(self, block: ResidualBlock, stepper: CachedStepper, cond: Condition | None):
         taps = ConvTaps.of(block.conv)
         self.reduce, self.expand = Pointwise(block.reduce), Pointwise(block.expand)
         self.narrow = stepper.feature_map(taps.in_channels, [taps])          # ReLU(reduce(ReLU(x)))
         self.conv = CachedConv(taps, self.narrow, class_bias(block.cond_bias, cond))
+        self.h = self.w = 0                                                  # the position being computed
 
     def __call__(self, x: Tensor, h: int, w: int) -> Tensor:
         """(B, hidden) block input at (h, w) -> (B, hidden) output."""
-        torch.clamp_min(self.reduce(torch.relu(x)), 0.0, out=self.narrow.at(h, w))   # = ReLU, into the cache
-        return x + self.expand(self.conv.at(h, w).relu_())
+        self.h, self.w = h, w
+        return residual(x, self.reduce, self.conv_at, self.expand)
+
+    def conv_at(self, x: Tensor) -> Tensor:
+        """The block's convolution at the current position: x (B, in) into the cache, then its window."""
+        self.narrow.at(self.h, self.w).copy_(x)
+        return self.conv.at(self.h, self.w)
 
 
 class CachedPixelCNN(CachedStepper):

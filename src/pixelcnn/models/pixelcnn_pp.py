@@ -35,7 +35,8 @@ from pixelcnn.config import ModelConfig
 from pixelcnn.distributions import make_distribution
 from pixelcnn.errors import ConfigError
 from pixelcnn.layers import (Condition, ConditionBias, DownRightShiftedConv2d, DownRightShiftedConvTranspose2d,
-                             DownShiftedConv2d, DownShiftedConvTranspose2d, concat_elu, shift_down, shift_right)
+                             DownShiftedConv2d, DownShiftedConvTranspose2d, concat_elu, gated_residual, shift_down,
+                             shift_right)
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import check_int
 from pixelcnn.models.pixelcnn_pp_cached import CachedPixelCNNPP
@@ -68,6 +69,8 @@ class PixelCNNPPConfig(ModelConfig):
         "mixtures": "components of the discretized logistic mixture",
         "dropout": "dropout probability inside every gated ResNet block (training only)",
     }
+    branches: ClassVar[dict[str, tuple]] = {**ModelConfig.branches, "resnet_blocks": (0, 1, 2), "stages": (1, 2, 3),
+                                            "mixtures": (1, 3), "dropout": (0.0, 0.5)}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -110,8 +113,7 @@ class GatedResnet(nn.Module):
         if self.aux is not None:
             h = h + self.aux(concat_elu(aux))                          # shortcut from the other stream / up pass
         h = self.conv_out(self.dropout(concat_elu(h)))                 # (B, 2F, H, W)
-        a, b = (h + self.cond_bias(cond, h.shape[-2:])).chunk(2, dim=1)
-        return x + a * torch.sigmoid(b)
+        return gated_residual(x, h + self.cond_bias(cond, h.shape[-2:]))
 
 
 def _u_conv(cin: int, cout: int) -> nn.Module:

@@ -69,11 +69,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelcnn.errors import ConfigError
-from pixelcnn.layers import (Condition, ConditionBias, MaskedConv2d, channel_groups, horizontal_conv, lstm_cell,
+from pixelcnn.layers import (Condition, ConditionBias, LSTMGates, MaskedConv2d, channel_groups, horizontal_conv, lstm_cell,
                              raster_conv, skew_columns, unskew_columns)
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import MaskedModelConfig, OutputHead, check_kernel, masked_1x1, output_distribution
-from pixelcnn.models.incremental import PointwiseHead
+from pixelcnn.models.incremental import PixelStepper, PointwiseHead
 
 FORGET_BIAS = 1.0   # initial forget-gate bias: cells start by keeping their state (a common LSTM choice)
 
@@ -96,6 +96,7 @@ class PixelRNNConfig(MaskedModelConfig):
         "layers": "number of LSTM layers after the first (mask A) convolution",
         "first_kernel": "size of the first (mask A) convolution",
     }
+    branches: ClassVar[dict[str, tuple]] = {**MaskedModelConfig.branches, "layers": (1, 2), "first_kernel": (1, 3)}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -119,6 +120,7 @@ class RowLSTMConfig(PixelRNNConfig):
         **PixelRNNConfig.help,
         "row_kernel": "width k of the 1 x k input-to-state and state-to-state convolutions along the row",
     }
+    branches: ClassVar[dict[str, tuple]] = {**PixelRNNConfig.branches, "row_kernel": (1, 3)}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -133,11 +135,6 @@ class DiagonalBiLSTMConfig(PixelRNNConfig):
 def lstm_groups(units: int, colours: int, directions: int = 1) -> Tensor:
     """Colour groups of the gate pre-activations [i, f, o, g] (per direction): each grouped like the units."""
     return channel_groups(units, colours).repeat(4 * directions)
-
-
-def masked_weight(conv: MaskedConv2d) -> Tensor:
-    """A masked convolution's effective kernel (the mask applied, as in its forward)."""
-    return conv.weight * conv.mask
 
 
 def init_forget_bias(conv: nn.Module, units: int, directions: int = 1) -> None:
@@ -249,11 +246,11 @@ class DiagonalBiLSTMLayer(nn.Module):
             pre[:, :, 1] += torch.matmul(self.pixel_to_state.weight[:, :, 0, 0], image)
         left, right = self.scan(pre).unbind(2)                         # (H, W, n, B) each
         right = torch.cat([torch.zeros_like(right[:1]), right[:-1].flip(1)])   # unmirror, shift down a row
-        out = torch.matmul(masked_weight(self.output)[:, :, 0, 0], left + right)   # (H, W, 2h, B)
+        out = torch.matmul(self.output.masked_weight()[:, :, 0, 0], left + right)   # (H, W, 2h, B)
         return u + out.permute(3, 2, 0, 1) + self.output.bias[:, None, None]      # (B, 2h, H, W)
 
     def input_weights(self) -> Tensor:
-        w = masked_weight(self.input_to_state)[:, :, 0, 0]            # (8n, 2h)
+        w = self.input_to_state.masked_weight()[:, :, 0, 0]            # (8n, 2h)
         return w.view(2, 4 * self.units, -1)                           # (2, 4n, 2h)
 
     def gate_bias(self, cond: Condition | None) -> Tensor:
@@ -354,7 +351,7 @@ class DiagonalBiLSTM(PixelRNN):
 
 def patch_weight(conv: MaskedConv2d, rows: int) -> Tensor:
     """The masked kernel's top ``rows`` rows as a matrix over (row, col, in) patches: (out, rows * kw * in)."""
-    w = masked_weight(conv)[:, :, :rows, :].permute(0, 2, 3, 1)       # (out, rows, kw, in)
+    w = conv.masked_weight()[:, :, :rows, :].permute(0, 2, 3, 1)       # (out, rows, kw, in)
     return w.reshape(w.shape[0], -1)
 
 
@@ -386,30 +383,6 @@ class PixelBias:
         return self.value[min(i, self.value.shape[0] - 1)]            # (W', n, B'): W' is 1 or W
 
 
-class LSTMGates:
-    """A batch-last (4n, B) buffer of gate pre-activations [i, f, o, g] and the LSTM update on it.
-
-    Equation (3) as in ``layers.lstm_cell``, in place: one sigmoid over [i, f, o], one tanh over
-    g, results written into the caller's (n, B) cell and state views. Every operand is a
-    contiguous block (the gates are rows).
-    """
-
-    def __init__(self, like: Tensor, units: int, batch: int):
-        n = units
-        self.value = like.new_zeros(4 * n, batch)
-        self.ifo, self.g = self.value[: 3 * n], self.value[3 * n :]
-        self.i, self.f, self.o = self.ifo.split(n)
-
-    def update(self, c_prev: Tensor, c_out: Tensor, h_out: Tensor) -> None:
-        """c_out = f * c_prev + i * g and h_out = o * tanh(c_out), each (n, B); ``value`` is spent."""
-        self.ifo.sigmoid_()
-        self.g.tanh_()
-        torch.mul(self.f, c_prev, out=c_out)
-        c_out.addcmul_(self.i, self.g)
-        torch.tanh(c_out, out=self.g)
-        torch.mul(self.o, self.g, out=h_out)
-
-
 class FirstLayerCache:
     """The first (mask A) convolution on the current row.
 
@@ -420,7 +393,7 @@ class FirstLayerCache:
     """
 
     def __init__(self, conv: MaskedConv2d, bias: PixelBias, xp: Tensor, f: int):
-        w = masked_weight(conv)                                        # (2h, C, 2f + 1, 2f + 1)
+        w = conv.masked_weight()                                        # (2h, C, 2f + 1, 2f + 1)
         self.w_above = w[:, :, :f].permute(0, 2, 3, 1).reshape(w.shape[0], -1)       # (2h, f * (2f + 1) * C)
         self.w_row = w[:, :, f, : f + 1].permute(0, 2, 1).reshape(w.shape[0], -1)    # (2h, (f + 1) * C)
         self.xp, self.f, self.bias = xp, f, bias
@@ -442,20 +415,15 @@ class FirstLayerCache:
         torch.addmm(self.above_at[j], self.w_row, self.windows[j], out=self.output_at[j])
 
 
-class PixelRNNStepper:
+class PixelRNNStepper(PixelStepper):
     """Incremental sampler: one pixel of every layer per step, LSTM states kept between steps.
 
     The buffers hold one row (``row``): what pixels of that row compute, and what they need from
     the rows above, prepared by ``begin_row`` (the first layer's taps on the rows above, the Row
     LSTM's state-to-state term, the Diagonal BiLSTM's right-to-left pass over the row above)
-    when the row's first pixel is computed, at which point every pixel above is.
-
-    Pixel states are final once every channel they depend on is set. They never depend on the
-    pixel's own last channel (the first layer is mask A), so they are final after the query of
-    that channel; ``done`` counts the final pixels in raster order. A value set (or a query) in
-    the current row moves ``done`` back and the row is recomputed from there; one in an earlier
-    row, whose states the buffers no longer hold, restarts from the top (``restart``): correct,
-    and never needed by a caller that goes in order.
+    when the row's first pixel is computed, at which point every pixel above is. Pixel states
+    never depend on the pixel's own last channel (the first layer is mask A), so the column
+    computed for the last channel's query is final; :class:`PixelStepper` keeps the raster order.
 
     A subclass builds one cache per LSTM layer (``begin_row(i, gates)``, ``step(j, gates)``,
     ``input_at``) and passes them to ``link``.
@@ -463,11 +431,10 @@ class PixelRNNStepper:
 
     @torch.no_grad()
     def __init__(self, model: PixelRNN, x: Tensor, cond: Condition | None):
-        self.model, self.cond = model, cond
-        self.x = x.clone()
-        self.batch, self.channels, self.height, self.width = x.shape
+        super().__init__(model, x)
+        self.cond = cond
         self.f = f = model.config.first_kernel // 2
-        self.done, self.row = 0, -1
+        self.row = -1
         xf = model.preprocess(x).permute(2, 3, 1, 0)                   # (H, W, C, B)
         self.xp = F.pad(xf, (0, 0, 0, 0, f, f, f, 0)).contiguous()     # (f + H, f + W + f, C, B)
         self.level_values = model.preprocess(torch.arange(model.levels, device=x.device))   # (L,)
@@ -485,33 +452,11 @@ class PixelRNNStepper:
         for cache, out in zip(caches, outputs[1:]):
             cache.output_at = out
 
-    def restart(self) -> None:
-        """Recompute everything from the first pixel on the next query."""
-        self.done, self.row = 0, -1
-
-    @torch.no_grad()
-    def log_probs(self, c: int, h: int, w: int) -> Tensor:
-        if h < self.row:
-            self.restart()
-        index = h * self.width + w
-        while self.done < index:
-            self.pixel(*divmod(self.done, self.width))
-            self.done += 1
-        params = self.pixel(h, w)                                      # (B, P)
-        if c == self.channels - 1 and self.done == index:
-            self.done += 1
-        return self.model.distribution.conditional(params, self.x[:, :, h, w], c)
-
-    @torch.no_grad()
-    def set(self, c: int, h: int, w: int, values: Tensor) -> None:
-        self.x[:, c, h, w] = values
+    def write(self, c: int, h: int, w: int, values: Tensor) -> None:
         self.xp[h + self.f, w + self.f, c] = self.level_values[values]   # the model's preprocess, by table
-        if h < self.row:
-            self.restart()
-        index = h * self.width + w
-        self.done = min(self.done, index + 1 if c == self.channels - 1 else index)
 
-    def pixel(self, i: int, j: int) -> Tensor:
+    @torch.no_grad()
+    def column(self, i: int, j: int) -> Tensor:
         """Compute pixel (i, j) of every layer from the current values: (B, P) parameters."""
         while self.row < i:
             self.row += 1
@@ -547,7 +492,7 @@ class RowLSTMCache:
         self.s, self.bias = s, bias
         self.w_in = patch_weight(layer.input_to_state, 1)              # (4n, (s + 1) * 2h), over (col, in)
         self.w_state = layer.state_to_state.weight.flatten(1)          # (4n, n * k), over (unit, tap)
-        w_out = masked_weight(layer.output)[:, :, 0, 0]                # (2h, n)
+        w_out = layer.output.masked_weight()[:, :, 0, 0]                # (2h, n)
         self.w_out = torch.cat([w_out, layer.output.bias[:, None]], 1)   # (2h, n + 1)
         stream = like.new_zeros(s + width, hidden, batch)
         self.terms = like.new_zeros(width, 4 * n, batch)
@@ -599,14 +544,14 @@ class DiagonalLSTMCache:
         n, hidden = layer.units, layer.output.weight.shape[0]
         width, batch = xp.shape[1] - 2 * f, xp.shape[3]
         self.xp, self.f, self.width, self.bias, self.units = xp, f, width, bias, n
-        w_in = masked_weight(layer.input_to_state)[:, :, 0, 0]        # (8n, 2h): left to right, right to left
+        w_in = layer.input_to_state.masked_weight()[:, :, 0, 0]        # (8n, 2h): left to right, right to left
         self.w_in, self.w_in_rl = w_in[: 4 * n], w_in[4 * n :]         # (4n, 2h) each
         w_ss = layer.state_to_state.weight                             # (8n, n, 2): (row above, same row) taps
         self.w_up, self.w_left = w_ss[: 4 * n, :, 0], w_ss[: 4 * n, :, 1].contiguous()   # (4n, n) each
         self.w_up_rl, self.w_right = w_ss[4 * n :, :, 0], w_ss[4 * n :, :, 1].contiguous()
         pixel = layer.pixel_to_state
         self.w_pixel = None if pixel is None else pixel.weight[:, :, 0, 0]         # (4n, C)
-        self.w_out = masked_weight(layer.output)[:, :, 0, 0]           # (2h, n)
+        self.w_out = layer.output.masked_weight()[:, :, 0, 0]           # (2h, n)
         self.b_out = layer.output.bias[:, None]                        # (2h, 1)
         self.stream = xp.new_zeros(width, hidden, batch)
         self.hs, self.cs, self.rs, self.rl_cells = (xp.new_zeros(width + 1, n, batch) for _ in range(4))

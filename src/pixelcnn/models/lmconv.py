@@ -1,0 +1,297 @@
+"""LMConv: a PixelCNN with locally masked convolutions, one network for many generation orders.
+
+Jain, Abbeel & Pathak 2020, "Locally Masked Convolution for Autoregressive Models" (UAI). Each
+convolution's mask depends on the output position and on a generation order (see
+``local_conv.py`` and ``pixelcnn.orders``), so one set of weights defines an autoregressive
+model p_k(x) for every order k. Training draws one of the configured orders per batch (section 4);
+the model's own distribution is their uniform mixture, p(x) = mean_k p_k(x) (section 5.1's
+"order ensemble"), which ``log_prob`` computes exactly. Completion picks an order that visits the
+known pixels first, so the missing ones are drawn from the exact p_k(hole | everything known).
+
+Network (full resolution: dilation instead of the paper's down- and up-sampling): a k x k locally
+masked mask-A convolution of the image and a channel of ones (which tells padding from black),
+then residual blocks x + 1x1(gate(locally masked 3x3, dilated)), then the masked families'
+output head. Colour channels are grouped as in every masked family: inside a pixel R, then G given
+R, then B given R and G.
+
+Cached sampling: with per-position masks, a layer's output at a pixel depends only on pixels
+visited before it (and the pixel's own earlier channels), so at each step only the visited
+pixel's column of outputs is computed, from caches of the layers below, as in raster order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from pixelcnn import orders as orders_lib
+from pixelcnn.errors import ConfigError
+from pixelcnn.layers import Condition, ConditionBias, channel_groups, gate
+from pixelcnn.models.base import AutoregressiveModel
+from pixelcnn.models.common import (MaskedModelConfig, OutputHead, check_dilations, check_kernel, gate_groups, masked_1x1,
+                                    output_distribution)
+from pixelcnn.models.incremental import CachedStepper, Pointwise, PointwiseHead, class_bias
+from pixelcnn.models.local_conv import LocalCachedConv, LocallyMaskedConv2d, tap_masks
+
+
+@dataclass(frozen=True)
+class LMConvConfig(MaskedModelConfig):
+    hidden: int = 64
+    layers: int = 6
+    first_kernel: int = 5
+    kernel_size: int = 3
+    dilations: tuple[int, ...] = (1, 2, 4)
+    orders: tuple[str, ...] = ("s_curve",)
+    order_symmetries: int = 8
+
+    help: ClassVar[dict[str, str]] = {
+        **MaskedModelConfig.help,
+        "layers": "number of residual blocks after the first convolution",
+        "first_kernel": "size of the first (mask A) locally masked convolution",
+        "kernel_size": "size of the residual blocks' locally masked convolutions",
+        "dilations": "dilation of block i is dilations[i %% len(dilations)], e.g. 1,2,4",
+        "orders": "generation orders trained on: raster, s_curve, hilbert (NAME:S for one symmetry S in 0..7)",
+        "order_symmetries": "each order NAME is trained in its first N of the 8 flips/transposes (1..8)",
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_kernel(self, "first_kernel")
+        check_kernel(self, "kernel_size")
+        check_dilations(self)
+        names = (self.orders,) if isinstance(self.orders, str) else tuple(self.orders)
+        if not names:
+            raise ConfigError("orders must name at least one generation order, got none")
+        for spec in names:
+            orders_lib.parse_name(spec)
+        object.__setattr__(self, "orders", names)
+        n = self.order_symmetries
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= orders_lib.SYMMETRIES:
+            raise ConfigError(f"order_symmetries must be an integer in 1..{orders_lib.SYMMETRIES}, got {n!r}")
+
+    def order_specs(self) -> list[str]:
+        """The training orders as NAME:S, without repeats: each NAME in its first order_symmetries symmetries."""
+        specs: list[str] = []
+        for spec in self.orders:
+            name, sym = orders_lib.parse_name(spec)
+            chosen = [sym] if ":" in spec else range(self.order_symmetries)
+            specs += [f"{name}:{s}" for s in chosen if f"{name}:{s}" not in specs]
+        return specs
+
+
+class LMConvBlock(nn.Module):
+    """x + 1x1(gate(locally masked k x k(x) + condition bias)), at full resolution."""
+
+    def __init__(self, hidden: int, kernel: int, dilation: int, colours: int, config: LMConvConfig):
+        super().__init__()
+        groups = channel_groups(hidden, colours)
+        self.conv = LocallyMaskedConv2d(hidden, 2 * hidden, kernel, groups, gate_groups(hidden, colours), "B", dilation)
+        self.out = masked_1x1(groups, groups, colours)
+        self.cond_bias = ConditionBias(config, 2 * hidden)
+
+    def forward(self, x: Tensor, masks: dict, cond: Condition | None) -> Tensor:
+        return self.combine(x, self.conv(x, masks[self.conv.key]) + self.cond_bias(cond), self.out)
+
+    @staticmethod
+    def combine(x: Tensor, pre: Tensor, out) -> Tensor:
+        """The block's output from its input and its convolution's pre-activation (B, 2n, ...): both paths use it."""
+        return x + out(gate(pre))
+
+
+class LMConv(AutoregressiveModel):
+    name = "lmconv"
+    config_class = LMConvConfig
+
+    def __init__(self, config: LMConvConfig):
+        super().__init__(config)
+        c, n = config.channels, config.hidden
+        in_groups = torch.cat([torch.arange(c), torch.tensor([-1])])          # the ones channel: visible to all
+        self.input = LocallyMaskedConv2d(c + 1, n, config.first_kernel, in_groups, channel_groups(n, c), "A")
+        self.input_bias = ConditionBias(config, n)
+        self.blocks = nn.ModuleList(
+            LMConvBlock(n, config.kernel_size, config.dilations[i % len(config.dilations)], c, config)
+            for i in range(config.layers))
+        self.head = OutputHead(n, config.output_hidden, self.distribution, c)
+        _, height, width = config.image_shape
+        specs = config.order_specs()
+        table = torch.stack([orders_lib.resolve(spec, height, width) for spec in specs])
+        kept = _first_occurrences(table)                                     # symmetries may coincide on small images
+        self.order_names = [specs[i] for i in kept.tolist()]
+        self.register_buffer("orders", table[kept], persistent=False)        # (K, H W) training orders
+        self._masks: dict = {}
+
+    @classmethod
+    def tiny_hyperparameters(cls, image_shape: tuple[int, int, int]) -> dict[str, object]:
+        """The model-agnostic tests check causality and caching in raster order: train on that order alone."""
+        return {"orders": ("raster",), "order_symmetries": 1}
+
+    def make_distribution(self):
+        return output_distribution(self.config)
+
+    # ----- orders
+
+    def resolve_order(self, order: object) -> Tensor:
+        """A name NAME[:S] or a permutation tensor -> a checked (H W,) long tensor on the model's device."""
+        _, height, width = self.image_shape
+        if isinstance(order, Tensor):
+            order = order.to(self.orders.device)
+        return orders_lib.resolve(order, height, width).to(self.orders.device)
+
+    def default_order(self) -> Tensor:
+        return self.orders[0]
+
+    def tap_masks(self, order: Tensor) -> dict[tuple[int, int], Tensor]:
+        """(kernel, dilation) -> (k k, H W) tap masks of ``order``, memoised per order."""
+        like = self.input.conv.weight
+        key = (tuple(order.tolist()), like.device, like.dtype)
+        if key not in self._masks:
+            if len(self._masks) >= 64:
+                self._masks.clear()
+            _, height, width = self.image_shape
+            convs = [self.input] + [block.conv for block in self.blocks]
+            self._masks[key] = {conv.key: tap_masks(order.to(like.device), height, width, *conv.key).to(like.dtype)
+                                for conv in convs}
+        return self._masks[key]
+
+    def step_inputs(self, seed: int, step: int) -> dict[str, object]:
+        """Training step ``step`` uses one training order, a function of (seed, step) alone (exact resume)."""
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        return {"order": self.orders[int(torch.randint(len(self.orders), (1,), generator=g))]}
+
+    def visiting_order(self, order: object, known: Tensor | None = None,
+                       generator: torch.Generator | None = None) -> Tensor | None:
+        """The order(s) for sampling or completion: (H W,) for a named or given order, (B, H W) for "auto".
+
+        "auto" (also None): per image, known pixels first (see :func:`orders.known_first`); an image
+        with nothing known draws one of the training orders uniformly, which samples the ensemble.
+        """
+        if order is not None and not (isinstance(order, str) and order == "auto"):
+            return self.resolve_order(order)
+        if known is None:
+            raise ValueError("order 'auto' needs the mask of known sub-pixels")
+        table = self.known_first_orders(known)
+        none_known = ~known.flatten(1).any(1)
+        if bool(none_known.any()):
+            device = generator.device if generator is not None else self.orders.device
+            pick = torch.randint(len(self.orders), (known.shape[0],), generator=generator, device=device)
+            drawn = self.orders[pick.to(self.orders.device)]
+            table = torch.where(none_known.to(table.device)[:, None], drawn, table)
+        return table
+
+    def known_first_orders(self, known: Tensor) -> Tensor:
+        """(B, H W): for each image the order that visits pixels with every channel known first
+        (see :func:`orders.known_first`; with nothing known, the first training order)."""
+        pixels = known.all(1)                                                # (B, H, W)
+        unique, inverse = torch.unique(pixels.flatten(1), dim=0, return_inverse=True)
+        rows = [orders_lib.known_first(u.view(pixels.shape[1:]), self.orders) for u in unique]
+        return torch.stack(rows).to(self.orders.device)[inverse.to(self.orders.device)]
+
+    # ----- the network and its likelihoods
+
+    def network(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
+        """(B, C, H, W) floats in [-1, 1] -> (B, P, H, W) parameters of order ``order`` (default: the first)."""
+        masks = self.tap_masks(self.default_order() if order is None else order)
+        ones = torch.ones_like(x[:, :1])                                     # 1 inside the image, 0 in the padding
+        h = self.input(torch.cat([x, ones], 1), masks[self.input.key]) + self.input_bias(cond)   # (B, hidden, H, W)
+        for block in self.blocks:
+            h = block(h, masks, cond)
+        return self.head(h)                                                  # (B, P, H, W)
+
+    def forward(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None,
+                order: object = None) -> Tensor:
+        """Parameters (B, P, H, W) in order ``order`` (a name, a permutation, or None for the first training order)."""
+        self.check_images(x)
+        order = None if order is None else self.resolve_order(order)
+        return self.network(self.preprocess(x), self.condition(labels, cond_image, x.shape[0]), order)
+
+    def log_prob(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None,
+                 order: object = None) -> Tensor:
+        """(B,) exact log p(x) in nats: in ``order``, or with None of the mixture over the training orders."""
+        if order is not None:
+            params = self(x, labels, cond_image, order=order)
+            return self.distribution.log_prob(params, x.to(params.device))
+        per_order = self.log_prob_per_order(x, labels, cond_image)          # (K, B)
+        return torch.logsumexp(per_order, 0) - math.log(per_order.shape[0])
+
+    def log_prob_per_order(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
+        """(K, B) log p_k(x) for each training order k (named in ``order_names``)."""
+        self.check_images(x)
+        xf, cond = self.preprocess(x), self.condition(labels, cond_image, x.shape[0])
+        x = x.to(xf.device)
+        return torch.stack([self.distribution.log_prob(self.network(xf, cond, o), x) for o in self.orders])
+
+    def nll(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None,
+            order: object = None) -> Tensor:
+        return -self.log_prob(x, labels, cond_image, order)
+
+    def conditional_log_prob(self, x: Tensor, known: Tensor, labels: Tensor | None = None,
+                             cond_image: Tensor | None = None, order: object = "auto") -> Tensor:
+        """(B,) sum of the log-conditionals of the unknown sub-pixels of x in ``order``, in nats.
+
+        With "auto" (known pixels first) this is exactly log p_k(x_unknown | x_known) of that order
+        k, = log p_k(x) - log p_k(x_known). An explicit order that visits some unknown sub-pixel
+        before a known one gives the conditionals of the unknown ones given what precedes them.
+        Pixels with only some channels known come after the fully known ones in "auto"; their
+        unknown channels condition on their known channels only where those come first (R, G, B).
+        """
+        self.check_images(x)
+        known = self.check_known(x, known).to(self.device)
+        table = self.known_first_orders(known) if isinstance(order, str) and order == "auto" else \
+            self.resolve_order(order).expand(x.shape[0], -1)
+        xf, cond, x = self.preprocess(x), self.condition(labels, cond_image, x.shape[0]), x.to(self.device)
+        out = xf.new_zeros(x.shape[0])
+        rows, group = torch.unique(table, dim=0, return_inverse=True)
+        for k, row in enumerate(rows):
+            idx = (group == k).nonzero().flatten()
+            sub = None if cond is None else cond.select(idx)
+            logp = -self.distribution.nll_per_pixel(self.network(xf[idx], sub, row), x[idx])   # (b, C, H, W)
+            out[idx] = (logp * ~known[idx]).flatten(1).sum(1)
+        return out
+
+    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> "CachedLMConv":
+        return CachedLMConv(self, x, cond, self.default_order() if order is None else order)
+
+
+def _first_occurrences(rows: Tensor) -> Tensor:
+    """Indices of the rows of (K, N) that equal no earlier row, in order."""
+    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    return torch.tensor([i for i in range(len(rows)) if int(inverse[i]) not in inverse[:i].tolist()], dtype=torch.long)
+
+
+class CachedLMConvBlock:
+    """An LMConvBlock at one position: it caches its input, which its convolution reads."""
+
+    def __init__(self, block: LMConvBlock, stepper: CachedStepper, masks: dict, cond: Condition | None):
+        taps = block.conv.taps()
+        self.source = stepper.feature_map(taps.in_channels, [taps])
+        self.conv = LocalCachedConv(taps, self.source, masks[block.conv.key], class_bias(block.cond_bias, cond))
+        self.out = Pointwise(block.out)
+
+    def __call__(self, x: Tensor, h: int, w: int) -> Tensor:
+        """(B, hidden) block input at (h, w) -> (B, hidden) output."""
+        self.source.at(h, w).copy_(x)
+        return LMConvBlock.combine(x, self.conv.at(h, w), self.out)
+
+
+class CachedLMConv(CachedStepper):
+    """LMConv one pixel at a time in any order: each layer's output at the visited pixel only."""
+
+    def __init__(self, model: LMConv, x: Tensor, cond: Condition | None, order: Tensor):
+        first = model.input.taps()
+        super().__init__(model, x, [first], ones_channel=True)
+        self.order = [divmod(p, self.width) for p in order.tolist()]      # the contract's (h, w) pairs
+        masks = model.tap_masks(order)
+        self.input = LocalCachedConv(first, self.inputs, masks[model.input.key], class_bias(model.input_bias, cond))
+        self.blocks = [CachedLMConvBlock(block, self, masks, cond) for block in model.blocks]
+        self.head = PointwiseHead(model.head)
+
+    def column(self, h: int, w: int) -> Tensor:
+        x = self.input.at(h, w)                                              # (B, hidden)
+        for block in self.blocks:
+            x = block(x, h, w)
+        return self.head(x)                                                  # (B, P)
+

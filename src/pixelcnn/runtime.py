@@ -1,0 +1,82 @@
+"""Where a run executes: the device, the processes under ``torchrun``, the arithmetic precision.
+
+Training and evaluation both run on a :class:`Runtime`; under ``torchrun`` (WORLD_SIZE > 1) each process
+holds its rank and the world size, and sums over processes go through :func:`all_reduce_sum`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pixelcnn.errors import ConfigError
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when torch sees a GPU, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    expected = "a device: auto, cpu, cuda or cuda:N"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"expected {expected}, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} was asked for, but torch sees no CUDA device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"expected a CUDA device index below {torch.cuda.device_count()}, got {name!r}")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"expected {expected}, got {name!r}")
+    return device
+
+
+def setup_runtime(device: str) -> Runtime:
+    """Pick the device and, under torchrun (WORLD_SIZE > 1), join the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = str(resolve_device(device))
+    if world == 1:
+        return Runtime(torch.device(device))
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return Runtime(torch.device(device), dist.get_rank(), dist.get_world_size())
+
+
+def autocast(runtime: Runtime, precision: str):
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=runtime.device.type, dtype=dtype)
+
+
+def all_reduce_sum(value: Tensor, runtime: Runtime) -> Tensor:
+    """``value`` summed over the processes of ``runtime`` (itself when there is one)."""
+    if runtime.world == 1:
+        return value
+    import torch.distributed as dist
+
+    v = value.to(runtime.device)
+    dist.all_reduce(v)
+    return v.cpu()

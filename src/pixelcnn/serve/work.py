@@ -1,0 +1,159 @@
+"""What the page asks of a model, as plain library calls on one image (no HTTP here).
+
+Images travel as (C, H, W) int64 tensors of levels; ``known`` masks are (H, W) booleans (a pixel
+is known or erased as a whole). Every function here blocks: the app runs them in worker threads.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+import pixelcnn
+from pixelcnn import sampling
+from pixelcnn.coding import nll_bits
+from pixelcnn.errors import InvalidImageError
+from pixelcnn.images import to_uint8
+
+RASTER_NOTE = ("This model draws in raster order (rows top to bottom, left to right in a row), so each erased "
+               "pixel is filled from the known pixels before it only: those above it and to its left in its row. "
+               "Known pixels below or to the right of a hole do not influence it.")
+ANY_ORDER_NOTE = ("This model can visit pixels in any order: it fills the erased pixels after every known one, "
+                  "so each completion is conditioned on everything you kept.")
+MAX_UPLOAD_PIXELS = 50_000_000          # refuse decompression bombs before decoding them
+
+
+class Stopped(Exception):
+    """Raised inside a sampling loop to end it early (the client went away)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request's settings, already checked: a class label (or None), temperature and seed."""
+
+    label: int | None = None
+    temperature: float = 1.0
+    seed: int = 0
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed)
+
+    def labels(self, batch: int) -> Tensor | None:
+        return None if self.label is None else torch.full((batch,), self.label, dtype=torch.long)
+
+
+def any_order(model) -> bool:
+    """True when ``model.complete`` takes an ``order`` (an any-order family): asked of the method, not the name."""
+    return "order" in inspect.signature(model.complete).parameters
+
+
+def describe(name: str, model) -> dict:
+    """What the page needs to know about a model."""
+    c, h, w = model.image_shape
+    return {"name": name, "family": model.name, "channels": c, "height": h, "width": w, "levels": model.levels,
+            "num_classes": model.config.num_classes, "any_order": any_order(model),
+            "completion_note": ANY_ORDER_NOTE if any_order(model) else RASTER_NOTE,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def complete(model, image: Tensor, known: Tensor, n: int, job: Job) -> Tensor:
+    """(n, C, H, W) completions of the pixels of ``image`` where ``known`` (H, W) is False."""
+    mask = known.view(1, 1, *known.shape)                              # broadcasts over channels
+    extra = {"order": "auto"} if any_order(model) else {}
+    out = model.complete(image.unsqueeze(0), mask, n=n, labels=job.labels(1), temperature=job.temperature,
+                         generator=job.generator(), **extra)
+    return out[0].cpu()
+
+
+@torch.no_grad()
+def likelihood(model, image: Tensor, job: Job) -> dict:
+    """Bits/dim of the image and the (H, W) map of each pixel's -log2 p."""
+    logp = model.log_prob_per_pixel(image.unsqueeze(0), job.labels(1))[0].double().cpu()   # (H, W) nats
+    bits = -logp / math.log(2.0)
+    return {"bits_per_dim": float(bits.sum()) / image.numel(), "nll_nats": float(-logp.sum()),
+            "bits": bits.flatten().tolist()}
+
+
+def png_bytes(image: Tensor, levels: int) -> bytes:
+    """The image as an 8-bit PNG (levels stretched over 0..255, as ``pixelcnn sample`` writes them)."""
+    arr = to_uint8(image.unsqueeze(0), levels)[0]                    # (H, W, C)
+    buf = io.BytesIO()
+    Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def compressed_size(model, image: Tensor, job: Job) -> dict:
+    """Bytes this model's codec writes for the image (a whole ``.pxc`` file, header included) beside
+    the model's ideal -log2 p / 8 and PNG's bytes."""
+    labels = job.labels(1)
+    data = pixelcnn.compress(model, image.unsqueeze(0), labels)
+    return {"model_bytes": len(data), "ideal_bytes": nll_bits(model, image.unsqueeze(0), labels) / 8,
+            "png_bytes": len(png_bytes(image, model.levels)),
+            "raw_bytes": math.ceil(image.numel() * math.log2(model.levels) / 8)}
+
+
+def sample_stream(model, job: Job, emit: Callable[[int, int, list[int]], None], stop: Callable[[], bool]) -> Tensor:
+    """Draw one image, calling ``emit(h, w, values)`` as each pixel is set; raises Stopped when ``stop()``
+    turns true (checked at the end of each row). Returns the (C, H, W) image."""
+    width = model.image_shape[2]
+    x = torch.zeros((1, *model.image_shape), dtype=torch.long, device=model.device)
+    cond = model.condition(job.labels(1), None, 1)
+
+    def on_pixel(h: int, w: int, values: Tensor) -> None:
+        emit(h, w, values[0].tolist())
+        if w == width - 1 and stop():
+            raise Stopped(f"stopped after row {h}")
+
+    with torch.no_grad():
+        out = sampling.complete(model, x, torch.zeros_like(x, dtype=torch.bool), cond, temperature=job.temperature,
+                                generator=job.generator(), on_pixel=on_pixel)
+    return out[0].cpu()
+
+
+def convert_upload(data: bytes, image_shape: tuple[int, int, int], levels: int) -> tuple[Tensor, str]:
+    """Any image file -> ((C, H, W) levels for the model, a note saying what was changed)."""
+    c, h, w = image_shape
+    mode = {1: "L", 3: "RGB"}.get(c)
+    if mode is None:
+        raise InvalidImageError(f"uploads work for 1- or 3-channel models, this one has {c} channels")
+    img = _open_image(data)
+    changes = []
+    if img.mode != mode:
+        changes.append(f"converted from {img.mode} to {'grayscale' if c == 1 else 'RGB'}")
+        img = img.convert(mode)
+    if img.size != (w, h):
+        changes.append(f"resized from {img.size[0]}x{img.size[1]} to {w}x{h}")
+        img = img.resize((w, h), Image.Resampling.LANCZOS)
+    arr = torch.from_numpy(np.asarray(img, dtype=np.int64).reshape(h, w, c)).permute(2, 0, 1)
+    if levels != 256:
+        changes.append(f"quantised to {levels} levels")
+        arr = (arr * (levels - 1) + 127) // 255
+    return arr.contiguous(), "; ".join(changes) or "used as it is"
+
+
+def _open_image(data: bytes) -> Image.Image:
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:          # Pillow's own limit, far above ours
+        raise InvalidImageError(f"expected an image of at most {MAX_UPLOAD_PIXELS:,} pixels: {e}") from None
+    except (OSError, ValueError) as e:
+        raise InvalidImageError(f"expected an image file (PNG, JPEG, GIF, BMP, WebP), could not read it: {e}") from None
+    if img.size[0] * img.size[1] > MAX_UPLOAD_PIXELS:
+        raise InvalidImageError(f"expected an image of at most {MAX_UPLOAD_PIXELS:,} pixels, "
+                                f"got {img.size[0]}x{img.size[1]}")
+    try:
+        img.load()
+    except (OSError, ValueError) as e:
+        raise InvalidImageError(f"expected a whole image file, could not decode it: {e}") from None
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))        # transparent parts become black
+        img = Image.alpha_composite(background, img.convert("RGBA"))
+    return img

@@ -1,0 +1,108 @@
+"""Test cases generated from the branches each model family declares (``Config.branches``).
+
+Every family's config lists the values of each setting that takes its code down a different
+branch. :func:`pairwise` picks a few settings that still put every pair of values (of two
+different settings) together in at least one case, among the cases that are valid at all; the
+generated tests build a tiny, randomised float64 model for each.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import torch
+
+import pixelcnn
+from exact import randomise
+from pixelcnn.errors import ConfigError
+
+# Every family with a cached sampling path: one that loses its path, or a new one without, fails a test.
+CACHED_FAMILIES = frozenset({"pixelcnn", "gated_pixelcnn", "pixelcnn_pp", "row_lstm", "diagonal_bilstm"})
+# Small values for the fields a family has but does not vary; the branches override them.
+SMALL = {"hidden": 8, "layers": 2, "output_hidden": 8, "first_kernel": 3, "kernel_size": 3, "filters": 8,
+         "resnet_blocks": 1, "mixtures": 3, "stages": 2}
+# Image sides from a single pixel to 6x6, square and not, odd and even.
+SIZES = ((1, 1), (1, 5), (2, 3), (3, 3), (4, 2), (4, 4), (5, 6), (6, 6))
+
+
+def pairwise(factors: dict[str, tuple], valid, seed: int = 0, candidates: int = 2000) -> list[dict]:
+    """Cases covering every pair of values of two factors that some valid candidate holds (greedy, deterministic).
+
+    The candidates are the whole product when it is small, else a fixed random sample of it; each
+    step takes the valid candidate that covers the most pairs not yet covered.
+    """
+    names, values = list(factors), list(factors.values())
+    if math.prod(len(v) for v in values) <= candidates:
+        every = [dict(zip(names, combo)) for combo in itertools.product(*values)]
+    else:
+        rng = random.Random(seed)
+        every = [{n: rng.choice(v) for n, v in factors.items()} for _ in range(candidates)]
+    every = [case for case in every if valid(case)]
+    pairs = [frozenset(itertools.combinations([(n, repr(case[n])) for n in names], 2)) for case in every]
+    uncovered = frozenset().union(*pairs)
+    chosen = []
+    while uncovered:
+        best = max(range(len(every)), key=lambda i: len(pairs[i] & uncovered))
+        chosen.append(every[best])
+        uncovered -= pairs[best]
+    return chosen
+
+
+def resolve(name: str, case: dict) -> tuple[dict, tuple[int, int, int]]:
+    """The keyword arguments of ``pixelcnn.create`` for a case, and the image shape."""
+    fields = {f.name for f in pixelcnn.models.get(name).config_class.hyperparameters()}
+    hp = {k: v for k, v in SMALL.items() if k in fields}
+    hp.update({k: v for k, v in case.items() if k in fields})
+    shape = (case["channels"], *case["size"])
+    cond = case["cond_shape"]
+    if cond == "half":
+        cond = (case["channels"], math.ceil(shape[1] / 2), math.ceil(shape[2] / 2))
+    return {**hp, "levels": case["levels"], "num_classes": case["num_classes"], "cond_shape": cond}, shape
+
+
+def is_valid(name: str, case: dict) -> bool:
+    kwargs, shape = resolve(name, case)
+    config_class = pixelcnn.models.get(name).config_class
+    try:
+        config_class(image_shape=shape, **kwargs)
+    except ConfigError:
+        return False
+    return True
+
+
+def cases(name: str, sizes=SIZES, max_images: int | None = None) -> list[dict]:
+    """The pairwise cases of family ``name`` over its branches and ``sizes``; ``max_images`` keeps only
+    cases whose every image can be enumerated (levels ** (C H W) at most that)."""
+    factors = {**pixelcnn.models.get(name).config_class.branches, "size": tuple(sizes)}
+
+    def valid(case):
+        if max_images is not None and case["levels"] ** (case["channels"] * math.prod(case["size"])) > max_images:
+            return False
+        return is_valid(name, case)
+
+    return pairwise(factors, valid)
+
+
+def case_id(case: dict) -> str:
+    return "-".join(f"{k}={'x'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in case.items())
+
+
+def build(name: str, case: dict, batch: int, seed: int = 0, scale: float = 1.0):
+    """A randomised float64 model for a case, with labels and a conditioning image for ``batch`` images."""
+    kwargs, shape = resolve(name, case)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = pixelcnn.create(name, image_shape=shape, **kwargs).double()
+    randomise(model, seed, scale).eval()
+    return (model, *conditioning(model, batch, seed))
+
+
+def conditioning(model, batch: int, seed: int = 0):
+    """(labels, cond_image) for ``batch`` images, each None where the model takes none."""
+    g = torch.Generator().manual_seed(seed + 1)
+    cfg = model.config
+    labels = None if cfg.num_classes is None else torch.randint(0, cfg.num_classes, (batch,), generator=g)
+    cond_image = None if cfg.cond_shape is None else torch.randint(0, cfg.levels, (batch, *cfg.cond_shape), generator=g)
+    return labels, cond_image

@@ -1,0 +1,417 @@
+"""LMConv in any order: orders, exactness, causality, faithful sampling, exact completion, cached == naive.
+
+The model-agnostic suites (test_exactness, test_cached_sampling, ...) hold lmconv to the raster
+standard through its tiny settings; this file checks every other order, their symmetries,
+random permutations and the order ensemble.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import pixelcnn
+from conftest import needs_mnist
+from exact import all_images, chi_square_pvalue, dependency_violations, image_index, randomise
+from pixelcnn import orders
+from pixelcnn.cli import main
+from pixelcnn.coding import container
+from pixelcnn.errors import ConfigError, PixelCNNError
+from pixelcnn.orders import InvalidOrderError
+from pixelcnn.sampling import NaiveStepper
+
+# (image shape, levels): the tiny images of the exactness tests, grey, colour and non-square.
+TINY = [((1, 2, 2), 2), ((1, 3, 3), 2), ((3, 2, 2), 2), ((1, 2, 3), 4)]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def lmconv(shape, levels, seed=0, **hp):
+    """A small lmconv trained on s_curve and hilbert in all 8 symmetries, weights far from init."""
+    settings = {"hidden": 6, "layers": 2, "output_hidden": 6, "first_kernel": 3, "dilations": (1, 2),
+                "orders": ("s_curve", "hilbert"), "order_symmetries": 8, **hp}
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = pixelcnn.create("lmconv", image_shape=shape, levels=levels, **settings).double()
+    return randomise(model, seed).eval()
+
+
+def some_orders(shape, seed=0):
+    """Named orders with a few symmetries, and two random permutations."""
+    _, h, w = shape
+    g = torch.Generator().manual_seed(seed)
+    named = ["raster", "s_curve:0", "s_curve:5", "hilbert:0", "hilbert:3", "hilbert:6"]
+    return named + [torch.randperm(h * w, generator=g) for _ in range(2)]
+
+
+# ----- orders -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (1, 5), (4, 1), (3, 3), (4, 6), (7, 5), (28, 28), (5, 12)])
+def test_named_orders_are_permutations_that_step_to_neighbours(height, width):
+    for name in orders.NAMES:
+        seen = set()
+        for s in range(orders.SYMMETRIES):
+            order = orders.named(name, height, width, s)
+            assert torch.equal(order.sort().values, torch.arange(height * width)), (name, s)
+            h, w = order // width, order % width
+            steps = torch.maximum((h.diff()).abs(), (w.diff()).abs())
+            if name != "raster" and len(steps):
+                assert steps.max() == 1, (name, s)           # s_curve and hilbert never jump
+            seen.add(tuple(order.tolist()))
+        if height > 1 and width > 1 and name != "raster":   # 8 different orders (a Hilbert rectangle: 4)
+            assert len(seen) == (4 if name == "hilbert" and height != width else orders.SYMMETRIES), name
+
+
+def test_hilbert_curve_of_a_square_is_the_classic_one():
+    assert orders.named("hilbert", 4, 4).tolist() == [0, 1, 5, 4, 8, 12, 13, 9, 10, 14, 15, 11, 7, 6, 2, 3]
+
+
+def test_known_first_splits_the_training_order_needing_fewest_swaps():
+    candidates = torch.stack([orders.named("s_curve", 6, 7, s) for s in range(8)])
+    bottom = torch.zeros(6, 7, dtype=torch.bool)
+    bottom[3:] = True                                         # bottom half known: s_curve:2 starts there
+    assert torch.equal(orders.known_first(bottom, candidates), candidates[2])
+    known = torch.zeros(6, 7, dtype=torch.bool)
+    known[:, :2] = True
+    known[4:, :] = True
+    order = orders.known_first(known, candidates)
+    n = int(known.sum())
+    assert known.flatten()[order[:n]].all() and not known.flatten()[order[n:]].any()
+    swaps = []
+    for row in candidates:                                    # pairs (unknown visited, then a known one)
+        seen = known.flatten()[row].long()
+        swaps.append(int(((1 - seen) * (seen.sum() - seen.cumsum(0))).sum()))
+    base = candidates[min(range(8), key=lambda k: swaps[k])]
+    rank = orders.ranks(base)
+    assert (rank[order[:n]].diff() > 0).all() and (rank[order[n:]].diff() > 0).all()   # base's order kept
+    assert torch.equal(orders.known_first(torch.zeros(6, 7, dtype=torch.bool), candidates), candidates[0])
+
+
+BAD_ORDERS = [
+    ("zigzag", "got 'zigzag'"),
+    ("hilbert:8", "got 'hilbert:8'"),
+    ("s_curve:x", "got 's_curve:x'"),
+    (torch.arange(5), "got shape (5,)"),
+    (torch.arange(6).view(2, 3), "got shape (2, 3)"),
+    (torch.arange(6.0), "got dtype torch.float32"),
+    (torch.tensor([0, 1, 2, 3, 4, 4]), "with 1 indices missing (e.g. [5])"),
+    (torch.tensor([0, 1, 2, 3, 4, 6]), "got values in [0, 6]"),
+    ([0, 1, 2, 3, 4, 5], "got list"),
+]
+
+
+@pytest.mark.parametrize("order,got", BAD_ORDERS, ids=[str(i) for i in range(len(BAD_ORDERS))])
+def test_bad_orders_are_refused_in_one_line_naming_expected_and_got(order, got):
+    model = lmconv((1, 2, 3), 2)
+    x = torch.zeros((1, 1, 2, 3), dtype=torch.long)
+    for call in (lambda: model.log_prob(x, order=order), lambda: model.sample(1, order=order)):
+        with pytest.raises(InvalidOrderError) as err:
+            call()
+        message = str(err.value)
+        assert "expected" in message and got in message and "\n" not in message
+        assert isinstance(err.value, PixelCNNError)
+
+
+@pytest.mark.parametrize("settings,got", [({"orders": ("raster", "spiral")}, "'spiral'"),
+                                          ({"orders": ()}, "got none"),
+                                          ({"order_symmetries": 9}, "got 9"),
+                                          ({"order_symmetries": 0}, "got 0"),
+                                          ({"dilations": (1, 0)}, "got (1, 0)")])
+def test_bad_order_settings_are_refused(settings, got):
+    with pytest.raises(ConfigError, match="expected|must") as err:
+        pixelcnn.create("lmconv", image_shape=(1, 4, 4), levels=2, **settings)
+    assert got in str(err.value)
+
+
+def test_training_orders_are_each_name_in_its_symmetries_and_explicit_ones_alone():
+    config = lmconv((1, 3, 4), 2, orders=("s_curve", "hilbert:2", "s_curve:1"), order_symmetries=3).config
+    assert config.order_specs() == ["s_curve:0", "s_curve:1", "s_curve:2", "hilbert:2"]
+
+
+def test_raster_only_families_refuse_other_orders():
+    model = pixelcnn.create("gated_pixelcnn", image_shape=(1, 3, 3), levels=2, hidden=4, layers=1)
+    model.sample(1, order="raster")
+    with pytest.raises(ConfigError, match="raster order only.*got 's_curve'"):
+        model.sample(1, order="s_curve")
+
+
+# ----- exactness ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape,levels", TINY)
+def test_probabilities_sum_to_one_in_every_order_and_for_the_ensemble(shape, levels):
+    model = lmconv(shape, levels)
+    x = all_images(shape, levels)
+    with torch.no_grad():
+        for order in some_orders(shape) + [None]:
+            assert abs(torch.logsumexp(model.log_prob(x, order=order), 0).item()) < 1e-9, order
+
+
+def test_the_ensemble_is_the_mean_of_its_orders_and_they_differ():
+    model = lmconv((1, 3, 3), 2)
+    x = all_images((1, 3, 3), 2)[::37]
+    with torch.no_grad():
+        per = torch.stack([model.log_prob(x, order=spec) for spec in model.config.order_specs()])
+        mixture = model.log_prob(x)
+    torch.testing.assert_close(mixture, per.exp().mean(0).log())
+    assert (per.max(0).values - per.min(0).values).min() > 1e-3      # the orders are different models
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 4), (3, 3, 3)])
+def test_parameters_depend_only_on_subpixels_earlier_in_the_order(shape):
+    model = lmconv(shape, 4, first_kernel=5, dilations=(1, 2))
+    for order in some_orders(shape, seed=1):
+        order = model.resolve_order(order)
+        assert dependency_violations(model, order=order) == [], order
+
+
+def test_the_order_aware_dependency_check_catches_the_wrong_order():
+    """Evaluated in one order but checked against another, the check must find leaks."""
+    model = lmconv((1, 3, 4), 4)
+    hilbert, s_curve = model.resolve_order("hilbert:1"), model.resolve_order("s_curve:2")
+    original = model.network
+    model.network = lambda x, cond, order=None: original(x, cond, hilbert)
+    assert dependency_violations(model, order=s_curve) != []
+
+
+def test_every_earlier_pixel_of_a_small_image_is_seen():
+    """No blind spot in a small image: the last pixel of an order depends on every other pixel."""
+    model = lmconv((1, 4, 4), 4, first_kernel=3, layers=3, dilations=(1, 2))
+    for spec in ["s_curve:3", "hilbert:6"]:
+        order = model.resolve_order(spec)
+        xf = model.preprocess(torch.randint(0, 4, (2, 1, 4, 4))).requires_grad_(True)
+        h, w = divmod(int(order[-1]), 4)
+        grad, = torch.autograd.grad(model.network(xf, None, order)[:, :, h, w].abs().sum(), xf)
+        seen = grad.abs().sum(0)[0].flatten() > 0
+        assert seen.sum() == 15 and not seen[order[-1]], spec
+
+
+# ----- sampling and completion -------------------------------------------------------------
+
+
+def sample_counts(model, n, seed=0, **kw):
+    samples = model.sample(n, generator=torch.Generator().manual_seed(seed), **kw)
+    return torch.bincount(image_index(samples, model.levels), minlength=model.levels ** math.prod(model.image_shape))
+
+
+@pytest.mark.parametrize("shape,levels,order", [((1, 2, 2), 3, "hilbert:5"), ((3, 1, 2), 2, "s_curve:6"),
+                                                ((1, 2, 3), 2, torch.tensor([4, 0, 5, 2, 1, 3])),
+                                                ((1, 2, 2), 3, None), ((3, 1, 2), 2, None)])
+def test_samples_follow_the_joint_of_their_order_or_the_ensemble(shape, levels, order):
+    model = lmconv(shape, levels, seed=1)
+    with torch.no_grad():
+        probs = model.log_prob(all_images(shape, levels), order=order).exp()
+    counts = sample_counts(model, 12000, order=order)
+    assert chi_square_pvalue(counts, probs) > 1e-3
+
+
+@pytest.mark.parametrize("shape,levels,hole", [((1, 3, 3), 2, [(1, 1), (0, 1), (2, 0)]),
+                                               ((3, 2, 2), 2, [(0, 0), (1, 1)]),
+                                               ((1, 2, 3), 4, [(0, 0)])])
+def test_known_first_completions_are_exact_posterior_samples(shape, levels, hole):
+    """Known pixels lie after the hole in raster order: the auto order still conditions on all of them."""
+    model = lmconv(shape, levels, seed=3)
+    images = all_images(shape, levels)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, levels, (1, *shape), generator=g)
+    known = torch.ones((1, *shape), dtype=torch.bool)
+    for h, w in hole:
+        known[..., h, w] = False
+    auto = model.visiting_order("auto", known)[0]
+    with torch.no_grad():
+        logp = model.log_prob(images, order=auto)
+    consistent = (images == x).logical_or(~known).flatten(1).all(1)
+    posterior = torch.where(consistent, logp, torch.full_like(logp, -math.inf))
+    posterior = posterior - torch.logsumexp(posterior, 0)
+    out = model.complete(x, known, n=8000, generator=torch.Generator().manual_seed(0))[0]
+    counts = torch.bincount(image_index(out, levels), minlength=len(images))
+    assert counts[~consistent].sum() == 0
+    assert chi_square_pvalue(counts[consistent], posterior[consistent].exp()) > 1e-3
+    # and the conditional likelihood is that posterior's log-probability of the true hole
+    cond = model.conditional_log_prob(x, known)
+    torch.testing.assert_close(cond, posterior[image_index(x, levels)].view(1), rtol=1e-9, atol=1e-9)
+
+
+def test_conditional_log_prob_is_a_difference_of_likelihoods_for_any_order():
+    model = lmconv((3, 2, 3), 3, seed=4)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (4, 3, 2, 3), generator=g)
+    known = torch.rand(4, 1, 2, 3, generator=g) < 0.5
+    order = torch.tensor([5, 1, 3, 0, 2, 4])
+    with torch.no_grad():
+        everything = model.conditional_log_prob(x, torch.zeros_like(known), order=order)
+        nothing = model.conditional_log_prob(x, torch.ones_like(known), order=order)
+    torch.testing.assert_close(everything, model.log_prob(x, order=order))
+    assert torch.equal(nothing, torch.zeros(4, dtype=nothing.dtype))
+
+
+def test_auto_order_per_image_and_nothing_known_samples_the_ensemble():
+    model = lmconv((1, 3, 3), 2)
+    known = torch.zeros(3, 1, 3, 3, dtype=torch.bool)
+    known[0, :, 0] = True                                     # top row known
+    known[1, :, 2] = True                                     # bottom row known
+    table = model.visiting_order("auto", known, torch.Generator().manual_seed(0))
+    assert set(table[0, :3].tolist()) == {0, 1, 2} and set(table[1, :3].tolist()) == {6, 7, 8}
+    assert any(torch.equal(table[2], row) for row in model.orders)     # one of the training orders
+
+
+# ----- cached == naive ---------------------------------------------------------------------
+
+
+def drive(model, x, order, labels=None, cond_image=None):
+    """Naive and cached steppers side by side in ``order`` on the same values: max |p_naive - p_cached|."""
+    cond = model.condition(labels, cond_image, x.shape[0])
+    naive, cached = NaiveStepper(model, x, cond, order), model.cached_stepper(x, cond, order=order)
+    worst = 0.0
+    for p in order.tolist():
+        h, w = divmod(p, model.image_shape[2])
+        for c in range(model.image_shape[0]):
+            a, b = naive.log_probs(c, h, w).exp(), cached.log_probs(c, h, w).exp()
+            worst = max(worst, (a - b).abs().max().item())
+            naive.set(c, h, w, x[:, c, h, w])
+            cached.set(c, h, w, x[:, c, h, w])
+    return worst
+
+
+@pytest.mark.parametrize("shape,extra", [((1, 5, 7), {}), ((3, 4, 5), {"num_classes": 3}),
+                                         ((1, 6, 4), {"cond_shape": (1, 3, 2)}), ((3, 1, 1), {}),
+                                         ((1, 4, 4), {"output": "bernoulli"})])
+def test_cached_probabilities_equal_the_naive_ones_in_any_order(shape, extra):
+    levels = 2 if extra.get("output") == "bernoulli" else 5
+    model = lmconv(shape, levels, first_kernel=5, dilations=(1, 3), layers=3, **extra)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, levels, (3, *shape), generator=g)
+    labels = torch.tensor([0, 2, 1]) if "num_classes" in extra else None
+    cond_image = torch.randint(0, levels, (3, *extra["cond_shape"]), generator=g) if "cond_shape" in extra else None
+    for order in some_orders(shape):
+        assert drive(model, x, model.resolve_order(order), labels, cond_image) < 1e-12, order
+
+
+@pytest.mark.parametrize("order", ["hilbert:7", "s_curve:2", None, "auto"])
+def test_cached_and_naive_sampling_and_completion_give_the_same_images(order):
+    model = lmconv((3, 4, 5), 5, seed=2, num_classes=2)
+    labels = torch.tensor([0, 1, 1, 0])
+    runs = {}
+    for method in ("naive", "cached"):
+        sample = model.sample(4, labels=labels, generator=torch.Generator().manual_seed(1), method=method,
+                              order=None if order == "auto" else order)
+        known = torch.rand(4, 1, 4, 5, generator=torch.Generator().manual_seed(2)) < 0.4
+        done = model.complete(sample, known, n=2, labels=labels, generator=torch.Generator().manual_seed(3),
+                              method=method, order=order)
+        runs[method] = (sample, done)
+    assert torch.equal(runs["naive"][0], runs["cached"][0]) and torch.equal(runs["naive"][1], runs["cached"][1])
+
+
+def test_cached_sampling_never_runs_the_whole_network_in_any_order():
+    model = lmconv((1, 4, 4), 3)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the cached path ran the full network")
+
+    model.network = refuse
+    assert model.sample(2, order="hilbert:2", generator=torch.Generator().manual_seed(0)).shape == (2, 1, 4, 4)
+
+
+def test_a_cached_stepper_refuses_pixels_out_of_its_order():
+    model = lmconv((1, 3, 3), 2)
+    stepper = model.cached_stepper(torch.zeros((1, 1, 3, 3), dtype=torch.long), None, order=model.resolve_order("s_curve:1"))
+    with pytest.raises(ValueError, match=r"expected pixel \(0, 2\), got channel 0 of pixel \(0, 0\)"):
+        stepper.log_probs(0, 0, 0)
+
+
+# ----- training ----------------------------------------------------------------------------
+
+
+def test_each_training_step_uses_one_training_order_chosen_by_seed_and_step():
+    model = lmconv((1, 4, 4), 2)
+    picks = [model.step_inputs(seed=0, step=s)["order"] for s in range(40)]
+    again = [model.step_inputs(seed=0, step=s)["order"] for s in range(40)]
+    assert all(torch.equal(a, b) for a, b in zip(picks, again))
+    table = {tuple(row.tolist()) for row in model.orders}
+    assert {tuple(p.tolist()) for p in picks} <= table and len({tuple(p.tolist()) for p in picks}) > 8
+    x = torch.randint(0, 2, (3, 1, 4, 4))
+    torch.testing.assert_close(model.nll(x, order=picks[0]), -model.log_prob(x, order=picks[0]))
+
+
+# ----- command line ------------------------------------------------------------------------
+
+
+@needs_mnist
+def test_command_line_trains_evaluates_samples_and_completes_in_orders(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--model", "lmconv", "--dataset", "mnist", "--orders", "s_curve,hilbert",
+                 "--order-symmetries", "2", "--hidden", "4", "--layers", "1", "--output-hidden", "0",
+                 "--first-kernel", "3", "--max-steps", "2", "--batch-size", "4", "--valid-limit", "4",
+                 "--samples", "0", "--out", str(run)]) == 0
+    model = pixelcnn.load(run)
+    assert model.order_names == ["s_curve:0", "s_curve:1", "hilbert:0", "hilbert:1"]
+    capsys.readouterr()
+    assert main(["eval", str(run), "--limit", "4"]) == 0
+    text = capsys.readouterr().out
+    assert all(f"order {name}: NLL" in text for name in model.order_names)
+    assert "ensemble of 4 orders: NLL" in text
+    npy = tmp_path / "s.npy"
+    assert main(["sample", str(run), "--n", "2", "--order", "hilbert:1", "--out", str(tmp_path / "s.png"),
+                 "--npy", str(npy)]) == 0
+    gen = torch.Generator().manual_seed(0)
+    assert np.array_equal(np.load(npy), model.sample(2, generator=gen, order="hilbert:1").numpy())
+    assert main(["complete", str(run), "--from-dataset", "mnist", "--index", "0", "--n", "1", "--order", "auto",
+                 "--out", str(tmp_path / "c.png")]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(run), "--order", "spiral", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "expected an order" in err and "got 'spiral'" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_compression_in_a_named_order_stores_it_and_decodes_with_it():
+    model = lmconv((1, 4, 5), 4, orders=("s_curve",), order_symmetries=2).float()
+    x = torch.randint(0, 4, (3, 1, 4, 5), generator=torch.Generator().manual_seed(1))
+    data = pixelcnn.compress(model, x, order="hilbert:6")
+    assert pixelcnn.coding.read_header(data).order == "hilbert:6"
+    assert torch.equal(pixelcnn.decompress(model, data), x)
+    default = pixelcnn.compress(model, x)
+    assert pixelcnn.coding.read_header(default).order == "" and default != data
+    for bad, error in (("auto", "got 'auto'"), ("spiral", "got 'spiral'")):
+        with pytest.raises(ValueError, match=error):
+            pixelcnn.compress(model, x, order=bad)
+    raster_family = pixelcnn.create("gated_pixelcnn", image_shape=(1, 4, 5), levels=4, hidden=4, layers=1)
+    assert pixelcnn.coding.read_header(pixelcnn.compress(raster_family, x, order="raster")).order == ""
+    header, streams = container.unpack(data)                  # a file naming an order the model cannot follow
+    forged = container.pack(dataclasses.replace(header, order="spiral:2"), streams)
+    with pytest.raises(pixelcnn.CompressionError, match="pixel order 'spiral:2'.*got 'spiral:2'"):
+        pixelcnn.decompress(model, forged)
+
+
+def test_compression_round_trips_in_the_first_training_order():
+    model = lmconv((3, 3, 4), 5, orders=("hilbert:5", "s_curve"), num_classes=2).float()
+    g = torch.Generator().manual_seed(0)
+    x, labels = torch.randint(0, 5, (3, 3, 3, 4), generator=g), torch.tensor([1, 0, 1])
+    for method in ("naive", "cached"):
+        images, got = pixelcnn.decompress(model, pixelcnn.compress(model, x, labels, method=method))
+        assert torch.equal(images, x) and torch.equal(got, labels)
+
+
+def test_version_1_files_without_an_order_field_are_still_read():
+    import struct
+    import zlib
+
+    model = lmconv((1, 3, 3), 2).float()
+    x = torch.randint(0, 2, (2, 1, 3, 3), generator=torch.Generator().manual_seed(0))
+    data = pixelcnn.compress(model, x)
+    header = container.read_header(data)
+    at = container._PREFIX.size + container._FIELDS.size + len(header.metadata)   # the empty order field
+    assert data[at] == 0
+    body = bytearray(data[:at] + data[at + 1 : -4])
+    body[4:6] = struct.pack(">H", 1)
+    old = bytes(body) + struct.pack(">I", zlib.crc32(bytes(body)))
+    assert container.read_header(old).order == "" and torch.equal(pixelcnn.decompress(model, old), x)
