@@ -4,6 +4,8 @@ That every family's cached path gives the naive path's probabilities and images 
 branches is generated (test_generated.py); these tests pin down the pieces and the loop around them.
 """
 
+import re
+
 import pytest
 import torch
 
@@ -53,20 +55,18 @@ def some_labels(num_classes, n, seed=0):
 def drive(model, x, labels, seed=0, cond_image=None):
     """Run the naive and cached steppers side by side on the same values: max |p_naive - p_cached|."""
     cond = model.condition(labels, cond_image, x.shape[0])
-    naive = NaiveStepper(model, x, cond)
+    naive = NaiveStepper(model, x, cond, model.default_order())
     cached = model.cached_stepper(x, cond)
     assert cached is not None and not isinstance(cached, NaiveStepper)
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
-    channels, height, width = model.image_shape
-    for h in range(height):
-        for w in range(width):
-            for c in range(channels):
-                p_naive, p_cached = naive.log_probs(c, h, w).exp(), cached.log_probs(c, h, w).exp()
-                worst = max(worst, (p_naive - p_cached).abs().max().item())
-                values = torch.multinomial(p_naive.double(), 1, generator=g).squeeze(1)
-                naive.set(c, h, w, values)
-                cached.set(c, h, w, values)
+    for h, w in cached.order:                                               # the family's own order
+        for c in range(model.image_shape[0]):
+            p_naive, p_cached = naive.log_probs(c, h, w).exp(), cached.log_probs(c, h, w).exp()
+            worst = max(worst, (p_naive - p_cached).abs().max().item())
+            values = torch.multinomial(p_naive.double(), 1, generator=g).squeeze(1)
+            naive.set(c, h, w, values)
+            cached.set(c, h, w, values)
     return worst
 
 
@@ -130,15 +130,14 @@ def test_values_set_without_asking_their_probabilities_still_count(name, shape):
     known values): later probabilities must still see them."""
     model = make(name, shape, seed=13)
     x = torch.randint(0, LEVELS, (2, *shape), generator=torch.Generator().manual_seed(14))
-    naive, cached = NaiveStepper(model, x, None), model.cached_stepper(torch.zeros_like(x), None)
-    channels, height, width = shape
-    for h in range(height):
-        for w in range(width):
-            for c in range(channels):
-                if (h + w + c) % 3 == 0:
-                    torch.testing.assert_close(cached.log_probs(c, h, w), naive.log_probs(c, h, w), rtol=0, atol=1e-10)
-                naive.set(c, h, w, x[:, c, h, w])
-                cached.set(c, h, w, x[:, c, h, w])
+    naive = NaiveStepper(model, x, None, model.default_order())
+    cached = model.cached_stepper(torch.zeros_like(x), None)
+    for h, w in cached.order:
+        for c in range(shape[0]):
+            if (h + w + c) % 3 == 0:
+                torch.testing.assert_close(cached.log_probs(c, h, w), naive.log_probs(c, h, w), rtol=0, atol=1e-10)
+            naive.set(c, h, w, x[:, c, h, w])
+            cached.set(c, h, w, x[:, c, h, w])
 
 
 @pytest.mark.parametrize("name", CACHED)
@@ -146,18 +145,20 @@ def test_cached_stepper_refuses_pixels_out_of_order(name):
     """One contract for every family: the pixels in the stepper's order, each once; anything else is refused."""
     model = make(name, (1, 3, 3))
     stepper = model.cached_stepper(torch.zeros((1, 1, 3, 3), dtype=torch.long), None)
-    stepper.log_probs(0, 0, 0)
-    with pytest.raises(ValueError, match=r"in its order, each once: expected pixel \(0, 0\), got channel 0 of pixel \(0, 1\)"):
-        stepper.log_probs(0, 0, 1)
-    for w in range(3):
-        stepper.set(0, 0, w, torch.ones(1, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"expected pixel \(1, 0\), got channel 0 of pixel \(0, 2\)"):
-        stepper.set(0, 0, 2, torch.zeros(1, dtype=torch.long))      # an earlier value changed: refused, not recomputed
-    for h in range(1, 3):
-        for w in range(3):
-            stepper.set(0, h, w, torch.ones(1, dtype=torch.long))
+    first, second, third, fourth = stepper.order[:4]
+    one = torch.ones(1, dtype=torch.long)
+    stepper.log_probs(0, *first)
+    with pytest.raises(ValueError, match=re.escape(f"in its order, each once: expected pixel {first}, "
+                                                   f"got channel 0 of pixel {second}")):
+        stepper.log_probs(0, *second)
+    for pixel in (first, second, third):
+        stepper.set(0, *pixel, one)
+    with pytest.raises(ValueError, match=re.escape(f"expected pixel {fourth}, got channel 0 of pixel {third}")):
+        stepper.set(0, *third, torch.zeros(1, dtype=torch.long))   # an earlier value changed: refused, not recomputed
+    for pixel in stepper.order[3:]:
+        stepper.set(0, *pixel, one)
     with pytest.raises(ValueError, match="expected no more pixels"):
-        stepper.log_probs(0, 0, 0)
+        stepper.log_probs(0, *first)
 
 
 def masked_convs():

@@ -48,6 +48,12 @@ class LMConvConfig(MaskedModelConfig):
     orders: tuple[str, ...] = ("s_curve",)
     order_symmetries: int = 8
 
+    # The default order is the first training order: raster, a flipped S-curve, a transposed Hilbert
+    # curve, or the 8-symmetry mixture (whose log_prob is the ensemble's).
+    branches: ClassVar[dict[str, tuple]] = {**MaskedModelConfig.branches, "layers": (0, 2), "first_kernel": (1, 3),
+                                            "dilations": ((1,), (1, 2)),
+                                            "orders": (("raster",), ("s_curve:3",), ("hilbert:6",), ("hilbert",))}
+
     help: ClassVar[dict[str, str]] = {
         **MaskedModelConfig.help,
         "layers": "number of residual blocks after the first convolution",
