@@ -29,12 +29,15 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")                 # starlette's notice about httpx2
     from starlette.testclient import TestClient
 
-# Odd, non-square sizes; a categorical, a Bernoulli class-conditional and a colour mixture model.
+# Odd, non-square sizes; a categorical, a Bernoulli class-conditional, a colour mixture and an
+# any-order model.
 SPECS = {
     "gray": dict(name="gated_pixelcnn", image_shape=(1, 6, 5), levels=4, hidden=8, layers=2, output_hidden=0),
     "cond": dict(name="gated_pixelcnn", image_shape=(1, 4, 5), levels=2, hidden=8, layers=2, output_hidden=0,
                  num_classes=3),
     "rgb": dict(name="pixelcnn_pp", image_shape=(3, 4, 3), levels=8, filters=8, resnet_blocks=1, mixtures=2),
+    "any": dict(name="lmconv", image_shape=(1, 5, 6), levels=4, hidden=8, layers=1, output_hidden=0,
+                orders=("s_curve",), order_symmetries=4),
 }
 
 
@@ -67,26 +70,9 @@ def test_models_lists_shapes_and_completion_order(client, name):
     c, h, w = SPECS[name]["image_shape"]
     assert (info["channels"], info["height"], info["width"], info["levels"]) == (c, h, w, SPECS[name]["levels"])
     assert info["num_classes"] == SPECS[name].get("num_classes")
-    assert info["any_order"] is False and "before it" in info["completion_note"]
-
-
-def test_an_any_order_model_is_asked_for_order_auto(models):
-    """Found by what ``complete`` accepts, not by the family's name."""
-    gray = models["gray"]
-
-    class AnyOrder(type(gray)):
-        def complete(self, x, known, n=1, order="raster", **kwargs):
-            self.orders.append(order)
-            return super().complete(x, known, n=n, **kwargs)
-
-    model = AnyOrder(gray.config).eval()
-    model.load_state_dict(gray.state_dict())
-    model.orders = []
-    client = TestClient(create_app({"any": model}))
-    (info,) = client.get("/api/models").json()["models"]
-    assert info["any_order"] is True and "everything you kept" in info["completion_note"]
-    r = client.post("/api/complete", json={"model": "any", "image": image_of("gray"), "known": [0] * 30, "n": 2})
-    assert r.status_code == 200 and r.json()["any_order"] is True and model.orders == ["auto"]
+    any_order = name == "any"
+    assert info["any_order"] is any_order
+    assert ("everything you kept" if any_order else "before it") in info["completion_note"]
 
 
 def test_page_and_static_files(client):
@@ -116,7 +102,7 @@ def test_complete_keeps_known_pixels_and_matches_the_library(client, models, nam
 
 
 @pytest.mark.parametrize("name", SPECS)
-def test_sample_streams_every_pixel_in_raster_order_and_matches_model_sample(client, models, name):
+def test_sample_streams_every_pixel_in_the_models_order_and_matches_model_sample(client, models, name):
     model = models[name]
     c, h, w = model.image_shape
     r = client.post("/api/sample", json={"model": name, "seed": 3, **extra(name)})
@@ -124,9 +110,12 @@ def test_sample_streams_every_pixel_in_raster_order_and_matches_model_sample(cli
     lines = [json.loads(line) for line in r.text.splitlines()]
     assert lines[0] == {"event": "start", "shape": [c, h, w], "levels": model.levels, "seed": 3}
     pixels, done = lines[1:-1], lines[-1]
-    assert [(p["h"], p["w"]) for p in pixels] == [(i, j) for i in range(h) for j in range(w)]
+    order = model.visiting_order(None, torch.zeros(1, c, h, w, dtype=torch.bool), torch.Generator().manual_seed(3))
+    order = range(h * w) if order is None else order[0].tolist()    # an any-order model draws a training order
+    assert (name == "any") == (list(order) != list(range(h * w)))
+    assert [(p["h"], p["w"]) for p in pixels] == [divmod(i, w) for i in order]
     image = torch.tensor(done["image"]).view(c, h, w)
-    assert [p["v"] for p in pixels] == image.permute(1, 2, 0).reshape(-1, c).tolist()
+    assert [p["v"] for p in pixels] == image.permute(1, 2, 0).reshape(-1, c)[list(order)].tolist()
     labels = None if name != "cond" else 1
     assert torch.equal(image, model.sample(1, labels=labels, generator=torch.Generator().manual_seed(3))[0])
 
@@ -144,10 +133,14 @@ def post_random_image(client, models, name, path, seed):
 
 @pytest.mark.parametrize("name", SPECS)
 def test_likelihood_bits_sum_to_log_prob(client, models, name):
-    _, image, _, data, nll_bits = post_random_image(client, models, name, "/api/likelihood", 1)
+    model, image, _, data, nll_bits = post_random_image(client, models, name, "/api/likelihood", 1)
     assert len(data["bits"]) == image[0].numel() and min(data["bits"]) >= 0
-    assert sum(data["bits"]) == pytest.approx(nll_bits, rel=1e-5)
     assert data["bits_per_dim"] == pytest.approx(nll_bits / image.numel(), rel=1e-5)
+    map_bits = nll_bits
+    if name == "any":                         # the map is in the first training order, the total the mixture's
+        map_bits = -float(model.log_prob(image[None], order=model.default_order()).detach()) / math.log(2)
+        assert map_bits != pytest.approx(nll_bits, rel=1e-3)
+    assert sum(data["bits"]) == pytest.approx(map_bits, rel=1e-5) == data["map_bits"]
 
 
 @pytest.mark.parametrize("name", SPECS)
@@ -220,7 +213,7 @@ BAD = [  # (path, JSON body or raw bytes, status, what the error must say)
     ("/api/complete", complete_body(n=0), 400, "expected n an integer in 1..64, got 0"),
     ("/api/complete", complete_body(n=65), 400, "expected n an integer in 1..64, got 65"),
     ("/api/complete", complete_body(n="8"), 400, "expected n an integer in 1..64, got '8'"),
-    ("/api/complete", complete_body(model="mnist"), 404, "unknown model 'mnist'; expected one of ['cond', 'gray', 'rgb']"),
+    ("/api/complete", complete_body(model="mnist"), 404, "unknown model 'mnist'; expected one of ['any', 'cond', 'gray', 'rgb']"),
     ("/api/complete", complete_body(temperature=0), 400, "expected temperature a number in [0.01, 10.0], got 0"),
     ("/api/complete", complete_body(temperature=-1), 400, "got -1"),
     ("/api/complete", complete_body(temperature=1e9), 400, "got 1000000000.0"),

@@ -116,6 +116,8 @@ def complete(model, x: Tensor, known: Tensor, cond=None, temperature: float = 1.
     x = x.to(model.device).long()
     known = known.to(model.device)
     u = draw_uniforms(tuple(x.shape), generator, model.device)
+    if order is not None and order.dim() == 2 and bool((order == order[:1]).all()):
+        order = order[0]                                                      # one order after all
     if order is None or order.dim() == 1:
         return _complete(model, x, known, cond, u, temperature, method, order, on_pixel)
     if on_pixel is not None:

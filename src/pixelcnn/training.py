@@ -199,7 +199,9 @@ def warm_start(model: nn.Module, source: str | os.PathLike) -> None:
     wrong = [f"{k}: expected {tuple(v.shape)}, got {tuple(theirs[k].shape)}"
              for k, v in ours.items() if k in theirs and theirs[k].shape != v.shape]
     if wrong:
-        raise ConfigError(f"--init-from {source}: tensors of another shape than this model's ({'; '.join(wrong)})")
+        more = f"; and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+        raise ConfigError(f"--init-from {source}: expected tensors of this model's shapes, got {len(wrong)} of "
+                          f"another shape ({'; '.join(wrong[:3])}{more})")
     shared = [k for k in ours if k in theirs]
     if not shared:
         raise ConfigError(f"--init-from {source}: expected tensors named like this model's, got none in common")

@@ -91,7 +91,7 @@ def visiting_order(model, order: str) -> Tensor | None:
     if not order:
         return None
     if order == "auto":
-        raise ValueError("compression codes whole images: expected a pixel order NAME[:S], got 'auto'")
+        raise ConfigError("compression codes whole images: expected a pixel order NAME[:S], got 'auto'")
     return model.visiting_order(order)
 
 
@@ -100,7 +100,7 @@ def _order_name(model, order: str | None) -> str:
     if not order:
         return ""
     if not isinstance(order, str):
-        raise ValueError(f"expected a pixel order name NAME[:S] (a file stores names), got {type(order).__name__}")
+        raise ConfigError(f"expected a pixel order name NAME[:S] (a file stores names), got {type(order).__name__}")
     return order if visiting_order(model, order) is not None else ""
 
 

@@ -6,7 +6,6 @@ is known or erased as a whole). Every function here blocks: the app runs them in
 
 from __future__ import annotations
 
-import inspect
 import io
 import math
 from dataclasses import dataclass
@@ -51,8 +50,9 @@ class Job:
 
 
 def any_order(model) -> bool:
-    """True when ``model.complete`` takes an ``order`` (an any-order family): asked of the method, not the name."""
-    return "order" in inspect.signature(model.complete).parameters
+    """True for an any-order family, whose completion visits the known pixels first: its default
+    order is a permutation, where a raster family's is None."""
+    return model.default_order() is not None
 
 
 def describe(name: str, model) -> dict:
@@ -67,19 +67,21 @@ def describe(name: str, model) -> dict:
 def complete(model, image: Tensor, known: Tensor, n: int, job: Job) -> Tensor:
     """(n, C, H, W) completions of the pixels of ``image`` where ``known`` (H, W) is False."""
     mask = known.view(1, 1, *known.shape)                              # broadcasts over channels
-    extra = {"order": "auto"} if any_order(model) else {}
     out = model.complete(image.unsqueeze(0), mask, n=n, labels=job.labels(1), temperature=job.temperature,
-                         generator=job.generator(), **extra)
+                         generator=job.generator())                    # any-order: known pixels first
     return out[0].cpu()
 
 
 @torch.no_grad()
 def likelihood(model, image: Tensor, job: Job) -> dict:
-    """Bits/dim of the image and the (H, W) map of each pixel's -log2 p."""
-    logp = model.log_prob_per_pixel(image.unsqueeze(0), job.labels(1))[0].double().cpu()   # (H, W) nats
-    bits = -logp / math.log(2.0)
-    return {"bits_per_dim": float(bits.sum()) / image.numel(), "nll_nats": float(-logp.sum()),
-            "bits": bits.flatten().tolist()}
+    """Bits/dim of the image (``model.log_prob``, as ``pixelcnn eval`` reports it) and the (H, W) map of
+    each pixel's -log2 p given the pixels before it. For an any-order model the total is its
+    mixture over training orders and the map is in its first training order, whose sum is ``map_bits``."""
+    x, labels = image.unsqueeze(0), job.labels(1)
+    nll = -float(model.log_prob(x, labels)[0])
+    bits = -model.log_prob_per_pixel(x, labels)[0].double().cpu() / math.log(2.0)       # (H, W)
+    return {"bits_per_dim": nll / math.log(2.0) / image.numel(), "nll_nats": nll,
+            "bits": bits.flatten().tolist(), "map_bits": float(bits.sum())}
 
 
 def png_bytes(image: Tensor, levels: int) -> bytes:
@@ -101,20 +103,26 @@ def compressed_size(model, image: Tensor, job: Job) -> dict:
 
 
 def sample_stream(model, job: Job, emit: Callable[[int, int, list[int]], None], stop: Callable[[], bool]) -> Tensor:
-    """Draw one image, calling ``emit(h, w, values)`` as each pixel is set; raises Stopped when ``stop()``
-    turns true (checked at the end of each row). Returns the (C, H, W) image."""
+    """Draw one image as ``model.sample`` does, in the model's order, calling ``emit(h, w, values)`` as each pixel is set;
+    raises Stopped when ``stop()`` turns true (checked once per image width of pixels). Returns the
+    (C, H, W) image."""
     width = model.image_shape[2]
     x = torch.zeros((1, *model.image_shape), dtype=torch.long, device=model.device)
     cond = model.condition(job.labels(1), None, 1)
+    done = 0
 
     def on_pixel(h: int, w: int, values: Tensor) -> None:
+        nonlocal done
         emit(h, w, values[0].tolist())
-        if w == width - 1 and stop():
-            raise Stopped(f"stopped after row {h}")
+        done += 1
+        if done % width == 0 and stop():
+            raise Stopped(f"stopped after {done} pixels")
 
+    known, generator = torch.zeros_like(x, dtype=torch.bool), job.generator()
+    order = model.visiting_order(None, known, generator)        # as model.sample: an any-order model draws one
     with torch.no_grad():
-        out = sampling.complete(model, x, torch.zeros_like(x, dtype=torch.bool), cond, temperature=job.temperature,
-                                generator=job.generator(), on_pixel=on_pixel)
+        out = sampling.complete(model, x, known, cond, temperature=job.temperature, generator=generator,
+                                order=order, on_pixel=on_pixel)
     return out[0].cpu()
 
 
