@@ -137,6 +137,9 @@ ROWS = [
     (["sample", "{plain}", "--out", "{work}/missing-dir/s.png"], "expected a file in an existing folder"),
     (["sample", "{plain}", "--out", "{work}"], "expected a file name to write, not an existing folder"),
     (["sample", "{plain}", "--npy", "{work}/missing/s.npy"], "expected a file in an existing folder"),
+    (["sample", "{plain}", "--out", "{work}/s.jpg"], "expected a .png file name (the file is written in that format), got"),
+    (["sample", "{plain}", "--npy", "{work}/s"], "expected a .npy file name"),
+    (["complete", "{plain}", "--image", "{digit}", "--out", "{work}/c"], "expected a .png file name"),
     (["sample", "{plain}", "--seed", "-1"], "argument --seed: expected an integer in [0, 4294967295]"),
     (["sample", "{plain}", "--n", "1000000000"], "out of memory: expected a smaller --n or --batch-size"),
     # complete

@@ -177,8 +177,8 @@ def add_sampling_options(p, out: str, npy_help: str) -> None:
                    help="1 samples exactly; lower values sharpen")
     p.add_argument("--method", default="auto", type=flag(METHOD.parse), metavar="{auto,naive,cached}")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", "-o", default=out, type=flag(validation.output_file), help="PNG grid to write")
-    p.add_argument("--npy", type=flag(validation.output_file), help=npy_help)
+    p.add_argument("--out", "-o", default=out, type=flag(validation.PNG_FILE), help="PNG grid to write")
+    p.add_argument("--npy", type=flag(validation.NPY_FILE), help=npy_help)
 
 
 def sample_labels(model, args) -> tuple[torch.Tensor | None, int, int | None]:

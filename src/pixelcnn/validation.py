@@ -197,6 +197,21 @@ def output_file(text: str) -> str:
     return text
 
 
+def output_file_ending(suffix: str) -> Callable[[str], str]:
+    """:func:`output_file` whose name must end in ``suffix`` (any case): what is written is that format."""
+    def parse(text: str) -> str:
+        output_file(text)
+        if not text.lower().endswith(suffix):
+            fail(None, f"a {suffix} file name (the file is written in that format)", text)
+        return text
+    parse.__name__ = f"{suffix[1:]}_file"
+    return parse
+
+
+PNG_FILE = output_file_ending(".png")
+NPY_FILE = output_file_ending(".npy")
+
+
 def output_folder(text: str) -> str:
     """A folder to write into (created if missing); it must not be an existing file."""
     path = Path(text)
