@@ -137,6 +137,7 @@ ROWS = [
     (["sample", "{plain}", "--out", "{work}/missing-dir/s.png"], "expected a file in an existing folder"),
     (["sample", "{plain}", "--out", "{work}"], "expected a file name to write, not an existing folder"),
     (["sample", "{plain}", "--npy", "{work}/missing/s.npy"], "expected a file in an existing folder"),
+    (["sample", "", "--n", "1"], "expected a checkpoint folder, a run folder or pretrained:NAME, got ''"),
     (["sample", "{plain}", "--out", "{work}/s.jpg"], "expected a .png file name (the file is written in that format), got"),
     (["sample", "{plain}", "--npy", "{work}/s"], "expected a .npy file name"),
     (["complete", "{plain}", "--image", "{digit}", "--out", "{work}/c"], "expected a .png file name"),

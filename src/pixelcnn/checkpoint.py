@@ -103,6 +103,8 @@ def read_config(folder: Path) -> dict[str, Any]:
 def resolve(path: str | os.PathLike) -> Path:
     """A checkpoint folder from a checkpoint folder, a run folder (its best, else last) or a pretrained name."""
     text = str(path)
+    if not text.strip():
+        raise CheckpointError(f"expected a checkpoint folder, a run folder or pretrained:NAME, got {text!r}")
     if text.startswith("pretrained:"):
         from pixelcnn.pretrained import pretrained_path
 
