@@ -4,7 +4,7 @@
     GET  /api/models               the models served and what the page needs to know of each
     POST /api/complete             {model, image, known, n, temperature?, label?, seed?} -> {completions}
     POST /api/sample               {model, temperature?, label?, seed?} -> NDJSON stream, one line a pixel
-    POST /api/likelihood           {model, image, label?} -> {bits_per_dim, bits (H*W)}
+    POST /api/likelihood           {model, image, label?} -> {bits_per_dim, nll_nats, bits (H*W), map_bits}
     POST /api/compress             {model, image, label?} -> {model_bytes, png_bytes, ...}
     POST /api/png                  {model, image} -> image/png
     POST /api/upload?model=NAME    any image file as the body -> {image, note}
@@ -169,7 +169,7 @@ class SampleStream(StreamingResponse):
 
     The sampling loop runs in a worker thread and hands pixels to the event loop; when the
     response ends for any reason (the client went away included) ``stop`` is set, and the loop
-    raises :class:`work.Stopped` at the end of its current row.
+    raises :class:`work.Stopped` within one image width of pixels.
     """
 
     def __init__(self, request: Request, s: Served, job: work.Job):
