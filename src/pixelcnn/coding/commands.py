@@ -19,7 +19,7 @@ import torch
 
 from pixelcnn.coding import codec, png
 from pixelcnn import validation
-from pixelcnn.errors import CompressionError, InvalidImageError, InvalidLabelError
+from pixelcnn.errors import CompressionError, ConfigError, InvalidImageError, InvalidLabelError
 from pixelcnn.validation import COUNT, METHOD, Integer, flag
 
 
@@ -42,6 +42,8 @@ def add_compress(sub) -> None:
     p.add_argument("-o", "--output", required=True, type=flag(validation.output_file), help="the .pxc file to write")
     p.add_argument("--from-dataset", metavar="NAME", help="compress a dataset split instead of PNG files (e.g. mnist)")
     p.add_argument("--split", default="test", help="dataset split for --from-dataset (default: test)")
+    p.add_argument("--index", type=flag(validation.indices),
+                   help="only these images of --from-dataset: 5, 0,3,9 or 0..99 (before --limit)")
     p.add_argument("--limit", type=flag(COUNT.parse), metavar="N", help="only the first N images")
     p.add_argument("--data-dir", help="dataset folder (default: $PIXELCNN_DATA or the package default)")
     p.add_argument("--labels", type=flag(validation.labels),
@@ -94,6 +96,8 @@ def _inputs(args, model):
     """(images, labels, png scale, bytes of the input files or None) from PNG files or a dataset."""
     if args.from_dataset and args.inputs:
         raise InvalidImageError("give either PNG files or --from-dataset, not both")
+    if args.index is not None and not args.from_dataset:
+        raise ConfigError("expected --index with --from-dataset only, got --index with PNG files")
     if args.from_dataset and args.labels is not None:
         raise InvalidLabelError("expected --labels with PNG files only: --from-dataset takes the dataset's labels")
     if args.from_dataset:
@@ -114,12 +118,16 @@ def _dataset_images(args, model):
     if ds.levels != model.levels:
         raise InvalidImageError(f"dataset {args.from_dataset!r} has {ds.levels} levels "
                                 f"but the model has {model.levels}")
-    images = torch.as_tensor(ds.images)[: args.limit].long()
+    pick = slice(None) if args.index is None else torch.tensor(args.index)
+    if args.index is not None and max(args.index) >= len(ds.images):
+        raise ConfigError(f"expected --index within [0, {len(ds.images)}) for {args.from_dataset} {args.split}, "
+                          f"got {max(args.index)}")
+    images = torch.as_tensor(ds.images)[pick][: args.limit].long()
     labels = None
     if model.config.num_classes is not None:
         if ds.labels is None:
             raise InvalidLabelError(f"the model is conditional but dataset {args.from_dataset!r} has no labels")
-        labels = torch.as_tensor(ds.labels)[: args.limit].long()
+        labels = torch.as_tensor(ds.labels)[pick][: args.limit].long()
     return images, labels, png.stretch_factor(model.levels) or 1
 
 
