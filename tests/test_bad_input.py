@@ -191,7 +191,7 @@ ROWS = [
     (["pretrained", "--limit", "3"], "expected --limit with --reproduce only"),
     (["sample", "{sr}"], "got a super-resolution model (given 14x14): use pixelcnn upscale"),
     (["complete", "{sr}", "--image", "{digit}"], "got a super-resolution model"),
-    (["models", "--hidden", "3"], "unrecognized arguments: --hidden 3"),
+    (["models", "--hidden", "3"], "pixelcnn models: error: unrecognized arguments: --hidden 3"),
     # warm starts and pixel orders
     (["train", *T, "--init-from", "{work}/nothing"], "does not exist: expected a checkpoint folder or a run folder"),
     (["train", *T, "--init-from", "{plain}"], "expected tensors of this model's shapes, got"),
