@@ -23,6 +23,7 @@ from pixelcnn.validation import COUNT, METHOD, SEED, TEMPERATURE, Integer, flag
 
 LABEL = Integer(0)
 
+
 def add_commands(sub) -> None:
     add_train(sub)
     add_eval(sub)
