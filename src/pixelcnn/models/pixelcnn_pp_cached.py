@@ -60,11 +60,10 @@ in float64 the paths agree to ~1e-12, default size included (tests/test_generate
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelcnn.dlm import PixelMixture
-from pixelcnn.layers import Condition, concat_elu, concat_elu_into, gated_residual, signed_identity
+from pixelcnn.layers import Condition, concat_elu, concat_elu_into, signed_identity
 from pixelcnn.models.incremental import (CachedConv, CachedConvTranspose, CachedStepper, ConvTaps, FeatureMap,
                                          Pointwise, TransposedTaps, class_bias)
 
@@ -243,6 +242,7 @@ class CachedPixelCNNPP(CachedStepper):
             self.upsample_layers[s - 1] = [CachedConvTranspose(r, top) for r, top in zip(readers, self.down_tops[s])]
         self.out = Pointwise(model.out)
         self.pixel = (0, 0)                                                    # the pixel being computed
+        self.positions: list[tuple[int, int]] = []                             # each stage's position under it
         self.elus: dict[int, tuple[Tensor, Tensor]] = {}                       # id(value) -> (value, concat_elu)
         self.mixture: PixelMixture | None = None                               # the current pixel's, at its next channel
 
@@ -274,13 +274,15 @@ class CachedPixelCNNPP(CachedStepper):
         return range(stages)
 
     def column(self, h: int, w: int) -> Tensor:
+        stages = self.stages_at(h, w)
         self.pixel = (h, w)                                                    # raster order: w == 0 starts a row
+        self.positions = [(h >> s, w >> s) for s in stages]
         self.elus.clear()
-        return self.model.u_net(self, self.stages_at(h, w))                     # (B, P)
+        return self.model.u_net(self, stages)                                  # (B, P)
 
     def stage_position(self, s: int) -> tuple[int, int]:
         """Stage s's position under the current pixel."""
-        return self.pixel[0] >> s, self.pixel[1] >> s
+        return self.positions[s]
 
     def elu_of(self, value: Tensor) -> Tensor:
         """concat_elu of a value of the current pixel's pass, computed once: a value's blocks, the ul
