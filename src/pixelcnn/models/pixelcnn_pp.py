@@ -219,9 +219,11 @@ class PixelCNNPP(AutoregressiveModel):
 
         ``net`` evaluates the layers: :class:`WholeMaps` on whole maps, or the cached stepper at one
         pixel, for the ``stages`` that have a position there (a prefix; all of them on whole maps).
-        The up pass keeps every block's input and its last output for the down pass's shortcuts,
-        which consume them in reverse, one per block; ``net.keep`` holds what a resampling layer
-        of another stage reads later.
+        It gives ``first()``, the blocks ``up[s]`` and ``down[s]`` of stage s (``StreamBlock``'s
+        call), ``downsample(s, u, ul)`` from stage s - 1, ``upsample(s, u, ul)`` from stage s + 1,
+        ``keep(s, u, ul, down)``, told each stage's last output (what a resampling layer of another
+        stage reads), and ``out``. The up pass keeps every block's input and its last output for the
+        down pass's shortcuts, which consume them in reverse, one per block.
         """
         u, ul = net.first()
         skips = []
@@ -233,7 +235,7 @@ class PixelCNNPP(AutoregressiveModel):
                 u, ul = block(u, ul)
             net.keep(s, u, ul)
             skips.append((u, ul))
-        u = ul = None                                            # the coarser stage's output: not at this pixel
+        u = ul = None                                            # a pixel without the coarsest stage: see upsample
         for s in reversed(stages):
             if s == self.config.stages - 1:
                 u, ul = skips.pop()                              # the up pass's last output starts the down pass

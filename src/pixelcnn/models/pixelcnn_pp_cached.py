@@ -306,7 +306,8 @@ class CachedPixelCNNPP(CachedStepper):
         return down_u.row(i) if self.pixel[1] == 0 else None, down_ul.at(i, j)
 
     def upsample(self, s: int, u: Tensor | None, ul: Tensor | None) -> tuple[Tensor | None, Tensor]:
-        """From the coarser stage's kept outputs, computed at this pixel or an earlier one."""
+        """From the coarser stage's kept outputs, computed at this pixel or an earlier one (u and ul are
+        None where this pixel has no position in the coarser stage: what it reads is in the cache)."""
         (i, j), (up_u, up_ul) = self.stage_position(s), self.upsample_layers[s]
         return up_u.row(i) if self.pixel[1] == 0 else None, up_ul.at(i, j)
 
