@@ -231,9 +231,17 @@ def test_pixelcnn_pp_coarse_maps_update_once_at_the_coarser_rate():
     model = make("pixelcnn_pp", (1, height, width), seed=31, stages=3)
     stepper = model.cached_stepper(torch.zeros((1, 1, height, width), dtype=torch.long), None)
     rows, positions = [], []
-    for s, stage in enumerate(stepper.up):
-        stage.rows = lambda u, i, s=s, f=stage.rows: rows.append((s, i, stepper.position)) or f(u, i)
-        stage.at = lambda ul, i, j, s=s, f=stage.at: positions.append((s, i, j, stepper.position)) or f(ul, i, j)
+    keep = stepper.keep                                  # called once per stage of the up pass evaluated at a pixel
+
+    def spy(s, u, ul, down=False):
+        if not down:
+            i, j = stepper.stage_position(s)
+            if u is not None:                            # the u stream has a value where the stage's row starts
+                rows.append((s, i, stepper.position))
+            positions.append((s, i, j, stepper.position))
+        keep(s, u, ul, down)
+
+    stepper.keep = spy
     for h in range(height):
         for w in range(width):
             stepper.set(0, h, w, torch.zeros(1, dtype=torch.long))

@@ -20,11 +20,17 @@ Differences from the reference: no weight normalisation with data-dependent init
 (plain PyTorch initialisation, the gate's last convolution scaled by 0.1 as the reference's
 ``init_scale=0.1``), and images whose sides are not multiples of 2^(stages-1) are allowed:
 a downsampled map has ceil(n/2) rows and columns and upsampling crops back to the exact size.
+
+The composition is written once: :meth:`PixelCNNPP.u_net` (the U-Net: its stages, resampling,
+shortcuts and output), :meth:`StreamBlock.combine` (the two streams' order) and
+:meth:`GatedResnet.combine` (a block), over layers that :class:`WholeMaps` evaluates on whole maps
+and the cached stepper (``pixelcnn_pp_cached.py``) at one pixel.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, ClassVar
 
 import torch
@@ -108,12 +114,29 @@ class GatedResnet(nn.Module):
         with torch.no_grad():                    # small residual branches at initialisation
             self.conv_out.weight.mul_(0.1)
 
-    def forward(self, x: Tensor, aux: Tensor | None, cond: Condition | None) -> Tensor:
-        h = self.conv_in(concat_elu(x))                                # (B, F, H, W)
-        if self.aux is not None:
-            h = h + self.aux(concat_elu(aux))                          # shortcut from the other stream / up pass
-        h = self.conv_out(self.dropout(concat_elu(h)))                 # (B, 2F, H, W)
-        return gated_residual(x, h + self.cond_bias(cond, h.shape[-2:]))
+    def forward(self, x: Tensor, *aux: Tensor | None, cond: Condition | None) -> Tensor:
+        """``aux``: the streams the shortcut reads (None where a pass has none), concatenated along the channels."""
+        streams = [a for a in aux if a is not None]
+        shortcut = None
+        if streams:                              # from the other stream / the up pass
+            shortcut = self.aux(concat_elu(streams[0] if len(streams) == 1 else torch.cat(streams, dim=1)))
+        bias = self.cond_bias(cond, x.shape[-2:])
+        return self.combine(x, concat_elu(x), self.conv_in, lambda h: self.conv_out(self.dropout(h)) + bias, shortcut)
+
+    @staticmethod
+    def combine(x: Tensor, x_elu: Tensor, conv_in, conv_out, shortcut: Tensor | None = None, dim: int = 1,
+                elu=concat_elu) -> Tensor:
+        """The block's composition, for both paths: x + a * sigmoid(b), [a, b] = conv_out(elu(conv_in(x_elu) + shortcut)).
+
+        ``x_elu`` is concat_elu(x), the caller's (the cached path keeps it for the shortcuts that read it);
+        ``conv_out`` includes dropout and the conditioning bias. On whole maps the convolutions are the
+        modules; the cached path's read windows of caches that it writes the concat_elus into (``elu``
+        writes straight into the cache at one position; the shortcut may be folded into ``conv_in``'s bias).
+        """
+        h = conv_in(x_elu)                                             # (B, F, H, W)
+        if shortcut is not None:
+            h = h + shortcut
+        return gated_residual(x, conv_out(elu(h, dim)), dim)           # conv_out: (B, 2F, H, W)
 
 
 def _u_conv(cin: int, cout: int) -> nn.Module:
@@ -132,11 +155,16 @@ class StreamBlock(nn.Module):
         self.u = GatedResnet(filters, _u_conv, 1 if down_pass else 0, dropout, config)
         self.ul = GatedResnet(filters, _ul_conv, 2 if down_pass else 1, dropout, config)
 
-    def forward(self, u: Tensor, ul: Tensor, cond: Condition | None,
-                u_skip: Tensor | None = None, ul_skip: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        u = self.u(u, u_skip, cond)
-        aux = u if ul_skip is None else torch.cat([u, ul_skip], dim=1)   # (B, F or 2F, H, W)
-        return u, self.ul(ul, aux, cond)
+    def forward(self, u: Tensor, ul: Tensor, u_skip: Tensor | None = None, ul_skip: Tensor | None = None, *,
+                cond: Condition | None) -> tuple[Tensor, Tensor]:
+        return self.combine(partial(self.u, cond=cond), partial(self.ul, cond=cond), u, ul, u_skip, ul_skip)
+
+    @staticmethod
+    def combine(u_block, ul_block, u, ul, u_skip=None, ul_skip=None) -> tuple:
+        """The two streams' order, for both paths: u from itself and its shortcut (down pass), then ul from
+        itself, the new u and its shortcut (down pass): the shortcuts of the U-Net enter here."""
+        u = u_block(u, u_skip)
+        return u, ul_block(ul, u, ul_skip)
 
 
 class PixelCNNPP(AutoregressiveModel):
@@ -174,37 +202,72 @@ class PixelCNNPP(AutoregressiveModel):
         return {"filters": 8, "resnet_blocks": 1, "stages": min(2, max_stages(image_shape)), "mixtures": 3}
 
     def network(self, x: Tensor, cond: Condition | None) -> Tensor:
-        x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)     # (B, C+1, H, W): ones tell image from padding
-        u = shift_down(self.u_in(x))                             # (B, F, H, W): rows < i
-        ul = shift_down(self.ul_in_above(x)) + shift_right(self.ul_in_left(x))   # and row i, columns < j
-        us, uls = self._up(u, ul, cond)
-        ul = self._down(us, uls, cond)
-        return self.out(F.elu(ul))                               # (B, P, H, W)
+        return self.u_net(WholeMaps(self, x, cond), range(self.config.stages))
 
     def cached_stepper(self, x: Tensor, cond: Condition | None) -> CachedPixelCNNPP:
         """One pixel at a time, computing only what each new pixel makes final (``pixelcnn_pp_cached.py``)."""
         return CachedPixelCNNPP(self, x, cond)
 
-    def _up(self, u: Tensor, ul: Tensor, cond: Condition | None) -> tuple[list[Tensor], list[Tensor]]:
-        """The up pass: every block's output is kept for the down pass's shortcuts."""
-        us, uls = [u], [ul]
-        for s, stage in enumerate(self.up_pass):
-            if s > 0:                                            # (B, F, ceil(H/2), ceil(W/2))
-                us.append(self.down_u[s - 1](us[-1]))
-                uls.append(self.down_ul[s - 1](uls[-1]))
-            for block in stage:
-                u, ul = block(us[-1], uls[-1], cond)
-                us.append(u)
-                uls.append(ul)
-        return us, uls
+    def first_layer(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(u, ul), each (B, F, H, W), from the image x (B, C, H, W)."""
+        x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)     # (B, C+1, H, W): ones tell image from padding
+        u = shift_down(self.u_in(x))                             # (B, F, H, W): rows < i
+        return u, shift_down(self.ul_in_above(x)) + shift_right(self.ul_in_left(x))   # and row i, columns < j
 
-    def _down(self, us: list[Tensor], uls: list[Tensor], cond: Condition | None) -> Tensor:
-        """The down pass: consumes the up pass's outputs in reverse, one per block."""
-        u, ul = us.pop(), uls.pop()
-        for s, stage in enumerate(self.down_pass):
-            if s > 0:                                            # back to the finer stage's exact size
-                size = tuple(us[-1].shape[-2:])
-                u, ul = self.up_u[s - 1](u, size), self.up_ul[s - 1](ul, size)
-            for block in stage:
-                u, ul = block(u, ul, cond, us.pop(), uls.pop())
-        return ul
+    def u_net(self, net, stages: range) -> Tensor:
+        """The network's composition, for both paths: (B, P, ...) parameters from what ``net`` evaluates.
+
+        ``net`` evaluates the layers: :class:`WholeMaps` on whole maps, or the cached stepper at one
+        pixel, for the ``stages`` that have a position there (a prefix; all of them on whole maps).
+        It gives ``first()``, the blocks ``up[s]`` and ``down[s]`` of stage s (``StreamBlock``'s
+        call), ``downsample(s, u, ul)`` from stage s - 1, ``upsample(s, u, ul)`` from stage s + 1,
+        ``keep(s, u, ul, down)``, told each stage's last output (what a resampling layer of another
+        stage reads), and ``out``. The up pass keeps every block's input and its last output for the
+        down pass's shortcuts, which consume them in reverse, one per block.
+        """
+        u, ul = net.first()
+        skips = []
+        for s in stages:
+            if s > 0:                                            # (B, F, ceil(H/2), ceil(W/2))
+                u, ul = net.downsample(s, u, ul)
+            for block in net.up[s]:
+                skips.append((u, ul))
+                u, ul = block(u, ul)
+            net.keep(s, u, ul)
+            skips.append((u, ul))
+        u = ul = None                                            # a pixel without the coarsest stage: see upsample
+        for s in reversed(stages):
+            if s == self.config.stages - 1:
+                u, ul = skips.pop()                              # the up pass's last output starts the down pass
+            else:                                                # the coarser stage's, back to this stage's size
+                u, ul = net.upsample(s, u, ul)
+            for block in net.down[s]:
+                u, ul = block(u, ul, *skips.pop())
+            net.keep(s, u, ul, down=True)
+        return net.out(F.elu(ul))                                # (B, P, H, W)
+
+
+class WholeMaps:
+    """The layers that :meth:`PixelCNNPP.u_net` composes, evaluated on whole maps (the module's forward)."""
+
+    def __init__(self, model: PixelCNNPP, x: Tensor, cond: Condition | None):
+        self.model, self.x = model, x
+        self.up = [[partial(block, cond=cond) for block in stage] for stage in model.up_pass]
+        self.down = [[partial(block, cond=cond) for block in stage] for stage in reversed(model.down_pass)]
+        self.out = model.out
+        self.sizes: dict[int, tuple[int, int]] = {}
+
+    def first(self) -> tuple[Tensor, Tensor]:
+        return self.model.first_layer(self.x)
+
+    def downsample(self, s: int, u: Tensor, ul: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.down_u[s - 1](u), self.model.down_ul[s - 1](ul)
+
+    def keep(self, s: int, u: Tensor, ul: Tensor, down: bool = False) -> None:
+        """The up pass's stage sizes: upsampling into a stage crops to its exact size."""
+        if not down:
+            self.sizes[s] = tuple(u.shape[-2:])
+
+    def upsample(self, s: int, u: Tensor, ul: Tensor) -> tuple[Tensor, Tensor]:
+        layer = self.model.config.stages - 2 - s                 # model.up_u runs coarsest first
+        return self.model.up_u[layer](u, self.sizes[s]), self.model.up_ul[layer](ul, self.sizes[s])

@@ -21,12 +21,26 @@ positions, and its position (I, J) sits over image pixel (2^s I, 2^s J).
   (r, c) from coarse (r // 2, c // 2), computed at an earlier pixel or the same one.
 
 Every activation is computed no earlier than what it reads and no later than its first reader,
-so a pixel's work is: if it starts an image row, the u rows of every stage with a row there, in
-the network's order (up pass, then down pass); then the ul positions of every stage with a
-position there, in the same order; then the output head. The u stream enters a ul block through
-a 1x1 shortcut (nin) of the same position, computed for the whole row at once and added to the
-block's first convolution as a per-position bias (as the Gated PixelCNN's vertical-to-horizontal
-link); the up pass's ul outputs reach the down pass at the same position in the same step.
+so a pixel's work is the network itself, :meth:`PixelCNNPP.u_net`, over the stages with a position
+there (a prefix: 2^s divides h and w), in the network's order: each block computes its u row if
+the pixel starts an image row (the u stream has no value elsewhere: None), then its ul position;
+then the output head. The u stream enters a ul block through a 1x1 shortcut (nin) of the same
+position, computed for the whole row at once and added to the block's first convolution as a
+per-position bias (as the Gated PixelCNN's vertical-to-horizontal link); the up pass's ul outputs
+reach the down pass at the same position in the same step.
+
+One statement of the network. The stepper is the ``net`` that :meth:`PixelCNNPP.u_net` composes,
+so the order of the streams, the resampling between stages, the shortcuts' pushes and pops, where
+they enter a block and the final ELU and 1x1 output are the model's code, run by both paths, and a
+block is :meth:`StreamBlock.combine` and :meth:`GatedResnet.combine` on this file's incremental
+forms of its layers. It calls them through the model it is given, so it imports nothing of the
+model's file. Three things are this path's own, by necessity: the first layer's incremental form
+(its shifts become reading row h - 1 and column w - 1, zero above and left of the image, bias
+included), the shortcut's 1x1 convolution split into one matrix per stream (the full path
+concatenates the streams first; here they arrive at different times, u a row at a time, the up
+pass's ul a position at a time, and the sum is the same), and concat_elu of a value computed once
+per pixel for all its readers (:meth:`CachedPixelCNNPP.elu_of`), where the full path computes it
+at each reader.
 
 Each gated ResNet block caches concat_elu of its input and of its inner activation, the inputs
 of its two convolutions; dropout is off (sampling runs in eval mode). The sums are those of the
@@ -46,11 +60,10 @@ in float64 the paths agree to ~1e-12, default size included (tests/test_generate
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelcnn.dlm import PixelMixture
-from pixelcnn.layers import Condition, concat_elu, concat_elu_into, gated_residual, signed_identity
+from pixelcnn.layers import Condition, concat_elu, concat_elu_into, signed_identity
 from pixelcnn.models.incremental import (CachedConv, CachedConvTranspose, CachedStepper, ConvTaps, FeatureMap,
                                          Pointwise, TransposedTaps, class_bias)
 
@@ -65,15 +78,18 @@ def shortcut_weights(nin: nn.Conv2d, streams: int) -> list[Tensor]:
 
 
 class CachedGatedResnet:
-    """A GatedResnet over one row (u stream) or at one position (ul stream) of its stage.
+    """A GatedResnet over one row (u stream) or at one position (ul stream) of its stage, through the
+    module's own ``combine``.
 
     Caches concat_elu of its input (``x_elu``) and of its inner activation (``h_elu``). The
     shortcut, nin(concat_elu(aux)), is a sum over the aux streams: the first stream (u) is taken a
     row at a time, the second (the up pass's ul, down pass only) a position at a time.
     """
 
-    def __init__(self, block: nn.Module, stepper: CachedStepper, size: tuple[int, int], cond: Condition | None):
+    def __init__(self, block: nn.Module, stepper: "CachedPixelCNNPP", s: int, size: tuple[int, int],
+                 cond: Condition | None):
         taps_in, taps_out = ConvTaps.of(block.conv_in), ConvTaps.of(block.conv_out)
+        self.combine, self.stepper, self.s = block.combine, stepper, s
         self.x_elu = stepper.feature_map(taps_in.in_channels, [taps_in], size)
         self.h_elu = stepper.feature_map(taps_out.in_channels, [taps_out], size)
         self.conv_in = CachedConv(taps_in, self.x_elu)
@@ -89,15 +105,26 @@ class CachedGatedResnet:
         self.out_windows: Tensor | None = None
         self.signs = signed_identity(taps_in.in_channels // 2, taps_in.weight)  # (F, 2F)
 
-    def row(self, x: Tensor, x_elu: Tensor, i: int, skip_elu: Tensor | None = None) -> Tensor:
-        """(W, B, F) output row i from the input row x, its concat_elu x_elu (W, B, 2F) and the shortcut's."""
-        self.x_elu.write_row(i, x_elu)
-        h = self.conv_in.row(i)                                                 # (W, B, F), conv_in's bias
-        if skip_elu is not None:
-            flat = skip_elu.reshape(-1, skip_elu.shape[-1])
-            h = h + torch.addmm(self.nin_bias, flat, self.shortcuts[0]).view_as(h)
-        self.h_elu.write_row(i, concat_elu(h, dim=-1))
-        return gated_residual(x, self.conv_out.row(i), dim=-1)                # (W, B, F)
+    def row(self, x: Tensor | None, skip: Tensor | None = None) -> Tensor | None:
+        """(W, B, F) output row from the input row x and the shortcut's (W, B, F); None where no row starts."""
+        if x is None:
+            return None
+        i, elu_of = self.stepper.stage_position(self.s)[0], self.stepper.elu_of
+        shortcut = None
+        if skip is not None:
+            skip_elu = elu_of(skip)
+            shortcut = torch.addmm(self.nin_bias, skip_elu.reshape(-1, skip_elu.shape[-1]), self.shortcuts[0])
+            shortcut = shortcut.view(*x.shape[:-1], -1)
+
+        def conv_in(v: Tensor) -> Tensor:
+            self.x_elu.write_row(i, v)
+            return self.conv_in.row(i)                                          # (W, B, F), conv_in's bias
+
+        def conv_out(v: Tensor) -> Tensor:
+            self.h_elu.write_row(i, v)
+            return self.conv_out.row(i)
+
+        return self.combine(x, elu_of(x), conv_in, conv_out, shortcut, dim=-1)  # (W, B, F)
 
     def prepare_row(self, u_elu: Tensor, i: int) -> None:
         """Ul row i: the first convolution's bias at each position (its and nin's biases plus nin of the
@@ -107,16 +134,33 @@ class CachedGatedResnet:
         self.x_elu_row, self.h_elu_row = self.x_elu.row(i), self.h_elu.row(i)   # (B, W, 2F) each
         self.in_windows, self.out_windows = self.conv_in.views[i], self.conv_out.views[i]
 
-    def at(self, x: Tensor, i: int, j: int, skip_elu: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(B, F) output at (i, j) from the input x (B, F) and the concat_elu of the up pass's ul there (down
-        pass); and the concat_elu of x (B, 2F), a view of the cache (the down pass's shortcut, up pass)."""
+    def at(self, x: Tensor, u: Tensor | None, skip: Tensor | None = None) -> Tensor:
+        """(B, F) output at the stage's position from the input x (B, F), the u row (W, B, F) where one
+        starts (it prepares the ul row) and the up pass's ul there (down pass)."""
+        (i, j), stepper = self.stepper.stage_position(self.s), self.stepper
+        if u is not None:
+            self.prepare_row(stepper.elu_of(u), i)
         bias = self.row_bias[j]
-        if skip_elu is not None:
-            bias = torch.addmm(bias, skip_elu, self.shortcuts[1])
-        x_elu = concat_elu_into(x, self.x_elu_row[:, j], self.signs)
-        h = window_product(self.conv_in, self.in_windows, i, j, bias)           # (B, F)
-        concat_elu_into(h, self.h_elu_row[:, j], self.signs)
-        return gated_residual(x, window_product(self.conv_out, self.out_windows, i, j), dim=-1), x_elu
+        if skip is not None:
+            bias = torch.addmm(bias, stepper.elu_of(skip), self.shortcuts[1])
+        x_elu = stepper.remember_elu(x, concat_elu_into(x, self.x_elu_row[:, j], self.signs))
+        return self.combine(x, x_elu, lambda v: window_product(self.conv_in, self.in_windows, i, j, bias),
+                            lambda v: window_product(self.conv_out, self.out_windows, i, j), dim=-1,
+                            elu=lambda h, dim: concat_elu_into(h, self.h_elu_row[:, j], self.signs))
+
+
+class CachedStreamBlock:
+    """A StreamBlock at one pixel, through the module's own ``combine``: the u row where one starts, the ul position."""
+
+    def __init__(self, block: nn.Module, stepper: "CachedPixelCNNPP", s: int, size: tuple[int, int],
+                 cond: Condition | None):
+        self.combine = block.combine
+        self.u = CachedGatedResnet(block.u, stepper, s, size, cond)
+        self.ul = CachedGatedResnet(block.ul, stepper, s, size, cond)
+
+    def __call__(self, u: Tensor | None, ul: Tensor, u_skip: Tensor | None = None,
+                 ul_skip: Tensor | None = None) -> tuple[Tensor | None, Tensor]:
+        return self.combine(self.u.row, self.ul.at, u, ul, u_skip, ul_skip)
 
 
 def window_product(conv: CachedConv, windows: Tensor, i: int, j: int, bias: Tensor | None = None) -> Tensor:
@@ -156,102 +200,6 @@ class CachedInputLayer:
         return self.left.at(h, w - 1, bias=self.row_bias[w])
 
 
-class UpStage:
-    """Stage s of the up pass, entered (s > 0) through the stride-2 convolutions of the stage below.
-
-    ``u_top`` / ``ul_top`` cache its last outputs for the next stage's stride-2 convolutions (None at the last stage).
-    """
-
-    def __init__(self, model: nn.Module, s: int, size: tuple[int, int], below: "UpStage | None",
-                 stepper: CachedStepper, cond: Condition | None):
-        blocks = model.up_pass[s]
-        self.u = [CachedGatedResnet(b.u, stepper, size, cond) for b in blocks]
-        self.ul = [CachedGatedResnet(b.ul, stepper, size, cond) for b in blocks]
-        self.down_u = None if below is None else CachedConv(ConvTaps.of(model.down_u[s - 1]), below.u_top)
-        self.down_ul = None if below is None else CachedConv(ConvTaps.of(model.down_ul[s - 1]), below.ul_top)
-        last = s == len(model.up_pass) - 1
-        f = model.config.filters
-        self.u_top = None if last else stepper.feature_map(f, [ConvTaps.of(model.down_u[s])], size)
-        self.ul_top = None if last else stepper.feature_map(f, [ConvTaps.of(model.down_ul[s])], size)
-        self.signs = signed_identity(f, stepper.like)                          # (F, 2F)
-
-    def rows(self, u: Tensor, i: int) -> tuple[Tensor, list[Tensor]]:
-        """Row i from the input row u (W, B, F) -> (its last u row, the concat_elu of the down pass's u shortcuts)."""
-        if self.down_u is not None:
-            u = self.down_u.row(i)
-        u_elu, skips = concat_elu(u, dim=-1), []
-        for u_block, ul_block in zip(self.u, self.ul):
-            skips.append(u_elu)
-            u = u_block.row(u, u_elu, i)
-            u_elu = concat_elu(u, dim=-1)
-            ul_block.prepare_row(u_elu, i)                                        # the ul block's shortcut is this u
-        if self.u_top is not None:                                             # else u starts the down pass
-            self.u_top.write_row(i, u)
-            skips.append(u_elu)
-        return u, skips
-
-    def at(self, ul: Tensor, i: int, j: int) -> tuple[Tensor, list[Tensor]]:
-        """Position (i, j) from the input ul (B, F) -> (its last ul, the concat_elu of the down pass's ul shortcuts)."""
-        if self.down_ul is not None:
-            ul = self.down_ul.at(i, j)
-        skips = []
-        for block in self.ul:
-            ul, ul_elu = block.at(ul, i, j)
-            skips.append(ul_elu)                                               # concat_elu of the block's input
-        if self.ul_top is not None:
-            self.ul_top.at(i, j).copy_(ul)
-            skips.append(F.elu_(ul @ self.signs))
-        return ul, skips
-
-
-class DownStage:
-    """Stage s of the down pass, entered (below the last stage) through the transposed convolutions.
-
-    ``u_top`` / ``ul_top`` cache its last outputs for the finer stage's transposed convolutions (None at stage 0).
-    """
-
-    def __init__(self, model: nn.Module, s: int, sizes: list[tuple[int, int]], above: "DownStage | None",
-                 stepper: CachedStepper, cond: Condition | None):
-        stages = len(sizes)
-        d = stages - 1 - s                                                     # index in model.down_pass
-        blocks = model.down_pass[d]
-        self.u = [CachedGatedResnet(b.u, stepper, sizes[s], cond) for b in blocks]
-        self.ul = [CachedGatedResnet(b.ul, stepper, sizes[s], cond) for b in blocks]
-        self.up_u = self.up_ul = None
-        if above is not None:
-            self.up_u = CachedConvTranspose(above.u_readers, above.u_top)
-            self.up_ul = CachedConvTranspose(above.ul_readers, above.ul_top)
-        self.u_top = self.ul_top = None
-        if s > 0:
-            f = model.config.filters
-            self.u_readers = TransposedTaps.of(model.up_u[d], sizes[s], sizes[s - 1])
-            self.ul_readers = TransposedTaps.of(model.up_ul[d], sizes[s], sizes[s - 1])
-            self.u_top = stepper.feature_map(f, [self.u_readers], sizes[s])
-            self.ul_top = stepper.feature_map(f, [self.ul_readers], sizes[s])
-
-    def rows(self, u: Tensor, i: int, skips: list[Tensor]) -> None:
-        """Row i, from the up pass's last u row (last stage) or the coarser stage; consumes ``skips`` from the end."""
-        if self.up_u is not None:
-            u = self.up_u.row(i)
-        u_elu = concat_elu(u, dim=-1)
-        for u_block, ul_block in zip(self.u, self.ul):
-            u = u_block.row(u, u_elu, i, skips.pop())
-            u_elu = concat_elu(u, dim=-1)
-            ul_block.prepare_row(u_elu, i)
-        if self.u_top is not None:
-            self.u_top.write_row(i, u)
-
-    def at(self, ul: Tensor, i: int, j: int, skips: list[Tensor]) -> Tensor:
-        """(B, F) position (i, j), from the up pass's last ul (last stage) or the coarser stage."""
-        if self.up_ul is not None:
-            ul = self.up_ul.at(i, j)
-        for block in self.ul:
-            ul, _ = block.at(ul, i, j, skips.pop())
-        if self.ul_top is not None:
-            self.ul_top.at(i, j).copy_(ul)
-        return ul
-
-
 def check_geometry(model: nn.Module) -> None:
     """The schedule relies on the shapes of the resampling layers: refuse others rather than be wrong."""
     for layers, kernel in ((model.down_u, (2, 3)), (model.up_u, (2, 3)), (model.down_ul, (2, 2)), (model.up_ul, (2, 2))):
@@ -262,7 +210,11 @@ def check_geometry(model: nn.Module) -> None:
 
 
 class CachedPixelCNNPP(CachedStepper):
-    """PixelCNN++ one pixel at a time: u rows when an image row starts, ul positions at their pixel (see the module)."""
+    """PixelCNN++ one pixel at a time: the model's own ``u_net`` evaluated at each pixel (see the module).
+
+    As the ``net`` of :meth:`PixelCNNPP.u_net`, it evaluates the stages that have a position at the
+    current pixel; the u stream's value is a row (W, B, F) where an image row starts, None elsewhere.
+    """
 
     def __init__(self, model: nn.Module, x: Tensor, cond: Condition | None):
         check_geometry(model)
@@ -272,15 +224,26 @@ class CachedPixelCNNPP(CachedStepper):
         sizes = [(self.height, self.width)]
         for conv in model.down_u:                                              # ceil(H / 2^s), as F.conv2d gives
             sizes.append(ConvTaps.of(conv).output_size(*sizes[-1]))
-        self.up: list[UpStage] = []
-        for s, size in enumerate(sizes):
-            self.up.append(UpStage(model, s, size, self.up[-1] if s else None, self, cond))
-        down: list[DownStage] = []
-        for s in reversed(range(len(sizes))):                                 # coarsest first
-            down.append(DownStage(model, s, sizes, down[-1] if down else None, self, cond))
-        self.down = down[::-1]                                                 # indexed by stage
+        stages, f = len(sizes), model.config.filters
+        self.up = [[CachedStreamBlock(b, self, s, sizes[s], cond) for b in model.up_pass[s]] for s in range(stages)]
+        self.down = [[CachedStreamBlock(b, self, s, sizes[s], cond) for b in model.down_pass[stages - 1 - s]]
+                     for s in range(stages)]
+        # What a resampling layer reads: each stage's last u / ul of the up pass (the coarser stage's
+        # stride-2 convolutions) and of the down pass (the finer stage's transposed convolutions).
+        self.up_tops, self.down_tops = [None] * stages, [None] * stages
+        self.downsample_layers, self.upsample_layers = [None] * stages, [None] * stages
+        for s in range(1, stages):
+            convs = (ConvTaps.of(model.down_u[s - 1]), ConvTaps.of(model.down_ul[s - 1]))
+            self.up_tops[s - 1] = [self.feature_map(f, [taps], sizes[s - 1]) for taps in convs]
+            self.downsample_layers[s] = [CachedConv(taps, top) for taps, top in zip(convs, self.up_tops[s - 1])]
+            layer = stages - 1 - s                                             # model.up_u runs coarsest first
+            readers = [TransposedTaps.of(m[layer], sizes[s], sizes[s - 1]) for m in (model.up_u, model.up_ul)]
+            self.down_tops[s] = [self.feature_map(f, [taps], sizes[s]) for taps in readers]
+            self.upsample_layers[s - 1] = [CachedConvTranspose(r, top) for r, top in zip(readers, self.down_tops[s])]
         self.out = Pointwise(model.out)
-        self.row = -1                                                          # the image row whose u rows are done
+        self.pixel = (0, 0)                                                    # the pixel being computed
+        self.positions: list[tuple[int, int]] = []                             # each stage's position under it
+        self.elus: dict[int, tuple[Tensor, Tensor]] = {}                       # id(value) -> (value, concat_elu)
         self.mixture: PixelMixture | None = None                               # the current pixel's, at its next channel
 
     def log_probs(self, c: int, h: int, w: int) -> Tensor:
@@ -303,29 +266,56 @@ class CachedPixelCNNPP(CachedStepper):
         else:
             self.mixture = None
 
-    def stages_at(self, h: int, w: int = 0) -> list[int]:
+    def stages_at(self, h: int, w: int) -> range:
         """The stages with a position over image pixel (h, w): those whose 2^s divides h and w."""
-        return [s for s in range(len(self.up)) if h % (1 << s) == 0 and w % (1 << s) == 0]
-
-    def start_row(self, h: int) -> None:
-        """The u stream's rows that image row h makes final, at every stage that has a row there."""
-        stages = self.stages_at(h)
-        u, skips = self.input_layer.start_row(h), []
-        for s in stages:
-            u, stage_skips = self.up[s].rows(u, h >> s)
-            skips.append(stage_skips)
-        for s in reversed(stages):
-            self.down[s].rows(u, h >> s, skips[s])
+        stages = 1
+        while stages < len(self.up) and (h | w) % (1 << stages) == 0:
+            stages += 1
+        return range(stages)
 
     def column(self, h: int, w: int) -> Tensor:
-        if h != self.row:                                                      # raster order: a new image row
-            self.start_row(h)
-            self.row = h
         stages = self.stages_at(h, w)
-        ul, skips = self.input_layer.at(h, w), []
-        for s in stages:
-            ul, stage_skips = self.up[s].at(ul, h >> s, w >> s)
-            skips.append(stage_skips)
-        for s in reversed(stages):
-            ul = self.down[s].at(ul, h >> s, w >> s, skips[s])
-        return self.out(F.elu(ul))                                             # (B, P)
+        self.pixel = (h, w)                                                    # raster order: w == 0 starts a row
+        self.positions = [(h >> s, w >> s) for s in stages]
+        self.elus.clear()
+        return self.model.u_net(self, stages)                                  # (B, P)
+
+    def stage_position(self, s: int) -> tuple[int, int]:
+        """Stage s's position under the current pixel."""
+        return self.positions[s]
+
+    def elu_of(self, value: Tensor) -> Tensor:
+        """concat_elu of a value of the current pixel's pass, computed once: a value's blocks, the ul
+        block's shortcut from the new u and the down pass's shortcuts all read it."""
+        known = self.elus.get(id(value))
+        return known[1] if known is not None else self.remember_elu(value, concat_elu(value, dim=-1))
+
+    def remember_elu(self, value: Tensor, elu: Tensor) -> Tensor:
+        self.elus[id(value)] = (value, elu)                                    # the value too: its id stays its own
+        return elu
+
+    # ----- the layers u_net composes, at the current pixel --------------------------------------
+
+    def first(self) -> tuple[Tensor | None, Tensor]:
+        h, w = self.pixel
+        return self.input_layer.start_row(h) if w == 0 else None, self.input_layer.at(h, w)
+
+    def downsample(self, s: int, u: Tensor | None, ul: Tensor) -> tuple[Tensor | None, Tensor]:
+        """From the finer stage's kept outputs (this pixel's among them)."""
+        (i, j), (down_u, down_ul) = self.stage_position(s), self.downsample_layers[s]
+        return down_u.row(i) if self.pixel[1] == 0 else None, down_ul.at(i, j)
+
+    def upsample(self, s: int, u: Tensor | None, ul: Tensor | None) -> tuple[Tensor | None, Tensor]:
+        """From the coarser stage's kept outputs, computed at this pixel or an earlier one (u and ul are
+        None where this pixel has no position in the coarser stage: what it reads is in the cache)."""
+        (i, j), (up_u, up_ul) = self.stage_position(s), self.upsample_layers[s]
+        return up_u.row(i) if self.pixel[1] == 0 else None, up_ul.at(i, j)
+
+    def keep(self, s: int, u: Tensor | None, ul: Tensor, down: bool = False) -> None:
+        """Stage s's last outputs into the caches that the other stage's resampling layers read."""
+        tops = self.down_tops[s] if down else self.up_tops[s]
+        if tops is not None:
+            i, j = self.stage_position(s)
+            if u is not None:
+                tops[0].write_row(i, u)
+            tops[1].at(i, j).copy_(ul)
