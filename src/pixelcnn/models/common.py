@@ -1,9 +1,9 @@
-"""Pieces the masked families (PixelCNN, Gated PixelCNN, PixelRNN) share."""
+"""Pieces the masked families (PixelCNN, Gated PixelCNN, PixelRNN, lmconv) share."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +14,16 @@ from pixelcnn.errors import ConfigError
 from pixelcnn.layers import MaskedConv2d, channel_groups, raster_conv
 
 OUTPUTS = ("auto", "categorical", "bernoulli")
+
+
+def stack(first: Callable[[], Tensor], layers: Iterable[Callable[[Tensor], Tensor]], head: Callable[[Tensor], Tensor]):
+    """A network that is a stack, for both of its paths: the first layer, each layer on the stream
+    in turn (its residual inside), the output layers. On whole maps (the module's ``network``, with
+    the modules) or at one position (a cached stepper, with each layer's incremental form)."""
+    h = first()                                                   # (B, n, H, W), or (B, n) at a position
+    for layer in layers:
+        h = layer(h)
+    return head(h)                                                # (B, P, H, W), or (B, P)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -33,7 +34,7 @@ from pixelcnn.errors import ConfigError
 from pixelcnn.layers import Condition, ConditionBias, channel_groups, gate
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import (MaskedModelConfig, OutputHead, check_dilations, check_kernel, gate_groups, masked_1x1,
-                                    output_distribution)
+                                    output_distribution, stack)
 from pixelcnn.models.incremental import CachedStepper, Pointwise, PointwiseHead, class_bias
 from pixelcnn.models.local_conv import LocalCachedConv, LocallyMaskedConv2d, tap_masks
 
@@ -202,10 +203,8 @@ class LMConv(AutoregressiveModel):
         """(B, C, H, W) floats in [-1, 1] -> (B, P, H, W) parameters of order ``order`` (default: the first)."""
         masks = self.tap_masks(self.default_order() if order is None else order)
         ones = torch.ones_like(x[:, :1])                                     # 1 inside the image, 0 in the padding
-        h = self.input(torch.cat([x, ones], 1), masks[self.input.key]) + self.input_bias(cond)   # (B, hidden, H, W)
-        for block in self.blocks:
-            h = block(h, masks, cond)
-        return self.head(h)                                                  # (B, P, H, W)
+        return stack(lambda: self.input(torch.cat([x, ones], 1), masks[self.input.key]) + self.input_bias(cond),
+                     [partial(block, masks=masks, cond=cond) for block in self.blocks], self.head)
 
     def forward(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None,
                 order: object = None) -> Tensor:
@@ -296,8 +295,5 @@ class CachedLMConv(CachedStepper):
         self.head = PointwiseHead(model.head)
 
     def column(self, h: int, w: int) -> Tensor:
-        x = self.input.at(h, w)                                              # (B, hidden)
-        for block in self.blocks:
-            x = block(x, h, w)
-        return self.head(x)                                                  # (B, P)
+        return stack(partial(self.input.at, h, w), [partial(block, h=h, w=w) for block in self.blocks], self.head)
 

@@ -9,6 +9,7 @@ masks has the well-known blind spot to the upper right; Gated PixelCNN removes i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from pixelcnn.layers import Condition, ConditionBias, channel_groups, raster_conv
 from pixelcnn.models.base import AutoregressiveModel
-from pixelcnn.models.common import MaskedModelConfig, OutputHead, check_kernel, masked_1x1, output_distribution
+from pixelcnn.models.common import MaskedModelConfig, OutputHead, check_kernel, masked_1x1, output_distribution, stack
 from pixelcnn.models.incremental import CachedConv, CachedStepper, ConvTaps, Pointwise, PointwiseHead, class_bias
 
 
@@ -86,10 +87,8 @@ class PixelCNN(AutoregressiveModel):
         return output_distribution(self.config)
 
     def network(self, x: Tensor, cond: Condition | None) -> Tensor:
-        h = self.input(x) + self.input_bias(cond)            # (B, hidden, H, W)
-        for block in self.blocks:
-            h = block(h, cond)
-        return self.head(h)                                  # (B, P, H, W)
+        return stack(lambda: self.input(x) + self.input_bias(cond),
+                     [partial(block, cond=cond) for block in self.blocks], self.head)
 
     def cached_stepper(self, x: Tensor, cond: Condition | None) -> "CachedPixelCNN":
         return CachedPixelCNN(self, x, cond)
@@ -128,7 +127,4 @@ class CachedPixelCNN(CachedStepper):
         self.head = PointwiseHead(model.head)
 
     def column(self, h: int, w: int) -> Tensor:
-        x = self.input.at(h, w)                              # (B, hidden)
-        for block in self.blocks:
-            x = block(x, h, w)
-        return self.head(x)                                  # (B, P)
+        return stack(partial(self.input.at, h, w), [partial(block, h=h, w=w) for block in self.blocks], self.head)

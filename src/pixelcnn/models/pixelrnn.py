@@ -52,7 +52,7 @@ Sampling: ``cached_stepper`` keeps every layer's LSTM states and computes one pi
 the Diagonal BiLSTM's right-to-left direction once a row is complete, as its output only
 reaches the rows below). It gives the naive path's probabilities up to float rounding.
 
-One statement of the network. :meth:`PixelRNN.compose` (the first layer with its conditioning
+One statement of the network. :func:`~pixelcnn.models.common.stack` (the first layer with its conditioning
 bias, the LSTM layers in turn, the output layers) is run by both paths: on whole maps, and by the
 stepper at one pixel over each layer's incremental form, which sits beside its module, is built by
 it (``cached``) and reads its weights through the module's own methods (the input-to-state
@@ -88,7 +88,7 @@ from pixelcnn.errors import ConfigError
 from pixelcnn.layers import (Condition, ConditionBias, LSTMGates, MaskedConv2d, channel_groups, horizontal_conv, lstm_cell,
                              raster_conv, skew_columns, unskew_columns)
 from pixelcnn.models.base import AutoregressiveModel
-from pixelcnn.models.common import MaskedModelConfig, OutputHead, check_kernel, masked_1x1, output_distribution
+from pixelcnn.models.common import MaskedModelConfig, OutputHead, check_kernel, masked_1x1, output_distribution, stack
 from pixelcnn.models.incremental import PixelStepper, PointwiseHead
 
 FORGET_BIAS = 1.0   # initial forget-gate bias: cells start by keeping their state (a common LSTM choice)
@@ -515,19 +515,11 @@ class PixelRNN(AutoregressiveModel):
     def make_distribution(self):
         return output_distribution(self.config)
 
-    @staticmethod
-    def compose(first, layers, head):
-        """The network, for both paths: the first (mask A) layer with its conditioning bias, each LSTM
-        layer on the stream in turn (its residual inside), the output layers. On whole maps (``network``)
-        or at one pixel (:class:`PixelRNNStepper`, with each layer's incremental form)."""
-        u = first()                                                    # (B, 2h, H, W) or (2h, B)
-        for layer in layers:
-            u = layer(u)
-        return head(u)                                                 # (B, P, H, W) or (B, P)
-
     def network(self, x: Tensor, cond: Condition | None) -> Tensor:
-        return self.compose(lambda: self.input(x) + self.input_bias(cond),
-                            [partial(layer, cond=cond, pixels=x) for layer in self.layers], self.head)
+        """The first (mask A) layer with its conditioning bias, the LSTM layers, the output layers: a
+        :func:`~pixelcnn.models.common.stack`, which :class:`PixelRNNStepper` runs at one pixel."""
+        return stack(lambda: self.input(x) + self.input_bias(cond),
+                     [partial(layer, cond=cond, pixels=x) for layer in self.layers], self.head)
 
     def cached_stepper(self, x: Tensor, cond: Condition | None):
         return PixelRNNStepper(self, x, cond)
@@ -589,7 +581,7 @@ class FirstLayerCache:
 class PixelRNNStepper(PixelStepper):
     """Incremental sampler: one pixel of every layer per step, LSTM states kept between steps.
 
-    The network is the model's own :meth:`PixelRNN.compose` over the first layer's and each LSTM
+    The network is the same :func:`~pixelcnn.models.common.stack` over the first layer's and each LSTM
     layer's incremental form. Their buffers hold one row (``row``): what pixels of that row
     compute, and what they need from the rows above, prepared by ``begin_row`` (the first layer's
     taps on the rows above, the Row LSTM's state-to-state term, the Diagonal BiLSTM's right-to-left
@@ -626,8 +618,8 @@ class PixelRNNStepper(PixelStepper):
         while self.row < i:
             self.row += 1
             self.begin_row(self.row)
-        return self.model.compose(partial(self.first.step, j), [partial(cache.step, j) for cache in self.caches],
-                                  lambda top: self.head(top.t()))
+        return stack(partial(self.first.step, j), [partial(cache.step, j) for cache in self.caches],
+                     lambda top: self.head(top.t()))                 # the stream is (2h, B) here
 
     def begin_row(self, i: int) -> None:
         """Prepare the buffers for row i; every pixel above it is computed."""
