@@ -103,6 +103,8 @@ ROWS = [
     (["train", *T, "--in-channels", "0"], "argument --in-channels: expected an integer >= 1"),
     (["train", *T, "--device", "gpu"], "expected a device: auto, cpu, cuda or cuda:N, got 'gpu'"),
     (["train", *T, "--hidden", "0"], "hidden must be an integer >= 1"),
+    (["train", *T, "--model", "lmconv", "--completion-orders", "1.5"],
+     "completion_orders must be a probability in [0, 1], got 1.5"),
     (["train", *T, "--dilations", "1,,2"], "argument --dilations: expected values of type int separated by commas"),
     (["train", *T, "--dilations", "x"], "argument --dilations: expected values of type int separated by commas"),
     (["train", *T, "--conditional"], "--conditional needs class labels"),

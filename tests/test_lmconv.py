@@ -19,6 +19,7 @@ from pixelcnn import orders
 from pixelcnn.cli import main
 from pixelcnn.coding import container
 from pixelcnn.errors import ConfigError, PixelCNNError
+from pixelcnn.models.lmconv import MEMO_SIZE
 from pixelcnn.orders import InvalidOrderError
 from pixelcnn.sampling import NaiveStepper
 
@@ -340,6 +341,94 @@ def test_each_training_step_uses_one_training_order_chosen_by_seed_and_step():
     assert {tuple(p.tolist()) for p in picks} <= table and len({tuple(p.tolist()) for p in picks}) > 8
     x = torch.randint(0, 2, (3, 1, 4, 4))
     torch.testing.assert_close(model.nll(x, order=picks[0]), -model.log_prob(x, order=picks[0]))
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (1, 4), (5, 3), (28, 28)])
+def test_random_known_masks_are_holes_sides_and_pixel_subsets_fixed_by_the_generator(height, width):
+    draw = lambda seed: orders.random_known(height, width, torch.Generator().manual_seed(seed))
+    masks = [draw(seed) for seed in range(60)]
+    assert all(m.shape == (height, width) and m.dtype == torch.bool for m in masks)
+    assert all(torch.equal(m, draw(seed)) for seed, m in enumerate(masks))
+    if height * width < 12:
+        return
+    kinds = {mask_kind(m) for m in masks}
+    assert kinds == {"hole", "side", "pixels"}
+    assert len({tuple(m.flatten().tolist()) for m in masks}) > 30
+
+
+def mask_kind(known):
+    """'side' if the known pixels are the top, bottom, left or right part; 'hole' if the unknown
+    ones are any other rectangle; else 'pixels'."""
+    rows, cols = known.all(1), known.all(0)
+    if bool((known == rows[:, None]).all() | (known == cols[None, :]).all()):
+        return "side"
+    unknown = (~known).nonzero()
+    (top, left), (bottom, right) = unknown.min(0).values.tolist(), unknown.max(0).values.tolist()
+    return "hole" if int((~known).sum()) == (bottom - top + 1) * (right - left + 1) else "pixels"
+
+
+def test_completion_orders_visit_a_random_masks_known_pixels_first_chosen_by_seed_and_step():
+    model = lmconv((1, 5, 6), 2, orders=("s_curve",), completion_orders=0.5)
+    steps = [model.step_order(seed=3, step=s) for s in range(120)]
+    again = [model.step_order(seed=3, step=s) for s in range(120)]
+    for (order, known), (order2, known2) in zip(steps, again):
+        assert torch.equal(order, order2) and (known is None) == (known2 is None)
+        assert known is None or torch.equal(known, known2)
+        assert torch.equal(model.step_inputs(3, 0)["order"], steps[0][0])
+    masked = [(order, known) for order, known in steps if known is not None]
+    assert 35 < len(masked) < 85
+    table = {tuple(row.tolist()) for row in model.orders}
+    assert all(tuple(order.tolist()) in table for order, known in steps if known is None)
+    for order, known in masked:
+        orders.check_permutation(order, 30)
+        flat = known.flatten()[order]                                        # known, in visiting order
+        assert not bool((flat[1:] & ~flat[:-1]).any())                       # no known pixel after an unknown one
+        assert torch.equal(order, orders.known_first(known, model.orders))
+    assert sum(tuple(order.tolist()) not in table for order, _ in masked) > 20
+    other = [model.step_order(seed=4, step=s)[0] for s in range(120)]
+    assert any(not torch.equal(a, b) for a, b in zip(other, [o for o, _ in steps]))
+
+
+def test_without_completion_orders_the_steps_are_the_training_orders_of_before():
+    plain, mixed = lmconv((1, 4, 4), 2), lmconv((1, 4, 4), 2, completion_orders=0.5)
+    for s in range(40):
+        order, known = mixed.step_order(0, s)
+        assert known is not None or torch.equal(order, plain.step_inputs(0, s)["order"])
+        assert plain.step_order(0, s)[1] is None
+    x = torch.randint(0, 2, (3, 1, 4, 4), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(mixed.log_prob(x), plain.log_prob(x))      # the ensemble: training orders only
+    assert mixed.order_names == plain.order_names
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.5", True, None])
+def test_completion_orders_must_be_a_probability(bad):
+    with pytest.raises(ConfigError, match=r"completion_orders must be a probability in \[0, 1\], got"):
+        pixelcnn.create("lmconv", image_shape=(1, 4, 4), levels=2, completion_orders=bad)
+
+
+def test_a_stream_of_one_off_orders_keeps_the_training_orders_tap_masks_memoised():
+    model = lmconv((1, 5, 6), 2, orders=("s_curve",), completion_orders=1.0)
+    kept = [model.tap_masks(order) for order in model.orders]
+    for s in range(3 * MEMO_SIZE):
+        model.tap_masks(model.step_order(0, s)[0])
+        model.tap_masks(torch.randperm(30, generator=torch.Generator().manual_seed(s)))
+    assert len(model._masks) <= MEMO_SIZE
+    assert all(model.tap_masks(order) is masks for order, masks in zip(model.orders, kept))
+
+
+@needs_mnist
+def test_training_on_completion_orders_resumes_exactly(tmp_path):
+    from pixelcnn import training
+
+    hp = dict(hidden=4, layers=1, output_hidden=0, first_kernel=3, order_symmetries=2, completion_orders=0.5)
+    cfg = dict(model="lmconv", dataset="mnist", batch_size=4, valid_limit=4, samples=0, log_every=1, ema=0)
+    training.train(training.TrainConfig(**cfg, max_steps=6), tmp_path / "straight", **hp)
+    training.train(training.TrainConfig(**cfg, max_steps=3), tmp_path / "split", **hp)
+    training.resume(tmp_path / "split", max_steps=6)
+    a, b = (torch.load(tmp_path / run / "checkpoints" / "last" / "training_state.pt", weights_only=True)["model"]
+            for run in ("straight", "split"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
 # ----- command line ------------------------------------------------------------------------

@@ -112,6 +112,41 @@ def known_first(known: Tensor, candidates: Tensor) -> Tensor:
     return torch.cat([base[flat[base]], base[~flat[base]]])
 
 
+# The shapes of what is known in a completion: everything but a rectangular hole, one side of the
+# image, or a random subset of the pixels.
+MASK_FAMILIES = ("hole", "side", "pixels")
+
+
+def random_known(height: int, width: int, generator: torch.Generator) -> Tensor:
+    """(H, W) bool: a random mask of known pixels, of one of the :data:`MASK_FAMILIES` drawn uniformly.
+
+    ``hole``: unknown is a rectangle of random size (1..H by 1..W) and position; ``side``: known is
+    the top, bottom, left or right part of the image, cut between two random rows or columns; ``pixels``:
+    each pixel is known with a probability drawn uniformly from [0, 1). Every draw comes from
+    ``generator``, so a seeded generator gives the same mask.
+    """
+    family = MASK_FAMILIES[_draw(len(MASK_FAMILIES), generator)]
+    if family == "pixels":
+        density = torch.rand((), generator=generator)
+        return torch.rand(height, width, generator=generator) < density
+    hs, ws = torch.arange(height)[:, None], torch.arange(width)[None, :]    # (H, 1), (1, W)
+    if family == "hole":
+        hh, hw = 1 + _draw(height, generator), 1 + _draw(width, generator)
+        top, left = _draw(height - hh + 1, generator), _draw(width - hw + 1, generator)
+        inside = (hs >= top) & (hs < top + hh) & (ws >= left) & (ws < left + hw)
+        return ~inside
+    side = _draw(4, generator)                                              # 0 top, 1 bottom, 2 left, 3 right
+    coord, n = (hs, height) if side < 2 else (ws, width)
+    cut = 1 + _draw(max(n - 1, 1), generator)                               # 1..n-1 rows or columns known
+    kept = coord < cut if side % 2 == 0 else coord >= n - cut
+    return kept.expand(height, width).clone()
+
+
+def _draw(n: int, generator: torch.Generator) -> int:
+    """A uniform integer in 0..n-1."""
+    return int(torch.randint(n, (1,), generator=generator))
+
+
 # ----- the curves: (rows, cols) -> (row index, column index) of each step ---------------------------
 
 

@@ -39,6 +39,10 @@ from pixelcnn.models.incremental import CachedStepper, Pointwise, PointwiseHead,
 from pixelcnn.models.local_conv import LocalCachedConv, LocallyMaskedConv2d, tap_masks
 
 
+# Tap-mask sets memoised per model: the training orders (at most 8 per curve name) and the latest others.
+MEMO_SIZE = 64
+
+
 @dataclass(frozen=True)
 class LMConvConfig(MaskedModelConfig):
     hidden: int = 64
@@ -48,6 +52,7 @@ class LMConvConfig(MaskedModelConfig):
     dilations: tuple[int, ...] = (1, 2, 4)
     orders: tuple[str, ...] = ("s_curve",)
     order_symmetries: int = 8
+    completion_orders: float = 0.0
 
     # The default order is the first training order: raster, a flipped S-curve, a transposed Hilbert
     # curve, or the 8-symmetry mixture (whose log_prob is the ensemble's).
@@ -63,6 +68,8 @@ class LMConvConfig(MaskedModelConfig):
         "dilations": "dilation of block i is dilations[i %% len(dilations)], e.g. 1,2,4",
         "orders": "generation orders trained on: raster, s_curve, hilbert (NAME:S for one symmetry S in 0..7)",
         "order_symmetries": "each order NAME is trained in its first N of the 8 flips/transposes (1..8)",
+        "completion_orders": "probability per training step of training instead on the known-first order of a random "
+                             "completion mask (hole, one side, random pixels), in [0, 1]",
     }
 
     def __post_init__(self) -> None:
@@ -79,6 +86,9 @@ class LMConvConfig(MaskedModelConfig):
         n = self.order_symmetries
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= orders_lib.SYMMETRIES:
             raise ConfigError(f"order_symmetries must be an integer in 1..{orders_lib.SYMMETRIES}, got {n!r}")
+        p = self.completion_orders
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ConfigError(f"completion_orders must be a probability in [0, 1], got {p!r}")
 
     def order_specs(self) -> list[str]:
         """The training orders as NAME:S, without repeats: each NAME in its first order_symmetries symmetries."""
@@ -129,7 +139,8 @@ class LMConv(AutoregressiveModel):
         kept = _first_occurrences(table)                                     # symmetries may coincide on small images
         self.order_names = [specs[i] for i in kept.tolist()]
         self.register_buffer("orders", table[kept], persistent=False)        # (K, H W) training orders
-        self._masks: dict = {}
+        self._masks: dict = {}                                               # memo of tap_masks, oldest first
+        self._training_set: set | None = None
 
     @classmethod
     def tiny_hyperparameters(cls, image_shape: tuple[int, int, int]) -> dict[str, object]:
@@ -152,22 +163,52 @@ class LMConv(AutoregressiveModel):
         return self.orders[0]
 
     def tap_masks(self, order: Tensor) -> dict[tuple[int, int], Tensor]:
-        """(kernel, dilation) -> (k k, H W) tap masks of ``order``, memoised per order."""
+        """(kernel, dilation) -> (k k, H W) tap masks of ``order``, memoised per order.
+
+        The training orders' masks stay; of other orders (completion, random permutations: a new
+        one per training step with ``completion_orders``) only the latest few are kept, so that a
+        stream of one-off orders neither grows the memo nor evicts the training orders.
+        """
         like = self.input.conv.weight
         key = (tuple(order.tolist()), like.device, like.dtype)
         if key not in self._masks:
-            if len(self._masks) >= 64:
-                self._masks.clear()
+            if len(self._masks) >= MEMO_SIZE:
+                self._forget_one()
             _, height, width = self.image_shape
             convs = [self.input] + [block.conv for block in self.blocks]
             self._masks[key] = {conv.key: tap_masks(order.to(like.device), height, width, *conv.key).to(like.dtype)
                                 for conv in convs}
         return self._masks[key]
 
+    def _forget_one(self) -> None:
+        """Drop the oldest memoised order that is not a training order (all of them if there is none)."""
+        if self._training_set is None:
+            self._training_set = {tuple(row) for row in self.orders.tolist()}
+        oldest = next((key for key in self._masks if key[0] not in self._training_set), None)
+        if oldest is None:
+            self._masks.clear()
+        else:
+            del self._masks[oldest]
+
     def step_inputs(self, seed: int, step: int) -> dict[str, object]:
-        """Training step ``step`` uses one training order, a function of (seed, step) alone (exact resume)."""
+        """Training step ``step`` uses one order, a function of (seed, step) alone (exact resume)."""
+        return {"order": self.step_order(seed, step)[0]}
+
+    def step_order(self, seed: int, step: int) -> tuple[Tensor, Tensor | None]:
+        """Training step ``step``'s order (H W,), and the (H, W) known mask it was made for (None if none).
+
+        One training order; or, with probability ``completion_orders``, the order that completion
+        ("auto") uses for a random mask of known pixels (:func:`orders.random_known`), so that the
+        model also learns the contexts it meets when it completes images.
+        """
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        return {"order": self.orders[int(torch.randint(len(self.orders), (1,), generator=g))]}
+        order = self.orders[int(torch.randint(len(self.orders), (1,), generator=g))]
+        rate = self.config.completion_orders
+        if not rate or float(torch.rand((), generator=g)) >= rate:
+            return order, None
+        _, height, width = self.image_shape
+        known = orders_lib.random_known(height, width, g)
+        return orders_lib.known_first(known, self.orders), known
 
     def visiting_order(self, order: object, known: Tensor | None = None,
                        generator: torch.Generator | None = None) -> Tensor | None:
