@@ -74,9 +74,10 @@ def complete(model, image: Tensor, known: Tensor, n: int, job: Job) -> Tensor:
 
 @torch.no_grad()
 def likelihood(model, image: Tensor, job: Job) -> dict:
-    """Bits/dim of the image (``model.log_prob``, as ``pixelcnn eval`` reports it) and the (H, W) map of
-    each pixel's -log2 p given the pixels before it. For an any-order model the total is its
-    mixture over training orders and the map is in its first training order, whose sum is ``map_bits``."""
+    """Bits/dim of the image (``model.log_prob``, as ``pixelcnn eval`` reports it) and the (H, W)
+    map of each pixel's -log2 p given the pixels before it. For an any-order model the total is the
+    mixture's over its training orders and the map is in its first training order, whose sum is
+    ``map_bits``."""
     x, labels = image.unsqueeze(0), job.labels(1)
     nll = -float(model.log_prob(x, labels)[0])
     bits = -model.log_prob_per_pixel(x, labels)[0].double().cpu() / math.log(2.0)       # (H, W)
@@ -103,9 +104,9 @@ def compressed_size(model, image: Tensor, job: Job) -> dict:
 
 
 def sample_stream(model, job: Job, emit: Callable[[int, int, list[int]], None], stop: Callable[[], bool]) -> Tensor:
-    """Draw one image as ``model.sample`` does, in the model's order, calling ``emit(h, w, values)`` as each pixel is set;
-    raises Stopped when ``stop()`` turns true (checked once per image width of pixels). Returns the
-    (C, H, W) image."""
+    """Draw one image as ``model.sample`` does, in the model's order, calling ``emit(h, w, values)``
+    as each pixel is set; raises Stopped when ``stop()`` turns true (checked once per image width of
+    pixels). Returns the (C, H, W) image."""
     width = model.image_shape[2]
     x = torch.zeros((1, *model.image_shape), dtype=torch.long, device=model.device)
     cond = model.condition(job.labels(1), None, 1)
