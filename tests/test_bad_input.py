@@ -204,7 +204,7 @@ ROWS = [
     (["complete", "{plain}", "--image", "{digit}", "--keep-rows", "3", "--order", "s_curve"], "raster order only"),
     (["compress", "{plain}", "{digit}", "--index", "0", "-o", "{work}/x.pxc"], "expected --index with --from-dataset only"),
     (["compress", "{plain}", "--from-dataset", "mnist", "--index", "10000", "-o", "{work}/x.pxc"],
-     "expected --index within [0, 10000) for mnist test, got 10000"),
+     "expected --index within [0, 10000) for mnist test, got indices up to 10000"),
     (["compress", "{plain}", "{digit}", "--order", "auto", "-o", "{work}/x.pxc"], "expected a pixel order NAME[:S], got 'auto'"),
     (["serve", "{plain}", "--port", "70000"], "argument --port: expected an integer in [0, 65535], got 70000"),
     (["serve", "{plain}", "--port", "http"], "argument --port: expected an integer in [0, 65535], got 'http'"),

@@ -279,9 +279,7 @@ def dataset_examples(args) -> tuple[torch.Tensor, torch.Tensor | None]:
 
     data = load_dataset(args.from_dataset, args.split, data_dir=args.data_dir)
     idx = validation.indices("0..7") if args.index is None else args.index
-    if max(idx) >= len(data):
-        raise ConfigError(f"expected --index within [0, {len(data)}) for {args.from_dataset} {args.split}, "
-                          f"got indices up to {max(idx)}")
+    validation.indices_fit(idx, len(data), f"{args.from_dataset} {args.split}")
     return data.batch(torch.tensor(idx))
 
 

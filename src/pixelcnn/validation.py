@@ -173,6 +173,12 @@ def indices(text: str) -> list[int]:
     return list(range(lo, hi + 1))
 
 
+def indices_fit(values: list[int], count: int, source: str) -> None:
+    """Refuse --index values past the end of a dataset split of ``count`` images (``source``: its name)."""
+    if max(values) >= count:
+        raise ConfigError(f"expected --index within [0, {count}) for {source}, got indices up to {max(values)}")
+
+
 def labels_fit(model, values: list[int] | None, flag_name: str = "--labels") -> None:
     """Refuse labels given to an unconditional model, and classes the model does not have."""
     k = model.config.num_classes

@@ -118,10 +118,10 @@ def _dataset_images(args, model):
     if ds.levels != model.levels:
         raise InvalidImageError(f"dataset {args.from_dataset!r} has {ds.levels} levels "
                                 f"but the model has {model.levels}")
-    pick = slice(None) if args.index is None else torch.tensor(args.index)
-    if args.index is not None and max(args.index) >= len(ds.images):
-        raise ConfigError(f"expected --index within [0, {len(ds.images)}) for {args.from_dataset} {args.split}, "
-                          f"got {max(args.index)}")
+    pick = slice(None)
+    if args.index is not None:
+        validation.indices_fit(args.index, len(ds.images), f"{args.from_dataset} {args.split}")
+        pick = torch.tensor(args.index)
     images = torch.as_tensor(ds.images)[pick][: args.limit].long()
     labels = None
     if model.config.num_classes is not None:
