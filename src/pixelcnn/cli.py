@@ -28,6 +28,8 @@ COMMAND_MODULES = [
 class Parser(argparse.ArgumentParser):
     """argparse with errors in one line: what was wrong, and where the usage is."""
 
+    commands: dict[str, "Parser"] = {}      # the top-level parser's sub-commands, by name
+
     def error(self, message: str):
         message = re.sub(r"^argument (-[^/ :]+)/[^ :]+:", r"argument \1:", message)     # one spelling of the flag
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -45,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(sub)
+    parser.commands = sub.choices
     return parser
 
 
@@ -52,9 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:                               # named by the command they were given to
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        parser = sub.choices.get(args.command, parser)
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        parser.commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if not getattr(args, "run", None):
         parser.print_help()
