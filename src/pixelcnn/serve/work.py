@@ -79,8 +79,10 @@ def likelihood(model, image: Tensor, job: Job) -> dict:
     mixture's over its training orders and the map is in its first training order, whose sum is
     ``map_bits``."""
     x, labels = image.unsqueeze(0), job.labels(1)
-    nll = -float(model.log_prob(x, labels)[0])
-    bits = -model.log_prob_per_pixel(x, labels)[0].double().cpu() / math.log(2.0)       # (H, W)
+    logp = model.log_prob_per_pixel(x, labels)[0].double().cpu()                          # (H, W) nats
+    bits = -logp / math.log(2.0)
+    # a raster model's log_prob is the map's sum; an any-order model's mixture needs its own passes
+    nll = -float(model.log_prob(x, labels)[0]) if any_order(model) else -float(logp.sum())
     return {"bits_per_dim": nll / math.log(2.0) / image.numel(), "nll_nats": nll,
             "bits": bits.flatten().tolist(), "map_bits": float(bits.sum())}
 
