@@ -16,13 +16,15 @@ from pixelcnn.layers import MaskedConv2d, channel_groups, raster_conv
 OUTPUTS = ("auto", "categorical", "bernoulli")
 
 
-def stack(first: Callable[[], Tensor], layers: Iterable[Callable[[Tensor], Tensor]], head: Callable[[Tensor], Tensor]):
+def stack(first: Callable[[], Tensor], layers: Iterable[Callable[..., Tensor]], head: Callable[[Tensor], Tensor],
+          *args):
     """A network that is a stack, for both of its paths: the first layer, each layer on the stream
-    in turn (its residual inside), the output layers. On whole maps (the module's ``network``, with
-    the modules) or at one position (a cached stepper, with each layer's incremental form)."""
+    in turn (its residual inside; called as ``layer(h, *args)``), the output layers. On whole maps
+    (the module's ``network``, with the modules) or at one position (a cached stepper, with each
+    layer's incremental form)."""
     h = first()                                                   # (B, n, H, W), or (B, n) at a position
     for layer in layers:
-        h = layer(h)
+        h = layer(h, *args)
     return head(h)                                                # (B, P, H, W), or (B, P)
 
 

@@ -28,7 +28,7 @@ from pixelcnn.layers import (Condition, ConditionBias, add_shifted_down, channel
                              vertical_conv)
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import (MaskedModelConfig, OutputHead, check_dilations, check_kernel, gate_groups, masked_1x1,
-                                    output_distribution, stack)
+                                    output_distribution)
 from pixelcnn.models.incremental import (CachedConv, CachedStepper, ConvTaps, FeatureMap, Pointwise, PointwiseHead,
                                          bias_row, class_bias)
 
@@ -123,10 +123,10 @@ class GatedPixelCNN(AutoregressiveModel):
         return output_distribution(self.config)
 
     def network(self, x: Tensor, cond: Condition | None) -> Tensor:
-        """The layers on the (vertical, horizontal) pair, the head on the horizontal stack: a
-        :func:`~pixelcnn.models.common.stack`, which the cached stepper runs at one position."""
-        return stack(lambda: (x, x), [lambda vh, layer=layer: layer(*vh, cond) for layer in self.layers],
-                     lambda vh: self.head(vh[1]))                          # (B, P, H, W)
+        v = h = x
+        for layer in self.layers:
+            v, h = layer(v, h, cond)
+        return self.head(h)                                                # (B, P, H, W)
 
     def cached_stepper(self, x: Tensor, cond: Condition | None) -> "CachedGatedPixelCNN":
         return CachedGatedPixelCNN(self, x, cond)
@@ -191,6 +191,7 @@ class CachedGatedPixelCNN(CachedStepper):
             for layer in self.layers:
                 layer.start_row(h)
             self.row = h
-        # the vertical stack is in the layers' caches (start_row): the stream here is the horizontal one
-        return stack(lambda: None, [lambda out, layer=layer: layer.step(h, w, None if layer.first else out)
-                                    for layer in self.layers], self.head)  # (B, P)
+        out = None
+        for layer in self.layers:
+            out = layer.step(h, w, None if layer.first else out)           # (B, n)
+        return self.head(out)                                              # (B, P)

@@ -140,7 +140,7 @@ class LMConv(AutoregressiveModel):
         self.order_names = [specs[i] for i in kept.tolist()]
         self.register_buffer("orders", table[kept], persistent=False)        # (K, H W) training orders
         self._masks: dict = {}                                               # memo of tap_masks, oldest first
-        self._training_set: set | None = None
+        self._training_set = {tuple(row) for row in self.orders.tolist()}    # the memo keeps their masks
 
     @classmethod
     def tiny_hyperparameters(cls, image_shape: tuple[int, int, int]) -> dict[str, object]:
@@ -182,8 +182,6 @@ class LMConv(AutoregressiveModel):
 
     def _forget_one(self) -> None:
         """Drop the oldest memoised order that is not a training order (all of them if there is none)."""
-        if self._training_set is None:
-            self._training_set = {tuple(row) for row in self.orders.tolist()}
         oldest = next((key for key in self._masks if key[0] not in self._training_set), None)
         if oldest is None:
             self._masks.clear()
@@ -245,7 +243,7 @@ class LMConv(AutoregressiveModel):
         masks = self.tap_masks(self.default_order() if order is None else order)
         ones = torch.ones_like(x[:, :1])                                     # 1 inside the image, 0 in the padding
         return stack(lambda: self.input(torch.cat([x, ones], 1), masks[self.input.key]) + self.input_bias(cond),
-                     [partial(block, masks=masks, cond=cond) for block in self.blocks], self.head)
+                     self.blocks, self.head, masks, cond)
 
     def forward(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None,
                 order: object = None) -> Tensor:
@@ -336,5 +334,5 @@ class CachedLMConv(CachedStepper):
         self.head = PointwiseHead(model.head)
 
     def column(self, h: int, w: int) -> Tensor:
-        return stack(partial(self.input.at, h, w), [partial(block, h=h, w=w) for block in self.blocks], self.head)
+        return stack(partial(self.input.at, h, w), self.blocks, self.head, h, w)
 

@@ -87,8 +87,7 @@ class PixelCNN(AutoregressiveModel):
         return output_distribution(self.config)
 
     def network(self, x: Tensor, cond: Condition | None) -> Tensor:
-        return stack(lambda: self.input(x) + self.input_bias(cond),
-                     [partial(block, cond=cond) for block in self.blocks], self.head)
+        return stack(lambda: self.input(x) + self.input_bias(cond), self.blocks, self.head, cond)
 
     def cached_stepper(self, x: Tensor, cond: Condition | None) -> "CachedPixelCNN":
         return CachedPixelCNN(self, x, cond)
@@ -127,4 +126,4 @@ class CachedPixelCNN(CachedStepper):
         self.head = PointwiseHead(model.head)
 
     def column(self, h: int, w: int) -> Tensor:
-        return stack(partial(self.input.at, h, w), [partial(block, h=h, w=w) for block in self.blocks], self.head)
+        return stack(partial(self.input.at, h, w), self.blocks, self.head, h, w)

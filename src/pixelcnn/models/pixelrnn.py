@@ -519,7 +519,7 @@ class PixelRNN(AutoregressiveModel):
         """The first (mask A) layer with its conditioning bias, the LSTM layers, the output layers: a
         :func:`~pixelcnn.models.common.stack`, which :class:`PixelRNNStepper` runs at one pixel."""
         return stack(lambda: self.input(x) + self.input_bias(cond),
-                     [partial(layer, cond=cond, pixels=x) for layer in self.layers], self.head)
+                     self.layers, self.head, cond, x)
 
     def cached_stepper(self, x: Tensor, cond: Condition | None):
         return PixelRNNStepper(self, x, cond)
