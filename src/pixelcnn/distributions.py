@@ -70,8 +70,7 @@ class Categorical(OutputDistribution):
         return params.permute(0, 2, 3, 1).reshape(b, h, w, self.channels, self.levels)
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
-        logp = F.log_softmax(self.levels_last(params), dim=-1)
-        return logp.gather(-1, x.long().permute(0, 2, 3, 1).unsqueeze(-1)).flatten(1).sum(1)
+        return -self.nll_per_pixel(params, x).flatten(1).sum(1)
 
     def log_prob_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
         """(B, H, W) log p of each pixel (its channels together) given the pixels before it."""

@@ -80,11 +80,23 @@ class MaskedConv2d(nn.Conv2d):
         if weight.device.type == "cpu":
             # A channels-last kernel makes oneDNN compute in NHWC, about twice as fast on CPU for
             # these narrow kernels; the output is then channels-last too, and so the whole network.
-            weight = weight.contiguous(memory_format=torch.channels_last)
+            weight = channels_last(weight)
         left, right, top, bottom = self.pad
         if left == right and top == bottom:             # symmetric: the convolution pads, no copy
             return F.conv2d(x, weight, self.bias, padding=(top, left), dilation=self.dilation)
         return F.conv2d(F.pad(x, self.pad), weight, self.bias, dilation=self.dilation)
+
+
+def channels_last(t: Tensor) -> Tensor:
+    """``t`` (N, C, H, W) in channels-last memory, with a channel stride of 1 even where C is 1.
+
+    ``contiguous(memory_format=torch.channels_last)`` leaves a one-channel tensor's strides as
+    they are (both layouts describe the same memory), and oneDNN then reads a one-channel kernel
+    as NCHW and returns NCHW maps, which every later layer would convert again.
+    """
+    if t.stride(1) == 1 and t.is_contiguous(memory_format=torch.channels_last):
+        return t
+    return torch.empty_like(t, memory_format=torch.channels_last).copy_(t)
 
 
 def raster_conv(in_channels: int, out_channels: int, kernel_size: int, mask_type: str, colours: int,
@@ -166,18 +178,26 @@ class _AddShiftedDown(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        grad_y = torch.zeros_like(grad)                     # y's last row reaches nothing
+        grad_y = torch.empty_like(grad)
         grad_y[:, :, :-1] = grad[:, :, 1:]
+        grad_y[:, :, -1] = 0                                # y's last row reaches nothing
         return grad, grad_y, grad[:, :, 0].sum((0, 2))
 
 
-def gate(x: Tensor, dim: int = 1) -> Tensor:
+def gate(x: Tensor, dim: int = 1, overwrite: bool = False) -> Tensor:
     """Gated activation tanh(a) * sigmoid(b) of the two halves [a, b] of ``dim``: (B, 2n, ...) -> (B, n, ...).
 
-    ``dim=-1`` is the incremental paths' channels-last layout.
+    ``dim=-1`` is the incremental paths' channels-last layout. ``overwrite=True`` is for a caller
+    done with ``x``: outside autograd, tanh is then taken in place in the first half and the
+    product formed by one fused ``glu`` pass (about 1.8x faster on the channel halves of a
+    channels-last map, which are not contiguous).
     """
-    if dim == 1 and torch.is_grad_enabled() and x.requires_grad:
-        return _Gate.apply(x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        if dim == 1:
+            return _Gate.apply(x)
+    elif overwrite:
+        x.narrow(dim, 0, x.shape[dim] // 2).tanh_()
+        return F.glu(x, dim=dim)
     a, b = x.chunk(2, dim=dim)
     return torch.tanh(a) * torch.sigmoid(b)
 

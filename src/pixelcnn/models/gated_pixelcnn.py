@@ -65,16 +65,18 @@ class GatedPixelCNNConfig(MaskedModelConfig):
             raise ConfigError(f"layers counts the gated layers, the first included: expected >= 1, got {self.layers}")
 
 
-def stacks(v_pre: Tensor, h_pre: Tensor, h_out, residual: Tensor | None, dim: int = 1) -> tuple[Tensor, Tensor]:
+def stacks(v_pre: Tensor, h_pre: Tensor, h_out, residual: Tensor | None, dim: int = 1,
+           overwrite: bool = False) -> tuple[Tensor, Tensor]:
     """The layer's outputs from its gates' pre-activations (biases and the vertical-to-horizontal link included),
     for both paths: gate(v_pre), and h_out(gate(h_pre)) plus the layer's input unless it is the first.
 
     ``dim`` is the channels' dimension (-1 on the cached path's rows); either stack may be absent (None).
+    ``overwrite``: the pre-activations are not read again, so the gates may work in them (see :func:`gate`).
     """
-    v_out = None if v_pre is None else gate(v_pre, dim)
+    v_out = None if v_pre is None else gate(v_pre, dim, overwrite)
     if h_pre is None:
         return v_out, None
-    out = h_out(gate(h_pre, dim))
+    out = h_out(gate(h_pre, dim, overwrite))
     return v_out, out if residual is None else residual + out
 
 
@@ -101,7 +103,7 @@ class GatedLayer(nn.Module):
         h_pre = add_shifted_down(self.horizontal(h), self.v_to_h(v_pre), self.v_to_h.bias)
         if cond is not None:                                               # unconditional: no zero biases to add
             v_pre, h_pre = v_pre + self.v_bias(cond), h_pre + self.h_bias(cond)
-        return stacks(v_pre, h_pre, self.h_out, None if self.first else h)
+        return stacks(v_pre, h_pre, self.h_out, None if self.first else h, overwrite=True)   # v_to_h has read v_pre
 
 
 class GatedPixelCNN(AutoregressiveModel):

@@ -115,8 +115,8 @@ class LMConvBlock(nn.Module):
 
     @staticmethod
     def combine(x: Tensor, pre: Tensor, out) -> Tensor:
-        """The block's output from its input and its convolution's pre-activation (B, 2n, ...): both paths use it."""
-        return x + out(gate(pre))
+        """The block's output from its input and its convolution's fresh pre-activation (B, 2n, ...): both paths use it."""
+        return x + out(gate(pre, overwrite=True))
 
 
 class LMConv(AutoregressiveModel):
