@@ -200,6 +200,8 @@ ROWS = [
     (["train", *T, "--model", "lmconv", "--orders", "zigzag"], "expected an order NAME or NAME:S"),
     (["train", *T, "--model", "lmconv", "--orders", "s_curve,,hilbert"], "got ''"),
     (["train", *T, "--model", "lmconv", "--order-symmetries", "9"], "order_symmetries must be an integer in 1..8, got 9"),
+    (["train", *T, "--model", "lmconv", "--auto-order", "ring"],
+     "auto_order must be one of ('split', 'onion'), got 'ring'"),
     (["sample", "{plain}", "--order", "hilbert"], "generates in raster order only: expected order None or 'raster'"),
     (["complete", "{plain}", "--image", "{digit}", "--keep-rows", "3", "--order", "s_curve"], "raster order only"),
     (["compress", "{plain}", "{digit}", "--index", "0", "-o", "{work}/x.pxc"], "expected --index with --from-dataset only"),

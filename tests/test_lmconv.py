@@ -19,7 +19,7 @@ from pixelcnn import orders
 from pixelcnn.cli import main
 from pixelcnn.coding import container
 from pixelcnn.errors import ConfigError, PixelCNNError
-from pixelcnn.models.lmconv import MEMO_SIZE
+from pixelcnn.models.lmconv import AUTO_ORDERS, MEMO_SIZE
 from pixelcnn.orders import InvalidOrderError
 from pixelcnn.sampling import NaiveStepper
 
@@ -95,6 +95,46 @@ def test_known_first_splits_the_training_order_needing_fewest_swaps():
     rank = orders.ranks(base)
     assert (rank[order[:n]].diff() > 0).all() and (rank[order[n:]].diff() > 0).all()   # base's order kept
     assert torch.equal(orders.known_first(torch.zeros(6, 7, dtype=torch.bool), candidates), candidates[0])
+
+
+def onion_masks(height: int, width: int) -> list[torch.Tensor]:
+    hole = torch.ones(height, width, dtype=torch.bool)
+    hole[1:height - 1, 2:width - 1] = False
+    bottom = torch.zeros(height, width, dtype=torch.bool)
+    bottom[height // 2:] = True
+    scattered = torch.rand(height, width, generator=torch.Generator().manual_seed(1)) < 0.5
+    corner = torch.ones(height, width, dtype=torch.bool)
+    corner[0, 0] = False
+    return [hole, bottom, scattered, corner, ~corner]
+
+
+@pytest.mark.parametrize("height,width", [(6, 7), (5, 5), (1, 6), (7, 2)])
+def test_onion_visits_the_known_pixels_outside_in_then_the_unknown_ones_from_their_border(height, width):
+    candidates = torch.stack([orders.named("s_curve", height, width, s) for s in range(8)])
+    for known in onion_masks(height, width):
+        order = orders.onion(known, candidates)
+        orders.check_permutation(order, height * width)
+        n, flat = int(known.sum()), known.flatten()
+        assert flat[order[:n]].all() and not flat[order[n:]].any()
+        depth_known, depth_unknown = orders.rings(known).flatten(), orders.rings(~known).flatten()
+        assert (depth_known[order[:n]].diff() <= 0).all()               # farthest from the unknown pixels first
+        assert (depth_unknown[order[n:]].diff() >= 0).all()             # the unknown ones from their border inwards
+        rank = orders.ranks(orders.known_first(known, candidates))
+        for depth, part in ((depth_known, order[:n]), (depth_unknown, order[n:])):
+            for d in depth[part].unique():                              # a ring in the split order's order
+                assert (rank[part[depth[part] == d]].diff() > 0).all()
+    everything = torch.ones(height, width, dtype=torch.bool)
+    assert torch.equal(orders.onion(everything, candidates), candidates[0])
+    assert torch.equal(orders.onion(~everything, candidates), candidates[0])
+
+
+def test_rings_are_chebyshev_distances_to_the_other_pixels():
+    known = torch.ones(5, 6, dtype=torch.bool)
+    known[2, 3] = False
+    hs, ws = torch.meshgrid(torch.arange(5), torch.arange(6), indexing="ij")
+    expected = torch.maximum((hs - 2).abs(), (ws - 3).abs())
+    assert torch.equal(orders.rings(known), expected)
+    assert torch.equal(orders.rings(~known), (~known).long())           # the one pixel: ring 1; the others: 0
 
 
 BAD_ORDERS = [
@@ -218,9 +258,10 @@ def test_samples_follow_the_joint_of_their_order_or_the_ensemble(shape, levels, 
 @pytest.mark.parametrize("shape,levels,hole", [((1, 3, 3), 2, [(1, 1), (0, 1), (2, 0)]),
                                                ((3, 2, 2), 2, [(0, 0), (1, 1)]),
                                                ((1, 2, 3), 4, [(0, 0)])])
-def test_known_first_completions_are_exact_posterior_samples(shape, levels, hole):
+@pytest.mark.parametrize("auto_order", AUTO_ORDERS)
+def test_known_first_completions_are_exact_posterior_samples(shape, levels, hole, auto_order):
     """Known pixels lie after the hole in raster order: the auto order still conditions on all of them."""
-    model = lmconv(shape, levels, seed=3)
+    model = lmconv(shape, levels, seed=3, auto_order=auto_order)
     images = all_images(shape, levels)
     g = torch.Generator().manual_seed(5)
     x = torch.randint(0, levels, (1, *shape), generator=g)
@@ -367,8 +408,9 @@ def mask_kind(known):
     return "hole" if int((~known).sum()) == (bottom - top + 1) * (right - left + 1) else "pixels"
 
 
-def test_completion_orders_visit_a_random_masks_known_pixels_first_chosen_by_seed_and_step():
-    model = lmconv((1, 5, 6), 2, orders=("s_curve",), completion_orders=0.5)
+@pytest.mark.parametrize("auto_order", AUTO_ORDERS)
+def test_completion_orders_visit_a_random_masks_known_pixels_first_chosen_by_seed_and_step(auto_order):
+    model = lmconv((1, 5, 6), 2, orders=("s_curve",), completion_orders=0.5, auto_order=auto_order)
     steps = [model.step_order(seed=3, step=s) for s in range(120)]
     again = [model.step_order(seed=3, step=s) for s in range(120)]
     for (order, known), (order2, known2) in zip(steps, again):
@@ -383,7 +425,8 @@ def test_completion_orders_visit_a_random_masks_known_pixels_first_chosen_by_see
         orders.check_permutation(order, 30)
         flat = known.flatten()[order]                                        # known, in visiting order
         assert not bool((flat[1:] & ~flat[:-1]).any())                       # no known pixel after an unknown one
-        assert torch.equal(order, orders.known_first(known, model.orders))
+        build = orders.onion if auto_order == "onion" else orders.known_first
+        assert torch.equal(order, build(known, model.orders))
     assert sum(tuple(order.tolist()) not in table for order, _ in masked) > 20
     other = [model.step_order(seed=4, step=s)[0] for s in range(120)]
     assert any(not torch.equal(a, b) for a, b in zip(other, [o for o, _ in steps]))

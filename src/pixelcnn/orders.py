@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from pixelcnn.errors import ConfigError
@@ -110,6 +111,41 @@ def known_first(known: Tensor, candidates: Tensor) -> Tensor:
     inversions = (known_after * ~seen).sum(1)                               # (K,)
     base = candidates[int(inversions.argmin())]
     return torch.cat([base[flat[base]], base[~flat[base]]])
+
+
+def onion(known: Tensor, candidates: Tensor) -> Tensor:
+    """Known pixels first, from the farthest from any unknown pixel to the nearest; then the unknown ones outwards in.
+
+    ``known`` (H, W) bool; ``candidates`` (K, H W) the training orders, of which the one
+    :func:`known_first` splits orders the pixels at the same distance. Distances are Chebyshev
+    (rings of the 8 neighbours). A hidden feature of a locally masked network at a pixel depends
+    only on pixels visited before it, so visiting the known pixels that border the unknown ones
+    last gives those border features the whole known image within their reach, and each unknown
+    pixel, visited from the border of its hole inwards, reads them and the ring before it.
+    """
+    height, width = known.shape
+    rank = ranks(known_first(known, candidates)).view(height, width)
+    depth = torch.where(known, rings(known), -rings(~known))                 # > 0 known, < 0 unknown
+    key = (-depth.long()) * (height * width) + rank                           # deepest known first, deepest unknown last
+    return key.flatten().argsort()
+
+
+def rings(inside: Tensor) -> Tensor:
+    """(H, W) long: for each pixel of ``inside``, its Chebyshev distance to the nearest pixel outside; 0 outside.
+
+    A neighbour of an outside pixel (diagonals included) gets 1; where nothing is outside, every pixel gets 1.
+    """
+    reached = (~inside).float()[None, None]                                  # (1, 1, H, W): ring 0
+    out = torch.zeros(inside.shape, dtype=torch.long, device=inside.device)
+    if not bool(reached.any()):
+        return inside.long()
+    ring = 0
+    while not bool(reached.all()):
+        ring += 1
+        grown = F.max_pool2d(reached, 3, stride=1, padding=1)
+        out[(grown > reached)[0, 0]] = ring
+        reached = grown
+    return out
 
 
 # The shapes of what is known in a completion: everything but a rectangular hole, one side of the

@@ -39,6 +39,9 @@ from pixelcnn.models.incremental import CachedStepper, Pointwise, PointwiseHead,
 from pixelcnn.models.local_conv import LocalCachedConv, LocallyMaskedConv2d, tap_masks
 
 
+# How "auto" puts the known pixels first: orders.known_first or orders.onion.
+AUTO_ORDERS = ("split", "onion")
+
 # Tap-mask sets memoised per model: the training orders (at most 8 per curve name) and the latest others.
 MEMO_SIZE = 64
 
@@ -53,12 +56,14 @@ class LMConvConfig(MaskedModelConfig):
     orders: tuple[str, ...] = ("s_curve",)
     order_symmetries: int = 8
     completion_orders: float = 0.0
+    auto_order: str = "split"
 
     # The default order is the first training order: raster, a flipped S-curve, a transposed Hilbert
     # curve, or the 8-symmetry mixture (whose log_prob is the ensemble's).
     branches: ClassVar[dict[str, tuple]] = {**MaskedModelConfig.branches, "layers": (0, 2), "first_kernel": (1, 3),
                                             "dilations": ((1,), (1, 2)),
-                                            "orders": (("raster",), ("s_curve:3",), ("hilbert:6",), ("hilbert",))}
+                                            "orders": (("raster",), ("s_curve:3",), ("hilbert:6",), ("hilbert",)),
+                                            "auto_order": AUTO_ORDERS}
 
     help: ClassVar[dict[str, str]] = {
         **MaskedModelConfig.help,
@@ -70,6 +75,9 @@ class LMConvConfig(MaskedModelConfig):
         "order_symmetries": "each order NAME is trained in its first N of the 8 flips/transposes (1..8)",
         "completion_orders": "probability per training step of training instead on the known-first order of a random "
                              "completion mask (hole, one side, random pixels), in [0, 1]",
+        "auto_order": "the known-first order of completion ('auto') and of --completion-orders: 'split' (a training "
+                      "order, its known pixels moved first) or 'onion' (known pixels from the farthest from the "
+                      "unknown ones to the nearest, then the unknown ones from their border inwards)",
     }
 
     def __post_init__(self) -> None:
@@ -89,6 +97,8 @@ class LMConvConfig(MaskedModelConfig):
         p = self.completion_orders
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
             raise ConfigError(f"completion_orders must be a probability in [0, 1], got {p!r}")
+        if self.auto_order not in AUTO_ORDERS:
+            raise ConfigError(f"auto_order must be one of {AUTO_ORDERS}, got {self.auto_order!r}")
 
     def order_specs(self) -> list[str]:
         """The training orders as NAME:S, without repeats: each NAME in its first order_symmetries symmetries."""
@@ -206,13 +216,13 @@ class LMConv(AutoregressiveModel):
             return order, None
         _, height, width = self.image_shape
         known = orders_lib.random_known(height, width, g)
-        return orders_lib.known_first(known, self.orders), known
+        return self.known_first(known), known
 
     def visiting_order(self, order: object, known: Tensor | None = None,
                        generator: torch.Generator | None = None) -> Tensor | None:
         """The order(s) for sampling or completion: (H W,) for a named or given order, (B, H W) for "auto".
 
-        "auto" (also None): per image, known pixels first (see :func:`orders.known_first`); an image
+        "auto" (also None): per image, known pixels first (:meth:`known_first`); an image
         with nothing known draws one of the training orders uniformly, which samples the ensemble.
         """
         if order is not None and not (isinstance(order, str) and order == "auto"):
@@ -230,11 +240,16 @@ class LMConv(AutoregressiveModel):
 
     def known_first_orders(self, known: Tensor) -> Tensor:
         """(B, H W): for each image the order that visits pixels with every channel known first
-        (see :func:`orders.known_first`; with nothing known, the first training order)."""
+        (:meth:`known_first`; with nothing known, the first training order)."""
         pixels = known.all(1)                                                # (B, H, W)
         unique, inverse = torch.unique(pixels.flatten(1), dim=0, return_inverse=True)
-        rows = [orders_lib.known_first(u.view(pixels.shape[1:]), self.orders) for u in unique]
+        rows = [self.known_first(u.view(pixels.shape[1:])) for u in unique]
         return torch.stack(rows).to(self.orders.device)[inverse.to(self.orders.device)]
+
+    def known_first(self, known: Tensor) -> Tensor:
+        """(H W,) the order that visits the pixels of ``known`` (H, W) first, as the config's ``auto_order`` builds it."""
+        build = orders_lib.onion if self.config.auto_order == "onion" else orders_lib.known_first
+        return build(known, self.orders)
 
     # ----- the network and its likelihoods
 
