@@ -445,7 +445,7 @@ def test_without_completion_orders_the_steps_are_the_training_orders_of_before()
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.5", True, None])
 def test_completion_orders_must_be_a_probability(bad):
-    with pytest.raises(ConfigError, match=r"completion_orders must be a probability in \[0, 1\], got"):
+    with pytest.raises(ConfigError, match=r"expected completion_orders to be a finite number in \[0, 1\], got"):
         pixelcnn.create("lmconv", image_shape=(1, 4, 4), levels=2, completion_orders=bad)
 
 

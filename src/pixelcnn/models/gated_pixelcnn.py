@@ -31,6 +31,7 @@ from pixelcnn.models.common import (MaskedModelConfig, OutputHead, check_dilatio
                                     output_distribution)
 from pixelcnn.models.incremental import (CachedConv, CachedStepper, ConvTaps, FeatureMap, Pointwise, PointwiseHead,
                                          bias_row, class_bias)
+from pixelcnn.validation import OneOf, check_fields
 
 CONV_IMPLS = ("shaped", "masked")
 
@@ -50,6 +51,7 @@ class GatedPixelCNNConfig(MaskedModelConfig):
         "dilations": "dilation of gated layer i is dilations[i %% len(dilations)], e.g. 1,2,4",
         "conv_impl": "'shaped' (convolutions shaped to the mask, faster) or 'masked' (plain masked k x k)",
     }
+    limits: ClassVar[dict] = {"conv_impl": OneOf(CONV_IMPLS)}
     branches: ClassVar[dict[str, tuple]] = {**MaskedModelConfig.branches, "layers": (1, 3), "first_kernel": (1, 3),
                                             "kernel_size": (1, 3), "dilations": ((1,), (1, 2)),
                                             "conv_impl": ("shaped", "masked")}
@@ -59,8 +61,7 @@ class GatedPixelCNNConfig(MaskedModelConfig):
         check_kernel(self, "first_kernel")
         check_kernel(self, "kernel_size")
         check_dilations(self)
-        if self.conv_impl not in CONV_IMPLS:
-            raise ConfigError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
+        check_fields(self, self.limits)
         if self.layers < 1:
             raise ConfigError(f"layers counts the gated layers, the first included: expected >= 1, got {self.layers}")
 

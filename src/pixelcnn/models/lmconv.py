@@ -36,6 +36,7 @@ from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import (MaskedModelConfig, OutputHead, check_dilations, check_kernel, gate_groups, masked_1x1,
                                     output_distribution, stack)
 from pixelcnn.models.incremental import CachedStepper, Pointwise, PointwiseHead, class_bias
+from pixelcnn.validation import Integer, OneOf, Real, check_fields
 from pixelcnn.models.local_conv import LocalCachedConv, LocallyMaskedConv2d, tap_masks
 
 
@@ -79,6 +80,8 @@ class LMConvConfig(MaskedModelConfig):
                       "order, its known pixels moved first) or 'onion' (known pixels from the farthest from the "
                       "unknown ones to the nearest, then the unknown ones from their border inwards)",
     }
+    limits: ClassVar[dict] = {"order_symmetries": Integer(1, orders_lib.SYMMETRIES), "completion_orders": Real(0, 1),
+                              "auto_order": OneOf(AUTO_ORDERS)}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -91,14 +94,7 @@ class LMConvConfig(MaskedModelConfig):
         for spec in names:
             orders_lib.parse_name(spec)
         object.__setattr__(self, "orders", names)
-        n = self.order_symmetries
-        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= orders_lib.SYMMETRIES:
-            raise ConfigError(f"order_symmetries must be an integer in 1..{orders_lib.SYMMETRIES}, got {n!r}")
-        p = self.completion_orders
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
-            raise ConfigError(f"completion_orders must be a probability in [0, 1], got {p!r}")
-        if self.auto_order not in AUTO_ORDERS:
-            raise ConfigError(f"auto_order must be one of {AUTO_ORDERS}, got {self.auto_order!r}")
+        check_fields(self, self.limits)
 
     def order_specs(self) -> list[str]:
         """The training orders as NAME:S, without repeats: each NAME in its first order_symmetries symmetries."""
