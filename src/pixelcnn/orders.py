@@ -114,7 +114,7 @@ def known_first(known: Tensor, candidates: Tensor) -> Tensor:
 
 
 def onion(known: Tensor, candidates: Tensor) -> Tensor:
-    """Known pixels first, from the farthest from any unknown pixel to the nearest; then the unknown ones outwards in.
+    """Known pixels first, from the farthest from any unknown pixel to the nearest; then the unknown ones from the border in.
 
     ``known`` (H, W) bool; ``candidates`` (K, H W) the training orders, of which the one
     :func:`known_first` splits orders the pixels at the same distance. Distances are Chebyshev

@@ -36,8 +36,8 @@ from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import (MaskedModelConfig, OutputHead, check_dilations, check_kernel, gate_groups, masked_1x1,
                                     output_distribution, stack)
 from pixelcnn.models.incremental import CachedStepper, Pointwise, PointwiseHead, class_bias
-from pixelcnn.validation import Integer, OneOf, Real, check_fields
 from pixelcnn.models.local_conv import LocalCachedConv, LocallyMaskedConv2d, tap_masks
+from pixelcnn.validation import Integer, OneOf, Real, check_fields
 
 
 # How "auto" puts the known pixels first: orders.known_first or orders.onion.
