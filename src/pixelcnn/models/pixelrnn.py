@@ -345,7 +345,7 @@ class RowLSTMCache:
         taps = h.unfold(0, 2 * s + 1, 1).transpose(2, 3).reshape(width, -1, batch)   # (W, n * k, B)
         torch.add(torch.matmul(self.w_state, taps), self.bias.row(i), out=self.terms)
 
-    def step(self, j: int, u: Tensor) -> Tensor:
+    def step(self, u: Tensor, j: int) -> Tensor:
         """Pixel j from its input u (2h, B), ``input_at[j]``: gates = terms + input-to-state(window), the cell
         update from the pixel above, u + 1x1(h) into ``output_at[j]``, the next layer's input there."""
         gates = self.gates
@@ -484,7 +484,7 @@ class DiagonalLSTMCache:
             torch.addmm(pre_at[j], self.w_right, h_at[j + 1], out=gates.value)
             gates.update(c_at[j + 1], c_at[j], h_at[j])
 
-    def step(self, j: int, u: Tensor) -> Tensor:
+    def step(self, u: Tensor, j: int) -> Tensor:
         """Pixel j from its input u (2h, B), ``input_at[j]``: left-to-right gates from terms, u and the pixel
         to the left; u + 1x1(h + r) + b into ``output_at[j]``, the next layer's input there."""
         gates, out, h = self.gates, self.output_at[j], self.h_at[j + 1]
@@ -602,6 +602,7 @@ class PixelRNNStepper(PixelStepper):
         self.first = FirstLayerCache(model.input, PixelBias(model.input.bias, model.input_bias, cond), self.xp, f)
         gates = LSTMGates(self.xp, model.config.units, self.batch)
         self.caches = [layer.cached(cond, self.xp, f, gates) for layer in model.layers]
+        self.steps = [cache.step for cache in self.caches]               # stack's layers: step(u, j)
         self.head = PointwiseHead(model.head)
         top = self.xp.new_zeros(model.config.hidden, self.batch)       # the last layer's output at the pixel
         outputs = [cache.input_at for cache in self.caches] + [[top] * self.width]
@@ -618,8 +619,11 @@ class PixelRNNStepper(PixelStepper):
         while self.row < i:
             self.row += 1
             self.begin_row(self.row)
-        return stack(partial(self.first.step, j), [partial(cache.step, j) for cache in self.caches],
-                     lambda top: self.head(top.t()))                 # the stream is (2h, B) here
+        return stack(partial(self.first.step, j), self.steps, self.head_of_column, j)
+
+    def head_of_column(self, top: Tensor) -> Tensor:
+        """(B, P) from the last layer's output at the pixel: the stream is (2h, B) here."""
+        return self.head(top.t())
 
     def begin_row(self, i: int) -> None:
         """Prepare the buffers for row i; every pixel above it is computed."""
