@@ -136,9 +136,9 @@ def rings(inside: Tensor) -> Tensor:
     A neighbour of an outside pixel (diagonals included) gets 1; where nothing is outside, every pixel gets 1.
     """
     reached = (~inside).float()[None, None]                                  # (1, 1, H, W): ring 0
-    out = torch.zeros(inside.shape, dtype=torch.long, device=inside.device)
     if not bool(reached.any()):
         return inside.long()
+    out = torch.zeros(inside.shape, dtype=torch.long, device=inside.device)
     ring = 0
     while not bool(reached.all()):
         ring += 1
