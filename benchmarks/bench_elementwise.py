@@ -1,0 +1,67 @@
+"""The element-wise pieces of a Gated PixelCNN layer on CPU, each against the plain PyTorch it replaces.
+
+On a channels-last (B, 2n, H, W) map the two channel halves of a gate are not contiguous. Timed,
+best of ``--repeats``, at batch 32, 64 channels, 28x28 (the matched configuration of
+bench_vs_plain.py):
+
+1. tanh of one half against tanh of a contiguous map of the same size;
+2. the plain gate tanh(a) * sigmoid(b) against ``layers.gate(x, overwrite=True)`` (tanh in
+   place, then one ``F.glu`` pass), the evaluation path;
+3. the categorical log-likelihood of 256 levels: log_softmax and gather against cross-entropy.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_elementwise.py [--repeats 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+import torch.nn.functional as F
+
+from pixelcnn.layers import gate
+
+
+def best_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times) * 1e3
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=30)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    pre = torch.randn(32, 128, 28, 28).contiguous(memory_format=torch.channels_last)     # (B, 2n, H, W)
+    a, b = pre.chunk(2, dim=1)
+    dense = torch.randn(32, 64, 28, 28)
+    logits = torch.randn(32, 256, 28, 28).contiguous(memory_format=torch.channels_last)
+    x = torch.randint(0, 256, (32, 1, 28, 28))
+    levels_last = logits.permute(0, 2, 3, 1).reshape(32, 28, 28, 1, 256)
+    r = args.repeats
+    with torch.no_grad():
+        rows = {
+            "tanh, one channel half of a channels-last map": best_ms(lambda: torch.tanh(a), r),
+            "tanh, a contiguous map of the same size": best_ms(lambda: torch.tanh(dense), r),
+            "gate, plain tanh(a) * sigmoid(b)": best_ms(lambda: torch.tanh(a) * torch.sigmoid(b), r),
+            "gate, layers.gate(overwrite=True) on a copy": best_ms(lambda: gate(pre.clone(), overwrite=True), r),
+            "copy of the pre-activation (included above)": best_ms(lambda: pre.clone(), r),
+            "log-likelihood, log_softmax + gather": best_ms(lambda: F.log_softmax(levels_last, -1).gather(
+                -1, x.permute(0, 2, 3, 1).unsqueeze(-1)).flatten(1).sum(1), r),
+            "log-likelihood, cross_entropy": best_ms(lambda: -F.cross_entropy(
+                levels_last.reshape(-1, 256), x.permute(0, 2, 3, 1).reshape(-1), reduction="none").view(32, -1).sum(1), r),
+        }
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, best of {r}")
+    for name, ms in rows.items():
+        print(f"{name:<48} {ms:7.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
