@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pixelcnn.layers import add_shifted_down, gate, shift_down
+from pixelcnn import layers
+from pixelcnn.layers import SMALL_MAP, Conv1x1, add_shifted_down, conv2d, gate, map_tanh, shift_down
 
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -21,7 +22,9 @@ def map_of(shape, layout, seed=0) -> torch.Tensor:
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", [(2, 6, 3, 5), (1, 2, 1, 1), (3, 10, 4, 2)])
-def test_gate_gradient_matches_finite_differences(layout, shape):
+@pytest.mark.parametrize("small_map", [0, SMALL_MAP])                    # 0: tanh in its sigmoid form at every size
+def test_gate_gradient_matches_finite_differences(layout, shape, small_map, monkeypatch):
+    monkeypatch.setattr(layers, "SMALL_MAP", small_map)
     x = map_of(shape, layout).requires_grad_()
     assert torch.autograd.gradcheck(gate, (x,))
     g = map_of((shape[0], shape[1] // 2, *shape[2:]), layout, seed=1)
@@ -73,3 +76,62 @@ def test_a_one_by_one_convolution_commutes_with_the_shift_as_add_shifted_down_as
     base = map_of((2, 6, 4, 5), "channels_last", seed=2)
     torch.testing.assert_close(add_shifted_down(base.clone(), F.conv2d(x, w, b), b),
                                base + F.conv2d(shift_down(x), w, b), rtol=1e-12, atol=1e-12)
+
+
+EDGES = [0.0, -0.0, 1e-30, -1e-8, 1e-3, 0.5, -3.0, 9.0, 20.0, -40.0, 1e30, -1e30, float("inf"), float("-inf")]
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-15), (torch.float32, 3e-7)])
+def test_map_tanh_is_tanh_to_rounding_at_every_scale(dtype, atol):
+    x = torch.cat([torch.tensor(EDGES, dtype=dtype), 6 * torch.randn(SMALL_MAP, dtype=dtype)])   # the fast path
+    out = map_tanh(x)
+    torch.testing.assert_close(out, torch.tanh(x), rtol=0, atol=atol)
+    assert out.abs().max() <= 1 and torch.isnan(map_tanh(torch.tensor([float("nan")], dtype=dtype))).all()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("small_map", [0, SMALL_MAP])                    # 0: the sigmoid form at every size
+def test_map_tanh_gradient_is_tanhs(layout, small_map, monkeypatch):
+    monkeypatch.setattr(layers, "SMALL_MAP", small_map)
+    x = map_of((2, 3, 4, 5), layout).requires_grad_()
+    assert torch.autograd.gradcheck(map_tanh, (x,))
+    g = map_of(tuple(x.shape), layout, seed=1)
+    torch.testing.assert_close(torch.autograd.grad(map_tanh(x), x, g)[0], torch.autograd.grad(torch.tanh(x), x, g)[0],
+                               rtol=1e-12, atol=1e-12)
+
+
+CONV_CASES = [((2, 3, 5, 4), (6, 3, 1, 1), (0, 0), (1, 1)), ((1, 4, 6, 7), (5, 4, 2, 3), (1, 1), (1, 1)),
+              ((3, 2, 5, 5), (4, 2, 3, 3), (2, 2), (2, 2)), ((2, 1, 3, 8), (2, 1, 1, 2), (0, 1), (1, 3))]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
+@pytest.mark.parametrize("wants", [(True, True, True), (False, True, True), (True, False, False), (False, False, True)])
+def test_conv2d_with_its_own_bias_gradient_is_f_conv2d(layout, case, wants):
+    xs, ws, padding, dilation = CONV_CASES[case]
+    x, w = map_of(xs, layout), map_of(ws, layout, seed=1)
+    b = torch.randn(ws[0], dtype=torch.float64)
+    for t, wanted in zip((x, w, b), wants):
+        t.requires_grad_(wanted)
+    ours = conv2d(x, w, b, padding, dilation)
+    plain = F.conv2d(x, w, b, padding=padding, dilation=dilation)
+    torch.testing.assert_close(ours, plain, rtol=1e-12, atol=1e-12)
+    g = map_of(tuple(plain.shape), layout, seed=2)
+    leaves = [t for t in (x, w, b) if t.requires_grad]
+    for a, e in zip(torch.autograd.grad(ours, leaves, g), torch.autograd.grad(plain, leaves, g)):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda *t: conv2d(*t, padding, dilation), (x, w, b))
+
+
+def test_conv1x1_is_a_plain_one_by_one_convolution():
+    torch.manual_seed(0)
+    conv = Conv1x1(3, 5).double()
+    x = map_of((2, 3, 4, 5), "channels_last").requires_grad_()
+    torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias), rtol=1e-12, atol=1e-12)
+    conv(x).square().sum().backward()
+    ours = [t.grad.clone() for t in (x, conv.weight, conv.bias)]
+    for t in (x, conv.weight, conv.bias):
+        t.grad = None
+    F.conv2d(x, conv.weight, conv.bias).square().sum().backward()
+    for a, t in zip(ours, (x, conv.weight, conv.bias)):
+        torch.testing.assert_close(a, t.grad, rtol=1e-12, atol=1e-12)

@@ -83,8 +83,55 @@ class MaskedConv2d(nn.Conv2d):
             weight = channels_last(weight)
         left, right, top, bottom = self.pad
         if left == right and top == bottom:             # symmetric: the convolution pads, no copy
-            return F.conv2d(x, weight, self.bias, padding=(top, left), dilation=self.dilation)
-        return F.conv2d(F.pad(x, self.pad), weight, self.bias, dilation=self.dilation)
+            return conv2d(x, weight, self.bias, padding=(top, left), dilation=self.dilation)
+        return conv2d(F.pad(x, self.pad), weight, self.bias, dilation=self.dilation)
+
+
+def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, int] = (0, 0),
+           dilation: tuple[int, int] = (1, 1)) -> Tensor:
+    """``F.conv2d`` (stride 1); on the CPU, under autograd, with the bias gradient summed by PyTorch.
+
+    oneDNN's backward pass reduces the bias gradient of a channels-last map far more slowly than
+    a plain sum over (B, H, W) does: 7.9 ms against 0.2 ms for a 64 -> 64 1x1 convolution of a
+    64 x 64 x 28 x 28 batch here (benchmarks/bench_elementwise.py), about a third of the
+    convolution's whole backward pass. The forward pass is the same call, bias fused. Under
+    autocast (which casts inside the call) it is ``F.conv2d`` as it is.
+    """
+    if x.device.type == "cpu" and bias is not None and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") \
+            and (x.requires_grad or weight.requires_grad or bias.requires_grad):
+        return _Conv2d.apply(x, weight, bias, tuple(padding), tuple(dilation))
+    return F.conv2d(x, weight, bias, padding=padding, dilation=dilation)
+
+
+class _Conv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, padding: tuple[int, int], dilation: tuple[int, int]):
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = padding, dilation
+        return F.conv2d(x, weight, bias, padding=padding, dilation=dilation)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        padding, dilation = ctx.geometry
+        wants_x, wants_w, wants_b = ctx.needs_input_grad[:3]
+        grad_x, grad_w = None, None
+        if wants_x or wants_w:
+            grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, 1], list(padding), list(dilation), False, [0, 0], 1, [wants_x, wants_w, False])
+        grad_b = grad.sum((0, 2, 3)) if wants_b else None                    # (out,)
+        return grad_x, grad_w, grad_b, None, None
+
+
+class Conv1x1(nn.Conv2d):
+    """A plain (unmasked) 1x1 convolution, run like :class:`MaskedConv2d`: channels-last on the CPU, through :func:`conv2d`."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = channels_last(self.weight) if self.weight.device.type == "cpu" else self.weight
+        return conv2d(x, weight, self.bias)
 
 
 def channels_last(t: Tensor) -> Tensor:
@@ -184,22 +231,72 @@ class _AddShiftedDown(torch.autograd.Function):
         return grad, grad_y, grad[:, :, 0].sum((0, 2))
 
 
+SMALL_MAP = 2**14      # below this many elements, the three more passes of map_tanh cost more than they save
+
+
+def map_tanh(x: Tensor) -> Tensor:
+    """tanh of a whole feature map, computed as 2 sigmoid(2x) - 1 on the CPU.
+
+    PyTorch's CPU tanh is several times slower than its sigmoid (8.9 ms against 1.1 ms on a
+    64 x 64 x 28 x 28 map here, benchmarks/bench_elementwise.py); the identity costs three cheap
+    passes more and is within 2e-7 of tanh in float32 (3e-16 in float64), absolutely: near 0 the
+    result is rounded to a multiple of 2^-24 rather than to x's own precision, which no network
+    output can tell apart. Elsewhere (CUDA), and on maps too small for the passes to pay
+    (``SMALL_MAP``), it is ``torch.tanh``. The gradient is tanh's,
+    1 - tanh^2, from the value. Whole-map paths use it; the cached steppers, which work on one
+    position or row at a time, keep ``torch.tanh`` (where its speed is irrelevant), so the
+    compressor's arithmetic, which runs on them, does not depend on it.
+    """
+    if x.device.type != "cpu" or not x.is_floating_point() or x.numel() < SMALL_MAP:
+        return torch.tanh(x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _MapTanh.apply(x)
+    return _sigmoid_tanh_(torch.mul(x, 2.0))
+
+
+def _sigmoid_tanh_(x2: Tensor) -> Tensor:
+    """tanh(x) from ``x2`` = 2x, in place: 2 sigmoid(2x) - 1."""
+    return x2.sigmoid_().mul_(2.0).sub_(1.0)
+
+
+class _MapTanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        t = _sigmoid_tanh_(torch.mul(x, 2.0))
+        ctx.save_for_backward(t)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (t,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, t)                            # g (1 - t^2)
+
+
 def gate(x: Tensor, dim: int = 1, overwrite: bool = False) -> Tensor:
     """Gated activation tanh(a) * sigmoid(b) of the two halves [a, b] of ``dim``: (B, 2n, ...) -> (B, n, ...).
 
-    ``dim=-1`` is the incremental paths' channels-last layout. ``overwrite=True`` is for a caller
-    done with ``x``: outside autograd, tanh is then taken in place in the first half and the
-    product formed by one fused ``glu`` pass (about 1.4x faster on the channel halves of a
-    channels-last map, which are not contiguous).
+    ``dim=-1`` is the incremental paths' channels-last layout. Whole feature maps (B, 2n, H, W)
+    take tanh through :func:`map_tanh`; a position or a row (fewer dimensions), ``torch.tanh``.
+    ``overwrite=True`` is for a caller done with ``x``: outside autograd, the gate is then
+    formed in ``x``'s memory (on a whole CPU map: the first half doubled, one sigmoid over the
+    whole contiguous map, the first half turned into 2 s - 1, one product; 2.3x faster than a
+    tanh and a sigmoid over the channel halves of a channels-last map, which are not contiguous).
     """
+    whole_map = x.dim() == 4 and dim in (1, -3)
     if torch.is_grad_enabled() and x.requires_grad:
         if dim == 1:
             return _Gate.apply(x)
     elif overwrite:
-        x.narrow(dim, 0, x.shape[dim] // 2).tanh_()
+        n = x.shape[dim] // 2
+        a = x.narrow(dim, 0, n)
+        if whole_map and x.device.type == "cpu":
+            a.mul_(2.0)
+            x.sigmoid_()                                                        # [sigmoid(2a), sigmoid(b)]
+            return torch.mul(a.mul_(2.0).sub_(1.0), x.narrow(dim, n, n))       # tanh(a) sigmoid(b)
+        a.tanh_()
         return F.glu(x, dim=dim)
     a, b = x.chunk(2, dim=dim)
-    return torch.tanh(a) * torch.sigmoid(b)
+    return (map_tanh(a) if whole_map else torch.tanh(a)) * torch.sigmoid(b)
 
 
 class _Gate(torch.autograd.Function):
@@ -208,7 +305,7 @@ class _Gate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
         a, b = x.chunk(2, dim=1)
-        t, s = torch.tanh(a), torch.sigmoid(b)
+        t, s = (map_tanh(a) if x.dim() == 4 else torch.tanh(a)), torch.sigmoid(b)
         ctx.save_for_backward(t, s)
         ctx.shape = x.shape
         ctx.layout = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
@@ -420,12 +517,13 @@ def lstm_cell(gates: Tensor, c_prev: Tensor, dim: int = 1) -> tuple[Tensor, Tens
     c = f * c_prev + i * g, h = o * tanh(c), with i, f, o sigmoids and g a tanh. ``gates`` has
     4n entries along ``dim`` and ``c_prev`` n; returns (h, c), each shaped like ``c_prev``. Zero
     gates and a zero ``c_prev`` give h = c = 0, so zero-padded positions stay zero.
+    The scans over whole rows and diagonals use it; tanh through :func:`map_tanh`.
     """
     n = gates.shape[dim] // 4
     i, f, o = torch.sigmoid(gates.narrow(dim, 0, 3 * n)).chunk(3, dim)
-    g = torch.tanh(gates.narrow(dim, 3 * n, n))
+    g = map_tanh(gates.narrow(dim, 3 * n, n))
     c = f * c_prev + i * g
-    return o * torch.tanh(c), c
+    return o * map_tanh(c), c
 
 
 class LSTMGates:

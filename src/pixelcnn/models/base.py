@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from pixelcnn import checkpoint
+from pixelcnn import allocator, checkpoint
 from pixelcnn.config import ModelConfig
 from pixelcnn.distributions import OutputDistribution, bits_per_dim
 from pixelcnn.errors import ConfigError, InvalidImageError, InvalidLabelError
@@ -37,6 +37,7 @@ class AutoregressiveModel(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        allocator.default()                     # freed feature maps stay in the process for reuse (allocator.py)
         self.config = config
         self.distribution: OutputDistribution = self.make_distribution()
         self.cond_net = (ConditionNetwork(config.cond_shape, config.image_shape[1:], config.cond_features)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelcnn.errors import ConfigError
-from pixelcnn.layers import (Condition, ConditionBias, add_shifted_down, channel_groups, gate, horizontal_conv,
+from pixelcnn.layers import (Condition, ConditionBias, Conv1x1, add_shifted_down, channel_groups, gate, horizontal_conv,
                              vertical_conv)
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import (MaskedModelConfig, OutputHead, check_dilations, check_kernel, gate_groups, masked_1x1,
@@ -85,15 +85,16 @@ class GatedLayer(nn.Module):
     """One gated layer: (v, h) -> (v', h'), with a residual on the horizontal stack unless first."""
 
     def __init__(self, in_channels: int, hidden: int, kernel: int, colours: int, config: GatedPixelCNNConfig,
-                 first: bool, dilation: int, shaped: bool):
+                 first: bool, dilation: int, shaped: bool, last: bool = False):
         super().__init__()
         pre = gate_groups(hidden, colours)
         in_groups = torch.arange(colours) if first else channel_groups(hidden, colours)
         self.first = first
+        self.last = last                                                   # no layer reads its vertical output
         self.vertical = vertical_conv(in_channels, 2 * hidden, kernel, dilation, shaped)
         self.horizontal = horizontal_conv(in_channels, 2 * hidden, kernel, "A" if first else "B", colours,
                                           in_groups=in_groups, out_groups=pre, dilation=dilation, shaped=shaped)
-        self.v_to_h = nn.Conv2d(2 * hidden, 2 * hidden, 1)      # from rows above: no colour mask needed
+        self.v_to_h = Conv1x1(2 * hidden, 2 * hidden)          # from rows above: no colour mask needed
         self.h_out = masked_1x1(channel_groups(hidden, colours), channel_groups(hidden, colours), colours)
         self.v_bias = ConditionBias(config, 2 * hidden)
         self.h_bias = ConditionBias(config, 2 * hidden)
@@ -104,6 +105,7 @@ class GatedLayer(nn.Module):
         h_pre = add_shifted_down(self.horizontal(h), self.v_to_h(v_pre), self.v_to_h.bias)
         if cond is not None:                                               # unconditional: no zero biases to add
             v_pre, h_pre = v_pre + self.v_bias(cond), h_pre + self.h_bias(cond)
+        v_pre = None if self.last else v_pre                               # v' = None: nothing reads it
         return stacks(v_pre, h_pre, self.h_out, None if self.first else h, overwrite=True)   # v_to_h has read v_pre
 
 
@@ -115,10 +117,11 @@ class GatedPixelCNN(AutoregressiveModel):
         super().__init__(config)
         c, n = config.channels, config.hidden
         shaped = config.conv_impl == "shaped"
-        layers = [GatedLayer(c, n, config.first_kernel, c, config, True, 1, shaped)]
+        last = config.layers - 1
+        layers = [GatedLayer(c, n, config.first_kernel, c, config, True, 1, shaped, last=last == 0)]
         for i in range(1, config.layers):
             d = config.dilations[i % len(config.dilations)]
-            layers.append(GatedLayer(n, n, config.kernel_size, c, config, False, d, shaped))
+            layers.append(GatedLayer(n, n, config.kernel_size, c, config, False, d, shaped, last=i == last))
         self.layers = nn.ModuleList(layers)
         self.head = OutputHead(n, config.output_hidden, self.distribution, c)
 
