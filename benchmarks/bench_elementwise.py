@@ -24,6 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from pixelcnn import allocator
 from pixelcnn.layers import channels_last, gate, map_tanh
 
 
@@ -59,6 +60,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--batch", type=int, default=32)
     args = p.parse_args()
+    allocator.default()                                             # as once a model is built
     torch.manual_seed(0)
     n = args.batch
     pre = torch.randn(n, 128, 28, 28).contiguous(memory_format=torch.channels_last)     # (B, 2n, H, W)

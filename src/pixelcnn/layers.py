@@ -92,10 +92,10 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, i
     """``F.conv2d`` (stride 1); on the CPU, under autograd, with the bias gradient summed by PyTorch.
 
     oneDNN's backward pass reduces the bias gradient of a channels-last map far more slowly than
-    a plain sum over (B, H, W) does: 7.9 ms against 0.2 ms for a 64 -> 64 1x1 convolution of a
-    64 x 64 x 28 x 28 batch here (benchmarks/bench_elementwise.py), about a third of the
-    convolution's whole backward pass. The forward pass is the same call, bias fused. Under
-    autocast (which casts inside the call) it is ``F.conv2d`` as it is.
+    a plain sum over (B, H, W) does: for a 64 -> 64 1x1 convolution of a 64 x 64 x 28 x 28 batch
+    here, 7.2 ms for its weight and bias gradients against 4.8 ms for the weight gradient alone
+    and 0.16 ms for the sum (benchmarks/bench_elementwise.py). The forward pass is the same
+    call, bias fused. Under autocast (which casts inside the call) it is ``F.conv2d`` as it is.
     """
     if x.device.type == "cpu" and bias is not None and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") \
             and (x.requires_grad or weight.requires_grad or bias.requires_grad):
@@ -237,12 +237,12 @@ SMALL_MAP = 2**14      # below this many elements, the three more passes of map_
 def map_tanh(x: Tensor) -> Tensor:
     """tanh of a whole feature map, computed as 2 sigmoid(2x) - 1 on the CPU.
 
-    PyTorch's CPU tanh is several times slower than its sigmoid (8.9 ms against 1.1 ms on a
-    64 x 64 x 28 x 28 map here, benchmarks/bench_elementwise.py); the identity costs three cheap
-    passes more and is within 2e-7 of tanh in float32 (3e-16 in float64), absolutely: near 0 the
-    result is rounded to a multiple of 2^-24 rather than to x's own precision, which no network
-    output can tell apart. Elsewhere (CUDA), and on maps too small for the passes to pay
-    (``SMALL_MAP``), it is ``torch.tanh``. The gradient is tanh's,
+    PyTorch's CPU tanh is several times slower than its sigmoid (8.3 ms against 1.0 ms on one
+    channel half of a 64 x 128 x 28 x 28 map here; this form takes 2.0 ms,
+    benchmarks/bench_elementwise.py). It is within 2e-7 of tanh in float32 (3e-16 in float64),
+    absolutely: near 0 the result is rounded to a multiple of 2^-24 rather than to x's own
+    precision, which no network output can tell apart. Elsewhere (CUDA), and on maps too small
+    for the passes to pay (``SMALL_MAP``), it is ``torch.tanh``. The gradient is tanh's,
     1 - tanh^2, from the value. Whole-map paths use it; the cached steppers, which work on one
     position or row at a time, keep ``torch.tanh`` (where its speed is irrelevant), so the
     compressor's arithmetic, which runs on them, does not depend on it.

@@ -1,0 +1,61 @@
+"""Writes tests/data/codec/: files compressed by an earlier release, which every later one must decode bit for bit.
+
+Each folder holds a model (a shipped checkpoint's name in ``source.json``, or its own weights) and
+``images.pxc``, the first images of a seeded random batch (or of the MNIST test split) compressed
+with it. test_coding.py decodes them with the code of the day: a change to the cached steppers'
+arithmetic that would make users' files undecodable fails there. Run from the repository root
+with the release whose files are to be kept:
+
+    PIXELCNN_DATA=../shared/data python tests/data/make_codec_files.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+import pixelcnn
+from pixelcnn.data import load_dataset
+
+OUT = Path(__file__).resolve().parent / "codec"
+SMALL = {  # family -> (image shape, levels, hyperparameters): every stepper, grayscale and colour
+    "pixelcnn": ((3, 5, 6), 16, dict(hidden=12, layers=2, output_hidden=8)),
+    "row_lstm": ((1, 6, 5), 256, dict(hidden=6, layers=2, output_hidden=8)),
+    "diagonal_bilstm": ((3, 4, 5), 8, dict(hidden=6, layers=1, output_hidden=0)),
+    "pixelcnn_pp": ((3, 6, 5), 256, dict(filters=8, resnet_blocks=1, mixtures=3)),
+    "gated_pixelcnn": ((3, 5, 5), 256, dict(hidden=12, layers=3, output_hidden=0)),
+    "lmconv": ((1, 5, 6), 2, dict(hidden=6, layers=2, orders=("hilbert",), order_symmetries=2)),
+}
+
+
+def far_from_init(model: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=g))
+
+
+def main() -> None:
+    for i, (family, (shape, levels, hp)) in enumerate(SMALL.items()):
+        torch.manual_seed(i)
+        model = pixelcnn.create(family, image_shape=shape, levels=levels, **hp).eval()
+        far_from_init(model, i)
+        folder = OUT / family
+        model.save_pretrained(folder / "model")
+        images = torch.randint(0, levels, (3, *shape), generator=torch.Generator().manual_seed(i))
+        (folder / "images.pxc").write_bytes(pixelcnn.compress(model, images))
+        (folder / "source.json").write_text(json.dumps({"model": "model", "images": "3 seeded random images"}) + "\n")
+    for name in ("mnist", "mnist-lmconv"):
+        model = pixelcnn.load(f"pretrained:{name}").eval()
+        images = load_dataset("mnist", "test").images[:2]
+        folder = OUT / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "images.pxc").write_bytes(pixelcnn.compress(model, images))
+        (folder / "source.json").write_text(json.dumps({"model": f"pretrained:{name}", "images": "MNIST test 0..1"}) + "\n")
+        print(name, len((folder / "images.pxc").read_bytes()), "bytes")
+
+
+if __name__ == "__main__":
+    main()
