@@ -45,10 +45,14 @@ def test_building_a_model_keeps_freed_memory_unless_a_choice_was_made(monkeypatc
 
     calls = []
     monkeypatch.setattr(allocator, "_decided", [])
+    monkeypatch.setattr(allocator, "_applied", [])
     monkeypatch.setattr(allocator, "_mallopt", lambda: lambda param, value: calls.append((param, value)) or 1)
-    allocator.default()                                           # nothing chosen yet: keep
-    assert calls == list(allocator.KEEP.items())
-    assert allocator.keep_freed_memory(False) is True             # a caller's choice ...
-    calls.clear()
-    allocator.default()                                           # ... is not overridden by the next model
+    assert allocator.keep_freed_memory(False) is True and calls == []   # before anything was applied: untouched
+    allocator.default()                                           # a caller's choice is not overridden by a model
     assert calls == []
+    allocator._decided.clear()
+    allocator.default()                                           # nothing chosen: keep
+    assert calls == list(allocator.KEEP.items())
+    calls.clear()
+    assert allocator.keep_freed_memory(False) is True             # applied before: mmap back on
+    assert calls == list(allocator.RETURN.items())

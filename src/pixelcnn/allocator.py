@@ -11,8 +11,10 @@ in the heap and are reused, as PyTorch's CUDA caching allocator does on a GPU.
 :func:`keep_freed_memory` is called when the first model is built (nothing changes before that),
 once per process. It changes no result, only where memory comes from: the price is that memory
 freed by PyTorch is kept by the process for reuse instead of going back to the operating system.
-``keep_freed_memory(False)`` restores glibc's defaults and keeps them; elsewhere than glibc
-(macOS, musl) both do nothing.
+``keep_freed_memory(False)`` before the first model is built leaves glibc as it is; after, it
+turns mmap back on with the largest thresholds glibc's own adaptive rule reaches (32 MiB, and
+twice that for trimming): glibc cannot be put back into its adaptive state once told a value.
+Elsewhere than glibc (macOS, musl) both do nothing.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ log = logging.getLogger(__name__)
 # mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
 KEEP = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2**31 - 1}                  # no mmap for malloc; trim above 2 GiB only
-GLIBC_DEFAULTS = {M_MMAP_MAX: 65536, M_TRIM_THRESHOLD: 128 * 1024, M_MMAP_THRESHOLD: 128 * 1024}
+RETURN = {M_MMAP_MAX: 65536, M_MMAP_THRESHOLD: 32 * 2**20, M_TRIM_THRESHOLD: 64 * 2**20}   # adaptive rule's ceiling
 
 _decided: list[bool] = []                                             # the choice made, once a call made one
+_applied: list[bool] = []                                             # True once KEEP was given to glibc
 
 
 def _mallopt():
@@ -42,12 +45,15 @@ def _mallopt():
 
 
 def keep_freed_memory(keep: bool = True) -> bool:
-    """Let glibc's malloc keep freed memory for reuse (``keep``) or restore its defaults; True if applied."""
+    """Let glibc's malloc keep freed memory for reuse (``keep``), or not; True where glibc does as asked."""
     _decided[:] = [keep]
     mallopt = _mallopt()
     if mallopt is None:
         return False
-    ok = all(mallopt(param, value) == 1 for param, value in (KEEP if keep else GLIBC_DEFAULTS).items())
+    if not keep and not _applied:                                     # glibc untouched: leave it so
+        return True
+    ok = all(mallopt(param, value) == 1 for param, value in (KEEP if keep else RETURN).items())
+    _applied[:] = [keep]
     log.debug("glibc malloc %s freed memory", "keeps" if keep else "returns")
     return ok
 
