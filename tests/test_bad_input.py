@@ -424,3 +424,25 @@ def test_a_full_disk_while_checkpointing_stops_in_one_line_keeping_the_last_good
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last"]     # no partial checkpoint
     assert pixelcnn.load(out / "checkpoints" / "last").levels == 2
     assert torch.load(out / "checkpoints" / "last" / "training_state.pt", weights_only=True)["step"] == 0
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--hidden", "0"], "hidden must be an integer >= 3, got 0"),                     # CIFAR-10: 3 colour groups
+    (["--layers", "-1"], "layers must be an integer >= 0, got -1"),
+    (["--dilations", "0"], "dilations must be positive integers"),
+    (["--model", "pixelcnn_pp", "--mixtures", "0"], "mixtures"),
+    (["--model", "lmconv", "--orders", "zigzag"], "expected an order NAME or NAME:S"),
+    (["--model", "row_lstm", "--output-hidden", "2", "--dataset", "cifar10"], "output_hidden must be 0 or at least"),
+])
+def test_model_hyperparameters_are_refused_before_any_data_loads(argv, fragment, tmp_path, capsys, monkeypatch):
+    import pixelcnn.data
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the dataset was loaded before the model's hyperparameters were checked")
+
+    monkeypatch.setattr(pixelcnn.data, "load_dataset", no_data)
+    dataset = [] if "--dataset" in argv else ["--dataset", "cifar10"]      # not on disk: a load would download
+    code, err = run_cli(["train", "--out", str(tmp_path / "run"), *dataset, *argv], capsys)
+    assert code == 2, err
+    assert_one_line(err, fragment)
+    assert not (tmp_path / "run").exists()

@@ -256,16 +256,11 @@ class Trainer:
     # ----- construction
 
     def _build_model(self, model_args: dict[str, Any], model_config: dict[str, Any] | None):
-        cfg, data = self.cfg, self.train_set
+        cfg = self.cfg
         if model_config is not None:
             cls = pixelcnn.models.get(cfg.model)
             return cls(cls.config_class.from_dict(model_config))
-        if cfg.conditional and data.num_classes is None:
-            raise ConfigError(f"--conditional needs class labels, but dataset {cfg.dataset!r} has none")
-        num_classes = data.num_classes if cfg.conditional else None
-        cond_shape = cond_shape_for(data.image_shape, cfg.scale) if cfg.task == "superres" else None
-        return pixelcnn.create(cfg.model, image_shape=data.image_shape, levels=data.levels,
-                               num_classes=num_classes, cond_shape=cond_shape, **model_args)
+        return pixelcnn.create(cfg.model, **data_settings(cfg, self.train_set), **model_args)
 
     def _check_sizes(self) -> None:
         """Refuse, before anything is written, a batch larger than the data or a validation that cannot run."""
@@ -540,13 +535,31 @@ RESUME_OVERRIDABLE = {"epochs", "max_steps", "time_budget", "device", "precision
                       "eval_batch_size"}
 
 
+def data_settings(cfg: TrainConfig, data) -> dict[str, Any]:
+    """What the model takes from the dataset ``data`` (an ImageDataset, or the DatasetInfo known before it loads)."""
+    if cfg.conditional and data.num_classes is None:
+        raise ConfigError(f"--conditional needs class labels, but dataset {cfg.dataset!r} has none")
+    return {"image_shape": data.image_shape, "levels": data.levels,
+            "num_classes": data.num_classes if cfg.conditional else None,
+            "cond_shape": cond_shape_for(data.image_shape, cfg.scale) if cfg.task == "superres" else None}
+
+
+def check_model_config(cfg: TrainConfig, model_args: dict[str, Any]) -> None:
+    """The model's configuration for ``cfg``'s dataset, checked from the dataset's shape alone, before any data loads."""
+    from pixelcnn.data import dataset_info
+
+    cls = pixelcnn.models.get(cfg.model).config_class
+    cls.from_dict({**data_settings(cfg, dataset_info(cfg.dataset, cfg.image_size)), **model_args})
+
+
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, **model_args: Any) -> dict[str, Any]:
     """Start a new run in ``out_dir`` (which must not hold one already).
 
-    Everything is checked before the folder is created; a start that fails before the run's
-    first file is written removes the folder it created.
+    Everything is checked before the folder is created, the model's hyperparameters before any
+    data loads; a start that fails before the run's first file is written removes the folder it created.
     """
     out = Path(out_dir)
+    check_model_config(cfg, model_args)
     if not _is_main_process():
         return Trainer(cfg, out, model_args=model_args).fit()
     _check_new_run(out)
