@@ -380,9 +380,34 @@ def test_files_of_an_earlier_release_cover_every_family_with_a_cached_stepper():
 @pytest.mark.parametrize("name", sorted(p.name for p in CODEC_FILES.iterdir()))
 def test_files_of_an_earlier_release_decode_bit_for_bit(name):
     """tests/data/make_codec_files.py wrote these with the compressor of commit 769a40d: the decoder must
-    rebuild the probabilities that encoder used, or users' files no longer decode (the digest says which)."""
+    rebuild the probabilities that encoder used, or users' files no longer decode (the digest says which).
+    Both steppers: the whole-network one runs the paths that training and evaluation speed up."""
     folder = CODEC_FILES / name
     source = json.loads((folder / "source.json").read_text())
     model = pixelcnn.load(folder / source["model"] if (folder / source["model"]).is_dir() else source["model"])
-    images = pixelcnn.decompress(model, (folder / "images.pxc").read_bytes())   # CompressionError unless the digest matches
-    assert images.shape[1:] == model.image_shape and len(images) in (2, 3)
+    for file in sorted(folder.glob("*.pxc")):                       # the family's stepper, and the naive one
+        images = pixelcnn.decompress(model, file.read_bytes())     # CompressionError unless the digest matches
+        assert images.shape[1:] == model.image_shape and len(images) in (2, 3)
+
+
+def test_a_stream_the_decoders_probabilities_cannot_have_written_raises_a_compression_error(small_file, monkeypatch):
+    """Where the probabilities differ enough, constriction itself refuses the stream midway (an AssertionError,
+    seen decoding a 28x28 file with a tanh that differed in its last bits): that is a CompressionError too."""
+    import constriction
+
+    model, _, data = small_file
+    real = constriction.stream.queue.RangeDecoder
+
+    class Refusing:
+        def __init__(self, words):
+            self.inner, self.calls = real(words), 0
+
+        def decode(self, *args):
+            self.calls += 1
+            if self.calls == 4:
+                raise AssertionError("Tried to decode from compressed data that is invalid for the employed entropy model.")
+            return self.inner.decode(*args)
+
+    monkeypatch.setattr(constriction.stream.queue, "RangeDecoder", Refusing)
+    with pytest.raises(CompressionError, match="does not decode with this model's probabilities"):
+        pixelcnn.decompress(model, data)

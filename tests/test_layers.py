@@ -135,3 +135,15 @@ def test_conv1x1_is_a_plain_one_by_one_convolution():
     F.conv2d(x, conv.weight, conv.bias).square().sum().backward()
     for a, t in zip(ours, (x, conv.weight, conv.bias)):
         torch.testing.assert_close(a, t.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_inside_plain_tanh_whole_maps_take_torch_tanh_bit_for_bit_and_outside_the_fast_form():
+    x = map_of((4, 8, 32, 16), "channels_last").float()              # large enough for the fast path
+    with layers.plain_tanh():
+        assert torch.equal(map_tanh(x), torch.tanh(x))
+        with torch.no_grad():
+            plain = x.clone(memory_format=torch.preserve_format)
+            plain[:, :4].tanh_()
+            assert torch.equal(gate(x.clone(memory_format=torch.preserve_format), overwrite=True), F.glu(plain, 1))
+    assert not torch.equal(map_tanh(x), torch.tanh(x))                # the sigmoid form differs in the last bits
+    torch.testing.assert_close(map_tanh(x), torch.tanh(x), rtol=0, atol=3e-7)

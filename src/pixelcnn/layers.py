@@ -12,7 +12,10 @@ Masks are applied in ``forward`` (``weight * mask``); weights are never edited i
 
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -232,6 +235,20 @@ class _AddShiftedDown(torch.autograd.Function):
 
 
 SMALL_MAP = 2**14      # below this many elements, the three more passes of map_tanh cost more than they save
+_PLAIN_TANH: ContextVar[bool] = ContextVar("plain_tanh", default=False)
+
+
+@contextlib.contextmanager
+def plain_tanh() -> Iterator[None]:
+    """Inside (this thread or task), whole maps take ``torch.tanh`` too, as releases before
+    :func:`map_tanh` computed them: the compressor codes inside it, so that files written with
+    its whole-network (``method="naive"``) stepper by those releases still decode bit for bit."""
+    token = _PLAIN_TANH.set(True)
+    try:
+        yield
+    finally:
+        _PLAIN_TANH.reset(token)
+
 
 
 def map_tanh(x: Tensor) -> Tensor:
@@ -244,10 +261,10 @@ def map_tanh(x: Tensor) -> Tensor:
     precision, which no network output can tell apart. Elsewhere (CUDA), and on maps too small
     for the passes to pay (``SMALL_MAP``), it is ``torch.tanh``. The gradient is tanh's,
     1 - tanh^2, from the value. Whole-map paths use it; the cached steppers, which work on one
-    position or row at a time, keep ``torch.tanh`` (where its speed is irrelevant), so the
-    compressor's arithmetic, which runs on them, does not depend on it.
+    position or row at a time, keep ``torch.tanh`` (where its speed is irrelevant), and inside
+    :func:`plain_tanh` (the compressor) so does every path.
     """
-    if x.device.type != "cpu" or not x.is_floating_point() or x.numel() < SMALL_MAP:
+    if x.device.type != "cpu" or not x.is_floating_point() or x.numel() < SMALL_MAP or _PLAIN_TANH.get():
         return torch.tanh(x)
     if torch.is_grad_enabled() and x.requires_grad:
         return _MapTanh.apply(x)
@@ -276,7 +293,8 @@ def gate(x: Tensor, dim: int = 1, overwrite: bool = False) -> Tensor:
     """Gated activation tanh(a) * sigmoid(b) of the two halves [a, b] of ``dim``: (B, 2n, ...) -> (B, n, ...).
 
     ``dim=-1`` is the incremental paths' channels-last layout. Whole feature maps (B, 2n, H, W)
-    take tanh through :func:`map_tanh`; a position or a row (fewer dimensions), ``torch.tanh``.
+    take tanh through :func:`map_tanh` (unless inside :func:`plain_tanh`); a position or a row
+    (fewer dimensions), ``torch.tanh``.
     ``overwrite=True`` is for a caller done with ``x``: outside autograd, the gate is then
     formed in ``x``'s memory (on a whole CPU map: the first half doubled, one sigmoid over the
     whole contiguous map, the first half turned into 2 s - 1, one product; 2.3x faster than a
@@ -289,7 +307,7 @@ def gate(x: Tensor, dim: int = 1, overwrite: bool = False) -> Tensor:
     elif overwrite:
         n = x.shape[dim] // 2
         a = x.narrow(dim, 0, n)
-        if whole_map and x.device.type == "cpu":
+        if whole_map and x.device.type == "cpu" and not _PLAIN_TANH.get():
             a.mul_(2.0)
             x.sigmoid_()                                                        # [sigmoid(2a), sigmoid(b)]
             return torch.mul(a.mul_(2.0).sub_(1.0), x.narrow(dim, n, n))       # tanh(a) sigmoid(b)

@@ -2,7 +2,8 @@
 
 Each folder holds a model (a shipped checkpoint's name in ``source.json``, or its own weights) and
 ``images.pxc``, the first images of a seeded random batch (or of the MNIST test split) compressed
-with it. test_coding.py decodes them with the code of the day: a change to the cached steppers'
+with it, and for the small models ``images-naive.pxc``, the same coded with the whole-network
+stepper (``method="naive"``). test_coding.py decodes them with the code of the day: a change to the cached steppers'
 arithmetic that would make users' files undecodable fails there. Run from the repository root
 with the release whose files are to be kept:
 
@@ -46,6 +47,7 @@ def main() -> None:
         model.save_pretrained(folder / "model")
         images = torch.randint(0, levels, (3, *shape), generator=torch.Generator().manual_seed(i))
         (folder / "images.pxc").write_bytes(pixelcnn.compress(model, images))
+        (folder / "images-naive.pxc").write_bytes(pixelcnn.compress(model, images, method="naive"))
         (folder / "source.json").write_text(json.dumps({"model": "model", "images": "3 seeded random images"}) + "\n")
     for name in ("mnist", "mnist-lmconv"):
         model = pixelcnn.load(f"pretrained:{name}").eval()

@@ -25,7 +25,8 @@ the number of threads (which splits reductions) and the inputs. So encoder and d
 * both start each chunk from an all-zero batch; the encoder teacher-forces, setting each true
   value only after reading the log-probabilities for it, exactly when the decoder sets the
   value it decoded. At every step the stepper holds the same tensor on both sides;
-* both run a float32 CPU copy of the model (:func:`codec.coding_model`), in eval mode,
+* both run a float32 CPU copy of the model (:func:`codec.coding_model`), in eval mode, with tanh
+  as ``torch.tanh`` on every path (``layers.plain_tanh``),
   without autograd, on one thread (``torch.set_num_threads(1)``) with oneDNN pinned on, inside
   a context manager that restores the caller's settings;
 * both turn log-probabilities into integer weights with the one function

@@ -22,6 +22,7 @@ from pixelcnn.coding import container
 from pixelcnn.coding.container import MAX_CHUNK_SIZE, Header
 from pixelcnn.coding.quantize import quantized_weights
 from pixelcnn.errors import CompressionError, ConfigError, PixelCNNError
+from pixelcnn.layers import plain_tanh
 from pixelcnn.sampling import NaiveStepper, make_stepper, run
 from pixelcnn.validation import METHOD, Integer
 
@@ -52,13 +53,14 @@ def coding_model(model):
 
 @contextlib.contextmanager
 def deterministic_cpu(model) -> Iterator[None]:
-    """One CPU thread, oneDNN pinned on, no autograd, eval mode; the caller's settings come back after."""
+    """One CPU thread, oneDNN pinned on, no autograd, eval mode, tanh as ``torch.tanh`` everywhere
+    (``layers.plain_tanh``); the caller's settings come back after."""
     threads, onednn, was_training = torch.get_num_threads(), torch.backends.mkldnn.enabled, model.training
     torch.set_num_threads(1)
     torch.backends.mkldnn.enabled = True
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), plain_tanh():
             yield
     finally:
         torch.set_num_threads(threads)
@@ -135,7 +137,7 @@ def decode_chunk(model, words: np.ndarray, batch: int, n: int, method: str,
     def choose(c: int, h: int, w: int, log_probs: Tensor) -> Tensor:
         weights = quantized_weights(log_probs)                          # (B, L)
         values = torch.zeros(batch, dtype=torch.long)
-        values[:n] = torch.from_numpy(decoder.decode(family, weights[:n]).astype(np.int64))
+        values[:n] = torch.from_numpy(_decoded(decoder, family, weights[:n]).astype(np.int64))
         x[:, c, h, w] = values
         return values
 
@@ -156,7 +158,7 @@ def _decode_labels(model, decoder, batch: int, n: int) -> Tensor | None:
         return None
     labels = torch.zeros(batch, dtype=torch.long)
     if k > 1:
-        labels[:n] = torch.from_numpy(decoder.decode(constriction.stream.model.Uniform(k), n).astype(np.int64))
+        labels[:n] = torch.from_numpy(_decoded(decoder, constriction.stream.model.Uniform(k), n).astype(np.int64))
     return labels
 
 
@@ -234,10 +236,21 @@ def decode(model, data: bytes, progress: Progress | None = None) -> Decoded:
     if model.config.num_classes is not None:
         labels = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, dtype=torch.long)
     if container.content_digest(images, labels) != header.digest:
-        raise CompressionError("decoded images do not match the file's content digest: the decoder's probabilities "
-                               "differed from the encoder's (a different torch build or CPU type?) or the file "
-                               "was forged; no images returned")
+        raise CompressionError(f"decoded images do not match the file's content digest: {MISMATCH}")
     return Decoded(images, labels, header.metadata, header)
+
+
+MISMATCH = ("the decoder's probabilities differed from the encoder's (a different torch build or CPU type?) or "
+            "the file was forged; no images returned")
+
+
+def _decoded(decoder, *args) -> np.ndarray:
+    """``decoder.decode(*args)``; constriction's refusal of a stream its model cannot have written (an
+    AssertionError or ValueError) as a CompressionError."""
+    try:
+        return decoder.decode(*args)
+    except (AssertionError, ValueError) as e:
+        raise CompressionError(f"the payload does not decode with this model's probabilities ({e}): {MISMATCH}") from None
 
 
 def _decode_all(model, header: Header, streams, progress) -> Iterator[tuple[Tensor, Tensor | None]]:
