@@ -13,8 +13,8 @@ import pixelcnn
 from exact import randomise, tiny_model
 from generated import CACHED_FAMILIES
 from pixelcnn.layers import horizontal_conv, raster_conv, vertical_conv
-from pixelcnn.layers import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
-                             DownShiftedConvTranspose2d)
+from pixelcnn.shifted import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
+                              DownShiftedConvTranspose2d)
 from pixelcnn.models.incremental import CachedConv, ConvTaps, FeatureMap, Pad
 from pixelcnn.models.incremental import CachedConvTranspose, TransposedTaps
 from pixelcnn.sampling import NaiveStepper, make_stepper

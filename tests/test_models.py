@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import pixelcnn
-from pixelcnn.layers import shaped_from_full, skew, unskew
+from pixelcnn.layers import shaped_from_full
+from pixelcnn.recurrent import skew, unskew
 from exact import input_gradient, randomise, tiny_model
 
 

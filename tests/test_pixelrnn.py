@@ -17,7 +17,7 @@ from conftest import TINY
 from exact import dependency_violations, input_gradient, randomise, tiny_model
 from pixelcnn.cli import main
 from pixelcnn.errors import ConfigError
-from pixelcnn.layers import skew, skew_columns, unskew, unskew_columns
+from pixelcnn.recurrent import skew, skew_columns, unskew, unskew_columns
 
 NAMES = ["row_lstm", "diagonal_bilstm"]
 SMALL = {"hidden": 8, "layers": 2, "output_hidden": 8}

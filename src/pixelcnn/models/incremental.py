@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelcnn.layers import Condition, ConditionBias, MaskedConv2d
-from pixelcnn.layers import DownRightShiftedConv2d, DownShiftedConv2d, DownShiftedConvTranspose2d
+from pixelcnn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, DownShiftedConvTranspose2d
 
 
 class Pad(NamedTuple):

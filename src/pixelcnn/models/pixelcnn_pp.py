@@ -40,12 +40,12 @@ from torch import Tensor, nn
 from pixelcnn.config import ModelConfig
 from pixelcnn.distributions import make_distribution
 from pixelcnn.errors import ConfigError
-from pixelcnn.layers import (Condition, ConditionBias, DownRightShiftedConv2d, DownRightShiftedConvTranspose2d,
-                             DownShiftedConv2d, DownShiftedConvTranspose2d, concat_elu, gated_residual, shift_down,
-                             shift_right)
+from pixelcnn.layers import Condition, ConditionBias, concat_elu, gated_residual, shift_down, shift_right
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import check_int
 from pixelcnn.models.pixelcnn_pp_cached import CachedPixelCNNPP
+from pixelcnn.shifted import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
+                              DownShiftedConvTranspose2d)
 
 
 def max_stages(image_shape: tuple[int, int, int]) -> int:

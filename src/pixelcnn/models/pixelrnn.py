@@ -69,7 +69,7 @@ forms; ``tests/test_generated.py`` checks them against each other over every dec
 
 Layout: the recurrences run on batch-last maps ((rows, cols, ..., B) inside the Diagonal
 BiLSTM, (n, W, B) rows in the Row LSTM), so that a step's matrix products see whole feature
-maps and a skewed column is one contiguous block (``layers.skew_columns``). The samplers keep
+maps and a skewed column is one contiguous block (``recurrent.skew_columns``). The samplers keep
 one row of batch-last (features, B) blocks per layer, so that every op of a step reads and
 writes contiguous memory.
 """
@@ -85,11 +85,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelcnn.errors import ConfigError
-from pixelcnn.layers import (Condition, ConditionBias, LSTMGates, MaskedConv2d, channel_groups, horizontal_conv, lstm_cell,
-                             raster_conv, skew_columns, unskew_columns)
+from pixelcnn.layers import Condition, ConditionBias, MaskedConv2d, channel_groups, horizontal_conv, raster_conv
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import MaskedModelConfig, OutputHead, check_kernel, masked_1x1, output_distribution, stack
 from pixelcnn.models.incremental import PixelStepper, PointwiseHead
+from pixelcnn.recurrent import LSTMGates, lstm_cell, skew_columns, unskew_columns
 
 FORGET_BIAS = 1.0   # initial forget-gate bias: cells start by keeping their state (a common LSTM choice)
 
