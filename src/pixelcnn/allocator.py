@@ -4,9 +4,10 @@ A training step or an evaluation batch on the CPU allocates and frees the same l
 every time (64 x 128 x 28 x 28 floats are 26 MB; a batch's logits, 51 MB). glibc's malloc hands
 blocks above its mmap threshold back to the kernel when they are freed and maps fresh pages at the
 next allocation, which the kernel zeroes at their first touch: for the matched Gated PixelCNN at
-batch 64 that was 90,000 page faults and 0.2-0.4 s of system time per training step
-(benchmarks/RESULTS.md). With mmap off for malloc and a trim threshold of 2 GiB, freed blocks stay
-in the heap and are reused, as PyTorch's CUDA caching allocator does on a GPU.
+batch 64 that was about 75,000 page faults and 0.13 s of system time per training step of 1.7 s
+(benchmarks/bench_allocator.py, benchmarks/RESULTS.md). With mmap off for malloc and a trim
+threshold of 2 GiB, freed blocks stay in the heap and are reused, as PyTorch's CUDA caching
+allocator does on a GPU.
 
 :func:`keep_freed_memory` is called when the first model is built (nothing changes before that),
 once per process. It changes no result, only where memory comes from: the price is that memory
