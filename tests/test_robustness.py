@@ -67,12 +67,15 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun")
-def test_torchrun_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--dataset", "mnist", "--conditional"]], ids=["plain", "class-conditional"])
+def test_torchrun_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_path, extra):
+    """Class-conditional too: its last layer has class biases that never reach the loss, which DDP must allow."""
     one, two = tmp_path / "one", tmp_path / "two"
-    single = cli(*ARGS, "--max-steps", 4, "--ema", "0", "--out", one)
+    args = [*ARGS, *extra]
+    single = cli(*args, "--max-steps", 4, "--ema", "0", "--out", one)
     torchrun = str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "pixelcnn", "train", *ARGS,
+    ddp = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "pixelcnn", "train", *args,
                           "--max-steps", "4", "--ema", "0", "--out", str(two)],
                          env=env, capture_output=True, text=True, timeout=400)
     assert ddp.returncode == 0, ddp.stderr[-3000:]

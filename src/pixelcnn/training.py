@@ -276,7 +276,9 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
-            net = DistributedDataParallel(model, device_ids=ids)
+            # Some parameters never reach the loss (the last gated layer's vertical-stack class biases,
+            # whose output no layer reads): DDP must look for them, or it waits for their gradients.
+            net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
         if self.cfg.compile:
             net = torch.compile(net)
         return net
