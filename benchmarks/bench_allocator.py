@@ -18,7 +18,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 KINDS = [("library", True), ("plain", True), ("library", False), ("plain", False)]
@@ -33,23 +32,17 @@ def worker(model_kind: str, keep: bool, steps: int, batch: int) -> dict:
     import pixelcnn
     from bench_vs_plain import CONFIGS
     from plain_gated_pixelcnn import PlainGatedPixelCNN
+    from timing import train_seconds
 
     torch.manual_seed(0)
     model = (pixelcnn.create("gated_pixelcnn", image_shape=(1, 28, 28), levels=256, **CONFIGS["matched"])
              if model_kind == "library" else PlainGatedPixelCNN())
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.randint(0, 256, (batch, 1, 28, 28), generator=torch.Generator().manual_seed(0))
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        model.nll(x).mean().backward()
-        opt.step()
-
-    step(), step()
-    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    train_seconds(model, x, 2, opt)                                     # warm-up
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    seconds, _ = train_seconds(model, x, steps, opt)
+    after = resource.getrusage(resource.RUSAGE_SELF)
     return {"s_per_step": seconds / steps, "faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
             "sys_s_per_step": (after.ru_stime - before.ru_stime) / steps}
 

@@ -35,7 +35,9 @@ def test_gate_gradient_matches_finite_differences(layout, shape, small_map, monk
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dim", [1, -1])
-def test_gate_that_overwrites_its_input_gives_the_plain_gate(layout, dim):
+@pytest.mark.parametrize("small_map", [0, SMALL_MAP])                    # 0: the sigmoid form at every size
+def test_gate_that_overwrites_its_input_gives_the_plain_gate(layout, dim, small_map, monkeypatch):
+    monkeypatch.setattr(layers, "SMALL_MAP", small_map)
     x = map_of((2, 8, 3, 8), layout)
     expected = plain_gate(x, dim)
     with torch.no_grad():
