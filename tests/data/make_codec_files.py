@@ -1,11 +1,15 @@
-"""Writes tests/data/codec/: files compressed by an earlier release, which every later one must decode bit for bit.
+"""Writes tests/data/codec/: compressed files that every later release must decode bit for bit, on any machine.
 
-Each folder holds a model (a shipped checkpoint's name in ``source.json``, or its own weights) and
-``images.pxc``, the first images of a seeded random batch (or of the MNIST test split) compressed
-with it, and for the small models ``images-naive.pxc``, the same coded with the whole-network
-stepper (``method="naive"``). test_coding.py decodes them with the code of the day: a change to the cached steppers'
-arithmetic that would make users' files undecodable fails there. Run from the repository root
-with the release whose files are to be kept:
+Each folder holds a model (a shipped checkpoint's name in ``source.json``, or its own weights in
+``model/``) and ``images.pxc``, the first images of a seeded random batch (or of the MNIST test
+split) compressed with it, and for the small models ``images-naive.pxc``, the same coded with the
+whole-network stepper (``method="naive"``). test_coding.py decodes them with the code of the day,
+here and under the kernels of other CPUs: a change to any network's arithmetic or to the exact
+arithmetic of the format that would make users' files undecodable fails there. ``format2*.pxc``
+are the same images written by pixelcnn 0.1.0 (format version 2, float32 arithmetic, on an AMD
+EPYC), kept to test what decoding such a file does. The small models were made with random weights
+far from their initialisation by that release; an existing ``model/`` is reused. Run from the
+repository root with the release whose files are to be kept:
 
     PIXELCNN_DATA=../shared/data python tests/data/make_codec_files.py
 """
@@ -40,11 +44,14 @@ def far_from_init(model: torch.nn.Module, seed: int) -> None:
 
 def main() -> None:
     for i, (family, (shape, levels, hp)) in enumerate(SMALL.items()):
-        torch.manual_seed(i)
-        model = pixelcnn.create(family, image_shape=shape, levels=levels, **hp).eval()
-        far_from_init(model, i)
         folder = OUT / family
-        model.save_pretrained(folder / "model")
+        if (folder / "model").is_dir():
+            model = pixelcnn.load(folder / "model").eval()
+        else:
+            torch.manual_seed(i)
+            model = pixelcnn.create(family, image_shape=shape, levels=levels, **hp).eval()
+            far_from_init(model, i)
+            model.save_pretrained(folder / "model")
         images = torch.randint(0, levels, (3, *shape), generator=torch.Generator().manual_seed(i))
         (folder / "images.pxc").write_bytes(pixelcnn.compress(model, images))
         (folder / "images-naive.pxc").write_bytes(pixelcnn.compress(model, images, method="naive"))

@@ -1,8 +1,9 @@
 """Encoder and decoder: the sampling loop, teacher-forced on one side and fed by the bit stream on the other.
 
 Both sides drive the model through :func:`pixelcnn.sampling.make_stepper` and
-:func:`pixelcnn.sampling.run`, chunk by chunk, under :func:`deterministic_cpu`. Why the two
-sides get bit-identical probabilities is explained in the package docstring
+:func:`pixelcnn.sampling.run`, chunk by chunk, in the arithmetic of the file's format version
+(:data:`EXACT` for files written now, :data:`FLOAT` to read those of earlier releases). Why the
+two sides get bit-identical probabilities is explained in the package docstring
 (:mod:`pixelcnn.coding`).
 """
 
@@ -19,8 +20,9 @@ import torch
 from torch import Tensor
 
 from pixelcnn.coding import container
-from pixelcnn.coding.container import MAX_CHUNK_SIZE, Header
-from pixelcnn.coding.quantize import quantized_weights
+from pixelcnn.coding.container import EXACT_VERSION, MAX_CHUNK_SIZE, Header
+from pixelcnn.coding.exact import ExactArithmetic, softmax as exact_softmax
+from pixelcnn.coding.quantize import PRECISION, quantized_weights
 from pixelcnn.errors import CompressionError, ConfigError, PixelCNNError
 from pixelcnn.layers import plain_tanh
 from pixelcnn.sampling import NaiveStepper, make_stepper, run
@@ -40,21 +42,29 @@ class Decoded:
     header: Header
 
 
-# ----- the controlled environment ---------------------------------------------------------------
+# ----- the arithmetic of a format version ------------------------------------------------------
 
 
 def coding_model(model):
-    """The model as coding runs it: float32 on the CPU (a copy when the model is anywhere else)."""
+    """The model as format 2 codes with it: float32 on the CPU (a copy when the model is anywhere else)."""
     params = list(model.parameters()) + list(model.buffers())
     if all(p.device.type == "cpu" and (not p.is_floating_point() or p.dtype == torch.float32) for p in params):
         return model
     return copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
 
 
+def exact_model(model):
+    """The model as format 3 codes with it: a float64 copy of its float32 weights (those the file's
+    fingerprint names, so a float64 model codes like its float32 copy) on its own device (CUDA stays
+    on CUDA, anything else goes to the CPU)."""
+    device = model.device if model.device.type == "cuda" else torch.device("cpu")
+    return copy.deepcopy(model).to(device=device, dtype=torch.float32).to(dtype=torch.float64)
+
+
 @contextlib.contextmanager
 def deterministic_cpu(model) -> Iterator[None]:
-    """One CPU thread, oneDNN pinned on, no autograd, eval mode, tanh as ``torch.tanh`` everywhere
-    (``layers.plain_tanh``); the caller's settings come back after."""
+    """Format 2: one CPU thread, oneDNN pinned on, no autograd, eval mode, tanh as ``torch.tanh``
+    everywhere (``layers.plain_tanh``); the caller's settings come back after."""
     threads, onednn, was_training = torch.get_num_threads(), torch.backends.mkldnn.enabled, model.training
     torch.set_num_threads(1)
     torch.backends.mkldnn.enabled = True
@@ -68,13 +78,62 @@ def deterministic_cpu(model) -> Iterator[None]:
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def exact_arithmetic(model) -> Iterator[None]:
+    """Format 3: eval mode, no autograd, every torch function exact or correctly rounded
+    (:class:`~pixelcnn.coding.exact.ExactArithmetic`), one formula for tanh on every device
+    (``layers.plain_tanh``), cuDNN off (its transforms would round); any thread count."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), plain_tanh(), torch.backends.cudnn.flags(enabled=False), ExactArithmetic():
+            yield
+    finally:
+        model.train(was_training)
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """How a format version evaluates the model and turns its log-probabilities into integers."""
+
+    model: Callable                 # model -> the copy that codes
+    scope: Callable                 # coding model -> context manager around every chunk
+    softmax: Callable               # the softmax of quantize.quantized_weights
+
+    def weights(self, log_probs: Tensor) -> np.ndarray:
+        """(B, L) integer weights; called inside ``scope``, computed outside any torch function mode
+        (the exact softmax is written in plain torch operations)."""
+        with torch._C.DisableTorchFunction():
+            return quantized_weights(log_probs, self.softmax)
+
+
+EXACT = Arithmetic(exact_model, exact_arithmetic, exact_softmax)          # format 3: the same on every machine
+FLOAT = Arithmetic(coding_model, deterministic_cpu, torch.softmax)        # formats 1 and 2: one kind of CPU
+
+
+def arithmetic_of(version: int) -> Arithmetic:
+    return EXACT if version >= EXACT_VERSION else FLOAT
+
+
+@dataclass
+class CodeLength:
+    """Bits the range coder's integer distributions give the coded values (-log2 of each weight / 2**24):
+    the exact negative log-likelihood of the model as it codes, labels excluded."""
+
+    bits: float = 0.0
+
+    def add(self, weights: np.ndarray, values: np.ndarray) -> None:
+        picked = weights[np.arange(len(values)), values] + 1.0
+        self.bits += float(np.sum(PRECISION - np.log2(picked)))
+
+
 def resolve_method(model, method: str) -> str:
     """"auto" -> "cached" where the family has a cached stepper, else "naive"."""
     METHOD(method, "method")
     if method != "auto":
         return method
-    x = torch.zeros((1, *model.image_shape), dtype=torch.long)
-    labels = None if model.config.num_classes is None else torch.zeros(1, dtype=torch.long)
+    x = torch.zeros((1, *model.image_shape), dtype=torch.long, device=model.device)
+    labels = None if model.config.num_classes is None else torch.zeros(1, dtype=torch.long, device=model.device)
     return "naive" if isinstance(make_stepper(model, x, model.condition(labels, None, 1), "auto"), NaiveStepper) else "cached"
 
 
@@ -84,7 +143,8 @@ def resolve_method(model, method: str) -> str:
 def _new_stepper(model, batch: int, labels: Tensor | None, method: str, order: str = ""):
     """A stepper over an all-zero chunk: the encoder and the decoder start from the same state.
     ``order``: an any-order model's visiting order by name ("": its default order)."""
-    x = torch.zeros((batch, *model.image_shape), dtype=torch.long)
+    x = torch.zeros((batch, *model.image_shape), dtype=torch.long, device=model.device)
+    labels = None if labels is None else labels.to(model.device)
     return make_stepper(model, x, model.condition(labels, None, batch), method, visiting_order(model, order))
 
 
@@ -106,7 +166,8 @@ def _order_name(model, order: str | None) -> str:
     return order if visiting_order(model, order) is not None else ""
 
 
-def encode_chunk(model, x: Tensor, labels: Tensor | None, n: int, method: str, order: str = "") -> np.ndarray:
+def encode_chunk(model, x: Tensor, labels: Tensor | None, n: int, method: str, order: str = "",
+                 arithmetic: Arithmetic = EXACT, length: CodeLength | None = None) -> np.ndarray:
     """Range-code the first ``n`` images of the padded chunk x (B, C, H, W): uint32 words.
 
     The values are teacher-forced: at each sub-pixel the stepper gives the log-probabilities
@@ -118,30 +179,37 @@ def encode_chunk(model, x: Tensor, labels: Tensor | None, n: int, method: str, o
 
     def choose(c: int, h: int, w: int, log_probs: Tensor) -> Tensor:
         values = x[:, c, h, w]                                          # (B,)
-        weights = quantized_weights(log_probs)                          # (B, L)
-        encoder.encode(values[:n].numpy().astype(np.int32), family, weights[:n])
-        return values
+        weights = arithmetic.weights(log_probs)                         # (B, L)
+        symbols = values[:n].numpy().astype(np.int32)
+        encoder.encode(symbols, family, weights[:n])
+        if length is not None:
+            length.add(weights[:n], symbols)
+        return values.to(log_probs.device)
 
     run(_new_stepper(model, x.shape[0], labels, method, order), model.image_shape, choose)
     return encoder.get_compressed()
 
 
-def decode_chunk(model, words: np.ndarray, batch: int, n: int, method: str,
-                 order: str = "") -> tuple[Tensor, Tensor | None]:
-    """Decode ``n`` images (and labels) from one chunk's words, running a padded batch of ``batch``."""
+def decode_chunk(model, words: np.ndarray, header: Header, n: int, arithmetic: Arithmetic = EXACT,
+                 length: CodeLength | None = None) -> tuple[Tensor, Tensor | None]:
+    """Decode ``n`` images (and labels) from one chunk's words, running a padded batch of the file's chunk size."""
+    batch = header.chunk_size
     decoder = constriction.stream.queue.RangeDecoder(words)
-    labels = _decode_labels(model, decoder, batch, n)
+    labels = _decode_labels(model, decoder, header, n)
     family = constriction.stream.model.Categorical(perfect=False)
     x = torch.zeros((batch, *model.image_shape), dtype=torch.long)
 
     def choose(c: int, h: int, w: int, log_probs: Tensor) -> Tensor:
-        weights = quantized_weights(log_probs)                          # (B, L)
+        weights = arithmetic.weights(log_probs)                         # (B, L)
         values = torch.zeros(batch, dtype=torch.long)
-        values[:n] = torch.from_numpy(_decoded(decoder, family, weights[:n]).astype(np.int64))
+        symbols = _decoded(decoder, header, family, weights[:n])
+        values[:n] = torch.from_numpy(symbols.astype(np.int64))
         x[:, c, h, w] = values
-        return values
+        if length is not None:
+            length.add(weights[:n], symbols)
+        return values.to(log_probs.device)
 
-    run(_new_stepper(model, batch, labels, method, order), model.image_shape, choose)
+    run(_new_stepper(model, batch, labels, header.method, header.order), model.image_shape, choose)
     return x[:n], None if labels is None else labels[:n]
 
 
@@ -152,13 +220,14 @@ def _code_labels(model, labels: Tensor | None, n: int, encode) -> None:
         encode(labels[:n].numpy().astype(np.int32), constriction.stream.model.Uniform(k))
 
 
-def _decode_labels(model, decoder, batch: int, n: int) -> Tensor | None:
+def _decode_labels(model, decoder, header: Header, n: int) -> Tensor | None:
     k = model.config.num_classes
     if k is None:
         return None
-    labels = torch.zeros(batch, dtype=torch.long)
+    labels = torch.zeros(header.chunk_size, dtype=torch.long)
     if k > 1:
-        labels[:n] = torch.from_numpy(_decoded(decoder, constriction.stream.model.Uniform(k), n).astype(np.int64))
+        uniform = constriction.stream.model.Uniform(k)
+        labels[:n] = torch.from_numpy(_decoded(decoder, header, uniform, n).astype(np.int64))
     return labels
 
 
@@ -174,21 +243,21 @@ def _pad(t: Tensor, size: int) -> Tensor:
 
 def compress(model, images: Tensor, labels: Tensor | None = None, *, chunk_size: int | None = None,
              method: str = "auto", metadata: bytes = b"", progress: Progress | None = None,
-             order: str | None = None) -> bytes:
+             order: str | None = None, length: CodeLength | None = None) -> bytes:
     """Losslessly compress integer images (N, C, H, W) with ``model``; returns the ``.pxc`` bytes.
 
     ``labels`` (N,) are required for a class-conditional model and are stored in the file.
     ``chunk_size`` images are coded together (default 64, at most N and 4096); ``method`` picks the
     stepper ("auto": the family's cached one where it has one). Both are recorded in the file,
-    and decompression uses them. ``metadata`` is stored verbatim. The model runs in float32 on
-    one CPU thread whatever its dtype and device (see :mod:`pixelcnn.coding`). ``order``: for an
-    any-order model, the pixel order NAME[:S] to code in (stored in the file; default: the model's
-    first training order); other families take only None or "raster".
+    and decompression uses them. ``metadata`` is stored verbatim. The model runs as a float64 copy
+    in exact arithmetic on its own device (CUDA or the CPU), so the file decodes on any machine
+    (see :mod:`pixelcnn.coding`). ``order``: for an any-order model, the pixel order NAME[:S] to
+    code in (stored in the file; default: the model's first training order); other families take
+    only None or "raster". ``length``, if given, gets the bits the coded values cost.
     """
     if model.config.cond_shape is not None:
         raise CompressionError("models conditioned on an image (cond_shape) cannot compress on their own: the "
                                "decoder would need the conditioning images too; use an unconditional or class-conditional model")
-    model = coding_model(model)
     model.check_images(images)
     n = images.shape[0]
     labels = model.check_labels(labels, n)
@@ -198,10 +267,12 @@ def compress(model, images: Tensor, labels: Tensor | None = None, *, chunk_size:
     if not isinstance(metadata, bytes) or len(metadata) > 0xFFFF:
         raise ConfigError(f"expected metadata to be bytes of length at most 65535, got {type(metadata).__name__}"
                           f"{f' of length {len(metadata)}' if isinstance(metadata, bytes) else ''}")
-    with deterministic_cpu(model):
+    fingerprint = container.model_fingerprint(model)
+    model = EXACT.model(model)
+    with EXACT.scope(model):
         method = resolve_method(model, method)
-        streams = list(_encode_all(model, images, labels, chunk, method, progress, order))
-    header = Header(method, model.levels, model.image_shape, n, chunk, container.model_fingerprint(model),
+        streams = list(_encode_all(model, images, labels, chunk, method, progress, order, length))
+    header = Header(method, model.levels, model.image_shape, n, chunk, fingerprint,
                     container.content_digest(images, labels), metadata, order)
     return container.pack(header, streams)
 
@@ -214,50 +285,60 @@ def _chunk_size(chunk_size: int | None, n: int) -> int:
     return max(1, min(n, chunk_size))
 
 
-def _encode_all(model, images, labels, chunk, method, progress, order) -> Iterator[np.ndarray]:
+def _encode_all(model, images, labels, chunk, method, progress, order, length) -> Iterator[np.ndarray]:
     n = images.shape[0]
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         lab = None if labels is None else _pad(labels[start : start + m], chunk)
-        yield encode_chunk(model, _pad(images[start : start + m], chunk), lab, m, method, order)
+        yield encode_chunk(model, _pad(images[start : start + m], chunk), lab, m, method, order, EXACT, length)
         if progress:
             progress(start + m)
 
 
-def decode(model, data: bytes, progress: Progress | None = None) -> Decoded:
-    """Decompress ``.pxc`` bytes into images, labels and metadata; see :func:`decompress`."""
+def decode(model, data: bytes, progress: Progress | None = None, length: CodeLength | None = None) -> Decoded:
+    """Decompress ``.pxc`` bytes into images, labels and metadata; see :func:`decompress`.
+    ``length``, if given, gets the bits the decoded values cost."""
     header, streams = container.unpack(data)
-    model = coding_model(model)
     check_model(model, header)
-    with deterministic_cpu(model):
-        parts = list(_decode_all(model, header, streams, progress))
+    arithmetic = arithmetic_of(header.version)
+    model = arithmetic.model(model)
+    with arithmetic.scope(model):
+        parts = list(_decode_all(model, header, streams, progress, arithmetic, length))
     images = torch.cat([p[0] for p in parts]) if parts else torch.zeros((0, *header.image_shape), dtype=torch.long)
     labels = None
     if model.config.num_classes is not None:
         labels = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, dtype=torch.long)
     if container.content_digest(images, labels) != header.digest:
-        raise CompressionError(f"decoded images do not match the file's content digest: {MISMATCH}")
+        raise CompressionError(f"decoded images do not match the file's content digest: {mismatch(header)}")
     return Decoded(images, labels, header.metadata, header)
 
 
-MISMATCH = ("the decoder's probabilities differed from the encoder's (a different torch build or CPU type?) or "
-            "the file was forged; no images returned")
+def mismatch(header: Header) -> str:
+    """Why a decoder's probabilities could differ from its encoder's, for this file."""
+    if header.version < EXACT_VERSION:
+        return (f"the file was written in format version {header.version} by pixelcnn 0.1.x, whose float32 "
+                f"probabilities depend on the kind of CPU (and torch build) that computed them; decode it on that "
+                f"kind of machine with that release, then compress it again to get a file any machine decodes "
+                f"(or the file is corrupt); no images returned")
+    return (f"the file (format version {header.version}, written by {header.writer or 'an unknown release'}) was "
+            f"forged or corrupted, or its writer computed other probabilities; no images returned")
 
 
-def _decoded(decoder, *args) -> np.ndarray:
+def _decoded(decoder, header: Header, *args) -> np.ndarray:
     """``decoder.decode(*args)``; constriction's refusal of a stream its model cannot have written (an
     AssertionError or ValueError) as a CompressionError."""
     try:
         return decoder.decode(*args)
     except (AssertionError, ValueError) as e:
-        raise CompressionError(f"the payload does not decode with this model's probabilities ({e}): {MISMATCH}") from None
+        raise CompressionError(f"the payload does not decode with this model's probabilities ({e}): "
+                               f"{mismatch(header)}") from None
 
 
-def _decode_all(model, header: Header, streams, progress) -> Iterator[tuple[Tensor, Tensor | None]]:
+def _decode_all(model, header: Header, streams, progress, arithmetic, length) -> Iterator[tuple[Tensor, Tensor | None]]:
     done = 0
     for words in streams:
         m = min(header.chunk_size, header.count - done)
-        yield decode_chunk(model, words, header.chunk_size, m, header.method, header.order)
+        yield decode_chunk(model, words, header, m, arithmetic, length)
         done += m
         if progress:
             progress(done)

@@ -15,10 +15,14 @@ Layout (integers big-endian, ``struct`` formats in brackets)::
     metadata         bytes     opaque to the library (the CLI records how to write PNGs)
     order length     [B]       (version 2) bytes of the pixel order's name that follow; 0: the model's default
     order            bytes     (version 2) ASCII NAME:S of an any-order model's visiting order
+    writer length    [B]       (version 3) bytes of the writer's name that follow
+    writer           bytes     (version 3) ASCII "pixelcnn X.Y.Z", the release that wrote the file
     per chunk:       [I] word count n, then n little-endian uint32 words of range coder output
     crc32            [I]       zlib.crc32 of every byte before it
 
-Version 1 files (no order fields) are still read. The magic and version are read first, so a file from a future version says so rather than
+Version 3 codes with probabilities computed in exact arithmetic (:mod:`pixelcnn.coding.exact`), so
+its files decode on any machine. Versions 1 and 2 (float32 arithmetic, decodable only on the kind of
+CPU that wrote them) and version 1's missing order fields are still read. The magic and version are read first, so a file from a future version says so rather than
 failing its checksum. The CRC-32 then covers everything (it detects every single-bit error and
 every burst up to 32 bits); the content digest is checked after decoding, so even a decoder
 that computed different probabilities cannot return wrong images silently.
@@ -37,10 +41,12 @@ import torch
 from torch import Tensor
 
 from pixelcnn.errors import CompressionError
+from pixelcnn.version import __version__
 
 MAGIC = b"PXC\x89"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+EXACT_VERSION = 3              # the first version whose probabilities are the same bits on every machine
 METHODS = ("naive", "cached")
 MAX_CHUNK_SIZE = 4096          # bounds the memory a decoder allocates for one chunk
 
@@ -63,6 +69,8 @@ class Header:
     digest: bytes
     metadata: bytes = b""
     order: str = ""                 # an any-order model's visiting order, NAME:S; "" for its default
+    version: int = FORMAT_VERSION   # the format version the file was written in
+    writer: str = ""                # the release that wrote it ("" before version 3)
 
     @property
     def num_chunks(self) -> int:
@@ -118,7 +126,8 @@ def pack(header: Header, streams: list[np.ndarray]) -> bytes:
         _FIELDS.pack(METHODS.index(header.method), header.levels, c, h, w, header.count, header.chunk_size,
                      len(header.metadata), header.fingerprint, header.digest),
         header.metadata,
-        _order_field(header.order),
+        _short_field(header.order, "an order name"),
+        _short_field(f"pixelcnn {__version__}", "a writer name"),
     ]
     for words in streams:
         parts += [_U32.pack(len(words)), np.asarray(words, dtype="<u4").tobytes()]
@@ -126,10 +135,10 @@ def pack(header: Header, streams: list[np.ndarray]) -> bytes:
     return body + _U32.pack(zlib.crc32(body))
 
 
-def _order_field(order: str) -> bytes:
-    raw = order.encode("ascii")
+def _short_field(text: str, what: str) -> bytes:
+    raw = text.encode("ascii")
     if len(raw) > 255:
-        raise ValueError(f"expected an order name of at most 255 ASCII bytes, got {len(raw)}")
+        raise ValueError(f"expected {what} of at most 255 ASCII bytes, got {len(raw)}")
     return bytes([len(raw)]) + raw
 
 
@@ -192,22 +201,23 @@ def _read_header(data: bytes) -> tuple[Header, int]:
     if bad:
         raise CompressionError(f"compressed file has an invalid header: {', '.join(bad)}")
     metadata = data[pos : pos + meta_len]
-    order, pos = _read_order(data, pos + meta_len, _PREFIX.unpack_from(data)[1])
-    header = Header(METHODS[method], levels, (c, h, w), count, chunk, fingerprint, digest, metadata, order)
+    version = _PREFIX.unpack_from(data)[1]
+    order, pos = _read_short(data, pos + meta_len, "order") if version >= 2 else ("", pos + meta_len)
+    writer, pos = _read_short(data, pos, "writer") if version >= 3 else ("", pos)
+    header = Header(METHODS[method], levels, (c, h, w), count, chunk, fingerprint, digest, metadata, order,
+                    version, writer)
     return header, pos
 
 
-def _read_order(data: bytes, pos: int, version: int) -> tuple[str, int]:
-    """The order name of a version-2 header at ``pos`` (version 1 has none) and the position after it."""
-    if version < 2:
-        return "", pos
+def _read_short(data: bytes, pos: int, what: str) -> tuple[str, int]:
+    """The length-prefixed ASCII field at ``pos`` (an order or writer name) and the position after it."""
     end = len(data) - _U32.size
     size = data[pos] if pos < end else None
     if size is None or pos + 1 + size > end:
-        raise CompressionError(f"compressed file has an invalid header: order field at byte {pos} runs past the end")
+        raise CompressionError(f"compressed file has an invalid header: {what} field at byte {pos} runs past the end")
     raw = data[pos + 1 : pos + 1 + size]
     if not raw.isascii():
-        raise CompressionError(f"compressed file has an invalid header: order name {raw!r} is not ASCII")
+        raise CompressionError(f"compressed file has an invalid header: {what} name {raw!r} is not ASCII")
     return raw.decode("ascii"), pos + 1 + size
 
 

@@ -3,7 +3,9 @@
 constriction's default range coder works with probabilities in fixed point: every symbol gets an
 integer weight out of ``TOTAL = 2**24`` and the coder is exact on those integers. This module
 owns the one step where floating point meets integers. Encoder and decoder both call
-:func:`quantized_weights` on the same float tensor, so they obtain the same integers.
+:func:`quantized_weights` on the same float tensor, so they obtain the same integers; from format
+version 3 on, its softmax is :func:`pixelcnn.coding.exact.softmax`, whose bits do not depend on
+the machine, and the rest (a product, a floor, integer sums, an argmax) is exact everywhere.
 
 How constriction sees the weights: ``Categorical(perfect=False)`` ("leaky, fast" quantisation)
 turns a row of non-negative floats ``q`` of length ``L`` into the cumulative integers
@@ -19,6 +21,8 @@ integers, bit for bit, with no rounding of its own.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -29,16 +33,18 @@ PRECISION = 24                  # bits of constriction's default RangeEncoder/Ra
 TOTAL = 1 << PRECISION          # every distribution's integer weights sum to this
 
 
-def quantized_weights(log_probs: Tensor) -> np.ndarray:
+def quantized_weights(log_probs: Tensor, softmax: Callable[..., Tensor] = torch.softmax) -> np.ndarray:
     """(B, L) log-probabilities -> (B, L) float64 excess weights for constriction.
 
     Symbol s is coded with probability ``(excess[s] + 1) / 2**24``: every symbol has non-zero
     mass (at least 2**-24) however small its model probability, so any value can be coded.
-    The result is a deterministic function of the input bits: the same ops on the same shape
-    in float64 on the CPU.
+    The result is a deterministic function of the input bits and of ``softmax``: with
+    ``torch.softmax`` (format versions 1 and 2) on one machine, with
+    :func:`pixelcnn.coding.exact.softmax` (version 3) on every machine.
     """
-    p = torch.softmax(log_probs.detach().to("cpu", torch.float64), dim=1)       # (B, L), renormalised
-    if not torch.isfinite(p).all():
+    log_probs = log_probs.detach().to(torch.float64)
+    p = softmax(log_probs, dim=1).cpu()                                          # (B, L), renormalised
+    if not torch.isfinite(p).all() or torch.isnan(log_probs).any():
         raise CompressionError("the model produced non-finite probabilities (NaN or inf); cannot code with it")
     levels = p.shape[1]
     free = float(TOTAL - levels)                 # what is left after one unit for every symbol
