@@ -1,13 +1,16 @@
 """Lossless compression of a test set with a trained model, beside classical codecs (issue 7).
 
     python benchmarks/bench_compression.py MODEL [--dataset mnist] [--split test] [--limit N]
-        [--chunk-size 64] [--method auto] [--skip-decode] [--json results.json]
+        [--chunk-size 256] [--method auto] [--skip-decode] [--float-reference] [--json results.json]
 
 MODEL is anything ``pixelcnn.load`` accepts. On the same images, in the same run, it reports:
 
-* the ``.pxc`` file's bits/dim beside the model's NLL in bits/dim (the overhead in %), with
-  encode and decode images/s (coding runs on one CPU thread by design, see pixelcnn.coding);
-  the decoded images are checked bit for bit against the originals;
+* the ``.pxc`` file's bits/dim beside the model's NLL in bits/dim (the overhead in %) and the
+  coded distributions' NLL (the model in the format's exact arithmetic), with encode and decode
+  images/s at the threads torch is given; the decoded images are checked bit for bit;
+* with ``--float-reference``, the same images coded in the same run by format 2's float32
+  arithmetic (pixelcnn 0.1.x: one CPU thread, files readable only on the same kind of CPU): its
+  size and images/s, the reference the exact format is measured against;
 * PNG (Pillow, optimize=True; 1-bit PNG for binary images), WebP lossless (Pillow, method 6),
   JPEG XL lossless (effort 9) and JPEG 2000 lossless (reversible 5/3 wavelet, raw J2K codestream)
   where ``imagecodecs`` is installed: one file per image, as in the published MNIST tables;
@@ -58,6 +61,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--chunk-size", type=int, default=codec.DEFAULT_CHUNK_SIZE)
     p.add_argument("--method", default="auto", choices=("auto", "naive", "cached"))
     p.add_argument("--skip-decode", action="store_true", help="time encoding only (no decode speed, no check)")
+    p.add_argument("--float-reference", action="store_true",
+                   help="also code the images with format 2's float32 arithmetic, for size and speed")
+    p.add_argument("--float-chunk-size", type=int, default=64, help="format 2's chunk (its default was 64)")
     p.add_argument("--json", help="also write the results to this file")
     return p.parse_args()
 
@@ -73,11 +79,13 @@ def progress_bar(total: int, what: str):
 
 def bench_model(model, x: torch.Tensor, labels, args) -> dict:
     start = time.perf_counter()
+    coded = codec.CodeLength()
     data = pixelcnn.compress(model, x, labels, chunk_size=args.chunk_size, method=args.method,
-                             progress=progress_bar(len(x), "encode"))
+                             progress=progress_bar(len(x), "encode"), length=coded)
     encode_s = time.perf_counter() - start
     out = {"bytes": len(data), "encode_s": encode_s, "nll_bits": codec.nll_bits(model, x, labels),
-           "method": codec.container.read_header(data).method}
+           "coded_bits": coded.bits, "method": codec.container.read_header(data).method,
+           "threads": torch.get_num_threads()}
     if not args.skip_decode:
         start = time.perf_counter()
         decoded = codec.decode(model, data, progress=progress_bar(len(x), "decode"))
@@ -85,6 +93,33 @@ def bench_model(model, x: torch.Tensor, labels, args) -> dict:
         if not torch.equal(decoded.images, x.long()):
             raise SystemExit("decoded images differ from the originals")
     return out
+
+
+def bench_float_format(model, x: torch.Tensor, labels, args) -> dict:
+    """Format 2: the float32 model on one CPU thread, coded chunk by chunk through the same codec functions."""
+    float_model, chunk = codec.FLOAT.model(model), args.float_chunk_size
+    x = x.long()
+    method = codec.resolve_method(float_model, args.method)
+    words, decoded, times = 0, [], {}
+    with codec.FLOAT.scope(float_model):
+        start = time.perf_counter()
+        streams = []
+        for s in range(0, len(x), chunk):
+            m = min(chunk, len(x) - s)
+            lab = None if labels is None else codec._pad(labels[s : s + m], chunk)
+            streams.append(codec.encode_chunk(float_model, codec._pad(x[s : s + m], chunk), lab, m, method, "", codec.FLOAT))
+        times["encode_s"] = time.perf_counter() - start
+        header = codec.Header(method, model.levels, model.image_shape, len(x), chunk, b"", b"", version=2)
+        if not args.skip_decode:
+            start = time.perf_counter()
+            for i, words_i in enumerate(streams):
+                decoded.append(codec.decode_chunk(float_model, words_i, header, min(chunk, len(x) - i * chunk),
+                                                  codec.FLOAT)[0])
+            times["decode_s"] = time.perf_counter() - start
+            if not torch.equal(torch.cat(decoded), x):
+                raise SystemExit("format 2 decoded images differ from the originals")
+    words = sum(len(w) for w in streams)
+    return {"payload_bytes": 4 * words, **times}
 
 
 # ----- classical codecs -----------------------------------------------------------------------
@@ -176,12 +211,21 @@ def report(results: dict, dims: int, n: int) -> None:
     nll_bpd = m["nll_bits"] / dims
     bpd = 8 * m["bytes"] / dims
     print(f"{results['dataset']} {results['split']}: {n} images, model {results['model_path']} "
-          f"({results['model_name']}), coding method {m['method']}, one CPU thread")
+          f"({results['model_name']}), coding method {m['method']}, chunk {results['chunk']}, {results['cpu_model']}")
     print(f"model NLL {nll_bpd:.4f} bits/dim; .pxc file {bpd:.4f} bits/dim; overhead {100 * (bpd / nll_bpd - 1):+.3f}%")
-    speed = f"encode {n / m['encode_s']:.2f} images/s"
+    print(f"coded NLL (exact arithmetic) {m['coded_bits'] / dims:.5f} bits/dim, "
+          f"{100 * (m['coded_bits'] / m['nll_bits'] - 1):+.4f}% against the float model")
+    speed = f"format 3 (exact, {m['threads']} threads): encode {n / m['encode_s']:.2f} images/s"
     if "decode_s" in m:
         speed += f", decode {n / m['decode_s']:.2f} images/s (round trip checked)"
     print(speed)
+    f = results.get("float_format")
+    if f:
+        line = (f"format 2 (float32, 1 thread, chunk {f['chunk']}): payload {8 * f['payload_bytes'] / dims:.4f} bits/dim; "
+                f"encode {n / f['encode_s']:.2f} images/s")
+        if "decode_s" in f:
+            line += f", decode {n / f['decode_s']:.2f} images/s"
+        print(line)
     print()
     print("| codec | bytes | bits/dim |")
     print("| --- | ---: | ---: |")
@@ -191,6 +235,15 @@ def report(results: dict, dims: int, n: int) -> None:
         print(f"| {name} | {size:,} | {8 * size / dims:.4f} |")
     if imagecodecs is None:
         print("\nJPEG XL and JPEG 2000: not measured (pip install imagecodecs)")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (lscpu's "Model name"), which platform.processor() does not give on Linux."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -206,8 +259,11 @@ def main() -> None:
     n, dims = x.shape[0], x[0].numel() * x.shape[0]
     results = {"dataset": args.dataset, "split": args.split, "images": n, "model_path": str(args.model),
                "model_name": model.name, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-               "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_model": cpu_model(),
+               "chunk": args.chunk_size}
     results["model"] = bench_model(model, x, labels, args)
+    if args.float_reference:
+        results["float_format"] = {**bench_float_format(model, x, labels, args), "chunk": args.float_chunk_size}
     arr = x.numpy()
     results["classical"] = {name: bench_image_codec(enc, dec, arr, ds.levels)
                             for name, (enc, dec) in image_codecs().items()}

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import pixelcnn
 from generated import build, cases, case_id
-from pixelcnn.coding import exact
+from pixelcnn.coding import codec, exact
 
 ROOT = Path(__file__).resolve().parents[1]
 CODEC_FILES = ROOT / "tests" / "data" / "codec"
@@ -217,3 +217,15 @@ def test_coding_does_not_depend_on_threads_memory_format_or_dtype():
         torch.set_num_threads(threads)
     channels_last = model.double().to(memory_format=torch.channels_last)
     assert pixelcnn.compress(channels_last, images.to(torch.uint8), labels) == reference
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_model_on_cuda_writes_the_cpus_bytes_and_reads_them():
+    for name in pixelcnn.available_models():
+        case = next(c for c in cases(name) if c["cond_shape"] is None)
+        model, labels, _ = build(name, case, batch=3, seed=11)
+        images = torch.randint(0, model.levels, (3, *model.image_shape), generator=torch.Generator().manual_seed(11))
+        on_cpu = pixelcnn.compress(model, images, labels)
+        on_cuda = pixelcnn.compress(model.cuda(), images, labels)
+        assert on_cuda == on_cpu, name
+        assert torch.equal(codec.decode(model.cuda(), on_cpu).images, images), name

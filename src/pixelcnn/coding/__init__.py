@@ -7,44 +7,46 @@
 An autoregressive model gives every sub-pixel a distribution given the ones before it; a range
 coder (constriction's ``RangeEncoder``/``RangeDecoder``) spends -log2 p bits on each value, so
 a file costs the model's negative log-likelihood plus a small, bounded overhead: the 2**-24
-quantisation of probabilities, a few words per chunk, and a header of 45 bytes.
+quantisation of probabilities, a few words per chunk, and about 60 bytes of header and checksum.
 
-Why the decoder's probabilities are bit-identical to the encoder's
+Why the decoder's probabilities are bit-identical, on any machine
 ------------------------------------------------------------------
 A decoder must rebuild exactly the distribution the encoder used for every value; one differing
 bit in one probability can send it down another path and corrupt everything after it. Floating
-point results depend on the operations, the shapes (which pick kernels and summation orders),
-the number of threads (which splits reductions) and the inputs. So encoder and decoder run the
-*same* computation rather than two that are merely equal in exact arithmetic:
+point results depend on the kernels (vector width, CPU type, CUDA), the order of summation and the
+number of threads, so the same float network gives other bits elsewhere. Two things make them equal:
 
-* both drive the model through :func:`pixelcnn.sampling.make_stepper` and
-  :func:`pixelcnn.sampling.run`, the loop sampling uses, with the same stepper (naive or the
-  family's cached one; the file records which, and decoding uses it);
-* both code images in chunks of a fixed size recorded in the file; the last chunk is padded
-  with all-zero images (not coded), so every network call has the same shape on both sides;
-* both start each chunk from an all-zero batch; the encoder teacher-forces, setting each true
-  value only after reading the log-probabilities for it, exactly when the decoder sets the
-  value it decoded. At every step the stepper holds the same tensor on both sides;
-* both run a float32 CPU copy of the model (:func:`codec.coding_model`), in eval mode, with tanh
-  as ``torch.tanh`` on every path (``layers.plain_tanh``),
-  without autograd, on one thread (``torch.set_num_threads(1)``) with oneDNN pinned on, inside
-  a context manager that restores the caller's settings;
-* both turn log-probabilities into integer weights with the one function
-  :func:`quantize.quantized_weights` (float64, fixed precision 2**24, every value at least one
-  unit), which constriction then uses exactly (see :mod:`pixelcnn.coding.quantize`).
+* **the same computation**: both sides drive the model through
+  :func:`pixelcnn.sampling.make_stepper` and :func:`pixelcnn.sampling.run`, the loop sampling uses,
+  with the same stepper (naive or the family's cached one; the file records which); both code
+  images in chunks of a fixed size recorded in the file (the last chunk padded with all-zero
+  images, not coded); both start each chunk from an all-zero batch, the encoder teacher-forcing
+  each true value only after reading the log-probabilities for it, exactly when the decoder sets
+  the value it decoded;
+* **arithmetic whose results do not depend on the machine** (format version 3): the model runs as
+  a float64 copy of its float32 weights under :class:`pixelcnn.coding.exact.ExactArithmetic`.
+  Every linear map and sum is computed exactly (block floating point whose products and partial
+  sums float64 holds without rounding), every transcendental function from tables and correctly
+  rounded IEEE operations, so any CPU, thread count or GPU gives the same bits (see
+  :mod:`pixelcnn.coding.exact`). Log-probabilities become integer weights out of 2**24 in one
+  function, :func:`quantize.quantized_weights` (every value at least one unit), which
+  constriction then uses exactly (see :mod:`pixelcnn.coding.quantize`).
 
-Same ops, same shapes, same thread count, same inputs at every step: the same bits come out.
-What this assumes: the same torch build and the same CPU type (instruction set) on both sides,
-and no process-wide switch flipped in between that changes kernels (for example
-``torch.set_flush_denormal``). Across machines that differ there, the results usually still
-agree but are not guaranteed to; the file then carries a digest of the original images that is
-checked after decoding, so a mismatch raises :class:`~pixelcnn.errors.CompressionError`
-instead of returning wrong images. The model fingerprint in the header (sha256 of config and
-float32 weights) catches the common mistake of decoding with another model before any work.
+The price is the rounding of each operand to about 20 significant bits: the coded distributions'
+negative log-likelihood is within 0.01% of the float model's (``pixelcnn compress --nll`` prints
+both; benchmarks/RESULTS.md has the measurements). The file also carries a digest of the original
+images, checked after decoding, so a decoder that computed other probabilities (a forged file, or
+a format-2 file on another kind of CPU) raises :class:`~pixelcnn.errors.CompressionError` instead
+of returning wrong images. The model fingerprint in the header (sha256 of config and float32
+weights) catches the common mistake of decoding with another model before any work.
 
-Dtype and device: coding always runs the model in float32 on the CPU; a float64 or GPU model
-is copied for the purpose (its fingerprint is taken of the float32 weights, so the copy and a
-float32 checkpoint of the same weights are interchangeable).
+Files of format versions 1 and 2 (pixelcnn 0.1.x) were coded in float32 on one CPU thread; they
+still decode with that arithmetic (:data:`codec.FLOAT`) where the machine repeats its floats (the
+same kind of CPU and torch build), and otherwise raise an error that says so.
+
+Dtype and device: a float64 model codes like its float32 copy (its fingerprint is taken of the
+float32 weights); a model on CUDA codes on CUDA (cuDNN off), any other one on the CPU, and the
+files are interchangeable.
 
 The file format is described in :mod:`pixelcnn.coding.container`.
 """

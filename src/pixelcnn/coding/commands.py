@@ -77,9 +77,10 @@ def run_compress(args) -> int:
     model = pixelcnn.load(args.model)
     images, labels, scale, source_bytes = _inputs(args, model)
     start = time.perf_counter()
+    coded = codec.CodeLength()
     with _progress(images.shape[0], "compress") as update:
         data = codec.compress(model, images, labels, chunk_size=args.chunk_size, method=args.method,
-                              metadata=png.metadata(scale), progress=update, order=args.order)
+                              metadata=png.metadata(scale), progress=update, order=args.order, length=coded)
     seconds = time.perf_counter() - start
     Path(args.output).write_bytes(data)
     dims = images[0].numel() * images.shape[0]
@@ -88,7 +89,7 @@ def run_compress(args) -> int:
         print(f"input PNG files: {_size(source_bytes, dims)}")
     _report_speed("encoded", images.shape[0], seconds)
     if args.nll:
-        _report_nll(model, images, labels, len(data), dims)
+        _report_nll(model, images, labels, len(data), dims, coded)
     return 0
 
 
@@ -158,8 +159,9 @@ def run_decompress(args) -> int:
         raise CompressionError(f"cannot read compressed file {args.file}: {e.strerror or e}") from None
     header = codec.container.read_header(data)
     start = time.perf_counter()
+    coded = codec.CodeLength()
     with _progress(header.count, "decompress") as update:
-        out = codec.decode(model, data, progress=update)
+        out = codec.decode(model, data, progress=update, length=coded)
     seconds = time.perf_counter() - start
     scale = png.scale_from_metadata(out.metadata, model.levels)
     paths = png.write_pngs(out.images, args.output, scale)
@@ -169,7 +171,7 @@ def run_decompress(args) -> int:
           f"into {args.output}")
     _report_speed("decoded", len(paths), seconds)
     if args.nll:
-        _report_nll(model, out.images, out.labels, len(data), header.dims)
+        _report_nll(model, out.images, out.labels, len(data), header.dims, coded)
     return 0
 
 
@@ -191,12 +193,16 @@ def _report_speed(verb: str, n: int, seconds: float) -> None:
     print(f"{verb} in {seconds:.1f} s ({rate:.2f} images/s)")
 
 
-def _report_nll(model, images, labels, nbytes: int, dims: int) -> None:
+def _report_nll(model, images, labels, nbytes: int, dims: int, coded: codec.CodeLength) -> None:
+    """The float model's NLL, the coded (exact-arithmetic, integer) distributions' NLL of the same values, the file."""
     bits = codec.nll_bits(model, images, labels)
     if not dims:
         return
     overhead = 100 * (8 * nbytes - bits) / bits if bits > 0 else math.inf
     print(f"model NLL: {bits / dims:.4f} bits/dim ({bits / 8:,.0f} bytes); file overhead {overhead:+.2f}%")
+    cost = 100 * (coded.bits - bits) / bits if bits > 0 else math.inf
+    print(f"coded NLL (the model in the file format's exact arithmetic, labels excluded): {coded.bits / dims:.4f} "
+          f"bits/dim ({cost:+.3f}% against the float model)")
 
 
 class _progress:
