@@ -534,16 +534,25 @@ def test_compression_round_trips_in_the_first_training_order():
 
 
 def test_version_1_files_without_an_order_field_are_still_read():
+    """A version-1 file (no order or writer field) of format 2's float32 arithmetic, coded here, decodes here."""
     import struct
     import zlib
 
+    from pixelcnn.coding import codec
+
     model = lmconv((1, 3, 3), 2).float()
     x = torch.randint(0, 2, (2, 1, 3, 3), generator=torch.Generator().manual_seed(0))
-    data = pixelcnn.compress(model, x)
-    header = container.read_header(data)
-    at = container._PREFIX.size + container._FIELDS.size + len(header.metadata)   # the empty order field
-    assert data[at] == 0
-    body = bytearray(data[:at] + data[at + 1 : -4])
+    float_model = codec.FLOAT.model(model)
+    with codec.FLOAT.scope(float_model):
+        words = codec.encode_chunk(float_model, x, None, 2, "cached", "", codec.FLOAT)
+    header = codec.Header("cached", 2, (1, 3, 3), 2, 2, container.model_fingerprint(model),
+                          container.content_digest(x, None))
+    data = container.pack(header, [words])
+    at = container._PREFIX.size + container._FIELDS.size                         # the empty order field, the writer
+    assert data[at] == 0 and data[at + 2 : at + 2 + data[at + 1]] == f"pixelcnn {pixelcnn.__version__}".encode()
+    body = bytearray(data[:at] + data[at + 2 + data[at + 1] : -4])
     body[4:6] = struct.pack(">H", 1)
     old = bytes(body) + struct.pack(">I", zlib.crc32(bytes(body)))
-    assert container.read_header(old).order == "" and torch.equal(pixelcnn.decompress(model, old), x)
+    header = container.read_header(old)
+    assert header.version == 1 and header.order == "" and header.writer == ""
+    assert torch.equal(pixelcnn.decompress(model, old), x)

@@ -40,7 +40,7 @@ from pixelcnn.serve.parsing import (MAX_COMPLETIONS, MAX_UPLOAD_BYTES, ApiError,
 
 log = logging.getLogger(__name__)
 
-# The compressor pins torch to one thread while it codes (process-wide): one compression at a time.
+# Compression is the heaviest job (a float64 model in exact arithmetic, chunk by chunk): one at a time.
 COMPRESS_LOCK = threading.Lock()
 
 
