@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import pixelcnn
 from generated import build, cases, case_id
-from pixelcnn.coding import codec, exact
+from pixelcnn.coding import blocks, codec, exact
 
 ROOT = Path(__file__).resolve().parents[1]
 CODEC_FILES = ROOT / "tests" / "data" / "codec"
@@ -75,7 +75,7 @@ def test_softmax_family_matches_float64_and_keeps_minus_infinity():
 
 def integer_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The block-floating-point product computed in int64 (exact integers), scaled: what exact.matmul must give."""
-    bits = exact._split_bits(a.shape[-1])
+    bits = blocks.split_bits(a.shape[-1])
     aq, sa = exact.to_blocks(a, (1,), bits)
     bq, sb = exact.to_blocks(b, (0,), bits)
     return (aq.long() @ bq.long()).double() * sa * sb
@@ -103,8 +103,8 @@ def test_convolution_is_the_same_as_its_unfolded_matmul_bit_for_bit():
     w = torch.randn(4, 5, 3, 3, generator=g, dtype=torch.float64)
     bias = torch.randn(4, generator=g, dtype=torch.float64)
     got = exact.conv2d(x, w, bias, 1, 1)
-    xq, xs = exact.to_blocks(x, (1, 2, 3), exact._split_bits(45))
-    wq, ws = exact.to_blocks(w, (1, 2, 3), exact._split_bits(45))
+    xq, xs = exact.to_blocks(x, (1, 2, 3), blocks.split_bits(45))
+    wq, ws = exact.to_blocks(w, (1, 2, 3), blocks.split_bits(45))
     cols = F.unfold(xq, 3, padding=1).long()                                   # (B, 45, H W)
     integer = (wq.view(4, 45).long() @ cols).double().view(3, 4, 7, 6)
     assert torch.equal(got, integer * xs * ws.view(1, 4, 1, 1) + bias.view(-1, 1, 1))
