@@ -30,7 +30,7 @@ FASHION_MNIST_PACKAGE := dataset-fashion-mnist
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 FASHION_MNIST_FILE := t10k-images-idx3-ubyte.gz
 
-.PHONY: install fashion-mnist browser demo test bench clean
+.PHONY: install fashion-mnist browser demo test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -57,6 +57,10 @@ demo: install
 
 test: install fashion-mnist browser
 	$(PY) -m pytest
+
+# The inner loop: the suite without the tests marked slow (subprocesses, servers, other kernels).
+test-fast: install fashion-mnist browser
+	$(PY) -m pytest -m "not slow"
 
 # Installs $(FASHION_MNIST_PACKAGE) unless Fashion-MNIST is already in $(FASHION_MNIST_DIR) or under
 # $$PIXELCNN_DATA; apt-get update only when the first install fails; sudo when not root. Where that

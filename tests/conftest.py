@@ -15,7 +15,28 @@ def data_available() -> bool:
     return (Path(os.environ["PIXELCNN_DATA"]) / "mnist" / "t10k-images-idx3-ubyte.gz").is_file()
 
 
-needs_mnist = pytest.mark.skipif(not data_available(), reason="MNIST files not found in $PIXELCNN_DATA")
+SKIP_MISSING_DATA = "PIXELCNN_SKIP_MISSING_DATA"     # =1: tests whose data is missing skip instead of failing
+
+
+def requires_data(available: bool, what: str, install: str):
+    """Mark a test that needs data files: where they are missing it fails, naming the command that
+    installs them, unless $PIXELCNN_SKIP_MISSING_DATA=1 (which CI never sets) makes it skip."""
+    return pytest.mark.requires_data(available=available, what=what, install=install)
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("requires_data"):
+        if not mark.kwargs["available"]:
+            message = (f"{mark.kwargs['what']} not found: {mark.kwargs['install']} "
+                       f"(or set {SKIP_MISSING_DATA}=1 to skip the tests that need it)")
+            if os.environ.get(SKIP_MISSING_DATA) == "1":
+                pytest.skip(message)
+            pytest.fail(message, pytrace=False)
+
+
+needs_mnist = requires_data(data_available(), f"MNIST in $PIXELCNN_DATA ({os.environ['PIXELCNN_DATA']}/mnist)",
+                            "run `make test`, which points PIXELCNN_DATA at ../shared/data, or put the four "
+                            "MNIST .gz files there")
 
 # A model small enough that a few training steps, an evaluation and a sample take seconds.
 TINY = ["--hidden", "8", "--layers", "2", "--output-hidden", "0"]

@@ -25,6 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import requires_data
 from pixelcnn import data
 from pixelcnn.data import ImageDataset, available_datasets, data_root, dataset_info, load_dataset
 from pixelcnn.errors import DataError
@@ -48,13 +49,14 @@ def mean(t: torch.Tensor) -> float:
     """Exact mean of an integer tensor, without a float64 copy of millions of pixels."""
     return t.sum(dtype=torch.int64).item() / t.numel()
 
-needs_mnist = pytest.mark.skipif(not all((SHARED / "mnist" / n).is_file() for n in data.IDX_FILES),
-                                 reason=f"the four MNIST .gz files are not in {SHARED / 'mnist'} (set PIXELCNN_DATA)")
-needs_binarized = pytest.mark.skipif(not (SHARED / "binarized_mnist" / "binarized_mnist.npz").is_file(),
-                                     reason=f"binarized_mnist.npz is not in {SHARED / 'binarized_mnist'}")
-needs_debian_fashion = pytest.mark.skipif(
-    not all((data.DEBIAN_FASHION_MNIST / n).is_file() for n in data.IDX_FILES),
-    reason="Fashion-MNIST from Debian is not installed (apt-get install dataset-fashion-mnist)")
+MAKE_TEST = "run `make test`, which points PIXELCNN_DATA at ../shared/data"
+needs_mnist = requires_data(all((SHARED / "mnist" / n).is_file() for n in data.IDX_FILES),
+                            f"the four MNIST .gz files in {SHARED / 'mnist'}", MAKE_TEST)
+needs_binarized = requires_data((SHARED / "binarized_mnist" / "binarized_mnist.npz").is_file(),
+                                f"binarized_mnist.npz in {SHARED / 'binarized_mnist'}", MAKE_TEST)
+needs_debian_fashion = requires_data(all((data.DEBIAN_FASHION_MNIST / n).is_file() for n in data.IDX_FILES),
+                                     "Fashion-MNIST from Debian", "sudo apt-get install dataset-fashion-mnist "
+                                     "(`make test` does)")
 
 
 @pytest.fixture(autouse=True)
