@@ -1,7 +1,7 @@
 """Lossless compression of a test set with a trained model, beside classical codecs (issue 7).
 
     python benchmarks/bench_compression.py MODEL [--dataset mnist] [--split test] [--limit N]
-        [--chunk-size 256] [--method auto] [--skip-decode] [--float-reference] [--json results.json]
+        [--chunk-size 64] [--method auto] [--skip-decode] [--float-reference] [--json results.json]
 
 MODEL is anything ``pixelcnn.load`` accepts. On the same images, in the same run, it reports:
 

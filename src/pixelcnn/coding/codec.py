@@ -28,7 +28,7 @@ from pixelcnn.layers import plain_tanh
 from pixelcnn.sampling import NaiveStepper, make_stepper, run
 from pixelcnn.validation import METHOD, Integer
 
-DEFAULT_CHUNK_SIZE = 256
+DEFAULT_CHUNK_SIZE = 64
 Progress = Callable[[int], None]          # called with the number of images done so far
 
 
@@ -247,7 +247,7 @@ def compress(model, images: Tensor, labels: Tensor | None = None, *, chunk_size:
     """Losslessly compress integer images (N, C, H, W) with ``model``; returns the ``.pxc`` bytes.
 
     ``labels`` (N,) are required for a class-conditional model and are stored in the file.
-    ``chunk_size`` images are coded together (default 256, at most N and 4096); ``method`` picks the
+    ``chunk_size`` images are coded together (default 64, at most N and 4096); ``method`` picks the
     stepper ("auto": the family's cached one where it has one). Both are recorded in the file,
     and decompression uses them. ``metadata`` is stored verbatim. The model runs as a float64 copy
     in exact arithmetic on its own device (CUDA or the CPU), so the file decodes on any machine
