@@ -9,7 +9,7 @@ MODEL is anything ``pixelcnn.load`` accepts. On the same images, in the same run
   coded distributions' NLL (the model in the format's exact arithmetic), with encode and decode
   images/s at the threads torch is given; the decoded images are checked bit for bit;
 * with ``--float-reference``, the same images coded in the same run by format 2's float32
-  arithmetic (pixelcnn 0.1.x: one CPU thread, files readable only on the same kind of CPU): its
+  arithmetic (pixelcnn 0.1.0: one CPU thread, files readable only on the same kind of CPU): its
   size and images/s, the reference the exact format is measured against;
 * PNG (Pillow, optimize=True; 1-bit PNG for binary images), WebP lossless (Pillow, method 6),
   JPEG XL lossless (effort 9) and JPEG 2000 lossless (reversible 5/3 wavelet, raw J2K codestream)

@@ -40,7 +40,7 @@ a format-2 file on another kind of CPU) raises :class:`~pixelcnn.errors.Compress
 of returning wrong images. The model fingerprint in the header (sha256 of config and float32
 weights) catches the common mistake of decoding with another model before any work.
 
-Files of format versions 1 and 2 (pixelcnn 0.1.x) were coded in float32 on one CPU thread; they
+Files of format versions 1 and 2 (pixelcnn 0.1.0) were coded in float32 on one CPU thread; they
 still decode with that arithmetic (:data:`codec.FLOAT`) where the machine repeats its floats (the
 same kind of CPU and torch build), and otherwise raise an error that says so.
 

@@ -316,7 +316,7 @@ def decode(model, data: bytes, progress: Progress | None = None, length: CodeLen
 def mismatch(header: Header) -> str:
     """Why a decoder's probabilities could differ from its encoder's, for this file."""
     if header.version < EXACT_VERSION:
-        return (f"the file was written in format version {header.version} by pixelcnn 0.1.x, whose float32 "
+        return (f"the file was written in format version {header.version} by pixelcnn 0.1.0, whose float32 "
                 f"probabilities depend on the kind of CPU (and torch build) that computed them; decode it on that "
                 f"kind of machine with that release, then compress it again to get a file any machine decodes "
                 f"(or the file is corrupt); no images returned")
