@@ -100,7 +100,7 @@ EXACT = frozenset("""
     __get__ __getitem__ __setitem__ __bool__ __int__ __float__ __index__ __len__ __format__ __repr__
     __eq__ __ne__ __lt__ __le__ __gt__ __ge__ __and__ __or__ __xor__ __invert__ __neg__ __abs__
     __add__ __radd__ __iadd__ __sub__ __rsub__ __isub__ __mul__ __rmul__ __imul__ __rtruediv__
-    __iand__ __ior__ __lshift__ __rshift__ __floordiv__ __mod__
+    __iand__ __ior__ __lshift__ __rshift__
     abs abs_ neg neg_ mul mul_ minimum maximum clamp clamp_ clamp_min clamp_max relu relu_ floor ceil
     round trunc sign where eq ne lt le gt ge logical_and logical_or logical_not isfinite isnan isinf
     all any nonzero argmax argmin max min amax amin gather take index_select masked_fill masked_fill_
