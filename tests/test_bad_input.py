@@ -345,6 +345,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_a_second_training_into_the_same_folder_is_refused_and_the_first_finishes_whole(tmp_path, capsys):
     out = tmp_path / "run"
     first = start_training(out, "--time-budget", "0.1")      # trains for 6 s, then evaluates and saves

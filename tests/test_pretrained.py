@@ -39,6 +39,7 @@ def test_unknown_pretrained_name_lists_the_shipped_ones():
         pixelcnn.load("pretrained:imagenet")
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_reproduce_on_a_subset_agrees_with_the_recorded_full_evaluation():
     for row in evaluation.reproduce(limit=500):

@@ -45,6 +45,7 @@ def steps_logged(run: Path) -> int:
     return max([json.loads(l)["step"] for l in lines if '"train"' in l] or [0])
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     ref = cli(*ARGS, "--max-steps", 14, "--out", straight)
@@ -66,6 +67,7 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert_same(final_weights(straight), final_weights(killed))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun")
 @pytest.mark.parametrize("extra", [[], ["--dataset", "mnist", "--conditional"]], ids=["plain", "class-conditional"])
 def test_torchrun_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_path, extra):
