@@ -317,9 +317,9 @@ def mismatch(header: Header) -> str:
     """Why a decoder's probabilities could differ from its encoder's, for this file."""
     if header.version < EXACT_VERSION:
         return (f"the file was written in format version {header.version} by pixelcnn 0.1.0, whose float32 "
-                f"probabilities depend on the kind of CPU (and torch build) that computed them; decode it on that "
-                f"kind of machine with that release, then compress it again to get a file any machine decodes "
-                f"(or the file is corrupt); no images returned")
+                f"probabilities depend on the kind of CPU (and torch build) that computed them; decode it on the "
+                f"kind of machine that wrote it (this release can), then compress it again to get a file any "
+                f"machine decodes (or the file is corrupt); no images returned")
     return (f"the file (format version {header.version}, written by {header.writer or 'an unknown release'}) was "
             f"forged or corrupted, or its writer computed other probabilities; no images returned")
 
