@@ -82,7 +82,7 @@ def integer_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def test_matmul_equals_integer_arithmetic_in_any_order_of_summation():
-    """The same product through int64, with its sum permuted, in float32 blocks of K, and as a convolution:
+    """The same product through int64, with its sum permuted, and as a 1x1 convolution:
     bit for bit. The plain float64 product of the same operands is not order-independent (the control)."""
     g = torch.Generator().manual_seed(3)
     a = torch.randn(37, 1153, generator=g, dtype=torch.float64) * torch.logspace(-3, 3, 1153, dtype=torch.float64)
