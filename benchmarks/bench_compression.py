@@ -96,30 +96,23 @@ def bench_model(model, x: torch.Tensor, labels, args) -> dict:
 
 
 def bench_float_format(model, x: torch.Tensor, labels, args) -> dict:
-    """Format 2: the float32 model on one CPU thread, coded chunk by chunk through the same codec functions."""
+    """Format 2: the float32 model on one CPU thread, coded chunk by chunk by the codec's own loops."""
     float_model, chunk = codec.FLOAT.model(model), args.float_chunk_size
     x = x.long()
     method = codec.resolve_method(float_model, args.method)
-    words, decoded, times = 0, [], {}
+    times = {}
     with codec.FLOAT.scope(float_model):
         start = time.perf_counter()
-        streams = []
-        for s in range(0, len(x), chunk):
-            m = min(chunk, len(x) - s)
-            lab = None if labels is None else codec._pad(labels[s : s + m], chunk)
-            streams.append(codec.encode_chunk(float_model, codec._pad(x[s : s + m], chunk), lab, m, method, "", codec.FLOAT))
+        streams = list(codec._encode_all(float_model, x, labels, chunk, method, None, "", codec.FLOAT, None))
         times["encode_s"] = time.perf_counter() - start
-        header = codec.Header(method, model.levels, model.image_shape, len(x), chunk, b"", b"", version=2)
         if not args.skip_decode:
+            header = codec.Header(method, model.levels, model.image_shape, len(x), chunk, b"", b"", version=2)
             start = time.perf_counter()
-            for i, words_i in enumerate(streams):
-                decoded.append(codec.decode_chunk(float_model, words_i, header, min(chunk, len(x) - i * chunk),
-                                                  codec.FLOAT)[0])
+            parts = list(codec._decode_all(float_model, header, streams, None, codec.FLOAT, None))
             times["decode_s"] = time.perf_counter() - start
-            if not torch.equal(torch.cat(decoded), x):
+            if not torch.equal(torch.cat([images for images, _ in parts]), x):
                 raise SystemExit("format 2 decoded images differ from the originals")
-    words = sum(len(w) for w in streams)
-    return {"payload_bytes": 4 * words, **times}
+    return {"payload_bytes": 4 * sum(len(w) for w in streams), **times}
 
 
 # ----- classical codecs -----------------------------------------------------------------------

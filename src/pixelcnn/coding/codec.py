@@ -271,7 +271,7 @@ def compress(model, images: Tensor, labels: Tensor | None = None, *, chunk_size:
     model = EXACT.model(model)
     with EXACT.scope(model):
         method = resolve_method(model, method)
-        streams = list(_encode_all(model, images, labels, chunk, method, progress, order, length))
+        streams = list(_encode_all(model, images, labels, chunk, method, progress, order, EXACT, length))
     header = Header(method, model.levels, model.image_shape, n, chunk, fingerprint,
                     container.content_digest(images, labels), metadata, order)
     return container.pack(header, streams)
@@ -285,12 +285,12 @@ def _chunk_size(chunk_size: int | None, n: int) -> int:
     return max(1, min(n, chunk_size))
 
 
-def _encode_all(model, images, labels, chunk, method, progress, order, length) -> Iterator[np.ndarray]:
+def _encode_all(model, images, labels, chunk, method, progress, order, arithmetic, length) -> Iterator[np.ndarray]:
     n = images.shape[0]
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         lab = None if labels is None else _pad(labels[start : start + m], chunk)
-        yield encode_chunk(model, _pad(images[start : start + m], chunk), lab, m, method, order, EXACT, length)
+        yield encode_chunk(model, _pad(images[start : start + m], chunk), lab, m, method, order, arithmetic, length)
         if progress:
             progress(start + m)
 

@@ -22,8 +22,6 @@ from torch import Tensor
 from pixelcnn.coding.blocks import UnsupportedOperation, exact_sum
 
 EXP_MIN, EXP_MAX = -708, 709    # exp's domain kept away from float64 subnormals and overflow
-
-
 EXP_STEP = 12             # exp on [0, 1) tabulated every 2^-12: linear interpolation within 2^-27 relative
 SIGMOID_STEP, SIGMOID_RANGE = 10, 32     # sigmoid on [-32, 32] every 2^-10: within 2^-26 absolute
 
@@ -51,12 +49,8 @@ def _decimal_tables() -> dict[str, tuple[float, ...]]:
 
 @functools.lru_cache(maxsize=None)
 def _table(name: str, device: torch.device) -> Tensor:
-    """A table as a float64 tensor on ``device``: those of :func:`_decimal_tables`, the slopes
-    ``exp_slope`` between neighbouring ``exp_frac`` entries, and ``sigmoid`` (with ``sigmoid_slope``)
-    on its grid, computed from the exp tables by the formulas of this module (so the same everywhere)."""
-    if name in ("exp_slope", "sigmoid_slope"):
-        t = _table(name.replace("_slope", "_frac" if name.startswith("exp") else ""), device)
-        return torch.cat([t[1:] - t[:-1], t.new_zeros(1)])
+    """A table as a float64 tensor on ``device``: those of :func:`_decimal_tables`, and ``sigmoid`` on
+    its grid, computed from the exp tables by the formulas of this module (so the same everywhere)."""
     if name == "sigmoid":
         grid = torch.arange(-SIGMOID_RANGE * 2**SIGMOID_STEP, SIGMOID_RANGE * 2**SIGMOID_STEP + 1,
                             dtype=torch.float64, device=device) * 2.0**-SIGMOID_STEP
@@ -65,22 +59,30 @@ def _table(name: str, device: torch.device) -> Tensor:
     return torch.tensor(_decimal_tables()[name], dtype=torch.float64, device=device)
 
 
+@functools.lru_cache(maxsize=None)
+def _slopes(name: str, device: torch.device) -> Tensor:
+    """Differences between neighbouring entries of table ``name`` (0 after the last)."""
+    t = _table(name, device)
+    return torch.cat([t[1:] - t[:-1], t.new_zeros(1)])
+
+
 def _interpolate(name: str, u: Tensor) -> Tensor:
     """Table ``name`` read at ``u`` (in units of its step, within its range; overwritten): linear interpolation."""
     i = torch.floor(u)
     frac = u.sub_(i)
     i = i.to(torch.int32).reshape(-1)
     value = _table(name, u.device).index_select(0, i).view(u.shape)
-    slope = _table(name.replace("_frac", "") + "_slope", u.device).index_select(0, i).view(u.shape)
+    slope = _slopes(name, u.device).index_select(0, i).view(u.shape)
     return value.add_(slope.mul_(frac))
 
 
 def exp(x: Tensor) -> Tensor:
     """e**x = e**n e**f, n = floor(x), f in [0, 1): a table of e**n and e**f interpolated on 2^-12 steps.
 
-    Every step exact but the interpolation (within 2^-27 = 7.5e-9 relative) and the last product. Below e**-708: 0; above e**709.5: inf. NaN reads as 0: the functions of this
-    module do not check for NaN in every call; the codec refuses NaN log-probabilities where it
-    turns them into integers.
+    Every step exact but the interpolation (within 2^-27 = 7.5e-9 relative) and the last product.
+    Below e**-708: 0; above e**709.5: inf. NaN reads as 0: the functions of this module do not
+    check for NaN in every call; the codec refuses NaN log-probabilities where it turns them into
+    integers.
     """
     x = x.double()
     xc = torch.nan_to_num(x).clamp_(EXP_MIN, EXP_MAX + 0.5)
@@ -91,6 +93,14 @@ def exp(x: Tensor) -> Tensor:
 
 
 _LOG_SERIES = (1.0, -1 / 2, 1 / 3, -1 / 4, 1 / 5, -1 / 6, 1 / 7)
+
+
+def _log1p_series(u: Tensor) -> Tensor:
+    """ln(1 + u) for |u| <= 2^-8 by its 7-term series in Horner form (exact to 2^-64)."""
+    poly = torch.full_like(u, _LOG_SERIES[-1])
+    for c in reversed(_LOG_SERIES[:-1]):
+        poly = poly * u + c
+    return poly * u
 
 
 def log(x: Tensor) -> Tensor:
@@ -104,10 +114,7 @@ def log(x: Tensor) -> Tensor:
     m = mant * 2.0
     i = torch.floor((m - 1.0) * 256.0).clamp(0, 255).long()
     u = m * _table("recip", dev)[i] - 1.0
-    poly = torch.full_like(u, _LOG_SERIES[-1])
-    for c in reversed(_LOG_SERIES[:-1]):
-        poly = poly * u + c
-    out = (e - 1).double() * _table("ln2", dev)[0] + _table("log_recip", dev)[i] + poly * u
+    out = (e - 1).double() * _table("ln2", dev)[0] + _table("log_recip", dev)[i] + _log1p_series(u)
     out = torch.where(x == 0, torch.full_like(out, -math.inf), out)
     out = torch.where(x == math.inf, x, out)
     return torch.where((x < 0) | torch.isnan(x), torch.full_like(out, math.nan), out)
@@ -127,11 +134,7 @@ def expm1(x: Tensor) -> Tensor:
 def log1p(x: Tensor) -> Tensor:
     """ln(1 + x): the series of :func:`log` where |x| < 2^-8 (relative precision near 0), else ln(1 + x)."""
     x = x.double()
-    small = x.clamp(-1 / 256, 1 / 256)
-    poly = torch.full_like(small, _LOG_SERIES[-1])
-    for c in reversed(_LOG_SERIES[:-1]):
-        poly = poly * small + c
-    return torch.where(x.abs() < 1 / 256, poly * small, log(x + 1.0))
+    return torch.where(x.abs() < 1 / 256, _log1p_series(x.clamp(-1 / 256, 1 / 256)), log(x + 1.0))
 
 
 def sigmoid(x: Tensor) -> Tensor:
