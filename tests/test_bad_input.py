@@ -26,6 +26,7 @@ from PIL import Image
 
 import pixelcnn
 from pixelcnn import evaluation, training
+from pixelcnn.coding import codec
 from pixelcnn.cli import main
 from pixelcnn.errors import PixelCNNError
 from conftest import ROOT, TINY, needs_mnist
@@ -293,6 +294,9 @@ API_ROWS = [
      "expected chunk_size to be an integer in [1, 4096], got 0"),
     (lambda: pixelcnn.compress(tiny(), torch.zeros(2, 1, 3, 3, dtype=torch.long), method="fast"),
      "expected method to be one of auto, naive, cached"),
+    (lambda: pixelcnn.compress(tiny(), torch.zeros(2, 1, 3, 3, dtype=torch.long), length=0.0),
+     "expected length to be None or a codec.CodeLength, got float"),
+    (lambda: codec.decode(tiny(), b"", length=[]), "expected length to be None or a codec.CodeLength, got list"),
     (lambda: evaluation.evaluate(tiny(), binary_valid(), batch_size=0), "expected batch_size to be an integer >= 1, got 0"),
     (lambda: evaluation.evaluate(pixelcnn.create("gated_pixelcnn", image_shape=(1, 28, 28), levels=2, **HP),
                                binary_valid(), limit=0), "expected limit to be an integer >= 1, got 0"),

@@ -264,6 +264,7 @@ def compress(model, images: Tensor, labels: Tensor | None = None, *, chunk_size:
     images, labels = images.detach().cpu().long(), None if labels is None else labels.cpu()
     chunk = _chunk_size(chunk_size, n)
     order = _order_name(model, order)                                # a bad order fails before any coding
+    _check_length(length)
     if not isinstance(metadata, bytes) or len(metadata) > 0xFFFF:
         raise ConfigError(f"expected metadata to be bytes of length at most 65535, got {type(metadata).__name__}"
                           f"{f' of length {len(metadata)}' if isinstance(metadata, bytes) else ''}")
@@ -275,6 +276,11 @@ def compress(model, images: Tensor, labels: Tensor | None = None, *, chunk_size:
     header = Header(method, model.levels, model.image_shape, n, chunk, fingerprint,
                     container.content_digest(images, labels), metadata, order)
     return container.pack(header, streams)
+
+
+def _check_length(length) -> None:
+    if length is not None and not isinstance(length, CodeLength):
+        raise ConfigError(f"expected length to be None or a codec.CodeLength, got {type(length).__name__}")
 
 
 def _chunk_size(chunk_size: int | None, n: int) -> int:
@@ -298,6 +304,7 @@ def _encode_all(model, images, labels, chunk, method, progress, order, arithmeti
 def decode(model, data: bytes, progress: Progress | None = None, length: CodeLength | None = None) -> Decoded:
     """Decompress ``.pxc`` bytes into images, labels and metadata; see :func:`decompress`.
     ``length``, if given, gets the bits the decoded values cost."""
+    _check_length(length)
     header, streams = container.unpack(data)
     check_model(model, header)
     arithmetic = arithmetic_of(header.version)
