@@ -6,6 +6,7 @@ every registered family is held to the same standard.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import torch
@@ -53,14 +54,16 @@ def total_log_mass(model, labels=None, **kw) -> float:
 
 
 def dependency_violations(model, labels=None, batch: int = 2, seed: int = 0, cond_image=None,
-                          positions=None, order=None) -> list[str]:
+                          positions=None, order=None, known=None, reads_known: list | None = None) -> list[str]:
     """Sub-pixel pairs where a parameter depends on its own or a later sub-pixel (by gradients).
 
     The gradient is that of a random projection of the parameters, so contributions of several
     parameters cannot cancel out; ``positions`` restricts the check to some pixels (h, w), by
     default every pixel is checked. ``order`` (H W,) is the pixel visiting order of an any-order
     model (None: raster), passed to its network; colour channels come R, G, B inside each pixel
-    either way.
+    either way. ``known`` (batch, C, H, W) bool: a completion model's known sub-pixels, which
+    reach it through its network over them too (by the same gradients) and which it may read
+    wherever they are; ``reads_known`` collects the pairs where it reads a later known one.
     """
     shape = model.image_shape
     c_, h_, w_ = shape
@@ -68,7 +71,9 @@ def dependency_violations(model, labels=None, batch: int = 2, seed: int = 0, con
     x = torch.randint(0, model.levels, (batch, *shape), generator=g)
     xf = model.preprocess(x).requires_grad_(True)
     cond = model.condition(labels, cond_image, batch)
-    params = model.network(xf, cond) if order is None else model.network(xf, cond, order)
+    if known is not None:
+        cond = dataclasses.replace(cond, output=model.known_net(xf, known))
+    params = model.params(xf, cond) if order is None else model.params(xf, cond, order)
     groups = model.distribution.param_groups()
     step = torch.arange(h_ * w_) if order is None else torch.empty_like(order).scatter_(0, order, torch.arange(h_ * w_))
     index = step.view(1, h_, w_) * c_ + torch.arange(c_).view(c_, 1, 1)   # (C, H, W): visiting step of each sub-pixel
@@ -78,9 +83,12 @@ def dependency_violations(model, labels=None, batch: int = 2, seed: int = 0, con
             picked = params[:, groups == grp, h, w]
             projection = torch.randn(picked.shape, generator=g, dtype=picked.dtype)
             grad, = torch.autograd.grad((picked * projection).sum(), xf, retain_graph=True)
-            leaks = (grad.abs().amax(0) > 0) & (index >= index[grp, h, w])
+            later = (grad.abs().amax(0) > 0) & (index >= index[grp, h, w])
+            leaks = later if known is None else later & ~known.all(0)
             bad += [f"params of channel {grp} at ({h},{w}) depend on channel {c2} at ({h2},{w2})"
                     for c2, h2, w2 in leaks.nonzero().tolist()]
+            if reads_known is not None and known is not None:
+                reads_known += (later & known.all(0)).nonzero().tolist()
     return bad
 
 

@@ -59,7 +59,8 @@ def resolve(name: str, case: dict) -> tuple[dict, tuple[int, int, int]]:
     cond = case["cond_shape"]
     if cond == "half":
         cond = (case["channels"], math.ceil(shape[1] / 2), math.ceil(shape[2] / 2))
-    return {**hp, "levels": case["levels"], "num_classes": case["num_classes"], "cond_shape": cond}, shape
+    return {**hp, "levels": case["levels"], "num_classes": case["num_classes"], "cond_shape": cond,
+            "inpainting": case["inpainting"]}, shape
 
 
 def is_valid(name: str, case: dict) -> bool:
@@ -97,6 +98,19 @@ def build(name: str, case: dict, batch: int, seed: int = 0, scale: float = 1.0):
         model = pixelcnn.create(name, image_shape=shape, **kwargs).double()
     randomise(model, seed, scale).eval()
     return (model, *conditioning(model, batch, seed))
+
+
+def known_part(model, batch: int, seed: int = 0) -> tuple:
+    """(x, known) for a completion model: random images and a random mask of known sub-pixels with at least
+    one known and one unknown where the image has two sub-pixels; () for any other model."""
+    if not model.config.inpainting:
+        return ()
+    g = torch.Generator().manual_seed(seed + 2)
+    x = torch.randint(0, model.levels, (batch, *model.image_shape), generator=g)
+    known = torch.rand(x.shape, generator=g) < 0.5
+    if x[0].numel() > 1:
+        known.view(batch, -1)[:, 0], known.view(batch, -1)[:, -1] = False, True
+    return x, known
 
 
 def conditioning(model, batch: int, seed: int = 0):

@@ -11,7 +11,7 @@ import torch
 
 import pixelcnn
 from exact import dependency_violations, randomise, sampling_pvalue, tiny_model, total_log_mass
-from generated import CACHED_FAMILIES, build, case_id, cases
+from generated import CACHED_FAMILIES, build, case_id, cases, known_part
 from pixelcnn import layers
 from pixelcnn.distributions import sample_inverse_cdf
 from pixelcnn.sampling import NaiveStepper, draw_uniforms, make_stepper
@@ -46,7 +46,7 @@ def side_by_side(model, labels, cond_image, batch: int, seed: int) -> tuple[floa
 
     Returns the largest difference in probability and the number of sub-pixels whose values differ.
     """
-    cond = model.condition(labels, cond_image, batch)
+    cond = model.condition(labels, cond_image, batch, *known_part(model, batch, seed))   # a completion model: a mask
     x = torch.zeros((batch, *model.image_shape), dtype=torch.long)
     naive, cached = NaiveStepper(model, x, cond, model.default_order()), make_stepper(model, x, cond, "cached")
     assert not isinstance(cached, NaiveStepper)
@@ -105,9 +105,15 @@ def test_probabilities_of_every_image_sum_to_one(name, case):
 
 @pytest.mark.parametrize("name,case", generated())
 def test_parameters_depend_only_on_earlier_subpixels(name, case):
+    """A completion model may also read its known sub-pixels wherever they are, and must read later ones."""
     model, labels, cond_image = build(name, case, batch=2, seed=6)
+    known, reads = None, []
+    if model.config.inpainting:
+        known = known_part(model, 1, seed=8)[1].expand(2, *model.image_shape)
     assert dependency_violations(model, labels, batch=2, seed=7, cond_image=cond_image,
-                                 order=model.default_order()) == []
+                                 order=model.default_order(), known=known, reads_known=reads) == []
+    if known is not None and model.image_shape[0] * model.image_shape[1] * model.image_shape[2] > 1:
+        assert reads, "the known sub-pixels after an unknown one do not reach it"
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 import pixelcnn
-from pixelcnn import validation
+from pixelcnn import masks, validation
 from pixelcnn.errors import ConfigError, InvalidLabelError
 from pixelcnn.flags import add_dataclass_flags, add_model_flags, flag_names, model_hyperparameter_fields
 from pixelcnn.runtime import resolve_device
@@ -110,6 +110,9 @@ def add_eval(sub) -> None:
     p.add_argument("--baseline", metavar="RUN_OR_CHECKPOINT",
                    help="also evaluate this model on the same images (e.g. the unconditional model beside a "
                         "conditional or super-resolution one)")
+    p.add_argument("--completion", action="store_true",
+                   help="score completion instead: the NLL of the unknown pixels of a random mask per image (the "
+                        "same masks for every model) given what each model conditions on; bits per unknown sub-pixel")
     p.set_defaults(run=run_eval)
 
 
@@ -119,8 +122,12 @@ def checkpoint_metadata(path) -> dict[str, Any]:
     return checkpoint.read_config(checkpoint.resolve(path)).get("metadata", {})
 
 
-def _describe(model) -> str:
+def _describe(model, completion: bool = False) -> str:
     cfg = model.config
+    if completion:
+        return "completion of random masks, unknown pixels' "
+    if cfg.inpainting:
+        return "completion model with nothing known: "
     if cfg.cond_shape is not None:
         return f"super-resolution (given {cfg.cond_shape[1]}x{cfg.cond_shape[2]}) "
     return "class-conditional " if cfg.num_classes is not None else ""
@@ -136,18 +143,19 @@ def run_eval(args) -> int:
     if dataset is None:
         raise ConfigError("this checkpoint does not record its dataset: pass --dataset")
     data = load_dataset(dataset, args.split, data_dir=args.data_dir)
-    result = evaluate(model, data, args.batch_size, args.limit)
+    result = evaluate(model, data, args.batch_size, args.limit, completion=args.completion)
     result.update({"dataset": dataset, "split": args.split, "checkpoint": str(args.checkpoint),
                    "conditional": model.config.num_classes is not None or model.config.cond_shape is not None})
     for name, r in result.get("orders", {}).items():
         print(f"  order {name}: NLL {r['nll_nats']:.4f} nats/image, {r['bits_per_dim']:.4f} bits/dim")
     ensemble = f"ensemble of {len(result['orders'])} orders: " if "orders" in result else ""
-    print(f"{dataset} {args.split} ({result['images']} images): {_describe(model)}{ensemble}NLL {result['nll_nats']:.4f} "
+    print(f"{dataset} {args.split} ({result['images']} images): {_describe(model, args.completion)}{ensemble}NLL {result['nll_nats']:.4f} "
           f"nats/image, {result['bits_per_dim']:.4f} bits/dim")
     if base is not None:
-        result["baseline"] = {**evaluate(base, data, args.batch_size, args.limit), "checkpoint": str(args.baseline)}
+        result["baseline"] = {**evaluate(base, data, args.batch_size, args.limit, completion=args.completion),
+                              "checkpoint": str(args.baseline)}
         b = result["baseline"]
-        print(f"baseline {args.baseline}: {_describe(base)}NLL {b['nll_nats']:.4f} nats/image, "
+        print(f"baseline {args.baseline}: {_describe(base, args.completion)}NLL {b['nll_nats']:.4f} nats/image, "
               f"{b['bits_per_dim']:.4f} bits/dim")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -243,7 +251,8 @@ def add_complete(sub) -> None:
     what = p.add_mutually_exclusive_group()
     what.add_argument("--keep-rows", "--keep_rows", dest="keep_rows", type=flag(Integer(0).parse),
                       help="keep the top N rows (default: half)")
-    what.add_argument("--mask", help="PNG of the image's size: white (>= 128) where pixels are known")
+    what.add_argument("--mask", help="PNG of the image's size, white (>= 128) where pixels are known; or a named mask: "
+                                     + ", ".join(masks.NAMED))
     p.add_argument("--label", type=flag(LABEL.parse), help="class label (conditional models; default: the dataset's)")
     add_generation_options(p, 8, "completions.png")
     p.set_defaults(run=run_complete)
@@ -302,7 +311,11 @@ def known_mask(model, args, batch: int) -> torch.Tensor:
     from pixelcnn.images import read_png
 
     c, h, w = model.image_shape
+    if args.mask in masks.NAMED:
+        return masks.named(args.mask, batch, h, w, torch.Generator().manual_seed(args.seed)).expand(batch, c, h, w).clone()
     if args.mask:
+        if not Path(args.mask).is_file():
+            raise ConfigError(f"expected --mask to be a PNG file or one of {', '.join(masks.NAMED)}, got {args.mask!r}")
         m = read_png(args.mask, (1, h, w), 256, what="mask")[0] >= 128
     else:
         rows = h // 2 if args.keep_rows is None else args.keep_rows
@@ -321,6 +334,17 @@ def completion_grid(x: torch.Tensor, known: torch.Tensor, out: torch.Tensor, lev
     return panels.flatten(0, 1)
 
 
+@torch.no_grad()
+def completion_nll(model, x: torch.Tensor, known: torch.Tensor, labels, order: str | None) -> tuple[float, str]:
+    """The mean exact NLL (nats) of the unknown sub-pixels of x, and what the model conditions them on, in words."""
+    if model.default_order() is not None:                       # an any-order model: in the completion's order
+        order = order or "auto"
+        given = "the known pixels first" if order == "auto" else f"the pixels before each in order {order}"
+        return float(-model.conditional_log_prob(x, known, labels, order=order).mean()), given
+    given = "every known pixel" if model.config.inpainting else "the pixels before each in raster order"
+    return float(-model.conditional_log_prob(x, known, labels).mean()), given
+
+
 def run_complete(args) -> int:
     import numpy as np
 
@@ -329,6 +353,8 @@ def run_complete(args) -> int:
     model = load_unconditioned(args)
     x, data_labels = completion_inputs(model, args)
     known = known_mask(model, args, x.shape[0])
+    if bool(known.all()):
+        raise ConfigError("expected a mask with at least one unknown pixel to complete, got one that keeps every pixel")
     labels = None
     validation.labels_fit(model, None if args.label is None else [args.label], "--label")
     if model.config.num_classes is not None:
@@ -341,8 +367,9 @@ def run_complete(args) -> int:
     save_grid(completion_grid(x, known, out, model.levels), 256, args.out, nrow=args.n + 2)
     if args.npy:
         np.save(args.npy, out.numpy())
+    nll, given = completion_nll(model, x, known, labels, args.order)
     print(f"wrote {x.shape[0]} x {args.n} completions ({int(known[0].sum())} of {known[0].numel()} sub-pixels known) "
-          f"to {args.out}")
+          f"to {args.out}\nexact NLL of the originals' unknown pixels given {given}: {nll:.2f} nats per image")
     return 0
 
 

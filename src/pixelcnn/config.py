@@ -28,13 +28,16 @@ class ModelConfig:
     num_classes: int | None = None
     cond_shape: tuple[int, int, int] | None = None
     cond_features: int = 32
+    inpainting: bool = False
 
     # Help text for each field, used by the command line.
     help: ClassVar[dict[str, str]] = {
         "levels": "number of values a sub-pixel takes (2 for binary images, 256 for 8-bit)",
         "num_classes": "condition on a class label in [0, num_classes)",
         "cond_shape": "condition on an integer image of this shape (C, h, w), e.g. the low-resolution image",
-        "cond_features": "feature maps of the network that turns the conditioning image into biases",
+        "cond_features": "feature maps of the network over the conditioning image or the known pixels",
+        "inpainting": "condition on the known part of the image (its known values and where they are): a completion "
+                      "model, in which every unknown sub-pixel sees every known one",
     }
 
     # The values of each setting that takes the code down a different branch: the generated tests
@@ -45,6 +48,7 @@ class ModelConfig:
         "levels": (2, 5, 256),
         "num_classes": (None, 3),
         "cond_shape": (None, "half"),
+        "inpainting": (False, True),
     }
 
     def __post_init__(self) -> None:
@@ -63,11 +67,14 @@ class ModelConfig:
             object.__setattr__(self, "cond_shape", cond)
         if not isinstance(self.cond_features, int) or self.cond_features < 1:
             raise ConfigError(f"cond_features must be a positive integer, got {self.cond_features!r}")
+        if not isinstance(self.inpainting, bool):
+            raise ConfigError(f"inpainting must be true or false, got {self.inpainting!r}")
+        if self.inpainting and self.cond_shape is not None:
+            raise ConfigError("expected one conditioning image: inpainting or cond_shape, got both")
 
     @property
     def channels(self) -> int:
         return self.image_shape[0]
-
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _to_json(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
@@ -82,8 +89,9 @@ class ModelConfig:
 
     @classmethod
     def hyperparameters(cls) -> list[dataclasses.Field]:
-        """The family's own fields (everything but the data description and conditioning)."""
-        base = {f.name for f in dataclasses.fields(ModelConfig)}
+        """The family's own fields and the conditioning networks' width (not the data description or
+        what the model is conditioned on, which come from the dataset and the task)."""
+        base = {f.name for f in dataclasses.fields(ModelConfig)} - {"cond_features"}
         return [f for f in dataclasses.fields(cls) if f.name not in base]
 
 

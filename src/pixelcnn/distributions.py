@@ -50,11 +50,33 @@ class OutputDistribution:
         """(B, H, W) log p of each pixel's channels given what comes before; sums to ``log_prob``."""
         raise NotImplementedError
 
+    def log_prob_per_channel(self, params: Tensor, x: Tensor) -> Tensor:
+        """(B, C, H, W) log p of each sub-pixel given everything before it (earlier pixels, earlier channels)."""
+        raise NotImplementedError
+
     def conditional(self, pixel_params: Tensor, x_pixel: Tensor, c: int) -> Tensor:
         raise NotImplementedError
 
 
-class Categorical(OutputDistribution):
+class SubpixelDistribution(OutputDistribution):
+    """A distribution whose parameters give each sub-pixel its own conditional: the log-probabilities
+    of pixels and images are sums of :meth:`nll_per_pixel`'s (B, C, H, W) terms."""
+
+    def nll_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+        return -self.nll_per_pixel(params, x).flatten(1).sum(1)
+
+    def log_prob_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
+        """(B, H, W) log p of each pixel (its channels together) given the pixels before it."""
+        return -self.nll_per_pixel(params, x).sum(1)
+
+    def log_prob_per_channel(self, params: Tensor, x: Tensor) -> Tensor:
+        return -self.nll_per_pixel(params, x)
+
+
+class Categorical(SubpixelDistribution):
     """A softmax over ``levels`` values per channel; parameters are laid out channel-major (c * L + v)."""
 
     @property
@@ -69,13 +91,6 @@ class Categorical(OutputDistribution):
         b, _, h, w = params.shape
         return params.permute(0, 2, 3, 1).reshape(b, h, w, self.channels, self.levels)
 
-    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
-        return -self.nll_per_pixel(params, x).flatten(1).sum(1)
-
-    def log_prob_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
-        """(B, H, W) log p of each pixel (its channels together) given the pixels before it."""
-        return -self.nll_per_pixel(params, x).sum(1)
-
     def nll_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
         """(B, C, H, W) negative log-likelihood; cross-entropy keeps training memory low."""
         logits = self.levels_last(params)                                    # (B, H, W, C, L)
@@ -87,7 +102,7 @@ class Categorical(OutputDistribution):
         return F.log_softmax(logits, dim=1)
 
 
-class Bernoulli(OutputDistribution):
+class Bernoulli(SubpixelDistribution):
     """One logit per channel: log p(1) = logsigmoid(z), log p(0) = logsigmoid(-z)."""
 
     def __init__(self, channels: int, levels: int = 2):
@@ -101,13 +116,6 @@ class Bernoulli(OutputDistribution):
 
     def param_groups(self) -> Tensor:
         return torch.arange(self.channels)
-
-    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
-        return -self.nll_per_pixel(params, x).flatten(1).sum(1)
-
-    def log_prob_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
-        """(B, H, W) log p of each pixel (its channels together) given the pixels before it."""
-        return -self.nll_per_pixel(params, x).sum(1)
 
     def nll_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(params, x.to(params.dtype), reduction="none")
@@ -196,6 +204,19 @@ class DiscretizedLogisticMixture(OutputDistribution):
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         return self.log_prob_per_pixel(params, x.long()).flatten(1).sum(1)
+
+    def log_prob_per_channel(self, params: Tensor, x: Tensor) -> Tensor:
+        """(B, C, H, W) log p(x_c | x_<c) of each channel: differences of log p(x_<=c), each a
+        logsumexp over components of the weights times the masses of channels <= c."""
+        logits, means, log_scales, coeffs = self.split(params)
+        joint, x = F.log_softmax(logits, dim=1), x.long()                      # (B, K, H, W)
+        before, out = torch.zeros_like(joint[:, 0]), []
+        for c in range(self.channels):
+            joint = joint + self.observed_log_mass(means, log_scales, coeffs, x, c)
+            upto = torch.logsumexp(joint, dim=1)                               # log p(x_<=c), (B, H, W)
+            out.append(upto - before)
+            before = upto
+        return torch.stack(out, dim=1)
 
     def nll_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
         """(B, H, W) negative log-likelihood of each pixel (all its channels), for training."""

@@ -41,7 +41,7 @@ def full_float32():
 
 @torch.no_grad()
 def evaluate(model: pixelcnn.AutoregressiveModel, dataset, batch_size: int = 256, limit: int | None = None,
-             runtime: Runtime | None = None) -> dict[str, float]:
+             runtime: Runtime | None = None, completion: bool = False) -> dict[str, float]:
     """Exact negative log-likelihood of a dataset: nats per image (mean and standard deviation
     over images) and bits per dimension. Class-conditional models get the dataset's labels,
     super-resolution models the low-resolution version of each image.
@@ -49,6 +49,10 @@ def evaluate(model: pixelcnn.AutoregressiveModel, dataset, batch_size: int = 256
     Under torchrun each process evaluates a contiguous shard and the sums are combined. An
     any-order model (one with ``log_prob_per_order``) is scored as its order ensemble, and
     ``orders`` maps each of its training orders to that order's mean NLL, from the same passes.
+
+    With ``completion``, each image gets a known mask drawn like training's (the same for image
+    i on every call, :func:`validation_known`) and the score is the exact NLL of its unknown
+    sub-pixels given what the model conditions on; bits per dimension are per unknown sub-pixel.
     """
     runtime = runtime or Runtime(model.device)
     conditional = model.config.num_classes is not None
@@ -57,25 +61,41 @@ def evaluate(model: pixelcnn.AutoregressiveModel, dataset, batch_size: int = 256
     was_training = model.training
     model.eval()
     names = list(getattr(model, "order_names", []))
-    sums = torch.zeros(2 + len(names), dtype=torch.float64)                # NLLs, their squares, each order's NLLs
+    names = [] if completion else names
+    sums = torch.zeros(3 + len(names), dtype=torch.float64)     # NLLs, their squares, unknown dims, each order's NLLs
     gen = torch.Generator().manual_seed(0)
     with full_float32():
         for start in range(lo, hi, batch_size):
             x, y = dataset.batch(torch.arange(start, min(start + batch_size, hi)), generator=gen)
             y = y.to(runtime.device) if conditional else None
             x = x.to(runtime.device)
-            nll, per_order = _image_nlls(model, x, y)
-            sums += torch.cat([torch.stack([nll.sum(), nll.square().sum()]), per_order.sum(1)])
+            dims = torch.tensor(float(x.numel()), dtype=torch.float64)
+            if completion:
+                known = validation_known(range(start, start + len(x)), *model.image_shape[1:]).to(runtime.device)
+                nll, extra = -model.conditional_log_prob(x, known, y, cond_images(model, x)).double().cpu(), sums[:0]
+                dims = (~known).expand_as(x).sum().double().cpu()
+            else:
+                nll, per_order = _image_nlls(model, x, y)
+                extra = per_order.sum(1)
+            sums += torch.cat([torch.stack([nll.sum(), nll.square().sum(), dims]), extra])
     model.train(was_training)
-    total, squares, *order_totals = all_reduce_sum(sums, runtime).tolist()
+    total, squares, all_dims, *order_totals = all_reduce_sum(sums, runtime).tolist()
     mean = total / n
     std = math.sqrt(max(0.0, squares / n - mean**2) * n / max(n - 1, 1))  # sample standard deviation
     dims = math.prod(dataset.image_shape)
-    out = {"nll_nats": mean, "nll_std_nats": std, "bits_per_dim": bits_per_dim(mean, dims), "images": n}
+    out = {"nll_nats": mean, "nll_std_nats": std, "bits_per_dim": bits_per_dim(total, max(all_dims, 1.0)), "images": n}
     if names:
         out["orders"] = {name: {"nll_nats": t / n, "bits_per_dim": bits_per_dim(t / n, dims)}
                          for name, t in zip(names, order_totals)}
     return out
+
+
+def validation_known(indices, height: int, width: int) -> Tensor:
+    """(n, 1, H, W) known masks of :func:`pixelcnn.masks.random_known` for the images at ``indices``, each
+    drawn from a generator seeded by its index: the same masks for every batch size and process count."""
+    from pixelcnn.masks import random_known
+
+    return torch.cat([random_known(1, height, width, torch.Generator().manual_seed(i)) for i in indices])
 
 
 def _image_nlls(model, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -379,20 +379,22 @@ class Condition:
 
     ``labels`` (B,) are class labels; ``features`` (B, F, H, W) are the conditioning network's
     features of a conditioning image (e.g. the low-resolution image of super-resolution),
-    already at the output's resolution.
+    already at the output's resolution. ``output`` (B, P, H, W) is added to the distribution
+    parameters the network computes: a completion model's term from the known pixels.
     """
 
     labels: Tensor | None = None
     features: Tensor | None = None
+    output: Tensor | None = None
 
     def repeat_interleave(self, n: int) -> "Condition":
         rep = lambda t: None if t is None else t.repeat_interleave(n, dim=0)   # noqa: E731
-        return Condition(rep(self.labels), rep(self.features))
+        return Condition(rep(self.labels), rep(self.features), rep(self.output))
 
     def select(self, index: Tensor) -> "Condition":
         """The conditioning of the images at ``index`` (1-D) of the batch."""
         pick = lambda t: None if t is None else t[index]   # noqa: E731
-        return Condition(pick(self.labels), pick(self.features))
+        return Condition(pick(self.labels), pick(self.features), pick(self.output))
 
 
 class ConditionBias(nn.Module):
@@ -441,3 +443,44 @@ class ConditionNetwork(nn.Module):
 
     def forward(self, y: Tensor) -> Tensor:
         return self.net(F.interpolate(y, size=self.size, mode="nearest"))       # (B, F, H, W)
+
+
+class KnownPixelsNetwork(nn.Module):
+    """A completion model's term from the known pixels: (B, P, H, W), added to the distribution
+    parameters of the causal network (the Pixel Constrained CNN of Dupont & Suresha 2019, whose
+    logits are the sum of a masked network's and a conditioning network's).
+
+    The input is the image scaled to [-1, 1] with its unknown sub-pixels set to 0, beside the
+    0/1 mask of the known ones (B, 2C, H, W): the values of unknown sub-pixels never reach it, so
+    it cannot break the autoregressive order over them. A 3x3 convolution to ``features`` maps,
+    residual blocks of dilated 3x3 convolutions (dilations 1, 2, 4, 8, ... repeating) whose
+    receptive field covers the whole image, so that every unknown sub-pixel sees every known
+    one, then ReLU and a 1x1 convolution to the P parameters, zero at initialisation: a new
+    completion model adds nothing to its causal network until it learns to.
+    """
+
+    def __init__(self, channels: int, size: tuple[int, int], features: int, params: int):
+        super().__init__()
+        self.stem = nn.Conv2d(2 * channels, features, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Conv2d(features, features, 3, padding=d, dilation=d)
+                                    for d in known_pixels_dilations(size))
+        self.out = nn.Conv2d(features, params, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, values: Tensor, known: Tensor) -> Tensor:
+        """``values`` (B, C, H, W) in [-1, 1], ``known`` (B, C, H, W) bool -> (B, P, H, W)."""
+        h = self.stem(torch.cat([values * known, known.to(values.dtype)], dim=1))
+        for conv in self.blocks:
+            h = h + conv(torch.relu(h))
+        return self.out(torch.relu(h))
+
+
+def known_pixels_dilations(size: tuple[int, int]) -> list[int]:
+    """Dilations 1, 2, 4, 8, 1, 2, ... (at least four) until every pixel of an (H, W) image sees every other."""
+    reach, need, out = 1, max(size) - 1, []                # reach: the stem's, then each block adds its dilation
+    while reach < need or len(out) < 4:
+        d = 2 ** (len(out) % 4)
+        out.append(d)
+        reach += d
+    return out

@@ -49,7 +49,7 @@ class NaiveStepper:
 
     def log_probs(self, c: int, h: int, w: int) -> Tensor:
         if self.params is None:
-            self.params = self.model.network(self.model.preprocess(self.x), self.cond, *self.network_order)
+            self.params = self.model.params(self.model.preprocess(self.x), self.cond, *self.network_order)
         return self.model.distribution.conditional(self.params[:, :, h, w], self.x[:, :, h, w], c)
 
     def set(self, c: int, h: int, w: int, values: Tensor) -> None:
@@ -76,6 +76,8 @@ def make_stepper(model, x: Tensor, cond, method: str, order: Tensor | None = Non
         if method == "cached":
             raise ConfigError(f"model {model.name!r} has no cached sampling path; use method='naive' or 'auto'")
         return NaiveStepper(model, x, cond, order)
+    if cond is not None and cond.output is not None:
+        stepper.add_output(cond.output)
     return stepper
 
 

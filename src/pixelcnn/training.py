@@ -51,7 +51,7 @@ from pixelcnn.version import __version__
 
 log = logging.getLogger(__name__)
 
-TASKS = ("density", "superres")
+TASKS = ("density", "superres", "inpainting")
 RUN_FILE = "run.json"
 
 
@@ -87,6 +87,7 @@ class TrainConfig:
     data_dir: str | None = None
     image_size: int | None = None
     init_from: str | None = None
+    freeze_init: bool = False
 
     help = {
         "model": "model family (see `pixelcnn models`)",
@@ -106,7 +107,8 @@ class TrainConfig:
         "samples": "images in the sample grid written after every epoch (0: none)",
         "sample_temperature": "temperature of the epoch sample grids",
         "conditional": "condition the model on the dataset's class labels",
-        "task": "density (model p(x)) or superres (model p(x | x downsampled by --scale))",
+        "task": "density (model p(x)), superres (model p(x | x downsampled by --scale)) or inpainting (model "
+                "p(unknown pixels | known ones) over random masks; the loss is on the unknown sub-pixels only)",
         "scale": "downsampling factor of --task superres",
         "checkpoint_every": "also checkpoint every N steps inside an epoch",
         "log_every": "write a train line to metrics.jsonl every N steps",
@@ -117,7 +119,9 @@ class TrainConfig:
         "data_dir": "folder with the datasets (default: $PIXELCNN_DATA, then the user cache)",
         "image_size": "size images of a folder dataset are resized and cropped to",
         "init_from": "warm start: copy the tensors of this checkpoint (a run, a folder or pretrained:NAME) whose names "
-                     "match; a tensor of another shape is an error; class-label biases the checkpoint lacks start at 0",
+                     "match; a tensor of another shape is an error; conditioning biases the checkpoint lacks start at 0",
+        "freeze_init": "with --init-from: keep the copied tensors fixed and train only those the checkpoint lacks "
+                       "(e.g. the conditioning of a completion model on top of a density model)",
     }
 
     limits = {
@@ -130,6 +134,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, self.limits)
+        if self.freeze_init and not self.init_from:
+            raise ConfigError("expected --freeze-init with --init-from CHECKPOINT, got no --init-from")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -188,11 +194,12 @@ def warm_start(model: nn.Module, source: str | os.PathLike) -> None:
     """Copy into ``model`` every tensor of the checkpoint ``source`` that has the same name.
 
     A tensor of the same name but another shape is refused before anything is copied. Tensors
-    the source lacks keep their initial values, except the class-label biases
-    (:class:`~pixelcnn.layers.ConditionBias` embeddings), which start at zero: a conditional
-    model warm-started from an unconditional one then starts as exactly that model.
+    the source lacks keep their initial values, except the terms that conditioning adds (the
+    :class:`~pixelcnn.layers.ConditionBias` embeddings and 1x1 maps, a completion model's last
+    :class:`~pixelcnn.layers.KnownPixelsNetwork` layer), which start at zero: a conditional or
+    completion model warm-started from an unconditional one then starts as exactly that model.
     """
-    from pixelcnn.layers import ConditionBias
+    from pixelcnn.layers import ConditionBias, KnownPixelsNetwork
 
     theirs = pixelcnn.load(source).state_dict()
     ours = model.state_dict()
@@ -210,6 +217,12 @@ def warm_start(model: nn.Module, source: str | os.PathLike) -> None:
     for name, module in model.named_modules():
         if isinstance(module, ConditionBias) and module.embedding is not None and f"{name}.embedding.weight" not in theirs:
             module.embedding.weight.zero_()
+        if isinstance(module, ConditionBias) and module.spatial is not None and f"{name}.spatial.weight" not in theirs:
+            module.spatial.weight.zero_()
+            module.spatial.bias.zero_()
+        if isinstance(module, KnownPixelsNetwork) and f"{name}.out.weight" not in theirs:
+            module.out.weight.zero_()
+            module.out.bias.zero_()
     log.info("warm start from %s: %d of %d tensors copied", source, len(shared), len(ours))
 
 
@@ -224,6 +237,14 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> Tensor:
 def step_generator(seed: int, step: int) -> torch.Generator:
     """Randomness of one step's data (dynamic binarization), a function of (seed, step) alone."""
     return torch.Generator().manual_seed(seed * 7_919_993 + step + 1)
+
+
+def step_known(seed: int, step: int, indices: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    """The known masks (B, 1, H, W) of one global batch of an inpainting run, a function of (seed, step) alone."""
+    from pixelcnn.masks import random_known
+
+    gen = torch.Generator().manual_seed(seed * 6_700_417 + step + 1)
+    return random_known(len(indices), *shape[1:], generator=gen)
 
 
 class Trainer:
@@ -241,9 +262,16 @@ class Trainer:
         self.model = self._build_model(model_args or {}, model_config)
         if cfg.init_from and model_config is None:          # a resumed run has its own weights
             warm_start(self.model, cfg.init_from)
+        if cfg.freeze_init:                                 # the same tensors on a resume
+            frozen = set(pixelcnn.load(cfg.init_from).state_dict())
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(name not in frozen)
         self.model = self.model.to(self.rt.device)
         self.eval_model = self._build_model({}, self.model.config.to_dict()).to(self.rt.device).eval()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        if not trained:
+            raise ConfigError(f"--freeze-init: every tensor of this model comes from {cfg.init_from}: nothing to train")
+        self.optimizer = torch.optim.Adam(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=cfg.gamma)
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=cfg.precision == "fp16")
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
@@ -418,11 +446,15 @@ class Trainer:
         x, y = self.train_set.batch(local, generator=step_generator(cfg.seed, self.step))
         x = x.to(rt.device)
         y = y.to(rt.device) if self.model.config.num_classes is not None else None
+        known, inputs = None, self.model.step_inputs(cfg.seed, self.step)
+        if self.model.config.inpainting:            # masks of the whole batch, then this process's share
+            known = step_known(cfg.seed, self.step, indices, self.model.image_shape).tensor_split(rt.world)[rt.rank]
+            known = inputs["known"] = known.to(rt.device)
         self.model.train()
         with autocast(rt, cfg.precision):
-            params = self.net(x, y, cond_images(self.model, x), **self.model.step_inputs(cfg.seed, self.step))
-        dims = x[0].numel()
-        loss = self.model.nll_from_params(params.float(), x).mean() / dims          # nats per dim
+            params = self.net(x, y, cond_images(self.model, x), **inputs)
+        dims = x[0].numel()                         # inpainting: unknown sub-pixels' nats over all dims
+        loss = self.model.nll_from_params(params.float(), x, known).mean() / dims          # nats per dim
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"the loss became {loss.item()} at step {self.step} (epoch {self.epoch + 1}); training stopped. "
@@ -454,7 +486,8 @@ class Trainer:
     def _end_of_epoch(self, partial: bool) -> dict[str, Any]:
         """Validate the EMA weights, checkpoint last (and best), write a sample grid and a metrics line."""
         model = self._sync_eval_model()
-        metrics = evaluate(model, self.valid_set, self.cfg.eval_batch_size, self.cfg.valid_limit, self.rt)
+        metrics = evaluate(model, self.valid_set, self.cfg.eval_batch_size, self.cfg.valid_limit, self.rt,
+                           completion=model.config.inpainting)
         if not self.rt.is_main:
             return metrics
         is_best = metrics["bits_per_dim"] < self.best_bpd
@@ -543,7 +576,8 @@ def data_settings(cfg: TrainConfig, data) -> dict[str, Any]:
         raise ConfigError(f"--conditional needs class labels, but dataset {cfg.dataset!r} has none")
     return {"image_shape": data.image_shape, "levels": data.levels,
             "num_classes": data.num_classes if cfg.conditional else None,
-            "cond_shape": cond_shape_for(data.image_shape, cfg.scale) if cfg.task == "superres" else None}
+            "cond_shape": cond_shape_for(data.image_shape, cfg.scale) if cfg.task == "superres" else None,
+            "inpainting": cfg.task == "inpainting"}
 
 
 def check_model_config(cfg: TrainConfig, model_args: dict[str, Any]) -> None:

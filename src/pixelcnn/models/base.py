@@ -21,7 +21,7 @@ from pixelcnn.config import ModelConfig
 from pixelcnn.distributions import OutputDistribution, bits_per_dim
 from pixelcnn.errors import ConfigError, InvalidImageError, InvalidLabelError
 from pixelcnn.validation import COUNT
-from pixelcnn.layers import Condition, ConditionNetwork
+from pixelcnn.layers import Condition, ConditionNetwork, KnownPixelsNetwork
 
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -42,6 +42,8 @@ class AutoregressiveModel(nn.Module):
         self.distribution: OutputDistribution = self.make_distribution()
         self.cond_net = (ConditionNetwork(config.cond_shape, config.image_shape[1:], config.cond_features)
                          if config.cond_shape else None)
+        self.known_net = (KnownPixelsNetwork(config.channels, config.image_shape[1:], config.cond_features,
+                                             self.distribution.num_params) if config.inpainting else None)
 
     # ----- what a family implements ---------------------------------------------------------
 
@@ -92,13 +94,20 @@ class AutoregressiveModel(nn.Module):
         dtype = next(self.parameters()).dtype
         return x.to(dtype) * (2.0 / (self.levels - 1)) - 1.0
 
-    def condition(self, labels: Tensor | int | None, cond_image: Tensor | None, batch: int) -> Condition | None:
-        """Check labels and conditioning image for a batch and prepare them for the network."""
+    def condition(self, labels: Tensor | int | None, cond_image: Tensor | None, batch: int,
+                  x: Tensor | None = None, known: Tensor | None = None) -> Condition | None:
+        """Check labels, conditioning image and known pixels for a batch and prepare them for the network.
+
+        ``x`` and ``known`` (a boolean mask that broadcasts to x) are read by a completion model
+        (``inpainting=True``) only, which sees the values of x where ``known`` is True; with
+        ``known`` None nothing is known, and the model is a density model of whole images.
+        """
         labels = self.check_labels(_as_labels(labels, batch, self.device), batch)
+        output = self.known_output(x, known, batch) if self.known_net is not None else None
         if self.cond_net is None:
             if cond_image is not None:
                 raise InvalidImageError("this model has no conditioning image (cond_shape=None) but cond_image was given")
-            return None if labels is None else Condition(labels=labels)
+            return None if labels is None and output is None else Condition(labels=labels, output=output)
         if cond_image is None:
             raise InvalidImageError(f"this model is conditioned on an image: expected cond_image of shape "
                                     f"({batch}, {', '.join(map(str, self.config.cond_shape))}), got None")
@@ -109,10 +118,38 @@ class AutoregressiveModel(nn.Module):
             raise InvalidImageError(f"expected {batch} conditioning images, got {cond_image.shape[0]}")
         return Condition(labels=labels, features=self.cond_net(self.preprocess(cond_image.to(self.device))))
 
-    def forward(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
-        """Distribution parameters (B, P, H, W) for integer images x (B, C, H, W)."""
+    def known_output(self, x: Tensor | None, known: Tensor | None, batch: int) -> Tensor:
+        """A completion model's term (B, P, H, W) from the values of x where ``known`` (nothing if None)."""
+        if known is None:
+            zeros = torch.zeros((batch, *self.image_shape), device=self.device)
+            return self.known_net(zeros.to(next(self.parameters()).dtype), zeros.bool())
+        known = self.check_known(x, known).to(self.device)
+        if x.shape[0] != batch:
+            raise InvalidImageError(f"expected {batch} images with known pixels, got {x.shape[0]}")
+        return self.known_net(self.preprocess(x.to(self.device)), known)
+
+    def forward(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None,
+                known: Tensor | None = None) -> Tensor:
+        """Distribution parameters (B, P, H, W) for integer images x (B, C, H, W).
+
+        A completion model reads ``known`` (see :meth:`condition`); other models refuse it.
+        """
         self.check_images(x)
-        return self.network(self.preprocess(x), self.condition(labels, cond_image, x.shape[0]))
+        cond = self.condition(labels, cond_image, x.shape[0], *self.known_input(x, known))
+        return self.params(self.preprocess(x), cond)
+
+    def params(self, x: Tensor, cond: Condition | None, *order: Tensor) -> Tensor:
+        """(B, P, H, W) distribution parameters from preprocessed images: the family's ``network``,
+        plus a completion model's term from its known pixels. ``order``: an any-order family's."""
+        out = self.network(x, cond, *order)
+        return out if cond is None or cond.output is None else out + cond.output
+
+    def known_input(self, x: Tensor, known: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """The (x, known) a completion model conditions on; refuses ``known`` for a model that takes none."""
+        if known is not None and not self.config.inpainting:
+            raise InvalidImageError("this model does not condition on known pixels (inpainting=False) but known was "
+                                    "given: use conditional_log_prob or complete")
+        return (x, known) if known is not None else (None, None)
 
     def log_prob(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
         """(B,) exact natural-log probability of each whole image (given its labels / conditioning image)."""
@@ -131,12 +168,32 @@ class AutoregressiveModel(nn.Module):
         """(B,) negative log-likelihood of each image in nats: training's loss."""
         return self.nll_from_params(self(x, labels, cond_image), x)
 
-    def nll_from_params(self, params: Tensor, x: Tensor) -> Tensor:
-        """(B,) negative log-likelihood from parameters already computed (e.g. by a DDP wrapper)."""
+    def nll_from_params(self, params: Tensor, x: Tensor, known: Tensor | None = None) -> Tensor:
+        """(B,) negative log-likelihood from parameters already computed (e.g. by a DDP wrapper);
+        of the unknown sub-pixels only where ``known`` (a mask that broadcasts to x) is given."""
         dist, x = self.distribution, x.to(params.device)
+        if known is not None:
+            return -(dist.log_prob_per_channel(params, x) * ~known.to(params.device)).flatten(1).sum(1)
         if hasattr(dist, "nll_per_pixel"):        # cross-entropy form: less memory than log_softmax
             return dist.nll_per_pixel(params, x).flatten(1).sum(1)
         return -dist.log_prob(params, x)
+
+    def conditional_log_prob(self, x: Tensor, known: Tensor, labels: Tensor | None = None,
+                             cond_image: Tensor | None = None) -> Tensor:
+        """(B,) exact log-probability in nats of the unknown sub-pixels of x (``known`` False) given
+        what this model conditions on, summed over them in raster then R, G, B order.
+
+        A completion model (``inpainting=True``) conditions every unknown sub-pixel on all the known
+        ones and on the unknown ones before it: this is exactly log p(x_unknown | x_known). Any other
+        raster model sees only the sub-pixels before each unknown one (known or not), so this is
+        the sum of log p(x_i | x_<i) over the unknown i: what its completion samples from, not the
+        posterior given the known pixels that come later.
+        """
+        self.check_images(x)
+        known = self.check_known(x, known).to(self.device)
+        params = self(x, labels, cond_image, known if self.config.inpainting else None)
+        logp = self.distribution.log_prob_per_channel(params, x.to(params.device))      # (B, C, H, W)
+        return (logp * ~known).flatten(1).sum(1)
 
     def bits_per_dim(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
         """(B,) negative log-likelihood of each image in bits per sub-pixel."""
@@ -184,8 +241,11 @@ class AutoregressiveModel(nn.Module):
         self.check_images(x)
         known = self.check_known(x, known)
         COUNT(n, "n")
+        if bool(known.all()):
+            raise InvalidImageError("expected at least one unknown sub-pixel (known False) to complete, got a mask "
+                                    "that keeps every one")
         b = x.shape[0]
-        cond = self.condition(labels, cond_image, b)
+        cond = self.condition(labels, cond_image, b, x, known)
         xs = x.to(self.device).repeat_interleave(n, dim=0)
         ks = known.to(self.device).repeat_interleave(n, dim=0)
         cs = None if cond is None else cond.repeat_interleave(n)

@@ -343,6 +343,11 @@ class PixelStepper:
         self.pixel_level = model.pixel_level_network
         self.params: Tensor | None = None                                        # (B, P) of the current pixel
         self.position = 0                                                        # index in ``order`` being filled
+        self.output: PositionBias | None = None
+
+    def add_output(self, output: Tensor) -> None:
+        """Add (B, P, H, W) to the parameters of every pixel: a completion model's term (``Condition.output``)."""
+        self.output = PositionBias(output)
 
     def column(self, h: int, w: int) -> Tensor:
         raise NotImplementedError
@@ -354,8 +359,13 @@ class PixelStepper:
         """(B, L) log-probabilities of sub-pixel (c, h, w); the pixel's column is computed once per value set."""
         self.check_order(c, h, w)
         if self.params is None:
-            self.params = self.column(h, w)
+            self.params = self.pixel_params(h, w)
         return self.distribution.conditional(self.params, self.x[:, :, h, w], c)
+
+    def pixel_params(self, h: int, w: int) -> Tensor:
+        """(B, P): the column of pixel (h, w), plus the completion term where there is one."""
+        column = self.column(h, w)
+        return column if self.output is None else column + self.output.at(h, w)
 
     def set(self, c: int, h: int, w: int, values: Tensor) -> None:
         """Record the (B,) values of sub-pixel (c, h, w)."""

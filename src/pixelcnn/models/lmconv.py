@@ -257,11 +257,13 @@ class LMConv(AutoregressiveModel):
                      self.blocks, self.head, masks, cond)
 
     def forward(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None,
-                order: object = None) -> Tensor:
-        """Parameters (B, P, H, W) in order ``order`` (a name, a permutation, or None for the first training order)."""
+                order: object = None, known: Tensor | None = None) -> Tensor:
+        """Parameters (B, P, H, W) in order ``order`` (a name, a permutation, or None for the first
+        training order); ``known`` as in the base class (completion models only)."""
         self.check_images(x)
         order = None if order is None else self.resolve_order(order)
-        return self.network(self.preprocess(x), self.condition(labels, cond_image, x.shape[0]), order)
+        cond = self.condition(labels, cond_image, x.shape[0], *self.known_input(x, known))
+        return self.params(self.preprocess(x), cond, *(() if order is None else (order,)))
 
     def log_prob(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None,
                  order: object = None) -> Tensor:
@@ -277,7 +279,7 @@ class LMConv(AutoregressiveModel):
         self.check_images(x)
         xf, cond = self.preprocess(x), self.condition(labels, cond_image, x.shape[0])
         x = x.to(xf.device)
-        return torch.stack([self.distribution.log_prob(self.network(xf, cond, o), x) for o in self.orders])
+        return torch.stack([self.distribution.log_prob(self.params(xf, cond, o), x) for o in self.orders])
 
     def nll(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None,
             order: object = None) -> Tensor:
@@ -297,13 +299,14 @@ class LMConv(AutoregressiveModel):
         known = self.check_known(x, known).to(self.device)
         table = self.known_first_orders(known) if isinstance(order, str) and order == "auto" else \
             self.resolve_order(order).expand(x.shape[0], -1)
-        xf, cond, x = self.preprocess(x), self.condition(labels, cond_image, x.shape[0]), x.to(self.device)
+        xf, x = self.preprocess(x), x.to(self.device)
+        cond = self.condition(labels, cond_image, x.shape[0], x, known)
         out = xf.new_zeros(x.shape[0])
         rows, group = torch.unique(table, dim=0, return_inverse=True)
         for k, row in enumerate(rows):
             idx = (group == k).nonzero().flatten()
             sub = None if cond is None else cond.select(idx)
-            logp = -self.distribution.nll_per_pixel(self.network(xf[idx], sub, row), x[idx])   # (b, C, H, W)
+            logp = -self.distribution.nll_per_pixel(self.params(xf[idx], sub, row), x[idx])   # (b, C, H, W)
             out[idx] = (logp * ~known[idx]).flatten(1).sum(1)
         return out
 

@@ -89,6 +89,10 @@ class PixelCNNPPConfig(ModelConfig):
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
         self._check_image_size()
+        conditioned = self.num_classes is not None or self.cond_shape is not None
+        if conditioned and self.resnet_blocks == 0 and self.stages == 1:     # the biases enter the blocks only
+            raise ConfigError("a conditional pixelcnn_pp needs a gated ResNet block, where its conditioning enters: "
+                              "expected resnet_blocks >= 1 or stages >= 2, got resnet_blocks=0 and stages=1")
 
     def _check_image_size(self) -> None:
         _, h, w = self.image_shape

@@ -250,7 +250,7 @@ class CachedPixelCNNPP(CachedStepper):
         """(B, L) as CachedStepper's, from the pixel's :class:`PixelMixture`, which :meth:`set` moves along."""
         self.check_order(c, h, w)
         if self.params is None:                                                # a new pixel (``set`` resets it)
-            self.params, self.mixture = self.column(h, w), None
+            self.params, self.mixture = self.pixel_params(h, w), None
         if self.mixture is None or self.mixture.channel != c:
             # A new pixel, or values set other than in the loop's ask-then-set order: start from channel 0.
             self.mixture = self.distribution.pixel(self.params)

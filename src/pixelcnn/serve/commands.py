@@ -33,12 +33,15 @@ def is_loopback(host: str) -> bool:
 
 
 def load_models(names: list[str]) -> dict:
-    """Display name -> loaded model; the shipped checkpoints when ``names`` is empty."""
+    """Display name -> loaded model, in the order given; with ``names`` empty, the shipped checkpoints,
+    completion models first (the page opens on the first)."""
     import pixelcnn
     from pixelcnn import pretrained
 
-    names = names or [f"pretrained:{n}" for n in pretrained.available()]
-    return {name: pixelcnn.load(name) for name in names}
+    if names:
+        return {name: pixelcnn.load(name) for name in names}
+    models = {f"pretrained:{n}": pixelcnn.load(f"pretrained:{n}") for n in pretrained.available()}
+    return dict(sorted(models.items(), key=lambda item: not item[1].config.inpainting))
 
 
 def run_serve(args) -> int:

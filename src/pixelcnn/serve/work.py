@@ -27,6 +27,9 @@ RASTER_NOTE = ("This model draws in raster order (rows top to bottom, left to ri
                "Known pixels below or to the right of a hole do not influence it.")
 ANY_ORDER_NOTE = ("This model can visit pixels in any order: it fills the erased pixels after every known one, "
                   "so each completion is conditioned on everything you kept.")
+INPAINTING_NOTE = ("This completion model sees every pixel you kept, those below and to the right of a hole "
+                   "included: a network over the known pixels conditions each erased pixel, which is drawn in "
+                   "raster order given them and the erased pixels filled before it.")
 MAX_UPLOAD_PIXELS = 50_000_000          # refuse decompression bombs before decoding them
 
 
@@ -60,8 +63,14 @@ def describe(name: str, model) -> dict:
     c, h, w = model.image_shape
     return {"name": name, "family": model.name, "channels": c, "height": h, "width": w, "levels": model.levels,
             "num_classes": model.config.num_classes, "any_order": any_order(model),
-            "completion_note": ANY_ORDER_NOTE if any_order(model) else RASTER_NOTE,
+            "inpainting": model.config.inpainting, "completion_note": completion_note(model),
             "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def completion_note(model) -> str:
+    if model.config.inpainting:
+        return INPAINTING_NOTE
+    return ANY_ORDER_NOTE if any_order(model) else RASTER_NOTE
 
 
 def complete(model, image: Tensor, known: Tensor, n: int, job: Job) -> Tensor:
