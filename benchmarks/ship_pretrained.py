@@ -36,7 +36,9 @@ def main() -> None:
     model = pixelcnn.load(folder)
     dataset = meta["metadata"]["dataset"]
     data = load_dataset(dataset, "test")
-    test = evaluate(model, data if args.limit is None else random_subset(data, args.limit))
+    # a completion model: the NLL of the unknown pixels of random training-style masks given the known ones
+    test = evaluate(model, data if args.limit is None else random_subset(data, args.limit),
+                    completion=model.config.inpainting)
     dest = ROOT / args.name
     dest.mkdir(parents=True, exist_ok=True)
     for f in (checkpoint.CONFIG_FILE, checkpoint.WEIGHTS_FILE):
@@ -45,7 +47,9 @@ def main() -> None:
              "size_mb": (dest / checkpoint.WEIGHTS_FILE).stat().st_size / 2**20,
              "test_images": test["images"], "test_nll_nats": test["nll_nats"], "test_nll_std_nats": test["nll_std_nats"],
              "test_bits_per_dim": test["bits_per_dim"], "command": args.command,
-             "training": args.training}
+             "training": args.training, **({"test_task": "completion of random masks (evaluate(completion=True)): "
+                                           "nats per image and bits per unknown sub-pixel"}
+                                          if model.config.inpainting else {})}
     manifest_file = ROOT / "manifest.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
     manifest[args.name] = entry

@@ -216,3 +216,21 @@ def test_inpainting_from_the_command_line_trains_completes_and_scores(tmp_path, 
     assert main(["train", *common, "--freeze-init", "--out", str(tmp_path / "bad")]) == 2
     assert "expected --freeze-init with --init-from" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+@needs_mnist
+def test_a_frozen_warm_started_inpainting_run_resumes_on_its_trajectory(tmp_path):
+    from pixelcnn import training
+
+    small = dict(hidden=8, layers=2, output_hidden=0)
+    base = training.TrainConfig(dataset="mnist", batch_size=8, max_steps=1, valid_limit=8, samples=0)
+    training.train(base, tmp_path / "plain", **small)
+    cfg = training.TrainConfig(dataset="mnist", batch_size=8, max_steps=4, valid_limit=8, samples=0, log_every=1,
+                               task="inpainting", init_from=str(tmp_path / "plain"), freeze_init=True, lr=3e-3)
+    training.train(cfg, tmp_path / "straight", **small)
+    training.train(training.TrainConfig(**{**cfg.to_dict(), "max_steps": 2}), tmp_path / "split", **small)
+    training.resume(tmp_path / "split", max_steps=4)
+    a, b = (torch.load(tmp_path / r / "checkpoints" / "last" / "training_state.pt", weights_only=True)["model"]
+            for r in ("straight", "split"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["known_net.out.weight"], torch.zeros_like(a["known_net.out.weight"]))

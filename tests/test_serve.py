@@ -29,8 +29,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")                 # starlette's notice about httpx2
     from starlette.testclient import TestClient
 
-# Odd, non-square sizes; a categorical, a Bernoulli class-conditional, a colour mixture and an
-# any-order model.
+# Odd, non-square sizes; a categorical, a Bernoulli class-conditional, a colour mixture, an
+# any-order model and a completion model.
 SPECS = {
     "gray": dict(name="gated_pixelcnn", image_shape=(1, 6, 5), levels=4, hidden=8, layers=2, output_hidden=0),
     "cond": dict(name="gated_pixelcnn", image_shape=(1, 4, 5), levels=2, hidden=8, layers=2, output_hidden=0,
@@ -38,12 +38,17 @@ SPECS = {
     "rgb": dict(name="pixelcnn_pp", image_shape=(3, 4, 3), levels=8, filters=8, resnet_blocks=1, mixtures=2),
     "any": dict(name="lmconv", image_shape=(1, 5, 6), levels=4, hidden=8, layers=1, output_hidden=0,
                 orders=("s_curve",), order_symmetries=4),
+    "inpaint": dict(name="gated_pixelcnn", image_shape=(1, 5, 4), levels=4, hidden=8, layers=2, output_hidden=0,
+                    inpainting=True),
 }
 
 
 def make(spec):
     torch.manual_seed(0)
-    return pixelcnn.create(**spec).eval()
+    model = pixelcnn.create(**spec).eval()
+    if model.config.inpainting:                     # a completion term that is not zero, as after training
+        torch.nn.init.normal_(model.known_net.out.weight, std=0.5)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +76,9 @@ def test_models_lists_shapes_and_completion_order(client, name):
     assert (info["channels"], info["height"], info["width"], info["levels"]) == (c, h, w, SPECS[name]["levels"])
     assert info["num_classes"] == SPECS[name].get("num_classes")
     any_order = name == "any"
-    assert info["any_order"] is any_order
-    assert ("everything you kept" if any_order else "before it") in info["completion_note"]
+    assert info["any_order"] is any_order and info["inpainting"] is (name == "inpaint")
+    note = {"any": "everything you kept", "inpaint": "sees every pixel you kept"}.get(name, "before it")
+    assert note in info["completion_note"]
 
 
 def test_page_and_static_files(client):
@@ -210,10 +216,11 @@ BAD = [  # (path, JSON body or raw bytes, status, what the error must say)
     ("/api/complete", complete_body(image=[0.5] * 30), 400, "got 0.5"),
     ("/api/complete", complete_body(image="0,0,0"), 400, "got str"),
     ("/api/complete", complete_body(known=known_of("gray", 29)), 400, "expected known a list of 30 booleans"),
+    ("/api/complete", complete_body(known=[1] * 30), 400, "expected at least one unknown sub-pixel"),
     ("/api/complete", complete_body(n=0), 400, "expected n an integer in 1..64, got 0"),
     ("/api/complete", complete_body(n=65), 400, "expected n an integer in 1..64, got 65"),
     ("/api/complete", complete_body(n="8"), 400, "expected n an integer in 1..64, got '8'"),
-    ("/api/complete", complete_body(model="mnist"), 404, "unknown model 'mnist'; expected one of ['any', 'cond', 'gray', 'rgb']"),
+    ("/api/complete", complete_body(model="mnist"), 404, "unknown model 'mnist'; expected one of ['any', 'cond', 'gray', 'inpaint', 'rgb']"),
     ("/api/complete", complete_body(temperature=0), 400, "expected temperature a number in [0.01, 10.0], got 0"),
     ("/api/complete", complete_body(temperature=-1), 400, "got -1"),
     ("/api/complete", complete_body(temperature=1e9), 400, "got 1000000000.0"),

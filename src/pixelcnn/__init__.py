@@ -15,13 +15,14 @@ from typing import Any
 
 from pixelcnn.errors import (CheckpointError, CompressionError, ConfigError, DataError, InvalidImageError,
                              InvalidLabelError, PixelCNNError, TrainingError)
+from pixelcnn import masks
 from pixelcnn.models import REGISTRY
 from pixelcnn.models import get as _get_model
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.version import __version__
 
 __all__ = [
-    "AutoregressiveModel", "available_models", "create", "load", "compress", "decompress", "__version__",
+    "AutoregressiveModel", "available_models", "create", "load", "compress", "decompress", "masks", "__version__",
     "PixelCNNError", "InvalidImageError", "InvalidLabelError", "ConfigError", "CheckpointError", "DataError",
     "TrainingError", "CompressionError",
 ]

@@ -446,7 +446,8 @@ def run_pretrained(args) -> int:
         for name, d in info.items():
             print(f"pretrained:{name}\n  {d['model']} on {d['dataset']}, {d['parameters']:,} parameters, "
                   f"{d['size_mb']:.1f} MB\n  test: {d['test_nll_nats']:.2f} nats/image, {d['test_bits_per_dim']:.4f} "
-                  f"bits/dim\n  trained {d['training']}\n  command: {d['command']}")
+                  f"bits/dim{' (' + d['test_task'] + ')' if 'test_task' in d else ''}\n  trained {d['training']}\n"
+                  f"  command: {d['command']}")
         return 0
     print(f"{'checkpoint':<28}{'images':>8}{'nats/image':>12}{'bits/dim':>10}{'recorded':>10}{'diff / stderr':>15}")
     for r in reproduce(limit=args.limit, data_dir=args.data_dir):

@@ -139,6 +139,7 @@ def reproduce(names: list[str] | None = None, limit: int | None = None, data_dir
 
     Each row holds the recorded full-test figure and, for a subset, the standard error of its
     mean, so that the agreement can be judged: |subset - full| should be a few standard errors.
+    A completion model is scored as it was recorded: on the unknown pixels of random masks.
     """
     rows = []
     for name in names or available():
@@ -148,7 +149,7 @@ def reproduce(names: list[str] | None = None, limit: int | None = None, data_dir
         full = len(data)
         if limit is not None and limit < full:
             data = random_subset(data, limit)
-        result = evaluate(model, data, batch_size)
+        result = evaluate(model, data, batch_size, completion=model.config.inpainting)
         n = result["images"]
         # standard error of a mean of n draws without replacement from the full test set
         stderr = info["test_nll_std_nats"] / math.sqrt(n) * math.sqrt(max(0.0, 1 - n / full))
