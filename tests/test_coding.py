@@ -351,8 +351,8 @@ def test_cli_from_dataset_with_labels(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "dec" / "labels.txt").read_text().split() == ["0", "1", "2", "1"]
 
     picked = tmp_path / "picked.pxc"                                      # --index, then --limit
-    assert cli_main(args[:-4] + ["--index", "4,0,2,3", "--limit", "3", "-o", str(picked)]) == 0
-    assert cli_main(["decompress", str(model_dir), str(picked), "-o", str(tmp_path / "dec2")]) == 0
+    assert cli_main(args[:-4] + ["--index", "4,0,2,3", "--limit", "3", "--out", str(picked)]) == 0
+    assert cli_main(["decompress", str(model_dir), str(picked), "--output", str(tmp_path / "dec2")]) == 0   # the old spelling
     decoded = np.stack([read_png(p) for p in sorted((tmp_path / "dec2").glob("*.png"))])
     assert np.array_equal(decoded, images[[4, 0, 2], 0].numpy() * 255)
     assert (tmp_path / "dec2" / "labels.txt").read_text().split() == ["0", "0", "2"]

@@ -214,6 +214,20 @@ def test_batch_gives_int64_images_and_labels():
     assert y.tolist() == [7, 1, d.labels[9999].item()]
 
 
+@needs_mnist
+def test_a_dataset_is_a_torch_dataset_for_a_dataloader():
+    d = shared("mnist", "test")
+    assert isinstance(d, torch.utils.data.Dataset)
+    x, y = next(iter(torch.utils.data.DataLoader(d, batch_size=4)))
+    assert torch.equal(x, d.batch(torch.arange(4))[0]) and torch.equal(y, d.labels[:4])
+    image, label = d[-1]
+    assert torch.equal(image, d.images[9999].long()) and label == d.labels[9999]
+    unlabelled = replace(d, labels=None, num_classes=None, class_names=None)
+    assert torch.equal(unlabelled[3], d.images[3].long())
+    with pytest.raises(IndexError, match="expected an index in \\[-10000, 10000\\), got 10000"):
+        d[10000]
+
+
 # ----------------------------------------------------------------------------------------------------
 # Binarized MNIST
 

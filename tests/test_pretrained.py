@@ -47,3 +47,11 @@ def test_reproduce_on_a_subset_agrees_with_the_recorded_full_evaluation():
         # The subset mean of 500 per-image NLLs lies within a few standard errors of the full mean.
         assert abs(row["nll_nats"] - row["recorded_nll_nats"]) < 5 * row["stderr_nats"] + 1e-6, row
         assert math.isfinite(row["bits_per_dim"])
+
+
+def test_from_pretrained_loads_like_load_and_checks_the_family():
+    model = pixelcnn.models.get("gated_pixelcnn").from_pretrained("pretrained:mnist")
+    assert isinstance(model, pixelcnn.AutoregressiveModel) and model.name == "gated_pixelcnn"
+    assert pixelcnn.AutoregressiveModel.from_pretrained("pretrained:mnist-lmconv").name == "lmconv"
+    with pytest.raises(pixelcnn.CheckpointError, match="expected a lmconv checkpoint at pretrained:mnist, got a gated_pixelcnn one"):
+        pixelcnn.models.get("lmconv").from_pretrained("pretrained:mnist")

@@ -39,7 +39,8 @@ def add_compress(sub) -> None:
                                    "about the model's -log2 p of the images.")
     _add_common(p)
     p.add_argument("inputs", nargs="*", metavar="PNG", help="images to compress, in this order")
-    p.add_argument("-o", "--output", required=True, type=flag(validation.output_file), help="the .pxc file to write")
+    p.add_argument("-o", "--out", "--output", dest="out", required=True, type=flag(validation.output_file),
+                   help="the .pxc file to write")
     p.add_argument("--from-dataset", metavar="NAME", help="compress a dataset split instead of PNG files (e.g. mnist)")
     p.add_argument("--split", default="test", help="dataset split for --from-dataset (default: test)")
     p.add_argument("--index", type=flag(validation.indices),
@@ -63,8 +64,8 @@ def add_decompress(sub) -> None:
                                    "00000.png, 00001.png, ... into DIR, pixel for pixel the compressed images.")
     _add_common(p)
     p.add_argument("file", metavar="FILE", help="the .pxc file")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", type=flag(validation.output_folder),
-                   help="folder for the PNG files")
+    p.add_argument("-o", "--out", "--output", dest="out", required=True, metavar="DIR",
+                   type=flag(validation.output_folder), help="folder for the PNG files")
     p.set_defaults(run=run_decompress)
 
 
@@ -82,9 +83,9 @@ def run_compress(args) -> int:
         data = codec.compress(model, images, labels, chunk_size=args.chunk_size, method=args.method,
                               metadata=png.metadata(scale), progress=update, order=args.order, length=coded)
     seconds = time.perf_counter() - start
-    Path(args.output).write_bytes(data)
+    Path(args.out).write_bytes(data)
     dims = images[0].numel() * images.shape[0]
-    print(f"compressed {images.shape[0]} images {_shape(model)} into {args.output}: {_size(len(data), dims)}")
+    print(f"compressed {images.shape[0]} images {_shape(model)} into {args.out}: {_size(len(data), dims)}")
     if source_bytes is not None:
         print(f"input PNG files: {_size(source_bytes, dims)}")
     _report_speed("encoded", images.shape[0], seconds)
@@ -164,11 +165,11 @@ def run_decompress(args) -> int:
         out = codec.decode(model, data, progress=update, length=coded)
     seconds = time.perf_counter() - start
     scale = png.scale_from_metadata(out.metadata, model.levels)
-    paths = png.write_pngs(out.images, args.output, scale)
+    paths = png.write_pngs(out.images, args.out, scale)
     if out.labels is not None:
-        (Path(args.output) / "labels.txt").write_text("".join(f"{int(v)}\n" for v in out.labels))
+        (Path(args.out) / "labels.txt").write_text("".join(f"{int(v)}\n" for v in out.labels))
     print(f"decompressed {len(paths)} images {_shape(model)} from {args.file} ({_size(len(data), header.dims)}) "
-          f"into {args.output}")
+          f"into {args.out}")
     _report_speed("decoded", len(paths), seconds)
     if args.nll:
         _report_nll(model, out.images, out.labels, len(data), header.dims, coded)

@@ -13,8 +13,9 @@ SPLITS = ("train", "valid", "test", "trainval")
 
 
 @dataclass(eq=False, repr=False)
-class ImageDataset:
-    """One split of a dataset, held in memory.
+class ImageDataset(torch.utils.data.Dataset):
+    """One split of a dataset, held in memory; a map-style ``torch.utils.data.Dataset`` whose item i is
+    (image (C, H, W) int64, label) with labels, the image alone without (:meth:`batch` takes many at once).
 
     ``images`` always holds values in ``[0, levels)``. For the dynamically binarized train and trainval
     splits, ``intensities`` holds the grey MNIST images and :meth:`batch` draws fresh
@@ -48,6 +49,12 @@ class ImageDataset:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"expected an index in [-{len(self)}, {len(self)}), got {index}")
+        x, y = self.batch(torch.tensor([index]))
+        return x[0] if y is None else (x[0], y[0])
 
     def __repr__(self) -> str:
         return (f"ImageDataset(name={self.name!r}, split={self.split!r}, n={len(self)}, "

@@ -314,6 +314,18 @@ class AutoregressiveModel(nn.Module):
 
         return checkpoint.write_folder_atomically(path, fill)
 
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, map_location: str | None = "cpu") -> "AutoregressiveModel":
+        """The model saved at ``path`` (a checkpoint folder, a run folder or "pretrained:NAME"), as
+        ``pixelcnn.load`` rebuilds it; called on a family's class, a checkpoint of another family is refused."""
+        from pixelcnn.errors import CheckpointError
+        from pixelcnn.loading import load_model
+
+        model = load_model(path, map_location)
+        if not isinstance(model, cls):
+            raise CheckpointError(f"expected a {cls.name} checkpoint at {path}, got a {model.name} one")
+        return model
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
