@@ -86,6 +86,11 @@ class Header:
 # ----- fingerprints ---------------------------------------------------------------------------
 
 
+# Config fields added since the fingerprint was defined, with the value every earlier model has: a field
+# at that value is left out of the digest, so that files written before it existed still decode.
+NEWER_FIELDS = {"inpainting": False}
+
+
 def model_fingerprint(model) -> bytes:
     """8 bytes identifying a model: its family, config and weights (floats as float32).
 
@@ -94,7 +99,8 @@ def model_fingerprint(model) -> bytes:
     float64 or GPU copy of the same model has the same fingerprint (coding runs in float32).
     """
     h = hashlib.sha256(b"pixelcnn-model\0")
-    config = {"model": model.name, "config": model.config.to_dict()}
+    fields = {k: v for k, v in model.config.to_dict().items() if NEWER_FIELDS.get(k, object()) != v}
+    config = {"model": model.name, "config": fields}
     h.update(json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu()
