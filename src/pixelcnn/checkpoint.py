@@ -20,7 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from pixelcnn.errors import CheckpointError
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from pixelcnn.errors import CheckpointError, ConfigError
 from pixelcnn.version import __version__
 
 FORMAT_VERSION = 1
@@ -120,3 +123,25 @@ def resolve(path: str | os.PathLike) -> Path:
         f"{p} is neither a checkpoint folder (with {CONFIG_FILE} and {WEIGHTS_FILE}) "
         f"nor a run folder (with checkpoints/best or checkpoints/last)"
     )
+
+
+def build_model(cls, folder: Path, meta: dict[str, Any], map_location: str | None = "cpu"):
+    """An instance of model class ``cls`` from checkpoint ``folder`` (its ``meta``, config.json read), in eval mode."""
+    try:
+        config = cls.config_class.from_dict(meta["config"])
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{folder / CONFIG_FILE} does not describe a model this pixelcnn can build: {e}") from None
+    model = cls(config)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{folder} has no {WEIGHTS_FILE}: expected the model weights there")
+    try:
+        state = load_file(str(weights), device=str(map_location or "cpu"))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights} is corrupted: {e}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{weights} does not match {folder / CONFIG_FILE}: {e}") from None
+    model.eval()
+    return model.to(map_location) if map_location else model

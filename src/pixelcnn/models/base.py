@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from pixelcnn import allocator, checkpoint
 from pixelcnn.config import ModelConfig
 from pixelcnn.distributions import OutputDistribution, bits_per_dim
-from pixelcnn.errors import ConfigError, InvalidImageError, InvalidLabelError
+from pixelcnn.errors import CheckpointError, ConfigError, InvalidImageError, InvalidLabelError
 from pixelcnn.validation import COUNT
 from pixelcnn.layers import Condition, ConditionNetwork, KnownPixelsNetwork
 
@@ -316,15 +316,17 @@ class AutoregressiveModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, map_location: str | None = "cpu") -> "AutoregressiveModel":
-        """The model saved at ``path`` (a checkpoint folder, a run folder or "pretrained:NAME"), as
-        ``pixelcnn.load`` rebuilds it; called on a family's class, a checkpoint of another family is refused."""
-        from pixelcnn.errors import CheckpointError
-        from pixelcnn.loading import load_model
-
-        model = load_model(path, map_location)
-        if not isinstance(model, cls):
-            raise CheckpointError(f"expected a {cls.name} checkpoint at {path}, got a {model.name} one")
-        return model
+        """The model of this family saved at ``path`` (a checkpoint folder, a run folder or
+        "pretrained:NAME"), as ``pixelcnn.load`` rebuilds it; a checkpoint of another family is refused.
+        ``pixelcnn.load`` takes a checkpoint of any family."""
+        if cls is AutoregressiveModel:
+            raise ConfigError("expected from_pretrained on a family's class, e.g. pixelcnn.models.get('gated_pixelcnn'), "
+                              "got it on AutoregressiveModel: pixelcnn.load takes a checkpoint of any family")
+        folder = checkpoint.resolve(path)
+        meta = checkpoint.read_config(folder)
+        if meta.get("model") != cls.name:
+            raise CheckpointError(f"expected a {cls.name} checkpoint at {path}, got a {meta.get('model')} one")
+        return checkpoint.build_model(cls, folder, meta, map_location)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
