@@ -23,7 +23,7 @@ import pixelcnn  # noqa: E402
 from pixelcnn.images import to_uint8  # noqa: E402
 from pixelcnn.serve import parsing  # noqa: E402
 from pixelcnn.serve.app import create_app  # noqa: E402
-from pixelcnn.serve.commands import is_loopback  # noqa: E402
+from pixelcnn.serve.commands import is_loopback, load_models  # noqa: E402
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")                 # starlette's notice about httpx2
@@ -312,3 +312,11 @@ def test_serve_refuses_a_missing_model_in_one_line(capsys):   # the rest: tests/
 
     assert main(["serve", "/no/such/run"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_shipped_completion_model_is_the_one_the_page_opens_on():
+    names = list(load_models([]))
+    assert names[0] == "pretrained:mnist-inpainting"
+    assert sorted(names) == [f"pretrained:{n}" for n in pixelcnn.pretrained.available()]
+    assert list(load_models(["pretrained:mnist", "pretrained:mnist-inpainting"])) == ["pretrained:mnist",
+                                                                                     "pretrained:mnist-inpainting"]

@@ -233,8 +233,11 @@ class AutoregressiveModel(nn.Module):
         one in this order do not influence it: the sampler conditions on the past only, so for
         a mask with known pixels below or to the right of a hole the result is a sample of the
         hole given what lies before it, not of the exact posterior given every known pixel.
-        An any-order family takes ``order`` (see :meth:`visiting_order`) and can visit the known
-        pixels first, which makes completions samples of that exact posterior.
+        A completion model (``inpainting=True``) also conditions every unknown sub-pixel on all the
+        known ones, and an any-order family takes ``order`` (see :meth:`visiting_order`) and can
+        visit the known pixels first: either way completions are samples of the model's exact
+        posterior given every known pixel (see :meth:`conditional_log_prob`). A mask with no
+        unknown sub-pixel is refused.
         """
         from pixelcnn.sampling import complete
 
