@@ -99,8 +99,9 @@ def main() -> None:
                **{name: float(s.mean()) for name, s in scores.items()},
                "completion - raster": diff, "standard error": se, "lower by > 2 SE": diff < -2 * se}
         result["masks"][mask] = row
-        print(f"{mask:<16} {row['unknown pixels (mean)']:7.1f} " + " ".join(f"{float(s.mean()):12.2f}" for s in scores.values())
-              + f"   {diff:+8.2f} ({se:.2f}){'' if diff < -2 * se else '  NOT lower by 2 SE'}")
+        means = " ".join(f"{float(s.mean()):12.2f}" for s in scores.values())
+        verdict = "" if diff < -2 * se else "  NOT lower by 2 SE"
+        print(f"{mask:<16} {row['unknown pixels (mean)']:7.1f} {means}   {diff:+8.2f} ({se:.2f}){verdict}")
     if args.picture:
         write_picture(models, x[: args.picture_images], args.picture, args.seed)
     if args.json:

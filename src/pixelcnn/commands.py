@@ -149,7 +149,8 @@ def run_eval(args) -> int:
     for name, r in result.get("orders", {}).items():
         print(f"  order {name}: NLL {r['nll_nats']:.4f} nats/image, {r['bits_per_dim']:.4f} bits/dim")
     ensemble = f"ensemble of {len(result['orders'])} orders: " if "orders" in result else ""
-    print(f"{dataset} {args.split} ({result['images']} images): {_describe(model, args.completion)}{ensemble}NLL {result['nll_nats']:.4f} "
+    what = _describe(model, args.completion)
+    print(f"{dataset} {args.split} ({result['images']} images): {what}{ensemble}NLL {result['nll_nats']:.4f} "
           f"nats/image, {result['bits_per_dim']:.4f} bits/dim")
     if base is not None:
         result["baseline"] = {**evaluate(base, data, args.batch_size, args.limit, completion=args.completion),
@@ -312,7 +313,8 @@ def known_mask(model, args, batch: int) -> torch.Tensor:
 
     c, h, w = model.image_shape
     if args.mask in masks.NAMED:
-        return masks.named(args.mask, batch, h, w, torch.Generator().manual_seed(args.seed)).expand(batch, c, h, w).clone()
+        known = masks.named(args.mask, batch, h, w, torch.Generator().manual_seed(args.seed))
+        return known.expand(batch, c, h, w).clone()
     if args.mask:
         if not Path(args.mask).is_file():
             raise ConfigError(f"expected --mask to be a PNG file or one of {', '.join(masks.NAMED)}, got {args.mask!r}")
