@@ -187,3 +187,19 @@ def test_pixelcnn_has_the_documented_blind_spot():
     grad = input_gradient(model, 4, 1)[0]
     assert grad[3, 0] > 0 and grad[4, 0] > 0
     assert grad[0, 7] == 0
+
+
+@pytest.mark.parametrize("name", ["gated_pixelcnn", "lmconv", "pixelcnn_pp"])
+def test_likelihoods_inside_a_callers_bf16_autocast_are_the_float32_ones(name):
+    """Training runs the network under autocast; a log-probability asked for inside it is still fp32."""
+    model = pixelcnn.create(name, image_shape=(1, 8, 7), levels=16, **({"filters": 16, "resnet_blocks": 1}
+                                                                        if name == "pixelcnn_pp" else {})).eval()
+    x = torch.randint(0, 16, (3, 1, 8, 7), generator=torch.Generator().manual_seed(0))
+    known = torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) < 0.5
+    with torch.no_grad():
+        plain = (model.log_prob(x), model.conditional_log_prob(x, known), model.log_prob_per_pixel(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model(x).dtype == torch.bfloat16                  # the autocast is on for the network itself
+            inside = (model.log_prob(x), model.conditional_log_prob(x, known), model.log_prob_per_pixel(x))
+    for a, b in zip(plain, inside):
+        assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)

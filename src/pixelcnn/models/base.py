@@ -8,6 +8,7 @@ sampling, completion, saving) is written once here and in ``sampling.py``.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import ClassVar
@@ -24,6 +25,16 @@ from pixelcnn.validation import COUNT
 from pixelcnn.layers import Condition, ConditionNetwork, KnownPixelsNetwork
 
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def full_precision(method):
+    """A likelihood method runs with autocast off on the model's device: a reported log-probability is
+    never computed in bf16 or fp16, even inside a caller's ``torch.autocast`` (training's, say)."""
+    @functools.wraps(method)
+    def exact(self, *args, **kwargs):
+        with torch.autocast(self.device.type, enabled=False):
+            return method(self, *args, **kwargs)
+    return exact
 
 
 class AutoregressiveModel(nn.Module):
@@ -151,11 +162,13 @@ class AutoregressiveModel(nn.Module):
                                     "given: use conditional_log_prob or complete")
         return (x, known) if known is not None else (None, None)
 
+    @full_precision
     def log_prob(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
         """(B,) exact natural-log probability of each whole image (given its labels / conditioning image)."""
         params = self(x, labels, cond_image)
         return self.distribution.log_prob(params, x.to(params.device))
 
+    @full_precision
     def log_prob_per_pixel(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
         """(B, H, W) natural-log probability of each pixel (all its channels) given those before it.
 
@@ -178,6 +191,7 @@ class AutoregressiveModel(nn.Module):
             return dist.nll_per_pixel(params, x).flatten(1).sum(1)
         return -dist.log_prob(params, x)
 
+    @full_precision
     def conditional_log_prob(self, x: Tensor, known: Tensor, labels: Tensor | None = None,
                              cond_image: Tensor | None = None) -> Tensor:
         """(B,) exact log-probability in nats of the unknown sub-pixels of x (``known`` False) given
@@ -195,6 +209,7 @@ class AutoregressiveModel(nn.Module):
         logp = self.distribution.log_prob_per_channel(params, x.to(params.device))      # (B, C, H, W)
         return (logp * ~known).flatten(1).sum(1)
 
+    @full_precision
     def bits_per_dim(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
         """(B,) negative log-likelihood of each image in bits per sub-pixel."""
         return bits_per_dim(-self.log_prob(x, labels, cond_image), x[0].numel())

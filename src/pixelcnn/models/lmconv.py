@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from pixelcnn import orders as orders_lib
 from pixelcnn.errors import ConfigError
 from pixelcnn.layers import Condition, ConditionBias, channel_groups, gate
-from pixelcnn.models.base import AutoregressiveModel
+from pixelcnn.models.base import AutoregressiveModel, full_precision
 from pixelcnn.models.common import (MaskedModelConfig, OutputHead, check_dilations, check_kernel, gate_groups, masked_1x1,
                                     output_distribution, stack)
 from pixelcnn.models.incremental import CachedStepper, Pointwise, PointwiseHead, class_bias
@@ -265,6 +265,7 @@ class LMConv(AutoregressiveModel):
         cond = self.condition(labels, cond_image, x.shape[0], *self.known_input(x, known))
         return self.params(self.preprocess(x), cond, *(() if order is None else (order,)))
 
+    @full_precision
     def log_prob(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None,
                  order: object = None) -> Tensor:
         """(B,) exact log p(x) in nats: in ``order``, or with None of the mixture over the training orders."""
@@ -274,6 +275,7 @@ class LMConv(AutoregressiveModel):
         per_order = self.log_prob_per_order(x, labels, cond_image)          # (K, B)
         return torch.logsumexp(per_order, 0) - math.log(per_order.shape[0])
 
+    @full_precision
     def log_prob_per_order(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
         """(K, B) log p_k(x) for each training order k (named in ``order_names``)."""
         self.check_images(x)
@@ -285,6 +287,7 @@ class LMConv(AutoregressiveModel):
             order: object = None) -> Tensor:
         return -self.log_prob(x, labels, cond_image, order)
 
+    @full_precision
     def conditional_log_prob(self, x: Tensor, known: Tensor, labels: Tensor | None = None,
                              cond_image: Tensor | None = None, order: object = "auto") -> Tensor:
         """(B,) sum of the log-conditionals of the unknown sub-pixels of x in ``order``, in nats.
