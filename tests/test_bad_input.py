@@ -157,7 +157,7 @@ ROWS = [
     (["complete", "{plain}", "--image", "{digit}", "--mask", "{small}", "--out", "{work}/c.png"], "expected a 28x28 mask, got 5x5"),
     (["complete", "{plain}", "--image", "{digit}", "--keep-rows", "29", "--out", "{work}/c.png"], "expected --keep-rows in [0, 28], got 29"),
     (["complete", "{plain}", "--image", "{digit}", "--keep-rows", "-1"], "argument --keep-rows: expected an integer >= 0"),
-    (["complete", "{plain}", "--image", "{digit}", "--keep-rows", "28"], "expected a mask with at least one unknown pixel"),
+    (["complete", "{plain}", "--image", "{digit}", "--keep-rows", "28"], "expected at least one unknown sub-pixel (known False) to complete"),
     (["complete", "{plain}", "--image", "{digit}", "--mask", "middle"], "expected --mask to be a PNG file or one of centre"),
     (["complete", "{plain}", "--from-dataset", "mnist", "--index", "7..0"], "expected a range first..last with first <= last (like 0..7), got '7..0'"),
     (["complete", "{plain}", "--from-dataset", "mnist", "--index", "1,,2"], "argument --index: expected indices >= 0"),

@@ -355,8 +355,6 @@ def run_complete(args) -> int:
     model = load_unconditioned(args)
     x, data_labels = completion_inputs(model, args)
     known = known_mask(model, args, x.shape[0])
-    if bool(known.all()):
-        raise ConfigError("expected a mask with at least one unknown pixel to complete, got one that keeps every pixel")
     labels = None
     validation.labels_fit(model, None if args.label is None else [args.label], "--label")
     if model.config.num_classes is not None:

@@ -15,7 +15,6 @@ from torch import Tensor
 
 from pixelcnn.errors import ConfigError
 
-NAMED = ("centre", "bottom-half", "top-half", "left-half", "right-half", "random-50", "random-20", "strokes")
 DESCRIPTIONS = {
     "centre": "a centre hole of half the height and width unknown",
     "bottom-half": "the bottom half known", "top-half": "the top half known",
@@ -23,6 +22,7 @@ DESCRIPTIONS = {
     "random-50": "each pixel known with probability 0.5", "random-20": "each pixel known with probability 0.2",
     "strokes": "three brush strokes unknown",
 }
+NAMED = tuple(DESCRIPTIONS)
 
 
 def named(name: str, n: int, height: int, width: int, generator: torch.Generator | None = None) -> Tensor:

@@ -195,7 +195,7 @@ def warm_start(model: nn.Module, source: str | os.PathLike) -> None:
 
     A tensor of the same name but another shape is refused before anything is copied. Tensors
     the source lacks keep their initial values, except the terms that conditioning adds (the
-    :class:`~pixelcnn.layers.ConditionBias` embeddings and 1x1 maps, a completion model's last
+    :class:`~pixelcnn.layers.ConditionBias` embeddings, a completion model's last
     :class:`~pixelcnn.layers.KnownPixelsNetwork` layer), which start at zero: a conditional or
     completion model warm-started from an unconditional one then starts as exactly that model.
     """
@@ -217,9 +217,6 @@ def warm_start(model: nn.Module, source: str | os.PathLike) -> None:
     for name, module in model.named_modules():
         if isinstance(module, ConditionBias) and module.embedding is not None and f"{name}.embedding.weight" not in theirs:
             module.embedding.weight.zero_()
-        if isinstance(module, ConditionBias) and module.spatial is not None and f"{name}.spatial.weight" not in theirs:
-            module.spatial.weight.zero_()
-            module.spatial.bias.zero_()
         if isinstance(module, KnownPixelsNetwork) and f"{name}.out.weight" not in theirs:
             module.out.weight.zero_()
             module.out.bias.zero_()
@@ -239,12 +236,12 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 7_919_993 + step + 1)
 
 
-def step_known(seed: int, step: int, indices: Tensor, shape: tuple[int, int, int]) -> Tensor:
+def step_known(seed: int, step: int, batch: int, shape: tuple[int, int, int]) -> Tensor:
     """The known masks (B, 1, H, W) of one global batch of an inpainting run, a function of (seed, step) alone."""
     from pixelcnn.masks import random_known
 
     gen = torch.Generator().manual_seed(seed * 6_700_417 + step + 1)
-    return random_known(len(indices), *shape[1:], generator=gen)
+    return random_known(batch, *shape[1:], generator=gen)
 
 
 class Trainer:
@@ -448,7 +445,7 @@ class Trainer:
         y = y.to(rt.device) if self.model.config.num_classes is not None else None
         known, inputs = None, self.model.step_inputs(cfg.seed, self.step)
         if self.model.config.inpainting:            # masks of the whole batch, then this process's share
-            known = step_known(cfg.seed, self.step, indices, self.model.image_shape).tensor_split(rt.world)[rt.rank]
+            known = step_known(cfg.seed, self.step, len(indices), self.model.image_shape).tensor_split(rt.world)[rt.rank]
             known = inputs["known"] = known.to(rt.device)
         self.model.train()
         with autocast(rt, cfg.precision):

@@ -206,8 +206,7 @@ class AutoregressiveModel(nn.Module):
         self.check_images(x)
         known = self.check_known(x, known).to(self.device)
         params = self(x, labels, cond_image, known if self.config.inpainting else None)
-        logp = self.distribution.log_prob_per_channel(params, x.to(params.device))      # (B, C, H, W)
-        return (logp * ~known).flatten(1).sum(1)
+        return -self.nll_from_params(params, x, known)
 
     @full_precision
     def bits_per_dim(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
