@@ -1,5 +1,6 @@
 # Set-up, demo and tests. `make demo` and `make test` each create the virtual environment
-# first if it is missing; `make test` also installs Fashion-MNIST (see fashion-mnist below).
+# first if it is missing; `make test` also installs Fashion-MNIST and the emoji font (see fashion-mnist and
+# emoji below).
 #
 # PyTorch: an existing torch in the venv is kept. Otherwise torch==2.13.0 is installed from a
 # local wheel if pip's find-links has one, else the CPU build from PyTorch's own index; the
@@ -30,7 +31,25 @@ FASHION_MNIST_PACKAGE := dataset-fashion-mnist
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 FASHION_MNIST_FILE := t10k-images-idx3-ubyte.gz
 
-.PHONY: install fashion-mnist browser demo test test-fast bench clean
+# Noto Color Emoji, which the emoji dataset is drawn from: Debian's package puts the font at $(EMOJI_FONT).
+EMOJI_PACKAGE := fonts-noto-color-emoji
+EMOJI_FONT := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
+
+# $(call apt_install,PACKAGE,WHAT HAPPENS WITHOUT IT): shell that installs the Debian PACKAGE (apt-get update
+# only when the first install fails; sudo when not root) or, where that cannot be done, says so and goes on.
+# No comma in the second argument.
+apt_install = sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+	unable="make: could not install $(1) with apt-get (and sudo when not root); $(2)"; \
+	if ! command -v apt-get >/dev/null || { [ -n "$$sudo" ] && ! command -v sudo >/dev/null; }; then \
+		echo "$$unable"; exit 0; \
+	fi; \
+	echo "installing $(1): $${sudo:+sudo }apt-get install -y $(1)"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	$$sudo apt-get install -y -q $(1) || \
+		{ $$sudo apt-get update -q && $$sudo apt-get install -y -q $(1); } || \
+		echo "$$unable"
+
+.PHONY: install fashion-mnist emoji browser demo test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -55,11 +74,11 @@ demo: install
 	@echo "To draw, complete, sample and compress in a browser: $(VENV)/bin/pixelcnn serve $(DEMO)/run pretrained:mnist"
 	@echo "then open http://127.0.0.1:8000/ (Ctrl+C stops the server)"
 
-test: install fashion-mnist browser
+test: install fashion-mnist emoji browser
 	$(PY) -m pytest
 
 # The inner loop: the suite without the tests marked slow (subprocesses, servers, other kernels).
-test-fast: install fashion-mnist browser
+test-fast: install fashion-mnist emoji browser
 	$(PY) -m pytest -m "not slow"
 
 # Installs $(FASHION_MNIST_PACKAGE) unless Fashion-MNIST is already in $(FASHION_MNIST_DIR) or under
@@ -71,18 +90,15 @@ fashion-mnist:
 	    { [ -n "$$PIXELCNN_DATA" ] && [ -f "$$PIXELCNN_DATA/fashion_mnist/$(FASHION_MNIST_FILE)" ]; }; then \
 		exit 0; \
 	fi; \
-	sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
-	unable="make: could not install $(FASHION_MNIST_PACKAGE) with apt-get (and sudo when not root);"; \
-	unable="$$unable the tests will download Fashion-MNIST or name the files to put in"; \
-	unable="$$unable $${PIXELCNN_DATA:-~/.cache/pixelcnn}/fashion_mnist/"; \
-	if ! command -v apt-get >/dev/null || { [ -n "$$sudo" ] && ! command -v sudo >/dev/null; }; then \
-		echo "$$unable"; exit 0; \
-	fi; \
-	echo "installing Fashion-MNIST: $${sudo:+sudo }apt-get install -y $(FASHION_MNIST_PACKAGE)"; \
-	export DEBIAN_FRONTEND=noninteractive; \
-	$$sudo apt-get install -y -q $(FASHION_MNIST_PACKAGE) || \
-		{ $$sudo apt-get update -q && $$sudo apt-get install -y -q $(FASHION_MNIST_PACKAGE); } || \
-		echo "$$unable"
+	$(call apt_install,$(FASHION_MNIST_PACKAGE),the tests will download Fashion-MNIST or name the files to put in \
+		$${PIXELCNN_DATA:-~/.cache/pixelcnn}/fashion_mnist/)
+
+# Installs $(EMOJI_PACKAGE) unless its font is at $(EMOJI_FONT), which the emoji tests draw from, as
+# fashion-mnist does. Where that cannot be done it says so and goes on: the emoji tests then fail, naming
+# the command (PIXELCNN_SKIP_MISSING_DATA=1 makes them skip instead).
+emoji:
+	@[ -f "$(EMOJI_FONT)" ] || { \
+	$(call apt_install,$(EMOJI_PACKAGE),the emoji tests will fail naming the command (PIXELCNN_SKIP_MISSING_DATA=1 skips them)); }
 
 # The web app's browser test drives Debian's chromium (never a downloaded browser); installed here
 # when missing and running as root. PIXELCNN_NO_BROWSER=1 skips the browser test instead.

@@ -19,7 +19,10 @@ from exact import randomise
 from pixelcnn.errors import ConfigError
 
 # Every family with a cached sampling path: one that loses its path, or a new one without, fails a test.
-CACHED_FAMILIES = frozenset({"pixelcnn", "gated_pixelcnn", "pixelcnn_pp", "row_lstm", "diagonal_bilstm", "lmconv"})
+CACHED_FAMILIES = frozenset({"pixelcnn", "gated_pixelcnn", "pixelcnn_pp", "row_lstm", "diagonal_bilstm", "lmconv",
+                             "multiscale"})
+# Every family whose cached stepper can draw a group of pixels at once (``Stepper.groups``) in some configuration.
+GROUPED_FAMILIES = frozenset({"multiscale"})
 # Small values for the fields a family has but does not vary; the branches override them.
 SMALL = {"hidden": 8, "layers": 2, "output_hidden": 8, "first_kernel": 3, "kernel_size": 3, "filters": 8,
          "resnet_blocks": 1, "mixtures": 3, "stages": 2}

@@ -106,10 +106,11 @@ def serve(monkeypatch, bodies: dict[str, bytes]) -> list[str]:
 
 
 def test_available_datasets_and_their_info():
-    assert available_datasets() == ["mnist", "binarized_mnist", "dynamic_binarized_mnist", "fashion_mnist", "cifar10"]
+    assert available_datasets() == ["mnist", "binarized_mnist", "dynamic_binarized_mnist", "fashion_mnist", "cifar10",
+                                    "emoji"]
     expected = {"mnist": ((1, 28, 28), 256, 10), "binarized_mnist": ((1, 28, 28), 2, None),
                 "dynamic_binarized_mnist": ((1, 28, 28), 2, 10), "fashion_mnist": ((1, 28, 28), 256, 10),
-                "cifar10": ((3, 32, 32), 256, 10)}
+                "cifar10": ((3, 32, 32), 256, 10), "emoji": ((3, 32, 32), 256, None)}
     for name, (shape, levels, classes) in expected.items():
         info = dataset_info(name)
         assert (info.image_shape, info.levels, info.num_classes) == (shape, levels, classes)

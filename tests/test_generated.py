@@ -11,8 +11,9 @@ import torch
 
 import pixelcnn
 from exact import dependency_violations, randomise, sampling_pvalue, tiny_model, total_log_mass
-from generated import CACHED_FAMILIES, build, case_id, cases, known_part
+from generated import CACHED_FAMILIES, GROUPED_FAMILIES, build, case_id, cases, known_part
 from pixelcnn import layers
+from pixelcnn.models import local_conv
 from pixelcnn.distributions import sample_inverse_cdf
 from pixelcnn.sampling import NaiveStepper, draw_uniforms, make_stepper
 
@@ -41,6 +42,12 @@ def sigmoid_form_of_tanh_at_every_size(monkeypatch):
     monkeypatch.setattr(layers, "SMALL_MAP", 0)
 
 
+@pytest.fixture(autouse=True)
+def split_locally_masked_convolutions_at_every_size(monkeypatch):
+    """lmconv's layers take their split form (``local_conv``) at these tiny sizes too, as at real ones."""
+    monkeypatch.setattr(local_conv, "SMALL_INPUT", 0)
+
+
 def side_by_side(model, labels, cond_image, batch: int, seed: int) -> tuple[float, int]:
     """Sample with the naive and the cached stepper from the same uniforms, each path on its own values.
 
@@ -65,12 +72,15 @@ def side_by_side(model, labels, cond_image, batch: int, seed: int) -> tuple[floa
 
 
 def test_the_families_with_a_cached_path_are_exactly_these():
-    have = set()
+    """Each family declares whether it has a cached stepper (``cached``); the declaration holds."""
+    assert {name for name in FAMILIES if pixelcnn.models.get(name).cached} == CACHED_FAMILIES
     for name in FAMILIES:
         model, *_ = build(name, cases(name)[0], 1)
-        if model.cached_stepper(torch.zeros((1, *model.image_shape), dtype=torch.long), None) is not None:
-            have.add(name)
-    assert have == CACHED_FAMILIES
+        x = torch.zeros((1, *model.image_shape), dtype=torch.long)
+        if model.cached:
+            assert not isinstance(make_stepper(model, x, None, "auto"), NaiveStepper)
+        else:
+            assert isinstance(make_stepper(model, x, None, "auto"), NaiveStepper)
 
 
 @pytest.mark.parametrize("name,case", generated())
@@ -78,6 +88,33 @@ def test_cached_sampling_equals_naive(name, case):
     model, labels, cond_image = build(name, case, batch=3, seed=1)
     worst, differ = side_by_side(model, labels, cond_image, batch=3, seed=2)
     assert worst < 1e-10 and differ == 0
+
+
+def test_the_families_that_draw_groups_of_pixels_at_once_are_exactly_these():
+    grouped = set()
+    for name in FAMILIES:
+        for case in cases(name):
+            model, *_ = build(name, case, 1)
+            if make_stepper(model, torch.zeros((1, *model.image_shape), dtype=torch.long), None, "auto").groups:
+                grouped.add(name)
+                break
+    assert grouped == GROUPED_FAMILIES
+
+
+@pytest.mark.parametrize("name,case", [p for p in generated() if p.values[0] in GROUPED_FAMILIES])
+def test_sampling_and_completion_a_group_at_a_time_equal_the_naive_loop(name, case):
+    """The same uniforms give the same images whether a group's pixels are drawn at once or one at a time
+    by the whole network; a completion keeps its known sub-pixels."""
+    model, labels, cond_image = build(name, case, batch=3, seed=9)
+    x, known = known_part(model, 3, seed=10) or (torch.randint(0, model.levels, (3, *model.image_shape)),
+                                                 torch.rand(3, *model.image_shape) < 0.5)
+    known.view(3, -1)[:, 0] = False                                   # something to complete in every image
+    a, b = (model.sample(3, labels, generator=torch.Generator().manual_seed(11), cond_image=cond_image, method=m)
+            for m in ("cached", "naive"))
+    c, d = (model.complete(x, known, 2, labels, generator=torch.Generator().manual_seed(12), cond_image=cond_image,
+                           method=m) for m in ("cached", "naive"))
+    assert torch.equal(a, b) and torch.equal(c, d)
+    assert torch.equal(c[known[:, None].expand_as(c)], x[:, None].expand_as(c)[known[:, None].expand_as(c)])
 
 
 # The defaults of each family (PixelCNN++: filters=160, resnet_blocks=5, three stages), far from init.

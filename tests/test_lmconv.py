@@ -19,7 +19,11 @@ from pixelcnn import orders
 from pixelcnn.cli import main
 from pixelcnn.coding import container
 from pixelcnn.errors import ConfigError, PixelCNNError
+from pixelcnn.layers import channel_groups, plain_tanh
+from pixelcnn.models import local_conv
+from pixelcnn.models.common import gate_groups
 from pixelcnn.models.lmconv import AUTO_ORDERS, MEMO_SIZE
+from pixelcnn.models.local_conv import SPLIT_MEMO, LocallyMaskedConv2d, reference_copy, split_taps, tap_masks
 from pixelcnn.orders import InvalidOrderError
 from pixelcnn.sampling import NaiveStepper
 
@@ -33,6 +37,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def split_form_at_every_size(monkeypatch):
+    """The locally masked convolutions take their split form (``LocallyMaskedConv2d.forward``) here even on these tiny
+    images, as they do on real ones; the model-agnostic suites run them in the unfold form below ``SMALL_INPUT``."""
+    monkeypatch.setattr(local_conv, "SMALL_INPUT", 0)
 
 
 def lmconv(shape, levels, seed=0, **hp):
@@ -234,6 +245,137 @@ def test_every_earlier_pixel_of_a_small_image_is_seen():
         grad, = torch.autograd.grad(model.network(xf, None, order)[:, :, h, w].abs().sum(), xf)
         seen = grad.abs().sum(0)[0].flatten() > 0
         assert seen.sum() == 15 and not seen[order[-1]], spec
+
+
+# ----- the locally masked convolution: its forward against the unfold reference -----------------
+
+
+def local_layer(kernel, dilation, mask_type, colours, seed=0):
+    """A layer with lmconv's colour groups (mask A: the image and the ones channel in; mask B: a block's gate out),
+    float64, weights and bias far from init."""
+    if mask_type == "A":
+        conv = LocallyMaskedConv2d(colours + 1, 6, kernel, torch.cat([torch.arange(colours), torch.tensor([-1])]),
+                                   channel_groups(6, colours), "A", dilation)
+    else:
+        conv = LocallyMaskedConv2d(6, 12, kernel, channel_groups(6, colours), gate_groups(6, colours), "B", dilation)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 3)
+    return conv.double()
+
+
+def layer_orders(height, width, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    named = ["raster", "s_curve:0", "s_curve:3", "s_curve:6", "hilbert:1"]
+    return [orders.resolve(n, height, width) for n in named] + [torch.randperm(height * width, generator=g)
+                                                               for _ in range(2)]
+
+
+def outputs_and_gradients(conv, forward, x, masks, grad):
+    """The output of ``forward`` and the gradients of <output, grad> for the input, the weight and the bias."""
+    x = x.detach().requires_grad_(True)
+    out = forward(x, masks)
+    inputs = (x, conv.conv.weight, conv.conv.bias)
+    return (out.detach(), *torch.autograd.grad(out, inputs, grad, allow_unused=True, materialize_grads=True))
+
+
+def assert_forms_agree(conv, x, masks, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    grad = torch.randn((x.shape[0], conv.conv.out_channels, *x.shape[2:]), generator=g, dtype=torch.float64)
+    fast = outputs_and_gradients(conv, conv.forward, x, masks, grad)
+    reference = outputs_and_gradients(conv, conv.forward_reference, x, masks, grad)
+    for name, a, b in zip(("output", "input gradient", "weight gradient", "bias gradient"), fast, reference):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
+
+
+SIZES = [(1, 1), (1, 7), (6, 1), (5, 5), (4, 7), (9, 6)]
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("mask_type,colours", [("A", 3), ("B", 3), ("A", 1), ("B", 1)])
+def test_the_forward_and_its_gradients_equal_the_unfold_reference(kernel, dilation, mask_type, colours):
+    """Raster, S-curve, Hilbert and random orders; sizes from 1x1 to 9x6, 1xN and Nx1; batches of 1 and 3."""
+    conv = local_layer(kernel, dilation, mask_type, colours)
+    g = torch.Generator().manual_seed(1)
+    for height, width in SIZES:
+        for batch in (1, 3):
+            x = torch.randn(batch, conv.conv.in_channels, height, width, generator=g, dtype=torch.float64) * 3
+            for order in layer_orders(height, width):
+                masks = tap_masks(order, height, width, kernel, dilation).double()
+                assert_forms_agree(conv, x, masks)
+
+
+@pytest.mark.parametrize("height,width", [(5, 7), (1, 6), (4, 1)])
+def test_any_tap_masks_give_the_reference_form_not_only_those_of_orders(height, width):
+    """Masks of 0, 1 and other values, the centre tap among them: no tap is kept everywhere, or only some are."""
+    conv = local_layer(3, 1, "B", 3)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 6, height, width, generator=g, dtype=torch.float64) * 3
+    values = torch.tensor([0.0, 1.0, 0.5, -2.0], dtype=torch.float64)
+    for _ in range(4):
+        masks = values[torch.randint(0, 4, (9, height * width), generator=g)]
+        masks[torch.randint(0, 9, (3,), generator=g)] = 1.0                 # a few taps kept everywhere
+        assert_forms_agree(conv, x, masks)
+    assert_forms_agree(conv, x, torch.zeros(9, height * width, dtype=torch.float64))   # the bias alone
+
+
+def test_s_curve_and_raster_orders_unfold_only_the_row_neighbours():
+    """What makes the forward fast: an S-curve unfolds the left and right neighbours alone (the rest is one
+    convolution over the row above and the centre); raster order unfolds nothing; a random order everything."""
+    height, width = 6, 7
+    for dilation in (1, 2):
+        s_curve = split_taps(tap_masks(orders.named("s_curve", height, width), height, width, 3, dilation), height,
+                             width, 3, dilation)
+        assert s_curve.varying == (3, 5) and s_curve.kept.flatten().tolist() == [1, 1, 1, 0, 1, 0, 0, 0, 0]
+        assert s_curve.box == (0, 1, 0, 2)
+        raster = split_taps(tap_masks(orders.named("raster", height, width), height, width, 3, dilation), height,
+                            width, 3, dilation)
+        assert raster.varying == () and raster.kept.flatten().tolist() == [1, 1, 1, 1, 1, 0, 0, 0, 0]
+    shuffled = torch.randperm(height * width, generator=torch.Generator().manual_seed(0))
+    assert split_taps(tap_masks(shuffled, height, width, 3, 1), height, width, 3, 1).varying == (0, 1, 2, 3, 5, 6, 7, 8)
+
+
+def test_the_split_is_remembered_per_masks_tensor_and_the_memo_stays_bounded():
+    conv = local_layer(3, 1, "B", 1)
+    masks = tap_masks(orders.named("s_curve", 4, 5), 4, 5, 3, 1).double()
+    assert conv.split(masks, 4, 5) is conv.split(masks, 4, 5)
+    assert conv.split(masks.clone(), 4, 5) is not conv.split(masks, 4, 5)
+    kept = [tap_masks(torch.randperm(20, generator=torch.Generator().manual_seed(s)), 4, 5, 3, 1).double()
+            for s in range(2 * SPLIT_MEMO)]
+    for m in kept:
+        conv.split(m, 4, 5)
+    assert len(conv._splits) <= SPLIT_MEMO and conv.split(kept[-1], 4, 5) is conv.split(kept[-1], 4, 5)
+    del kept
+    conv.split(masks, 4, 5)
+    assert len(conv._splits) <= 2                                           # dead tensors' splits are dropped
+
+
+def test_inside_the_compressors_scope_the_layer_computes_the_reference_form_bit_for_bit():
+    """Files coded by earlier releases' whole-network stepper hold that form's probabilities (tests/test_coding.py)."""
+    conv = local_layer(3, 2, "B", 3)
+    x = torch.randn(2, 6, 5, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    masks = tap_masks(orders.named("hilbert", 5, 6, 2), 5, 6, 3, 2).double()
+    with torch.no_grad(), plain_tanh():
+        assert torch.equal(conv(x, masks), conv.forward_reference(x, masks))
+
+
+
+
+@pytest.mark.parametrize("shape,hp", [((3, 4, 5), {}), ((1, 6, 5), {"first_kernel": 5, "dilations": (1, 3)}),
+                                      ((1, 1, 7), {"layers": 1}), ((3, 7, 1), {})])
+def test_the_model_computes_what_its_reference_form_computes_with_the_same_gradients(shape, hp):
+    model = lmconv(shape, 4, **hp)
+    reference = reference_copy(model)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 4, (3, *shape), generator=g)
+    for order in some_orders(shape):
+        losses = [m.nll(x, order=order).mean() for m in (model, reference)]
+        torch.testing.assert_close(losses[0], losses[1], rtol=1e-10, atol=1e-10)
+        grads = [torch.autograd.grad(loss, list(m.parameters())) for loss, m in zip(losses, (model, reference))]
+        for (name, _), a, b in zip(model.named_parameters(), *grads):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
 
 
 # ----- sampling and completion -------------------------------------------------------------

@@ -203,3 +203,27 @@ def test_likelihoods_inside_a_callers_bf16_autocast_are_the_float32_ones(name):
             inside = (model.log_prob(x), model.conditional_log_prob(x, known), model.log_prob_per_pixel(x))
     for a, b in zip(plain, inside):
         assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", pixelcnn.available_models())
+def test_each_family_keeps_its_declared_order(name):
+    """``generation_order`` is what the stepper visits: raster (no order), any (named orders and "auto",
+    per-order likelihoods), or coarse to fine (every 2**scales-th pixel of the first row first)."""
+    cls = pixelcnn.models.get(name)
+    model = tiny_model(name, (1, 5, 6), 3)
+    order = model.default_order()
+    assert cls.generation_order in ("raster", "any", "coarse_to_fine")
+    if cls.generation_order == "raster":
+        assert order is None
+        with pytest.raises(pixelcnn.errors.ConfigError, match="raster order only"):
+            model.visiting_order("auto")
+        return
+    assert torch.equal(order.sort().values, torch.arange(30))
+    x = torch.randint(0, 3, (2, 1, 5, 6), generator=torch.Generator().manual_seed(0))
+    if cls.generation_order == "any":
+        assert model.any_order and len(model.order_names) == model.log_prob_per_order(x).shape[0]
+        assert model.visiting_order("auto", torch.ones(1, 1, 5, 6, dtype=torch.bool)).shape[-1] == 30
+    else:
+        assert not model.any_order and order[:2].tolist() == [0, model.config.stride]
+        with pytest.raises(pixelcnn.errors.ConfigError, match="coarse to fine"):
+            model.visiting_order("auto")

@@ -145,3 +145,17 @@ def test_warm_start_refuses_tensors_of_another_shape_before_writing_anything(tmp
     with pytest.raises(pixelcnn.ConfigError, match=r"layers.0.vertical.weight: expected \(16, 1, 4, 7\), got \(32, 1, 4, 7\)"):
         training.train(cfg(init_from=str(tmp_path / "source")), tmp_path / "run", **SMALL)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_native_bf16(native, monkeypatch):
+    from pixelcnn import runtime
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    cpu = torch.device("cpu")
+    assert runtime.resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert runtime.resolve_precision("fp32", cpu) == "fp32" and runtime.resolve_precision("bf16", cpu) == "bf16"
+    with runtime.autocast(runtime.Runtime(cpu), "auto"):
+        assert torch.is_autocast_enabled("cpu") == native
+    assert TrainConfig().precision == "auto"

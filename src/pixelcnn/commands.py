@@ -139,10 +139,12 @@ def run_eval(args) -> int:
 
     model = pixelcnn.load(args.checkpoint).to(resolve_device(args.device))
     base = pixelcnn.load(args.baseline).to(model.device) if args.baseline else None
-    dataset = args.dataset or checkpoint_metadata(args.checkpoint).get("dataset")
+    meta = checkpoint_metadata(args.checkpoint)
+    dataset = args.dataset or meta.get("dataset")
     if dataset is None:
         raise ConfigError("this checkpoint does not record its dataset: pass --dataset")
-    data = load_dataset(dataset, args.split, data_dir=args.data_dir)
+    size = meta.get("image_size") if dataset == meta.get("dataset") else None      # the size it was trained at
+    data = load_dataset(dataset, args.split, data_dir=args.data_dir, image_size=size)
     result = evaluate(model, data, args.batch_size, args.limit, completion=args.completion)
     result.update({"dataset": dataset, "split": args.split, "checkpoint": str(args.checkpoint),
                    "conditional": model.config.num_classes is not None or model.config.cond_shape is not None})
@@ -339,7 +341,7 @@ def completion_grid(x: torch.Tensor, known: torch.Tensor, out: torch.Tensor, lev
 @torch.no_grad()
 def completion_nll(model, x: torch.Tensor, known: torch.Tensor, labels, order: str | None) -> tuple[float, str]:
     """The mean exact NLL (nats) of the unknown sub-pixels of x, and what the model conditions them on, in words."""
-    if model.default_order() is not None:                       # an any-order model: in the completion's order
+    if model.any_order:                                         # in the completion's order
         order = order or "auto"
         given = "the known pixels first" if order == "auto" else f"the pixels before each in order {order}"
         return float(-model.conditional_log_prob(x, known, labels, order=order).mean()), given

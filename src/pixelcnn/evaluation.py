@@ -60,8 +60,7 @@ def evaluate(model: pixelcnn.AutoregressiveModel, dataset, batch_size: int = 256
     lo, hi = runtime.rank * n // runtime.world, (runtime.rank + 1) * n // runtime.world
     was_training = model.training
     model.eval()
-    names = list(getattr(model, "order_names", []))
-    names = [] if completion else names
+    names = [] if completion or not model.any_order else list(model.order_names)
     sums = torch.zeros(3 + len(names), dtype=torch.float64)     # NLLs, their squares, unknown dims, each order's NLLs
     gen = torch.Generator().manual_seed(0)
     with full_float32():
@@ -101,7 +100,7 @@ def validation_known(indices, height: int, width: int) -> Tensor:
 def _image_nlls(model, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
     """(B,) NLL of each image and (K, B) NLL in each of an any-order model's K orders (K = 0 otherwise)."""
     cond = cond_images(model, x)
-    if not hasattr(model, "log_prob_per_order"):
+    if not model.any_order:
         return -model.log_prob(x, y, cond).double().cpu(), torch.zeros(0, x.shape[0], dtype=torch.float64)
     per_order = model.log_prob_per_order(x, y, cond).double().cpu()        # (K, B)
     return -(torch.logsumexp(per_order, 0) - math.log(len(per_order))), -per_order

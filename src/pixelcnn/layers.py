@@ -250,6 +250,12 @@ def plain_tanh() -> Iterator[None]:
         _PLAIN_TANH.reset(token)
 
 
+def in_plain_forms() -> bool:
+    """True inside :func:`plain_tanh`, where every layer with a faster whole-map form than an earlier
+    release's (map_tanh, the split locally masked convolution) computes that release's form instead."""
+    return _PLAIN_TANH.get()
+
+
 
 def map_tanh(x: Tensor) -> Tensor:
     """tanh of a whole feature map, computed as 2 sigmoid(2x) - 1 on the CPU.

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from pixelcnn.errors import ConfigError
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"auto": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -64,8 +64,27 @@ def setup_runtime(device: str) -> Runtime:
     return Runtime(torch.device(device), dist.get_rank(), dist.get_world_size())
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively, as PyTorch reports it: a CUDA device with bf16, or a CPU
+    with AVX512-BF16 or AMX tiles (elsewhere bf16 is emulated and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 where the device has native bf16 (:func:`native_bf16`), else fp32; any other name as it is."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 def autocast(runtime: Runtime, precision: str):
-    dtype = PRECISIONS[precision]
+    """Mixed precision for a training step: ``precision`` as :func:`resolve_precision` resolved it. Likelihoods
+    stay float32 inside it (``models.base.full_precision``); the loss is computed from float32 parameters."""
+    dtype = PRECISIONS[resolve_precision(precision, runtime.device)]
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=runtime.device.type, dtype=dtype)

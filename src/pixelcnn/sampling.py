@@ -26,6 +26,10 @@ from pixelcnn.validation import METHOD, TEMPERATURE
 
 class Stepper(Protocol):
     order: list[tuple[int, int]]          # the pixels (h, w) in the order the stepper visits them
+    # None, or the order cut into groups of pixels (lists of (h, w)) whose sub-pixels of one channel are
+    # conditionally independent given every earlier group and the group's earlier channels: sampling
+    # then draws a whole group's channel at once (``group_log_probs`` and ``set_group``).
+    groups: list[list[tuple[int, int]]] | None
 
     def log_probs(self, c: int, h: int, w: int) -> Tensor:
         """(B, L) log-probabilities of sub-pixel (c, h, w) given every value set before it."""
@@ -36,6 +40,8 @@ class Stepper(Protocol):
 
 class NaiveStepper:
     """Re-runs the whole network whenever a value it depends on has changed."""
+
+    groups = None
 
     def __init__(self, model, x: Tensor, cond, order: Tensor | None = None):
         self.model, self.cond = model, cond
@@ -71,11 +77,11 @@ def make_stepper(model, x: Tensor, cond, method: str, order: Tensor | None = Non
         order = model.default_order()
     if method == "naive":
         return NaiveStepper(model, x, cond, order)
-    stepper = model.cached_stepper(x, cond) if order is None else model.cached_stepper(x, cond, order=order)
-    if stepper is None:
+    if not model.cached:
         if method == "cached":
             raise ConfigError(f"model {model.name!r} has no cached sampling path; use method='naive' or 'auto'")
         return NaiveStepper(model, x, cond, order)
+    stepper = model.cached_stepper(x, cond) if order is None else model.cached_stepper(x, cond, order=order)
     if cond is not None and cond.output is not None:
         stepper.add_output(cond.output)
     return stepper
@@ -156,13 +162,35 @@ def _complete(model, x: Tensor, known: Tensor, cond, u: Tensor, temperature: flo
         i = (h * width + w) * channels
         on_pixel(h, w, out_steps[i : i + channels].T)                         # (B, C)
 
+    def choose_group(c: int, pixels: Tensor, log_probs: Tensor) -> Tensor:
+        i = pixels * channels + c                                             # (n,) sub-pixel indices
+        n, b = log_probs.shape[:2]
+        values = sample_inverse_cdf(log_probs.reshape(n * b, -1), u_steps[i].reshape(-1), temperature).view(n, b)
+        if partial:
+            values = torch.where(known_steps[i], x_steps[i], values)
+        out_steps[i] = values
+        return values
+
     was_training = model.training
     model.eval()
     try:
-        run(stepper, model.image_shape, choose, None if on_pixel is None else finished)
+        if stepper.groups is not None and on_pixel is None:
+            run_groups(stepper, channels, width, choose_group)
+        else:
+            run(stepper, model.image_shape, choose, None if on_pixel is None else finished)
     finally:
         model.train(was_training)
     return out_steps.view(height, width, channels, -1).permute(3, 2, 0, 1).contiguous()
+
+
+def run_groups(stepper: Stepper, channels: int, width: int, choose: Callable[[int, Tensor, Tensor], Tensor]) -> None:
+    """:func:`run` a group at a time: ``choose(c, pixels, log_probs)`` gets the (n,) pixel indices h W + w of
+    a group and their (n, B, L) log-probabilities of channel c, and returns their (n, B) values. Each
+    sub-pixel gets the value the one-at-a-time loop would give it: its conditional is the same."""
+    for group in stepper.groups:
+        pixels = torch.tensor([h * width + w for h, w in group], device=stepper.x.device)
+        for c in range(channels):
+            stepper.set_group(c, group, choose(c, pixels, stepper.group_log_probs(c, group)))
 
 
 def in_visiting_order(t: Tensor) -> Tensor:

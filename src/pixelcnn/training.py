@@ -44,7 +44,7 @@ import pixelcnn
 from pixelcnn import checkpoint, runlock
 from pixelcnn.errors import ConfigError, PixelCNNError, TrainingError
 from pixelcnn.evaluation import check_evaluation, evaluate
-from pixelcnn.runtime import PRECISIONS, autocast, setup_runtime
+from pixelcnn.runtime import PRECISIONS, autocast, resolve_precision, setup_runtime
 from pixelcnn.superres import cond_images, cond_shape_for
 from pixelcnn.validation import COUNT, SEED, TEMPERATURE, Integer, OneOf, Real, check_fields
 from pixelcnn.version import __version__
@@ -81,7 +81,7 @@ class TrainConfig:
     checkpoint_every: int | None = None
     log_every: int = 50
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     compile: bool = False
     tensorboard: bool = False
     data_dir: str | None = None
@@ -91,7 +91,7 @@ class TrainConfig:
 
     help = {
         "model": "model family (see `pixelcnn models`)",
-        "dataset": "mnist, binarized_mnist, dynamic_binarized_mnist, fashion_mnist, cifar10 or folder:PATH",
+        "dataset": "mnist, binarized_mnist, dynamic_binarized_mnist, fashion_mnist, cifar10, emoji or folder:PATH",
         "epochs": "passes over the training split",
         "lr": "Adam learning rate",
         "gamma": "ExponentialLR decay of the learning rate after every epoch",
@@ -113,11 +113,12 @@ class TrainConfig:
         "checkpoint_every": "also checkpoint every N steps inside an epoch",
         "log_every": "write a train line to metrics.jsonl every N steps",
         "device": "auto, cpu, cuda or cuda:N",
-        "precision": "fp32, bf16 or fp16 (autocast; fp16 uses a gradient scaler)",
+        "precision": "auto (bf16 where the CPU or GPU has native bf16, else fp32), fp32, bf16 or fp16 (autocast; fp16 "
+                     "uses a gradient scaler); likelihoods are reported in fp32 whatever this is",
         "compile": "compile the network with torch.compile",
         "tensorboard": "also write TensorBoard event files into the run folder",
         "data_dir": "folder with the datasets (default: $PIXELCNN_DATA, then the user cache)",
-        "image_size": "size images of a folder dataset are resized and cropped to",
+        "image_size": "size images of a folder dataset are resized and cropped to; emoji: 32 (default) or 64",
         "init_from": "warm start: copy the tensors of this checkpoint (a run, a folder or pretrained:NAME) whose names "
                      "match; a tensor of another shape is an error; conditioning biases the checkpoint lacks start at 0",
         "freeze_init": "with --init-from: keep the copied tensors fixed and train only those the checkpoint lacks "
@@ -270,7 +271,9 @@ class Trainer:
             raise ConfigError(f"--freeze-init: every tensor of this model comes from {cfg.init_from}: nothing to train")
         self.optimizer = torch.optim.Adam(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=cfg.gamma)
-        self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=cfg.precision == "fp16")
+        self.precision = resolve_precision(cfg.precision, self.rt.device)
+        log.info("precision %s (%s)", self.precision, cfg.precision)
+        self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.precision == "fp16")
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
         self.net = self._wrap(self.model)
         self._check_sizes()
@@ -347,7 +350,8 @@ class Trainer:
                 raise TrainingError(f"the weights became NaN or infinite by step {self.step}; training stopped "
                                     f"without saving them. {self.last_good()}; try a lower --lr or --grad-clip")
         extra = {checkpoint.TRAINING_STATE_FILE: self.training_state()} if with_state else None
-        meta = {"dataset": self.cfg.dataset, "conditional": self.cfg.conditional, "step": self.step,
+        meta = {"dataset": self.cfg.dataset, "image_size": self.cfg.image_size, "conditional": self.cfg.conditional,
+                "step": self.step,
                 "epoch": self.epoch, **(metadata or {})}
         return self.eval_model.save_pretrained(self.out / "checkpoints" / name, extra_files=extra, metadata=meta)
 
@@ -448,7 +452,7 @@ class Trainer:
             known = step_known(cfg.seed, self.step, len(indices), self.model.image_shape).tensor_split(rt.world)[rt.rank]
             known = inputs["known"] = known.to(rt.device)
         self.model.train()
-        with autocast(rt, cfg.precision):
+        with autocast(rt, self.precision):
             params = self.net(x, y, cond_images(self.model, x), **inputs)
         dims = x[0].numel()                         # inpainting: unknown sub-pixels' nats over all dims
         loss = self.model.nll_from_params(params.float(), x, known).mean() / dims          # nats per dim

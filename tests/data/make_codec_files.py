@@ -11,12 +11,15 @@ EPYC), kept to test what decoding such a file does. The small models were made w
 far from their initialisation by that release; an existing ``model/`` is reused. Run from the
 repository root with the release whose files are to be kept:
 
-    PIXELCNN_DATA=../shared/data python tests/data/make_codec_files.py
+    PIXELCNN_DATA=../shared/data python tests/data/make_codec_files.py [FOLDER ...]
+
+With FOLDER names (e.g. a new family's), only those are written.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -32,6 +35,7 @@ SMALL = {  # family -> (image shape, levels, hyperparameters): every stepper, gr
     "pixelcnn_pp": ((3, 6, 5), 256, dict(filters=8, resnet_blocks=1, mixtures=3)),
     "gated_pixelcnn": ((3, 5, 5), 256, dict(hidden=12, layers=3, output_hidden=0)),
     "lmconv": ((1, 5, 6), 2, dict(hidden=6, layers=2, orders=("hilbert",), order_symmetries=2)),
+    "multiscale": ((3, 7, 5), 16, dict(hidden=6, layers=2, output_hidden=8, scales=2, within_group="raster")),
 }
 
 
@@ -42,8 +46,10 @@ def far_from_init(model: torch.nn.Module, seed: int) -> None:
             p.add_(0.5 * torch.randn(p.shape, generator=g))
 
 
-def main() -> None:
+def main(only: list[str]) -> None:
     for i, (family, (shape, levels, hp)) in enumerate(SMALL.items()):
+        if only and family not in only:
+            continue
         folder = OUT / family
         if (folder / "model").is_dir():
             model = pixelcnn.load(folder / "model").eval()
@@ -57,6 +63,8 @@ def main() -> None:
         (folder / "images-naive.pxc").write_bytes(pixelcnn.compress(model, images, method="naive"))
         (folder / "source.json").write_text(json.dumps({"model": "model", "images": "3 seeded random images"}) + "\n")
     for name in ("mnist", "mnist-lmconv"):
+        if only and name not in only:
+            continue
         model = pixelcnn.load(f"pretrained:{name}").eval()
         images = load_dataset("mnist", "test").images[:2]
         folder = OUT / name
@@ -67,4 +75,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

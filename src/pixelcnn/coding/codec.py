@@ -25,7 +25,7 @@ from pixelcnn.coding.exact import ExactArithmetic, softmax as exact_softmax
 from pixelcnn.coding.quantize import PRECISION, quantized_weights
 from pixelcnn.errors import CompressionError, ConfigError, PixelCNNError
 from pixelcnn.layers import plain_tanh
-from pixelcnn.sampling import NaiveStepper, make_stepper, run
+from pixelcnn.sampling import make_stepper, run
 from pixelcnn.validation import METHOD, Integer
 
 DEFAULT_CHUNK_SIZE = 64
@@ -132,9 +132,7 @@ def resolve_method(model, method: str) -> str:
     METHOD(method, "method")
     if method != "auto":
         return method
-    x = torch.zeros((1, *model.image_shape), dtype=torch.long, device=model.device)
-    labels = None if model.config.num_classes is None else torch.zeros(1, dtype=torch.long, device=model.device)
-    return "naive" if isinstance(make_stepper(model, x, model.condition(labels, None, 1), "auto"), NaiveStepper) else "cached"
+    return "cached" if model.cached else "naive"
 
 
 # ----- one chunk --------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ binarized_mnist            1x28x28  2       none         50,000 / 10,000 / 10,00
 dynamic_binarized_mnist    1x28x28  2       10 digits    as mnist; train bits drawn afresh per batch
 fashion_mnist              1x28x28  256     10 classes   as mnist
 cifar10                    3x32x32  256     10 classes   first 45,000 / last 5,000 of train / 10,000
+emoji                      3xSxS    256     none         by sha256 of the code point: 1,139 / 140 / 167
+                                                         (S = 32 or 64; Noto Color Emoji drawn on white)
 folder:PATH                CxSxS    256     sub-folders  90% / 5% / 5% of the images (seeded, by path)
 =========================  =======  ======  ===========  ============================================
 
@@ -24,6 +26,7 @@ Files are looked for under each root in turn: the ``data_dir`` argument (``--dat
     mnist/            train-images-idx3-ubyte.gz  train-labels-idx1-ubyte.gz
                       t10k-images-idx3-ubyte.gz   t10k-labels-idx1-ubyte.gz
     fashion_mnist/    the same four names (also found in Debian's /usr/share/datasets/fashion-mnist)
+    emoji/            NotoColorEmoji.ttf (also found in Debian's /usr/share/fonts/truetype/noto)
     binarized_mnist/  binarized_mnist.npz  (or binarized_mnist_{train,valid,test}.amat, converted once)
     cifar10/          cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}
                       (or cifar-10-python.tar.gz, extracted once)

@@ -6,6 +6,7 @@ from pixelcnn.errors import ConfigError
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.gated_pixelcnn import GatedPixelCNN
 from pixelcnn.models.lmconv import LMConv
+from pixelcnn.models.multiscale import Multiscale
 from pixelcnn.models.pixelcnn import PixelCNN
 from pixelcnn.models.pixelcnn_pp import PixelCNNPP
 from pixelcnn.models.pixelrnn import DiagonalBiLSTM, RowLSTM
@@ -18,7 +19,7 @@ def register(cls: type[AutoregressiveModel]) -> type[AutoregressiveModel]:
     return cls
 
 
-for _cls in (PixelCNN, GatedPixelCNN, PixelCNNPP, RowLSTM, DiagonalBiLSTM, LMConv):
+for _cls in (PixelCNN, GatedPixelCNN, PixelCNNPP, RowLSTM, DiagonalBiLSTM, LMConv, Multiscale):
     register(_cls)
 
 

@@ -42,9 +42,22 @@ class AutoregressiveModel(nn.Module):
 
     name: ClassVar[str]
     config_class: ClassVar[type[ModelConfig]]
+    # What the family can do, declared here and read by every caller (sampling, the codec, evaluation,
+    # the web app); tests/test_models.py holds each registered family to its declaration.
     # True when the parameters of a pixel depend on none of its own channels (PixelCNN++): the
     # channel coupling then lives in the distribution and one network pass serves a whole pixel.
     pixel_level_network: ClassVar[bool] = False
+    # True when the family has an incremental stepper (the fast path of sampling and coding): it
+    # overrides ``cached_stepper``; set for each family class as it is defined.
+    cached: ClassVar[bool] = False
+    # The order pixels are generated in: "raster"; "any" (an order given at call time: ``visiting_order``
+    # takes named orders and "auto", known pixels first; the family has ``order_names`` and
+    # ``log_prob_per_order``); or "coarse_to_fine" (a multiscale model's :meth:`default_order`).
+    generation_order: ClassVar[str] = "raster"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.cached = cls.cached_stepper is not AutoregressiveModel.cached_stepper
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -66,8 +79,8 @@ class AutoregressiveModel(nn.Module):
         raise NotImplementedError
 
     def cached_stepper(self, x: Tensor, cond: Condition | None):
-        """A faster incremental stepper for the sampling loop, or None if the family has none."""
-        return None
+        """A faster incremental stepper for the sampling loop (a family with ``cached = True`` has one)."""
+        raise NotImplementedError(f"model {self.name!r} has no cached stepper")
 
     def visiting_order(self, order: object, known: Tensor | None = None,
                        generator: torch.Generator | None = None) -> Tensor | None:
@@ -79,7 +92,8 @@ class AutoregressiveModel(nn.Module):
                           f"got {order if isinstance(order, str) else type(order).__name__!r}")
 
     def default_order(self) -> Tensor | None:
-        """The pixel order of a stepper given none: None (raster) except for the any-order families."""
+        """The pixel order of a stepper given none: None for raster order, else (H W,) pixel indices
+        (an any-order family's first training order; a multiscale model's coarse-to-fine order)."""
         return None
 
     def step_inputs(self, seed: int, step: int) -> dict[str, object]:
@@ -87,6 +101,10 @@ class AutoregressiveModel(nn.Module):
         return {}
 
     # ----- the shared interface -------------------------------------------------------------
+
+    @property
+    def any_order(self) -> bool:
+        return self.generation_order == "any"
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

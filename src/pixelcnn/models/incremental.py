@@ -334,6 +334,8 @@ class PixelStepper:
     whose values were set without asking before it moves on.
     """
 
+    groups = None                                                                # one pixel at a time (sampling.Stepper)
+
     def __init__(self, model, x: Tensor, order: list[tuple[int, int]] | None = None):
         self.model = model
         self.distribution = model.distribution

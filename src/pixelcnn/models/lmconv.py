@@ -128,6 +128,7 @@ class LMConvBlock(nn.Module):
 class LMConv(AutoregressiveModel):
     name = "lmconv"
     config_class = LMConvConfig
+    generation_order = "any"
 
     def __init__(self, config: LMConvConfig):
         super().__init__(config)

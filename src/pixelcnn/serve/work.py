@@ -27,6 +27,9 @@ RASTER_NOTE = ("This model draws in raster order (rows top to bottom, left to ri
                "Known pixels below or to the right of a hole do not influence it.")
 ANY_ORDER_NOTE = ("This model can visit pixels in any order: it fills the erased pixels after every known one, "
                   "so each completion is conditioned on everything you kept.")
+COARSE_TO_FINE_NOTE = ("This model draws coarse to fine: a grid of every few rows and columns first, then finer "
+                       "grids in between, so each erased pixel is filled from the known pixels of coarser grids and "
+                       "of the groups drawn before it, wherever they are, but not from known pixels of later groups.")
 INPAINTING_NOTE = ("This completion model sees every pixel you kept, those below and to the right of a hole "
                    "included: a network over the known pixels conditions each erased pixel, which is drawn in "
                    "raster order given them and the erased pixels filled before it.")
@@ -52,17 +55,11 @@ class Job:
         return None if self.label is None else torch.full((batch,), self.label, dtype=torch.long)
 
 
-def any_order(model) -> bool:
-    """True for an any-order family, whose completion visits the known pixels first: its default
-    order is a permutation, where a raster family's is None."""
-    return model.default_order() is not None
-
-
 def describe(name: str, model) -> dict:
     """What the page needs to know about a model."""
     c, h, w = model.image_shape
     return {"name": name, "family": model.name, "channels": c, "height": h, "width": w, "levels": model.levels,
-            "num_classes": model.config.num_classes, "any_order": any_order(model),
+            "num_classes": model.config.num_classes, "any_order": model.any_order,
             "inpainting": model.config.inpainting, "completion_note": completion_note(model),
             "parameters": sum(p.numel() for p in model.parameters())}
 
@@ -70,7 +67,7 @@ def describe(name: str, model) -> dict:
 def completion_note(model) -> str:
     if model.config.inpainting:
         return INPAINTING_NOTE
-    return ANY_ORDER_NOTE if any_order(model) else RASTER_NOTE
+    return {"raster": RASTER_NOTE, "any": ANY_ORDER_NOTE, "coarse_to_fine": COARSE_TO_FINE_NOTE}[model.generation_order]
 
 
 def complete(model, image: Tensor, known: Tensor, n: int, job: Job) -> Tensor:
@@ -91,7 +88,7 @@ def likelihood(model, image: Tensor, job: Job) -> dict:
     logp = model.log_prob_per_pixel(x, labels)[0].double().cpu()                          # (H, W) nats
     bits = -logp / math.log(2.0)
     # a raster model's log_prob is the map's sum; an any-order model's mixture needs its own passes
-    nll = -float(model.log_prob(x, labels)[0]) if any_order(model) else -float(logp.sum())
+    nll = -float(model.log_prob(x, labels)[0]) if model.any_order else -float(logp.sum())
     return {"bits_per_dim": nll / math.log(2.0) / image.numel(), "nll_nats": nll,
             "bits": bits.flatten().tolist(), "map_bits": float(bits.sum())}
 
