@@ -30,7 +30,7 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 # Odd, non-square sizes; a categorical, a Bernoulli class-conditional, a colour mixture, an
-# any-order model and a completion model.
+# any-order model, a completion model and a coarse-to-fine colour model.
 SPECS = {
     "gray": dict(name="gated_pixelcnn", image_shape=(1, 6, 5), levels=4, hidden=8, layers=2, output_hidden=0),
     "cond": dict(name="gated_pixelcnn", image_shape=(1, 4, 5), levels=2, hidden=8, layers=2, output_hidden=0,
@@ -40,6 +40,7 @@ SPECS = {
                 orders=("s_curve",), order_symmetries=4),
     "inpaint": dict(name="gated_pixelcnn", image_shape=(1, 5, 4), levels=4, hidden=8, layers=2, output_hidden=0,
                     inpainting=True),
+    "multi": dict(name="multiscale", image_shape=(3, 7, 6), levels=4, hidden=6, layers=1, output_hidden=0, scales=1),
 }
 
 
@@ -77,7 +78,8 @@ def test_models_lists_shapes_and_completion_order(client, name):
     assert info["num_classes"] == SPECS[name].get("num_classes")
     any_order = name == "any"
     assert info["any_order"] is any_order and info["inpainting"] is (name == "inpaint")
-    note = {"any": "everything you kept", "inpaint": "sees every pixel you kept"}.get(name, "before it")
+    note = {"any": "everything you kept", "inpaint": "sees every pixel you kept",
+            "multi": "coarse to fine"}.get(name, "before it")
     assert note in info["completion_note"]
 
 
@@ -117,8 +119,11 @@ def test_sample_streams_every_pixel_in_the_models_order_and_matches_model_sample
     assert lines[0] == {"event": "start", "shape": [c, h, w], "levels": model.levels, "seed": 3}
     pixels, done = lines[1:-1], lines[-1]
     order = model.visiting_order(None, torch.zeros(1, c, h, w, dtype=torch.bool), torch.Generator().manual_seed(3))
-    order = range(h * w) if order is None else order[0].tolist()    # an any-order model draws a training order
-    assert (name == "any") == (list(order) != list(range(h * w)))
+    if order is None:                                               # the model's own: raster, or coarse to fine
+        order = range(h * w) if model.default_order() is None else model.default_order().tolist()
+    else:
+        order = order[0].tolist()                                   # an any-order model draws a training order
+    assert (name in ("any", "multi")) == (list(order) != list(range(h * w)))
     assert [(p["h"], p["w"]) for p in pixels] == [divmod(i, w) for i in order]
     image = torch.tensor(done["image"]).view(c, h, w)
     assert [p["v"] for p in pixels] == image.permute(1, 2, 0).reshape(-1, c)[list(order)].tolist()
