@@ -351,8 +351,7 @@ class Trainer:
                                     f"without saving them. {self.last_good()}; try a lower --lr or --grad-clip")
         extra = {checkpoint.TRAINING_STATE_FILE: self.training_state()} if with_state else None
         meta = {"dataset": self.cfg.dataset, "image_size": self.cfg.image_size, "conditional": self.cfg.conditional,
-                "step": self.step,
-                "epoch": self.epoch, **(metadata or {})}
+                "step": self.step, "epoch": self.epoch, **(metadata or {})}
         return self.eval_model.save_pretrained(self.out / "checkpoints" / name, extra_files=extra, metadata=meta)
 
     def last_good(self) -> str:

@@ -79,7 +79,7 @@ class AutoregressiveModel(nn.Module):
         raise NotImplementedError
 
     def cached_stepper(self, x: Tensor, cond: Condition | None):
-        """A faster incremental stepper for the sampling loop (a family with ``cached = True`` has one)."""
+        """A faster incremental stepper for the sampling loop; a family that overrides this has ``cached`` True."""
         raise NotImplementedError(f"model {self.name!r} has no cached stepper")
 
     def visiting_order(self, order: object, known: Tensor | None = None,
