@@ -199,8 +199,9 @@ ROWS = [
     (["decompress", "{plain}", "{garbage}", "-o", "{work}/d"], "not a pixelcnn compressed file"),
     (["decompress", "{plain}", "{garbage}", "-o", "{a_file}"], "expected a folder to write into, not an existing file"),
     # the rest
-    (["pretrained", "--reproduce", "--limit", "0"], "argument --limit: expected an integer >= 1"),
-    (["pretrained", "--limit", "3"], "expected --limit with --reproduce only"),
+    (["pretrained", "--reproduce", "--subset", "0"], "argument --subset: expected an integer >= 1"),
+    (["pretrained", "--subset", "3"], "expected --subset with --reproduce only"),
+    (["pretrained", "--reproduce", "--limit", "500"], "expected --subset N with --reproduce"),
     (["sample", "{sr}"], "got a super-resolution model (given 14x14): use pixelcnn upscale"),
     (["complete", "{sr}", "--image", "{digit}"], "got a super-resolution model"),
     (["models", "--hidden", "3"], "pixelcnn models: error: unrecognized arguments: --hidden 3"),

@@ -116,8 +116,12 @@ def test_auto_picks_the_cached_stepper(name):
 
 
 def test_cached_method_without_a_cached_path_says_so():
-    model = make("pixelcnn", (1, 3, 3))
-    model.cached_stepper = lambda x, cond: None
+    """A family that does not override ``cached_stepper`` declares ``cached`` False and samples naively."""
+    class Uncached(pixelcnn.models.get("pixelcnn")):
+        cached_stepper = pixelcnn.AutoregressiveModel.cached_stepper
+
+    model = Uncached(make("pixelcnn", (1, 3, 3)).config)
+    assert not Uncached.cached and pixelcnn.models.get("pixelcnn").cached
     with pytest.raises(ValueError, match="no cached sampling path.*naive"):
         model.sample(1, method="cached")
     assert model.sample(1, method="auto").shape == (1, 1, 3, 3)

@@ -42,7 +42,7 @@ def test_unknown_pretrained_name_lists_the_shipped_ones():
 @pytest.mark.slow
 @needs_mnist
 def test_reproduce_on_a_subset_agrees_with_the_recorded_full_evaluation():
-    for row in evaluation.reproduce(limit=500):
+    for row in evaluation.reproduce(subset=500):
         assert row["images"] == 500
         # The subset mean of 500 per-image NLLs lies within a few standard errors of the full mean.
         assert abs(row["nll_nats"] - row["recorded_nll_nats"]) < 5 * row["stderr_nats"] + 1e-6, row

@@ -7,6 +7,7 @@ arguments are parsed, so bad input is refused before a model is loaded or a file
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -432,7 +433,8 @@ def run_upscale(args) -> int:
 def add_pretrained(sub) -> None:
     p = sub.add_parser("pretrained", help="list the shipped checkpoints (load them as pretrained:NAME)")
     p.add_argument("--reproduce", action="store_true", help="re-evaluate them on their test split and print the table")
-    p.add_argument("--limit", type=flag(COUNT.parse), help="with --reproduce: a random (seeded) subset of N test images")
+    p.add_argument("--subset", type=flag(COUNT.parse), help="with --reproduce: a random (seeded) subset of N test images")
+    p.add_argument("--limit", type=flag(COUNT.parse), help=argparse.SUPPRESS)       # refused with a pointer to --subset
     p.add_argument("--data-dir", "--data_dir", dest="data_dir")
     p.set_defaults(run=run_pretrained)
 
@@ -442,8 +444,11 @@ def run_pretrained(args) -> int:
     from pixelcnn.evaluation import reproduce
 
     info = pretrained.manifest()
-    if args.limit is not None and not args.reproduce:
-        raise ConfigError(f"expected --limit with --reproduce only, got --limit {args.limit} alone")
+    if args.limit is not None:
+        raise ConfigError(f"expected --subset N with --reproduce (a random seeded subset of the test images; --limit "
+                          f"means the first N images in eval), got --limit {args.limit}")
+    if args.subset is not None and not args.reproduce:
+        raise ConfigError(f"expected --subset with --reproduce only, got --subset {args.subset} alone")
     if not args.reproduce:
         for name, d in info.items():
             print(f"pretrained:{name}\n  {d['model']} on {d['dataset']}, {d['parameters']:,} parameters, "
@@ -452,7 +457,7 @@ def run_pretrained(args) -> int:
                   f"  command: {d['command']}")
         return 0
     print(f"{'checkpoint':<28}{'images':>8}{'nats/image':>12}{'bits/dim':>10}{'recorded':>10}{'diff / stderr':>15}")
-    for r in reproduce(limit=args.limit, data_dir=args.data_dir):
+    for r in reproduce(subset=args.subset, data_dir=args.data_dir):
         diff = r["nll_nats"] - r["recorded_nll_nats"]
         ratio = f"{diff / r['stderr_nats']:+.2f}" if r["stderr_nats"] > 0 else f"{diff:+.4f} nats"
         print(f"pretrained:{r['name']:<17}{r['images']:>8}{r['nll_nats']:>12.3f}{r['bits_per_dim']:>10.4f}"

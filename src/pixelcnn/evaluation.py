@@ -132,9 +132,9 @@ def random_subset(data, size: int, seed: int = 0):
                                intensities=pick(data.intensities))
 
 
-def reproduce(names: list[str] | None = None, limit: int | None = None, data_dir=None,
+def reproduce(names: list[str] | None = None, subset: int | None = None, data_dir=None,
               batch_size: int = 256) -> list[dict[str, Any]]:
-    """Evaluate shipped checkpoints on their test split (a random subset of ``limit`` images if given).
+    """Evaluate shipped checkpoints on their test split (a random, seeded subset of ``subset`` images if given).
 
     Each row holds the recorded full-test figure and, for a subset, the standard error of its
     mean, so that the agreement can be judged: |subset - full| should be a few standard errors.
@@ -146,8 +146,8 @@ def reproduce(names: list[str] | None = None, limit: int | None = None, data_dir
         model = pixelcnn.load(f"pretrained:{name}")
         data = load_dataset(info["dataset"], "test", data_dir=data_dir)
         full = len(data)
-        if limit is not None and limit < full:
-            data = random_subset(data, limit)
+        if subset is not None and subset < full:
+            data = random_subset(data, subset)
         result = evaluate(model, data, batch_size, completion=model.config.inpainting)
         n = result["images"]
         # standard error of a mean of n draws without replacement from the full test set

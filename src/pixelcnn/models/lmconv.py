@@ -149,11 +149,6 @@ class LMConv(AutoregressiveModel):
         self._masks: dict = {}                                               # memo of tap_masks, oldest first
         self._training_set = {tuple(row) for row in self.orders.tolist()}    # the memo keeps their masks
 
-    @classmethod
-    def tiny_hyperparameters(cls, image_shape: tuple[int, int, int]) -> dict[str, object]:
-        """The model-agnostic tests check causality and caching in raster order: train on that order alone."""
-        return {"orders": ("raster",), "order_symmetries": 1}
-
     def make_distribution(self):
         return output_distribution(self.config)
 

@@ -200,11 +200,6 @@ class PixelCNNPP(AutoregressiveModel):
     def make_distribution(self):
         return make_distribution("logistic_mixture", self.config.channels, self.config.levels, mixtures=self.config.mixtures)
 
-    @classmethod
-    def tiny_hyperparameters(cls, image_shape: tuple[int, int, int]) -> dict[str, int]:
-        """Small settings for exhaustive tests on tiny images, with down/upsampling where the size allows it."""
-        return {"filters": 8, "resnet_blocks": 1, "stages": min(2, max_stages(image_shape)), "mixtures": 3}
-
     def network(self, x: Tensor, cond: Condition | None) -> Tensor:
         return self.u_net(WholeMaps(self, x, cond), range(self.config.stages))
 
