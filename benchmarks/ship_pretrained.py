@@ -1,6 +1,6 @@
 """Add a trained run's best checkpoint to the package as ``pretrained:NAME``.
 
-Evaluates it on the full test split (or a seeded random subset, --limit) (mean and standard deviation of the per-image NLL), copies
+Evaluates it on the full test split (or a seeded random subset, --subset) (mean and standard deviation of the per-image NLL), copies
 config.json and model.safetensors into src/pixelcnn/pretrained/NAME/ and records everything in
 src/pixelcnn/pretrained/manifest.json.
 
@@ -28,8 +28,8 @@ def main() -> None:
     p.add_argument("name")
     p.add_argument("--command", required=True, help="the exact training command")
     p.add_argument("--training", required=True, help="machine and training time")
-    p.add_argument("--limit", type=int, help="evaluate a random (seeded) subset of N test images, the one "
-                                             "`pixelcnn pretrained --reproduce --limit N` uses (slow models)")
+    p.add_argument("--subset", type=int, help="evaluate a random (seeded) subset of N test images, the one "
+                                              "`pixelcnn pretrained --reproduce --subset N` uses (slow models)")
     args = p.parse_args()
     folder = checkpoint.resolve(args.run)
     meta = checkpoint.read_config(folder)
@@ -37,7 +37,7 @@ def main() -> None:
     dataset = meta["metadata"]["dataset"]
     data = load_dataset(dataset, "test")
     # a completion model: the NLL of the unknown pixels of random training-style masks given the known ones
-    test = evaluate(model, data if args.limit is None else random_subset(data, args.limit),
+    test = evaluate(model, data if args.subset is None else random_subset(data, args.subset),
                     completion=model.config.inpainting)
     dest = ROOT / args.name
     dest.mkdir(parents=True, exist_ok=True)
