@@ -30,7 +30,7 @@ def randomise(model: torch.nn.Module, seed: int = 0, scale: float = 1.0) -> torc
 
 
 # Settings of the families whose defaults do not suit the exhaustive tests on tiny images; the others keep theirs.
-TINY = {
+TINY_SETTINGS = {
     # down/upsampling where the size allows it
     "pixelcnn_pp": lambda shape: {"filters": 8, "resnet_blocks": 1, "stages": min(2, max_stages(shape)), "mixtures": 3},
     # the model-agnostic tests check causality and caching in one order: train on raster alone
@@ -42,7 +42,7 @@ TINY = {
 
 def tiny_model(name: str, shape, levels: int, seed: int = 0, **hp) -> pixelcnn.AutoregressiveModel:
     pixelcnn.models.get(name)                               # an unknown name fails here, not as a missing setting
-    hp = {**TINY.get(name, lambda shape: {})(tuple(shape)), **hp}
+    hp = {**TINY_SETTINGS.get(name, lambda shape: {})(tuple(shape)), **hp}
     with torch.random.fork_rng():              # the same model on every run, whatever ran before
         torch.manual_seed(seed)
         model = pixelcnn.create(name, image_shape=shape, levels=levels, **hp).double()
