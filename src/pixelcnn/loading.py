@@ -17,4 +17,3 @@ def load_model(path: str | os.PathLike, map_location: str | None = "cpu"):
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{folder / checkpoint.CONFIG_FILE} does not describe a model this pixelcnn can build: {e}") from None
     return checkpoint.build_model(cls, folder, meta, map_location)
-

@@ -15,7 +15,8 @@ from torch import Tensor
 
 from pixelcnn.errors import ConfigError
 
-PRECISIONS = {"auto": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_CHOICES = ("auto", *PRECISIONS)                 # auto: see resolve_precision
 
 
 @dataclass

@@ -44,7 +44,7 @@ import pixelcnn
 from pixelcnn import checkpoint, runlock
 from pixelcnn.errors import ConfigError, PixelCNNError, TrainingError
 from pixelcnn.evaluation import check_evaluation, evaluate
-from pixelcnn.runtime import PRECISIONS, autocast, resolve_precision, setup_runtime
+from pixelcnn.runtime import PRECISION_CHOICES, autocast, resolve_precision, setup_runtime
 from pixelcnn.superres import cond_images, cond_shape_for
 from pixelcnn.validation import COUNT, SEED, TEMPERATURE, Integer, OneOf, Real, check_fields
 from pixelcnn.version import __version__
@@ -130,7 +130,7 @@ class TrainConfig:
         "seed": SEED, "max_steps": COUNT, "time_budget": Real(0, open_min=True), "ema": Real(0, 1, open_max=True),
         "grad_clip": Real(0, open_min=True), "weight_decay": Real(0), "eval_batch_size": COUNT, "valid_limit": COUNT,
         "samples": Integer(0), "sample_temperature": TEMPERATURE, "task": OneOf(TASKS), "scale": Integer(2),
-        "checkpoint_every": COUNT, "log_every": COUNT, "precision": OneOf(tuple(PRECISIONS)), "image_size": COUNT,
+        "checkpoint_every": COUNT, "log_every": COUNT, "precision": OneOf(PRECISION_CHOICES), "image_size": COUNT,
     }
 
     def __post_init__(self) -> None:

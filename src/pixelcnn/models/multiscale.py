@@ -130,8 +130,11 @@ class GroupNetwork(nn.Module):
     def forward(self, grid: Tensor, group: int, cond: Condition | None) -> Tensor:
         """(B, P, h', w') parameters of the group's pixels, the group's own sub-grid of the level's grid."""
         r, c = OFFSETS[group % 3]
-        own = grid[:, :, r::2, c::2]                                       # (B, C, h', w')
-        return self.head(self.features(grid, group, cond)[:, :, r::2, c::2] + self.within(own))
+        return self.params(self.features(grid, group, cond)[:, :, r::2, c::2], grid[:, :, r::2, c::2])
+
+    def params(self, features: Tensor, own: Tensor) -> Tensor:
+        """(B, P, h', w') from the group's features (B, n, h', w') and its own pixels' values (B, C, h', w')."""
+        return self.head(features + self.within(own))
 
 
 def within_reach(conv: nn.Conv2d, x: Tensor) -> Tensor:
@@ -242,7 +245,8 @@ class MultiscaleStepper(PixelStepper):
         self.table = model.preprocess(torch.arange(model.levels, device=x.device))         # value -> input
         self.output_map: Tensor | None = None                              # (B, P, H, W) completion term
         self.group: int | None = None
-        self.features: Tensor | None = None                                # (h', w', B, n) of the current group
+        self.feature_map: Tensor | None = None                             # (B, n, h', w') of the current group
+        self.features: Tensor | None = None                                # the same, (h', w', B, n)
         self.first: Tensor | None = None                                   # (h', w', B, P): first channel's
         self.own: Tensor | None = None                                     # (B, C, h' + 2p, w' + 2p) in [-1, 1]
         self.slices: tuple[slice, slice] | None = None                     # the current group's rows and columns
@@ -284,16 +288,16 @@ class MultiscaleStepper(PixelStepper):
             return self.log_probs(c, *group[0])[None]
         self.check_order(c, *group[0])
         self.enter(*group[0])
-        if c == 0:
-            params = self.first                                            # (h', w', B, P)
-        else:
-            own = self.own.permute(2, 3, 0, 1).reshape(-1, self.channels)  # (h' w' B, C), kernel 1: no padding
-            hidden = self.features.reshape(own.shape[0], -1) + torch.addmm(self.within_bias, own, self.within_weight)
-            params = self.head(hidden)
-            params = params if self.output is None else params + self.output.reshape(params.shape)
+        params = self.first if c == 0 else self.group_params()           # (h', w', B, P)
         x = self.x[:, :, self.slices[0], self.slices[1]].permute(2, 3, 0, 1).reshape(-1, self.channels)
         log_probs = self.distribution.conditional(params.reshape(x.shape[0], -1), x, c)
         return log_probs.view(len(group), self.batch, -1)
+
+    def group_params(self) -> Tensor:
+        """(h', w', B, P) parameters of every pixel of an independent group from the values set so far, by the
+        group network's whole-map head (kernel 1: ``own`` has no padding)."""
+        params = self.model.groups.params(self.feature_map, self.own).permute(2, 3, 0, 1)
+        return params if self.output is None else params + self.output
 
     def set_group(self, c: int, group: list[tuple[int, int]], values: Tensor) -> None:
         """Record the (n, B) values of channel c of the pixels of ``group``."""
@@ -329,15 +333,12 @@ class MultiscaleStepper(PixelStepper):
     def start_group(self, group: int, s: int) -> None:
         groups, (r, c), p = self.model.groups, OFFSETS[group % 3], self.kernel // 2
         grid = self.table[self.x[:, :, ::s, ::s]]                          # the level's grid in [-1, 1]
-        features = groups.features(grid, group, at_stride(self.cond, s))[:, :, r::2, c::2]   # (B, n, h', w')
-        self.features = features.permute(2, 3, 0, 1).contiguous()
+        self.feature_map = groups.features(grid, group, at_stride(self.cond, s))[:, :, r::2, c::2]   # (B, n, h', w')
+        self.features = self.feature_map.permute(2, 3, 0, 1).contiguous()
         self.slices = (slice(r * s, None, 2 * s), slice(c * s, None, 2 * s))
         self.own = F.pad(grid[:, :, r::2, c::2], (p, p, p, p))
         output = None if self.output_map is None else self.output_map[:, :, ::s, ::s][:, :, r::2, c::2]
         self.output = None if output is None else output.permute(2, 3, 0, 1).contiguous()   # (h', w', B, P)
-        self.first = None
-        if self.kernel == 1:                       # independent: no first channel reads the group's values
-            first = groups.head(features + groups.within(grid[:, :, r::2, c::2]))
-            first = first if output is None else first + output
-            self.first = first.permute(2, 3, 0, 1).contiguous()
+        # independent: no first channel reads the group's values, so one pass gives every pixel's
+        self.first = self.group_params().contiguous() if self.kernel == 1 else None
         self.group = group
