@@ -54,7 +54,7 @@ def known_masks(name: str, n: int, height: int, width: int, seed: int) -> torch.
 def raster_nll_per_pixel(model, x: torch.Tensor, batch: int) -> torch.Tensor:
     """(n, C, H, W): -log p(x_i | x_<i) of every sub-pixel in the model's raster order. Summed over
     the unknown sub-pixels of a mask, it is what raster completion conditions on: the known pixels before each."""
-    return torch.cat([model.distribution.nll_per_pixel(model(x[i : i + batch]), x[i : i + batch])
+    return torch.cat([model.distribution.nll_per_subpixel(model(x[i : i + batch]), x[i : i + batch])
                       for i in range(0, len(x), batch)])
 
 

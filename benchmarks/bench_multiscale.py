@@ -11,12 +11,16 @@ grayscale with 256 levels and untrained weights (speed does not depend on them),
   time exceeds ``--budget`` seconds it is timed on its first pixels and projected (every pixel of a
   raster cached stepper costs the same), marked "projected" in the table.
 * decode: ``pixelcnn.decompress`` of the image ``pixelcnn.compress`` wrote (the codec's exact
-  arithmetic), at the sides in ``--decode-sizes``.
+  arithmetic), at the sides in ``--decode-sizes``; also the seconds of that ``compress`` (encode),
+  and for the multiscale model the decode with the codec held to one sub-pixel at a time
+  (``grouped=False``, the loop it used before it coded a group per pass; the same file).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
 import platform
@@ -25,6 +29,7 @@ import time
 import torch
 
 import pixelcnn
+from pixelcnn.coding import codec
 from pixelcnn.sampling import complete
 
 
@@ -71,14 +76,37 @@ def sample_seconds(model, budget: float, repeats: int) -> tuple[float, bool]:
     return time.perf_counter() - start, True
 
 
-def decode_seconds(model) -> float:
-    image = model.sample(1, generator=torch.Generator().manual_seed(1))
-    data = pixelcnn.compress(model, image)
+@contextlib.contextmanager
+def one_sub_pixel_at_a_time():
+    """The codec's chunks coded and decoded one sub-pixel at a time, even where the stepper offers groups."""
+    encode, decode = codec.encode_chunk, codec.decode_chunk
+    codec.encode_chunk = functools.partial(encode, grouped=False)
+    codec.decode_chunk = functools.partial(decode, grouped=False)
+    try:
+        yield
+    finally:
+        codec.encode_chunk, codec.decode_chunk = encode, decode
+
+
+def decode_seconds(model, data: bytes, image: torch.Tensor) -> float:
     start = time.perf_counter()
     out = pixelcnn.decompress(model, data)
     seconds = time.perf_counter() - start
     assert torch.equal(out, image)
     return seconds
+
+
+def coding_seconds(model) -> dict[str, float | None]:
+    """encode_s, decode_s and, where the model's stepper codes groups, decode_one_at_a_time_s of one image."""
+    image = model.sample(1, generator=torch.Generator().manual_seed(1))
+    start = time.perf_counter()
+    data = pixelcnn.compress(model, image)
+    out = {"encode_s": time.perf_counter() - start, "decode_s": decode_seconds(model, data, image),
+           "decode_one_at_a_time_s": None}
+    if model.generation_order != "raster":
+        with one_sub_pixel_at_a_time():
+            out["decode_one_at_a_time_s"] = decode_seconds(model, data, image)
+    return out
 
 
 def main() -> None:
@@ -98,11 +126,13 @@ def main() -> None:
     for size in args.sizes:
         for name, model in models(size, args.hidden, args.layers).items():
             seconds, full = sample_seconds(model, args.budget, args.repeats)
-            decode = decode_seconds(model) if size in args.decode_sizes else None
+            coding = coding_seconds(model) if size in args.decode_sizes else {}
             rows.append({"size": size, "model": name, "parameters": model.num_parameters(), "sample_s": seconds,
-                         "sample_measured_in_full": full, "decode_s": decode})
+                         "sample_measured_in_full": full, "decode_s": coding.get("decode_s"),
+                         "encode_s": coding.get("encode_s"),
+                         "decode_one_at_a_time_s": coding.get("decode_one_at_a_time_s")})
             print(f"{size:4d} {name:15s} {model.num_parameters():8d} params  sample {seconds:9.2f} s"
-                  f"{'' if full else ' (projected)'}  decode {'-' if decode is None else f'{decode:.2f} s'}",
+                  f"{'' if full else ' (projected)'}  " + "  ".join(f"{k} {v:.2f}" for k, v in coding.items() if v),
                   flush=True)
     print("\n| side | raster sample s | multiscale sample s | speed-up | raster decode s | multiscale decode s | speed-up |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
@@ -112,9 +142,23 @@ def main() -> None:
         dec = ("- | - | -" if r["decode_s"] is None else
                f"{r['decode_s']:.2f} | {m['decode_s']:.2f} | {r['decode_s'] / m['decode_s']:.1f}x")
         print(f"| {size} | {r['sample_s']:.2f}{proj} | {m['sample_s']:.2f} | {r['sample_s'] / m['sample_s']:.1f}x | {dec} |")
+    coding_table(rows, [size for size in args.sizes if size in args.decode_sizes])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
+
+
+def coding_table(rows: list[dict], sizes: list[int]) -> None:
+    """Seconds to encode and decode one image: raster, multiscale one sub-pixel at a time, multiscale by groups."""
+    if not sizes:
+        return
+    print("\n| side | raster encode s | multiscale encode s | raster decode s | multiscale decode s, one sub-pixel "
+          "at a time | multiscale decode s, a group per pass | raster / multiscale decode |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for size in sizes:
+        r, m = (next(x for x in rows if x["size"] == size and x["model"] == n) for n in ("gated_pixelcnn", "multiscale"))
+        print(f"| {size} | {r['encode_s']:.2f} | {m['encode_s']:.2f} | {r['decode_s']:.2f} | "
+              f"{m['decode_one_at_a_time_s']:.2f} | {m['decode_s']:.2f} | {r['decode_s'] / m['decode_s']:.1f}x |")
 
 
 if __name__ == "__main__":

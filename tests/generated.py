@@ -1,7 +1,7 @@
-"""Test cases generated from the branches each model family declares (``Config.branches``).
+"""Test cases generated from the branches of each model family (:data:`BRANCHES`).
 
-Every family's config lists the values of each setting that takes its code down a different
-branch. :func:`pairwise` picks a few settings that still put every pair of values (of two
+For every family, :data:`BRANCHES` lists the values of each setting that takes its code down a
+different branch. :func:`pairwise` picks a few settings that still put every pair of values (of two
 different settings) together in at least one case, among the cases that are valid at all; the
 generated tests build a tiny, randomised float64 model for each.
 """
@@ -17,12 +17,36 @@ import torch
 import pixelcnn
 from exact import randomise
 from pixelcnn.errors import ConfigError
+from pixelcnn.models.gated_pixelcnn import CONV_IMPLS as GATED_CONV_IMPLS
+from pixelcnn.models.lmconv import AUTO_ORDERS
+from pixelcnn.models.multiscale import BASES as MULTISCALE_BASES, WITHIN_GROUP
 
 # Every family with a cached sampling path: one that loses its path, or a new one without, fails a test.
 CACHED_FAMILIES = frozenset({"pixelcnn", "gated_pixelcnn", "pixelcnn_pp", "row_lstm", "diagonal_bilstm", "lmconv",
                              "multiscale"})
 # Every family whose cached stepper can draw a group of pixels at once (``Stepper.groups``) in some configuration.
 GROUPED_FAMILIES = frozenset({"multiscale"})
+# The values of each setting that takes a family's code down a different branch; the generated tests
+# run over their product, pairwise. ``channels`` is the image's first side; a cond_shape of "half"
+# stands for a conditioning image of half the image's size. A registered family missing here fails
+# test_generated.py::test_every_family_has_its_branches.
+SHARED = {"channels": (1, 3), "levels": (2, 5, 256), "num_classes": (None, 3), "cond_shape": (None, "half"),
+          "inpainting": (False, True)}
+MASKED = {**SHARED, "output_hidden": (0, 8), "output": ("auto", "categorical")}
+BRANCHES = {
+    "pixelcnn": {**MASKED, "layers": (0, 2), "first_kernel": (1, 3), "kernel_size": (1, 3)},
+    "gated_pixelcnn": {**MASKED, "layers": (1, 3), "first_kernel": (1, 3), "kernel_size": (1, 3),
+                       "dilations": ((1,), (1, 2)), "conv_impl": GATED_CONV_IMPLS},
+    "pixelcnn_pp": {**SHARED, "resnet_blocks": (0, 1, 2), "stages": (1, 2, 3), "mixtures": (1, 3), "dropout": (0.0, 0.5)},
+    "row_lstm": {**MASKED, "layers": (1, 2), "first_kernel": (1, 3), "row_kernel": (1, 3)},
+    "diagonal_bilstm": {**MASKED, "layers": (1, 2), "first_kernel": (1, 3)},
+    # the default order is the first training order: raster, a flipped S-curve, a transposed Hilbert
+    # curve, or the 8-symmetry mixture (whose log_prob is the ensemble's)
+    "lmconv": {**MASKED, "layers": (0, 2), "first_kernel": (1, 3), "dilations": ((1,), (1, 2)),
+               "orders": (("raster",), ("s_curve:3",), ("hilbert:6",), ("hilbert",)), "auto_order": AUTO_ORDERS},
+    "multiscale": {**MASKED, "base": tuple(MULTISCALE_BASES), "scales": (1, 2), "within_group": tuple(WITHIN_GROUP),
+                   "layers": (1, 2)},
+}
 # Small values for the fields a family has but does not vary; the branches override them.
 SMALL = {"hidden": 8, "layers": 2, "output_hidden": 8, "first_kernel": 3, "kernel_size": 3, "filters": 8,
          "resnet_blocks": 1, "mixtures": 3, "stages": 2}
@@ -79,7 +103,7 @@ def is_valid(name: str, case: dict) -> bool:
 def cases(name: str, sizes=SIZES, max_images: int | None = None) -> list[dict]:
     """The pairwise cases of family ``name`` over its branches and ``sizes``; ``max_images`` keeps only
     cases whose every image can be enumerated (levels ** (C H W) at most that)."""
-    factors = {**pixelcnn.models.get(name).config_class.branches, "size": tuple(sizes)}
+    factors = {**BRANCHES[name], "size": tuple(sizes)}
 
     def valid(case):
         if max_images is not None and case["levels"] ** (case["channels"] * math.prod(case["size"])) > max_images:

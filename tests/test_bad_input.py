@@ -100,17 +100,17 @@ ROWS = [
     (["train", *T, "--task", "superres", "--scale", "3"], "expected a scale >= 2 that divides the image's 28x28"),
     (["train", *T, "--task", "inpaint"], "argument --task: expected one of density, superres, inpainting"),
     (["train", *T, "--freeze-init"], "expected --freeze-init with --init-from CHECKPOINT, got no --init-from"),
-    (["train", *T, "--task", "inpainting", "--cond-features", "0"], "cond_features must be a positive integer, got 0"),
+    (["train", *T, "--task", "inpainting", "--cond-features", "0"], "--cond-features: expected an integer >= 1, got 0"),
     (["train", *T, "--precision", "fp8"], "argument --precision: expected one of auto, fp32, bf16, fp16, got 'fp8'"),
     (["train", *T, "--task", "denoise"], "argument --task: expected one of density, superres"),
     (["train", *T, "--image-size", "0"], "argument --image-size: expected an integer >= 1"),
     (["train", *T, "--in-channels", "0"], "argument --in-channels: expected an integer >= 1"),
     (["train", *T, "--device", "gpu"], "expected a device: auto, cpu, cuda or cuda:N, got 'gpu'"),
-    (["train", *T, "--hidden", "0"], "hidden must be an integer >= 1"),
+    (["train", *T, "--hidden", "0"], "expected hidden to be an integer >= 1, got 0"),
     (["train", *T, "--model", "lmconv", "--completion-orders", "1.5"],
      "argument --completion-orders: expected a finite number in [0, 1], got 1.5"),
-    (["train", *T, "--dilations", "1,,2"], "argument --dilations: expected values of type int separated by commas"),
-    (["train", *T, "--dilations", "x"], "argument --dilations: expected values of type int separated by commas"),
+    (["train", *T, "--dilations", "1,,2"], "argument --dilations: expected one or more integers >= 1 separated by commas (like 1,2,4), got '1,,2'"),
+    (["train", *T, "--dilations", "x"], "argument --dilations: expected one or more integers >= 1 separated by commas (like 1,2,4), got 'x'"),
     (["train", *T, "--conditional"], "--conditional needs class labels"),
     (["train", *T, "--model", "pixelsnail"], "unknown model 'pixelsnail'"),
     (["train", *T[:2], "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
@@ -214,8 +214,8 @@ ROWS = [
     (["train", *T, "--model", "lmconv", "--auto-order", "ring"],
      "argument --auto-order: expected one of split, onion, got 'ring'"),
     (["train", *T, "--conv-impl", "fast"], "argument --conv-impl: expected one of shaped, masked, got 'fast'"),
-    (["train", *T, "--model", "multiscale", "--scales", "0"], "scales must be an integer >= 1, got 0"),
-    (["train", *T, "--model", "multiscale", "--scales", "2.5"], "argument --scales: invalid int value: '2.5'"),
+    (["train", *T, "--model", "multiscale", "--scales", "0"], "--scales: expected an integer >= 1, got 0"),
+    (["train", *T, "--model", "multiscale", "--scales", "2.5"], "argument --scales: expected an integer >= 1, got '2.5'"),
     (["train", *T, "--model", "multiscale", "--within-group", "diagonal"],
      "argument --within-group: expected one of independent, raster, got 'diagonal'"),
     (["train", *T, "--model", "multiscale", "--base", "lmconv"],
@@ -448,12 +448,12 @@ def test_a_full_disk_while_checkpointing_stops_in_one_line_keeping_the_last_good
 
 
 @pytest.mark.parametrize("argv,fragment", [
-    (["--hidden", "0"], "hidden must be an integer >= 3, got 0"),                     # CIFAR-10: 3 colour groups
-    (["--layers", "-1"], "layers must be an integer >= 0, got -1"),
-    (["--dilations", "0"], "dilations must be positive integers"),
+    (["--hidden", "0"], "expected hidden to be an integer >= 3, got 0"),                     # CIFAR-10: 3 colour groups
+    (["--layers", "-1"], "--layers: expected an integer >= 0, got -1"),
+    (["--dilations", "0"], "--dilations: expected one or more integers >= 1 separated by commas (like 1,2,4), got '0'"),
     (["--model", "pixelcnn_pp", "--mixtures", "0"], "mixtures"),
     (["--model", "lmconv", "--orders", "zigzag"], "expected an order NAME or NAME:S"),
-    (["--model", "row_lstm", "--output-hidden", "2", "--dataset", "cifar10"], "output_hidden must be 0 or at least"),
+    (["--model", "row_lstm", "--output-hidden", "2", "--dataset", "cifar10"], "expected output_hidden to be 0 or at least the 3 colour channels, got 2"),
 ])
 def test_model_hyperparameters_are_refused_before_any_data_loads(argv, fragment, tmp_path, capsys, monkeypatch):
     import pixelcnn.data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import gzip
 import json
 import os
@@ -22,9 +23,9 @@ from PIL import Image
 import pixelcnn
 import pixelcnn.data
 from conftest import needs_mnist
-from exact import tiny_model
+from exact import randomise, tiny_model
 from pixelcnn.cli import main as cli_main
-from pixelcnn.coding import codec, container
+from pixelcnn.coding import arithmetic, codec, container
 from pixelcnn.coding.quantize import TOTAL, quantized_weights
 from pixelcnn.errors import CompressionError
 
@@ -156,6 +157,113 @@ def test_real_mnist_images_round_trip():
     assert torch.equal(pixelcnn.decompress(model, data), x.long())
 
 
+# ----- a group of pixels at a time -------------------------------------------------------------
+
+# Grayscale and colour, categorical and Bernoulli outputs, on odd and non-square images.
+GROUP_CASES = [((1, 7, 5), 256), ((3, 5, 7), 16), ((3, 3, 5), 2)]
+
+
+def multiscale32(shape, levels, within_group, seed=0):
+    """A small multiscale model with weights far from their initialisation."""
+    model = model32("multiscale", shape, levels, seed=seed, hidden=8, layers=2, output_hidden=8, scales=2,
+                    within_group=within_group)
+    return randomise(model, seed + 100, scale=2.0)
+
+
+def group_passes(monkeypatch) -> list:
+    """A list that gets an entry each time a multiscale stepper computes a group's channel in one pass."""
+    from pixelcnn.models.multiscale import MultiscaleStepper
+
+    passes, real = [], MultiscaleStepper.group_log_probs
+
+    def counted(self, c, group):
+        passes.append((c, len(group)))
+        return real(self, c, group)
+
+    monkeypatch.setattr(MultiscaleStepper, "group_log_probs", counted)
+    return passes
+
+
+def coded_values(model, x, chunk, grouped, monkeypatch):
+    """What ``compress`` handed the range coder: the values (symbols) and their integer distributions
+    (weights) in the order the coder got them; and the file (data) and the group passes it took."""
+    import constriction
+
+    real, calls = constriction.stream.queue.RangeEncoder, []
+
+    class Recording:
+        def __init__(self):
+            self.inner = real()
+
+        def encode(self, symbols, family, weights=None):
+            if weights is None:                                       # labels: none in these files
+                return self.inner.encode(symbols, family)
+            calls.append((np.array(symbols), np.array(weights)))
+            return self.inner.encode(symbols, family, weights)
+
+        def get_compressed(self):
+            return self.inner.get_compressed()
+
+    monkeypatch.setattr(constriction.stream.queue, "RangeEncoder", Recording)
+    monkeypatch.setattr(codec, "encode_chunk", functools.partial(ENCODE_CHUNK, grouped=grouped))
+    passes = group_passes(monkeypatch)
+    data = pixelcnn.compress(model, x, chunk_size=chunk)
+    monkeypatch.undo()
+    return types.SimpleNamespace(symbols=np.concatenate([s for s, _ in calls]),
+                                 weights=np.concatenate([w for _, w in calls]), data=data, passes=passes)
+
+
+ENCODE_CHUNK = codec.encode_chunk
+
+
+@pytest.mark.parametrize("within_group", ["independent", "raster"])
+@pytest.mark.parametrize("shape,levels", GROUP_CASES)
+def test_a_group_at_a_time_codes_the_values_and_distributions_of_one_sub_pixel_at_a_time(shape, levels, within_group,
+                                                                                        monkeypatch):
+    """Where the stepper offers groups (within_group="independent") the encoder asks for a group's channel in
+    one pass: the range coder gets the same values in the same order with the same integer distributions as
+    one sub-pixel at a time, so the bytes are the same (chunks of 3 images, the last one padded).
+    "raster" within a group is autoregressive: no groups, one sub-pixel at a time."""
+    model = multiscale32(shape, levels, within_group)
+    x = random_images(5, shape, levels, seed=3)
+    grouped = coded_values(model, x, 3, True, monkeypatch)
+    single = coded_values(model, x, 3, False, monkeypatch)
+    assert grouped.symbols.shape == (x.numel(),)                      # every sub-pixel once
+    assert np.array_equal(grouped.symbols, single.symbols) and np.array_equal(grouped.weights, single.weights)
+    assert grouped.data == single.data
+    assert not single.passes and bool(grouped.passes) == (within_group == "independent")
+    assert max((size for _, size in grouped.passes), default=0) >= (4 if within_group == "independent" else 0)
+
+
+@pytest.mark.parametrize("within_group", ["independent", "raster"])
+@pytest.mark.parametrize("shape,levels", GROUP_CASES)
+def test_a_group_at_a_time_decodes_the_stream_of_one_sub_pixel_at_a_time(shape, levels, within_group, monkeypatch):
+    """Both decoding loops read the same file, with a padded chunk. Grayscale images with independent groups
+    are decoded a group per pass; in colour a pixel's later channels need its earlier values, which the
+    stream gives one pixel at a time, and "raster" groups are autoregressive: one sub-pixel at a time."""
+    model = multiscale32(shape, levels, within_group, seed=1)
+    x = random_images(3, shape, levels, seed=4)
+    header, streams = container.unpack(pixelcnn.compress(model, x, chunk_size=4))
+    coding = codec.EXACT.model(model)
+    passes = group_passes(monkeypatch)
+    with codec.EXACT.scope(coding):
+        grouped = codec.decode_chunk(coding, streams[0], header, 3)[0]
+        grouped_passes = len(passes)
+        single = codec.decode_chunk(coding, streams[0], header, 3, grouped=False)[0]
+    assert torch.equal(grouped, x) and torch.equal(single, x)
+    assert (grouped_passes > 0) == (within_group == "independent" and shape[0] == 1)
+    assert len(passes) == grouped_passes                               # grouped=False: no pass of a group
+
+
+def test_files_of_format_2_are_coded_one_sub_pixel_at_a_time():
+    """Float arithmetic (format 2) does not promise a row the same bits computed with others: no groups there."""
+    coding = codec.EXACT.model(multiscale32((1, 5, 5), 4, "independent"))
+    with codec.EXACT.scope(coding):
+        stepper = codec._new_stepper(coding, 2, None, "cached")
+    assert stepper.groups is not None
+    assert codec.coded_in_groups(stepper, codec.EXACT) and not codec.coded_in_groups(stepper, codec.FLOAT)
+
+
 # ----- size -----------------------------------------------------------------------------------
 
 
@@ -256,7 +364,7 @@ def test_future_version_is_refused(small_file):
 def test_a_decoder_with_different_probabilities_raises_instead_of_returning_images(small_file, monkeypatch):
     """Simulate a machine whose floats differ: the content digest turns it into an error."""
     model, _, data = small_file
-    original = codec.quantized_weights
+    original = arithmetic.quantized_weights
 
     def perturbed(log_probs, softmax):
         w = original(log_probs, softmax)
@@ -264,7 +372,7 @@ def test_a_decoder_with_different_probabilities_raises_instead_of_returning_imag
         w[np.arange(len(w)), w.argmax(1)] -= 5000.0
         return w
 
-    monkeypatch.setattr(codec, "quantized_weights", perturbed)
+    monkeypatch.setattr(arithmetic, "quantized_weights", perturbed)
     with pytest.raises(CompressionError, match="digest"):
         pixelcnn.decompress(model, data)
 

@@ -1,17 +1,19 @@
-"""Every family over its declared branches: cached == naive, exact normalisation, causality; faithful sampling.
+"""Every family over its branches: cached == naive, exact normalisation, causality; faithful sampling.
 
-The cases come from each config's ``branches`` (``generated.py``), pairwise, on images from 1x1 to
+The cases come from each family's branches (``generated.BRANCHES``), pairwise, on images from 1x1 to
 6x6, with every weight moved away from its initial value; the default sizes are checked too. Each
 test runs for every registered family: a family without a feature it is meant to have fails, it is
 not skipped.
 """
+
+import dataclasses
 
 import pytest
 import torch
 
 import pixelcnn
 from exact import dependency_violations, randomise, sampling_pvalue, tiny_model, total_log_mass
-from generated import CACHED_FAMILIES, GROUPED_FAMILIES, build, case_id, cases, known_part
+from generated import BRANCHES, CACHED_FAMILIES, GROUPED_FAMILIES, build, case_id, cases, known_part
 from pixelcnn import layers
 from pixelcnn.models import local_conv
 from pixelcnn.distributions import sample_inverse_cdf
@@ -69,6 +71,15 @@ def side_by_side(model, labels, cond_image, batch: int, seed: int) -> tuple[floa
                 naive.set(c, h, w, v_naive)
                 cached.set(c, h, w, v_cached)
     return worst, differ
+
+
+def test_every_family_has_its_branches():
+    """Every registered family is generated from, over settings its config has (a misspelt one fails)."""
+    assert set(BRANCHES) == set(FAMILIES)
+    for name, branches in BRANCHES.items():
+        fields = {f.name for f in dataclasses.fields(pixelcnn.models.get(name).config_class)}
+        assert set(branches) - fields == {"channels"}, name
+        assert all(len(values) >= 2 for values in branches.values()), name
 
 
 def test_the_families_with_a_cached_path_are_exactly_these():

@@ -106,12 +106,22 @@ def test_labels_for_an_unconditional_model_are_rejected(model):
         model.log_prob(torch.zeros(2, 1, 4, 4, dtype=torch.long), torch.zeros(2, dtype=torch.long))
 
 
+@pytest.mark.parametrize("name", pixelcnn.available_models())
+def test_every_family_checks_the_fields_every_model_has(name):
+    """A family adds its fields' checks to the shared ones; one that replaced them would pass these."""
+    for kwargs in ({"levels": 1}, {"num_classes": 0}, {"cond_shape": (1, 2)}, {"cond_features": 0},
+                   {"inpainting": 1}, {"image_shape": (1, 4)}):
+        field = next(iter(kwargs))
+        with pytest.raises(pixelcnn.ConfigError, match=f"^expected {field} to be "):
+            pixelcnn.create(name, **{"image_shape": (1, 4, 4), **kwargs})
+
+
 @pytest.mark.parametrize("kwargs,fragment", [
-    ({"levels": 1}, "levels must be an integer in [2, 256]"),
-    ({"levels": 300}, "levels must be an integer in [2, 256]"),
-    ({"image_shape": (1, 0, 4)}, "image_shape must be three positive integers"),
-    ({"hidden": 2, "image_shape": (3, 4, 4)}, "hidden must be an integer >= 3"),
-    ({"kernel_size": 4}, "kernel_size must be a positive odd integer"),
+    ({"levels": 1}, "expected levels to be an integer in [2, 256], got 1"),
+    ({"levels": 300}, "expected levels to be an integer in [2, 256], got 300"),
+    ({"image_shape": (1, 0, 4)}, "expected image_shape to be 3 integers >= 1 (C, H, W), got (1, 0, 4)"),
+    ({"hidden": 2, "image_shape": (3, 4, 4)}, "expected hidden to be an integer >= 3, got 2"),
+    ({"kernel_size": 4}, "expected kernel_size to be an odd integer >= 1, got 4"),
     ({"colour": 3}, "has no field(s) colour"),
 ])
 def test_bad_hyperparameters_name_what_was_expected(kwargs, fragment):
@@ -227,3 +237,13 @@ def test_each_family_keeps_its_declared_order(name):
         assert not model.any_order and order[:2].tolist() == [0, model.config.stride]
         with pytest.raises(pixelcnn.errors.ConfigError, match="coarse to fine"):
             model.visiting_order("auto")
+
+
+def test_evaluating_gives_the_callers_mode_back_even_on_an_error():
+    model = pixelcnn.create("pixelcnn_pp", image_shape=(1, 4, 4), levels=2, dropout=0.5)
+    for mode in (True, False):
+        model.train(mode)
+        with pytest.raises(KeyError), model.evaluating():
+            assert not model.training and not any(m.training for m in model.modules())
+            raise KeyError("inside")
+        assert model.training is mode and all(m.training is mode for m in model.modules())

@@ -6,6 +6,7 @@ channels; the model for its receptive field, faithful sampling, its parameter co
 (normalisation, causality and cached == naive over its declared branches: test_generated.py).
 """
 
+import hashlib
 import math
 import re
 
@@ -248,3 +249,70 @@ def test_grayscale_round_trips_through_a_checkpoint(tmp_path):
     loaded = pixelcnn.load(tmp_path / "m").double()
     assert loaded.config == model.config
     torch.testing.assert_close(loaded.log_prob(x), model.log_prob(x))
+
+
+# ----- the U-Net's passes, on whole maps and one pixel at a time ----------------------------------------
+
+
+def test_the_down_pass_takes_the_up_pass_activations_in_mirror_order_through_its_shortcuts():
+    """The reference's u_list / ul_list: the first layer's output, every downsampled map and every block's
+    output of the up pass; the down pass starts from the last pair and each of its blocks pops the next."""
+    model = pp((1, 7, 6), stages=3, resnet_blocks=2)
+    u_kept, ul_kept, inputs, skips = [], [], [], []
+
+    def up_block(module, args, kwargs, out):
+        if not u_kept:                                   # the first layer's (u, ul)
+            u_kept.append(args[0])
+            ul_kept.append(args[1])
+        u_kept.append(out[0])
+        ul_kept.append(out[1])
+
+    def down_block(module, args, kwargs):
+        inputs.append(args[:2])
+        skips.append(args[2:])
+
+    for u_layer, ul_layer in zip(model.down_u, model.down_ul):     # a stage after the first starts downsampled
+        u_layer.register_forward_hook(lambda module, args, out: u_kept.append(out))
+        ul_layer.register_forward_hook(lambda module, args, out: ul_kept.append(out))
+    for block in [block for stage in model.up_pass for block in stage]:
+        block.register_forward_hook(up_block, with_kwargs=True)
+    for block in [block for stage in model.down_pass for block in stage]:
+        block.register_forward_pre_hook(down_block, with_kwargs=True)
+    with torch.no_grad():
+        model(torch.randint(0, 4, (2, 1, 7, 6)))
+    kept = list(zip(u_kept, ul_kept))
+    assert len(kept) == 3 * (2 + 1) and len(skips) == len(kept) - 1 == 2 + 3 + 3
+    assert inputs[0][0] is kept[-1][0] and inputs[0][1] is kept[-1][1]
+    for skip, pair in zip(skips, reversed(kept[:-1])):
+        assert skip[0] is pair[0] and skip[1] is pair[1]
+
+
+def test_the_steppers_schedule_gives_the_networks_probabilities_on_a_deeper_u_net():
+    """Four stages on 9x11 (maps of 9x11, 5x6, 3x3, 2x2), deeper than the generated cases: at most pixels the
+    stepper's up pass stops early and its down pass starts from cached coarser outputs."""
+    model = pp((3, 9, 11), levels=7, seed=3, stages=4, resnet_blocks=2, num_classes=3, cond_shape=(3, 5, 6))
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 7, (2, 3, 9, 11), generator=g)
+    labels, cond_image = torch.tensor([0, 2]), torch.randint(0, 7, (2, 3, 5, 6), generator=g)
+    with torch.no_grad():
+        params = model(x, labels, cond_image)
+        stepper = model.cached_stepper(torch.zeros_like(x), model.condition(labels, cond_image, 2))
+        for h in range(9):
+            for w in range(11):
+                for c in range(3):
+                    expected = model.distribution.conditional(params[:, :, h, w], x[:, :, h, w], c)
+                    torch.testing.assert_close(stepper.log_probs(c, h, w), expected, rtol=0, atol=1e-10)
+                    stepper.set(c, h, w, x[:, c, h, w])
+
+
+@pytest.mark.parametrize("hp,digest", [
+    ({"image_shape": (3, 32, 32), "levels": 256}, "838586f0287991cf5fcc0662841795bdd718a6e19bf9635e697afab3f138636c"),
+    ({"image_shape": (1, 8, 8), "levels": 4, "num_classes": 3, "cond_shape": (1, 4, 4), "filters": 4,
+      "resnet_blocks": 1, "stages": 3, "mixtures": 2}, "d0a17c9df4394e61ab472c76aace0800370ea4916ecede80366284416de194a0"),
+])
+def test_the_module_tree_is_the_one_saved_checkpoints_hold(hp, digest):
+    """Parameter names, shapes and order of pixelcnn 0.1.0's checkpoints: a renamed or reshaped module would
+    stop every saved model from loading (``load_state_dict(strict=True)``)."""
+    model = pixelcnn.create("pixelcnn_pp", **hp)
+    listing = "\n".join(f"{name} {tuple(value.shape)}" for name, value in model.state_dict().items())
+    assert hashlib.sha256(listing.encode()).hexdigest() == digest

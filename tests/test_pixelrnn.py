@@ -17,7 +17,8 @@ from conftest import TINY
 from exact import dependency_violations, input_gradient, randomise, tiny_model
 from pixelcnn.cli import main
 from pixelcnn.errors import ConfigError
-from pixelcnn.recurrent import skew, skew_columns, unskew, unskew_columns
+from pixelcnn.models.pixelrnn_cached import PixelRNNStepper
+from pixelcnn.recurrent import LSTMGates, skew, skew_columns, unskew, unskew_columns
 
 NAMES = ["row_lstm", "diagonal_bilstm"]
 SMALL = {"hidden": 8, "layers": 2, "output_hidden": 8}
@@ -147,6 +148,42 @@ def test_recurrence_steps_once_per_row_or_diagonal(name, steps):
     assert len(calls) == SMALL["layers"] * steps(5, 8)
 
 
+# ----- the two paths' shared pieces ---------------------------------------------------------
+
+
+def test_the_lstm_update_in_place_and_into_new_tensors_is_equation_3():
+    """The caches' form (a buffer refilled at every step, results into views) and the layers' form."""
+    g = torch.Generator().manual_seed(0)
+    pre = 3 * torch.randn(8, 3, generator=g, dtype=torch.float64)     # [i, f, o, g] of n = 2 units, B = 3
+    c_prev = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    i, f, o, cand = pre.chunk(4)
+    c_expected = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(cand)
+    expected = (torch.sigmoid(o) * torch.tanh(c_expected), c_expected)
+    torch.testing.assert_close(LSTMGates(pre.clone()).update(c_prev), expected, rtol=0, atol=1e-15)
+    buffer, c_out, h_out = LSTMGates.buffer(pre, 2, 3), torch.empty_like(c_prev), torch.empty_like(c_prev)
+    for _ in range(2):
+        buffer.value.copy_(pre)
+        buffer.update(c_prev, c_out, h_out)
+        torch.testing.assert_close((h_out, c_out), expected, rtol=0, atol=1e-15)
+    zeros = torch.zeros(2, 3, dtype=torch.float64)
+    assert all(torch.equal(t, zeros) for t in LSTMGates(torch.zeros(8, 3, dtype=torch.float64)).update(zeros))
+
+
+@pytest.mark.parametrize("shape,first_kernel", [((1, 4, 5), 1), ((3, 4, 5), 3), ((3, 3, 2), 5)])
+def test_the_steppers_first_layer_in_two_parts_is_the_mask_a_convolution(shape, first_kernel):
+    """Its taps on the rows above (once per row) plus those on the pixel's own row (at each step), over
+    the stepper's batch-last image cache: the first convolution at every pixel, bias included."""
+    model = tiny_model("row_lstm", shape, 4, layers=1, hidden=6, output_hidden=0, first_kernel=first_kernel)
+    x = torch.randint(0, 4, (2, *shape), generator=torch.Generator().manual_seed(0))
+    first = PixelRNNStepper(model, x, None).first
+    with torch.no_grad():
+        expected = model.input(model.preprocess(x))                    # (B, 2h, H, W)
+        for i in range(shape[1]):
+            first.begin_row(i)
+            for j in range(shape[2]):
+                torch.testing.assert_close(first.step(j), expected[:, :, i, j].t(), rtol=0, atol=1e-12)
+
+
 # ----- configuration ------------------------------------------------------------------------
 
 
@@ -161,11 +198,11 @@ def test_defaults_are_the_papers_mnist_model_and_run_on_tiny_colour_images():
 @pytest.mark.parametrize("name,kwargs,message", [
     ("row_lstm", {"image_shape": (3, 4, 4), "hidden": 5}, "hidden must be at least 6"),
     ("diagonal_bilstm", {"layers": 0}, "expected an integer >= 1, got 0"),
-    ("row_lstm", {"first_kernel": 4}, "first_kernel must be a positive odd integer, got 4"),
-    ("row_lstm", {"row_kernel": 2}, "row_kernel must be a positive odd integer, got 2"),
+    ("row_lstm", {"first_kernel": 4}, "expected first_kernel to be an odd integer >= 1, got 4"),
+    ("row_lstm", {"row_kernel": 2}, "expected row_kernel to be an odd integer >= 1, got 2"),
     ("diagonal_bilstm", {"row_kernel": 3}, "has no field"),
     ("row_lstm", {"levels": 4, "output": "bernoulli"}, "needs levels=2"),
-    ("diagonal_bilstm", {"output_hidden": -1}, "output_hidden must be an integer >= 0"),
+    ("diagonal_bilstm", {"output_hidden": -1}, "expected output_hidden to be an integer >= 0, got -1"),
 ])
 def test_bad_configs_raise_config_error(name, kwargs, message):
     kwargs = {"image_shape": (1, 4, 4), "levels": 2, **kwargs}

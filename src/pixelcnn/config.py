@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pixelcnn.errors import ConfigError
+from pixelcnn.validation import Boolean, Integer, Integers, check_fields
 
 MAX_LEVELS = 256
 
@@ -40,35 +41,16 @@ class ModelConfig:
                       "model, in which every unknown sub-pixel sees every known one",
     }
 
-    # The values of each setting that takes the code down a different branch: the generated tests
-    # (tests/test_generated.py) run over their product, pairwise. ``channels`` is the image's first
-    # side; a cond_shape of "half" stands for a conditioning image of half the image's size.
-    branches: ClassVar[dict[str, tuple]] = {
-        "channels": (1, 3),
-        "levels": (2, 5, 256),
-        "num_classes": (None, 3),
-        "cond_shape": (None, "half"),
-        "inpainting": (False, True),
+    # The check of each field (pixelcnn.validation), applied when a config is made; a family adds
+    # its fields' checks to its parent's and keeps only rules across fields in ``__post_init__``.
+    limits: ClassVar[dict[str, Any]] = {
+        "image_shape": Integers(1, length=3, what=" (C, H, W)"), "levels": Integer(2, MAX_LEVELS),
+        "num_classes": Integer(1), "cond_shape": Integers(1, length=3, what=" (C, h, w)"), "cond_features": Integer(1),
+        "inpainting": Boolean(),
     }
 
     def __post_init__(self) -> None:
-        shape = tuple(self.image_shape)
-        if len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
-            raise ConfigError(f"image_shape must be three positive integers (C, H, W), got {self.image_shape!r}")
-        object.__setattr__(self, "image_shape", shape)
-        if not isinstance(self.levels, int) or not 2 <= self.levels <= MAX_LEVELS:
-            raise ConfigError(f"levels must be an integer in [2, {MAX_LEVELS}], got {self.levels!r}")
-        if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 1):
-            raise ConfigError(f"num_classes must be a positive integer or None, got {self.num_classes!r}")
-        if self.cond_shape is not None:
-            cond = tuple(self.cond_shape)
-            if len(cond) != 3 or not all(isinstance(s, int) and s >= 1 for s in cond):
-                raise ConfigError(f"cond_shape must be None or three positive integers (C, h, w), got {self.cond_shape!r}")
-            object.__setattr__(self, "cond_shape", cond)
-        if not isinstance(self.cond_features, int) or self.cond_features < 1:
-            raise ConfigError(f"cond_features must be a positive integer, got {self.cond_features!r}")
-        if not isinstance(self.inpainting, bool):
-            raise ConfigError(f"inpainting must be true or false, got {self.inpainting!r}")
+        check_fields(self, self.limits)
         if self.inpainting and self.cond_shape is not None:
             raise ConfigError("expected one conditioning image: inpainting or cond_shape, got both")
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pixelcnn.dlm import LevelConstants, PixelMixture, coupling_scatter, level_edges, log_bin_mass
+from pixelcnn.levels import to_unit
 
 
 class OutputDistribution:
@@ -44,6 +45,11 @@ class OutputDistribution:
         raise NotImplementedError
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+        """(B,) log p of each image."""
+        raise NotImplementedError
+
+    def nll(self, params: Tensor, x: Tensor) -> Tensor:
+        """(B,) -log p of each image in the form that trains with the least memory: the training loss."""
         raise NotImplementedError
 
     def log_prob_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
@@ -60,20 +66,24 @@ class OutputDistribution:
 
 class SubpixelDistribution(OutputDistribution):
     """A distribution whose parameters give each sub-pixel its own conditional: the log-probabilities
-    of pixels and images are sums of :meth:`nll_per_pixel`'s (B, C, H, W) terms."""
+    of pixels and images are sums of :meth:`nll_per_subpixel`'s (B, C, H, W) terms."""
 
-    def nll_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
+    def nll_per_subpixel(self, params: Tensor, x: Tensor) -> Tensor:
+        """(B, C, H, W) -log p of each sub-pixel given everything before it."""
         raise NotImplementedError
 
+    def nll(self, params: Tensor, x: Tensor) -> Tensor:
+        return self.nll_per_subpixel(params, x).flatten(1).sum(1)
+
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
-        return -self.nll_per_pixel(params, x).flatten(1).sum(1)
+        return -self.nll_per_subpixel(params, x).flatten(1).sum(1)
 
     def log_prob_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
         """(B, H, W) log p of each pixel (its channels together) given the pixels before it."""
-        return -self.nll_per_pixel(params, x).sum(1)
+        return -self.nll_per_subpixel(params, x).sum(1)
 
     def log_prob_per_channel(self, params: Tensor, x: Tensor) -> Tensor:
-        return -self.nll_per_pixel(params, x)
+        return -self.nll_per_subpixel(params, x)
 
 
 class Categorical(SubpixelDistribution):
@@ -91,7 +101,7 @@ class Categorical(SubpixelDistribution):
         b, _, h, w = params.shape
         return params.permute(0, 2, 3, 1).reshape(b, h, w, self.channels, self.levels)
 
-    def nll_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
+    def nll_per_subpixel(self, params: Tensor, x: Tensor) -> Tensor:
         """(B, C, H, W) negative log-likelihood; cross-entropy keeps training memory low."""
         logits = self.levels_last(params)                                    # (B, H, W, C, L)
         nll = F.cross_entropy(logits.reshape(-1, self.levels), x.long().permute(0, 2, 3, 1).reshape(-1), reduction="none")
@@ -117,7 +127,7 @@ class Bernoulli(SubpixelDistribution):
     def param_groups(self) -> Tensor:
         return torch.arange(self.channels)
 
-    def nll_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
+    def nll_per_subpixel(self, params: Tensor, x: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(params, x.to(params.dtype), reduction="none")
 
     def conditional(self, pixel_params: Tensor, x_pixel: Tensor, c: int) -> Tensor:
@@ -176,7 +186,7 @@ class DiscretizedLogisticMixture(OutputDistribution):
 
     def scale_values(self, x: Tensor, dtype: torch.dtype) -> Tensor:
         """Integer values -> bin centres in [-1, 1] (the same map as the model's preprocessing)."""
-        return x.to(dtype) * (2.0 / (self.levels - 1)) - 1.0
+        return to_unit(x, self.levels, dtype)
 
     def channel_mean(self, means: Tensor, coeffs: Tensor, y: Tensor, c: int) -> Tensor:
         """(B, K, *S) mean of channel c, shifted by the earlier channels' values y (B, C, *S) (eq. 3)."""
@@ -218,9 +228,8 @@ class DiscretizedLogisticMixture(OutputDistribution):
             before = upto
         return torch.stack(out, dim=1)
 
-    def nll_per_pixel(self, params: Tensor, x: Tensor) -> Tensor:
-        """(B, H, W) negative log-likelihood of each pixel (all its channels), for training."""
-        return -self.log_prob_per_pixel(params, x.long())
+    def nll(self, params: Tensor, x: Tensor) -> Tensor:
+        return (-self.log_prob_per_pixel(params, x.long())).flatten(1).sum(1)
 
     def pixel(self, pixel_params: Tensor) -> PixelMixture:
         """The mixture of one pixel, (B, P) parameters, unpacked once for the conditionals of its channels."""

@@ -58,12 +58,10 @@ def evaluate(model: pixelcnn.AutoregressiveModel, dataset, batch_size: int = 256
     conditional = model.config.num_classes is not None
     n = check_evaluation(model, dataset, batch_size, limit)
     lo, hi = runtime.rank * n // runtime.world, (runtime.rank + 1) * n // runtime.world
-    was_training = model.training
-    model.eval()
     names = [] if completion or not model.any_order else list(model.order_names)
     sums = torch.zeros(3 + len(names), dtype=torch.float64)     # NLLs, their squares, unknown dims, each order's NLLs
     gen = torch.Generator().manual_seed(0)
-    with full_float32():
+    with full_float32(), model.evaluating():
         for start in range(lo, hi, batch_size):
             x, y = dataset.batch(torch.arange(start, min(start + batch_size, hi)), generator=gen)
             y = y.to(runtime.device) if conditional else None
@@ -77,7 +75,6 @@ def evaluate(model: pixelcnn.AutoregressiveModel, dataset, batch_size: int = 256
                 nll, per_order = _image_nlls(model, x, y)
                 extra = per_order.sum(1)
             sums += torch.cat([torch.stack([nll.sum(), nll.square().sum(), dims]), extra])
-    model.train(was_training)
     total, squares, all_dims, *order_totals = all_reduce_sum(sums, runtime).tolist()
     mean = total / n
     std = math.sqrt(max(0.0, squares / n - mean**2) * n / max(n - 1, 1))  # sample standard deviation

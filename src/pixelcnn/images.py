@@ -13,13 +13,12 @@ from PIL import Image
 from torch import Tensor
 
 from pixelcnn.errors import InvalidImageError
+from pixelcnn.levels import from_bytes, to_bytes
 
 
 def to_uint8(images: Tensor, levels: int) -> np.ndarray:
     """Integer images in [0, levels) -> uint8 (N, H, W, C) scaled to [0, 255]."""
-    x = images.detach().cpu().long()
-    if levels != 256:
-        x = (x * 255 + (levels - 1) // 2) // (levels - 1)
+    x = to_bytes(images.detach().cpu(), levels)
     return x.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
@@ -87,8 +86,6 @@ def read_png(path: str | os.PathLike, shape: tuple[int, int, int], levels: int, 
     with open_image(path, shape, what) as img:
         arr = np.asarray(img.convert(mode), dtype=np.int64)
     x = torch.from_numpy(arr.reshape(arr.shape[0], arr.shape[1], channels)).permute(2, 0, 1)
-    if levels == 256:
-        return x.contiguous()
     if x.max() < levels:            # already stored as raw levels (e.g. 0/1 PNGs)
         return x.contiguous()
-    return ((x * (levels - 1) + 127) // 255).contiguous()
+    return from_bytes(x, levels).contiguous()

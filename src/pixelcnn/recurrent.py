@@ -4,6 +4,9 @@ the skew that turns the Diagonal BiLSTM's diagonals into columns, and the LSTM u
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -31,44 +34,45 @@ def unskew(x: Tensor, width: int) -> Tensor:
     return flat.reshape(b, c, h, sw + 1)[..., :width]
 
 
-def lstm_cell(gates: Tensor, c_prev: Tensor, dim: int = 1) -> tuple[Tensor, Tensor]:
-    """One LSTM update from pre-activations laid out [input, forget, output, candidate] along ``dim``.
-
-    van den Oord et al. 2016, "Pixel Recurrent Neural Networks", equation (3):
-    c = f * c_prev + i * g, h = o * tanh(c), with i, f, o sigmoids and g a tanh. ``gates`` has
-    4n entries along ``dim`` and ``c_prev`` n; returns (h, c), each shaped like ``c_prev``. Zero
-    gates and a zero ``c_prev`` give h = c = 0, so zero-padded positions stay zero.
-    The scans over whole rows and diagonals use it; tanh through :func:`map_tanh`.
-    """
-    n = gates.shape[dim] // 4
-    i, f, o = torch.sigmoid(gates.narrow(dim, 0, 3 * n)).chunk(3, dim)
-    g = map_tanh(gates.narrow(dim, 3 * n, n))
-    c = f * c_prev + i * g
-    return o * map_tanh(c), c
-
-
 class LSTMGates:
-    """A batch-last (4n, B) buffer of gate pre-activations [i, f, o, g] and the LSTM update on it.
+    """Gate pre-activations [i, f, o, g] along ``dim`` of ``value``, and the LSTM update on them.
 
-    Equation (3) as :func:`lstm_cell`, in place: one sigmoid over [i, f, o], one tanh over
-    g, results written into the caller's (n, B) cell and state views. Every operand is a
-    contiguous block (the gates are rows).
+    Equation (3) of the paper, c = f * c_prev + i * g and h = o * tanh(c), with i, f, o sigmoids
+    and g a tanh, for both paths: a layer wraps each step's fresh pre-activations (tanh by
+    :func:`map_tanh`, new c and h), a cache one batch-last (4n, B) buffer (:meth:`buffer`) that its
+    steps refill and update into views of its own c and h. Zero gates and a zero ``c_prev`` give
+    h = c = 0, so zero-padded positions stay zero.
     """
 
-    def __init__(self, like: Tensor, units: int, batch: int):
-        n = units
-        self.value = like.new_zeros(4 * n, batch)
-        self.ifo, self.g = self.value[: 3 * n], self.value[3 * n :]
-        self.i, self.f, self.o = self.ifo.split(n)
+    def __init__(self, value: Tensor, dim: int = 0, tanh: Callable[[Tensor], Tensor] = map_tanh):
+        n = value.shape[dim] // 4
+        self.value, self.tanh = value, tanh
+        self.ifo, self.g = value.narrow(dim, 0, 3 * n), value.narrow(dim, 3 * n, n)
+        self.i, self.f, self.o = (value.narrow(dim, k * n, n) for k in range(3))
 
-    def update(self, c_prev: Tensor, c_out: Tensor, h_out: Tensor) -> None:
-        """c_out = f * c_prev + i * g and h_out = o * tanh(c_out), each (n, B); ``value`` is spent."""
+    @classmethod
+    def buffer(cls, like: Tensor, units: int, batch: int) -> "LSTMGates":
+        """A (4n, B) buffer for a cache's steps: tanh in place, into its g rows (which c no longer needs)."""
+        gates = cls(like.new_zeros(4 * units, batch))
+        gates.tanh = partial(torch.tanh, out=gates.g)
+        return gates
+
+    def update(self, c_prev: Tensor, c_out: Tensor | None = None,
+               h_out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(h, c) from the pre-activations in ``value``, which it spends (sigmoids in place); written into
+        ``c_out`` and ``h_out`` where given (a cache's step), each shaped like ``c_prev``.
+
+        f * c_prev + i * g is rounded two ways: in place, one fused multiply-add (no temporary); into new
+        tensors, two products and a sum, the bits of the whole-map form that earlier releases coded
+        files with (``layers.in_plain_forms``). Exact arithmetic (the codec) gives both the same value.
+        """
         self.ifo.sigmoid_()
-        self.g.tanh_()
-        torch.mul(self.f, c_prev, out=c_out)
-        c_out.addcmul_(self.i, self.g)
-        torch.tanh(c_out, out=self.g)
-        torch.mul(self.o, self.g, out=h_out)
+        g = self.tanh(self.g)
+        if c_out is None:
+            c = self.f * c_prev + self.i * g
+        else:
+            c = torch.mul(self.f, c_prev, out=c_out).addcmul_(self.i, g)
+        return torch.mul(self.o, self.tanh(c), out=h_out), c
 
 
 def skew_columns(x: Tensor) -> Tensor:

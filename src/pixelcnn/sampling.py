@@ -28,7 +28,8 @@ class Stepper(Protocol):
     order: list[tuple[int, int]]          # the pixels (h, w) in the order the stepper visits them
     # None, or the order cut into groups of pixels (lists of (h, w)) whose sub-pixels of one channel are
     # conditionally independent given every earlier group and the group's earlier channels: sampling
-    # then draws a whole group's channel at once (``group_log_probs`` and ``set_group``).
+    # then draws a whole group's channel at once (``group_log_probs`` and ``set_group``), and the codec
+    # codes it, where each row of ``group_log_probs`` has the bits ``log_probs`` gives its sub-pixel.
     groups: list[list[tuple[int, int]]] | None
 
     def log_probs(self, c: int, h: int, w: int) -> Tensor:

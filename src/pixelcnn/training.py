@@ -83,6 +83,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    checkpoint_activations: bool = False
     tensorboard: bool = False
     data_dir: str | None = None
     image_size: int | None = None
@@ -116,6 +117,9 @@ class TrainConfig:
         "precision": "auto (bf16 where the CPU or GPU has native bf16, else fp32), fp32, bf16 or fp16 (autocast; fp16 "
                      "uses a gradient scaler); likelihoods are reported in fp32 whatever this is",
         "compile": "compile the network with torch.compile",
+        "checkpoint_activations": "keep only the inputs of each residual block / layer for backward and recompute "
+                                  "the rest there: less memory for about one more forward pass of time, the same "
+                                  "losses and gradients",
         "tensorboard": "also write TensorBoard event files into the run folder",
         "data_dir": "folder with the datasets (default: $PIXELCNN_DATA, then the user cache)",
         "image_size": "size images of a folder dataset are resized and cropped to; emoji: 32 (default) or 64",
@@ -264,7 +268,7 @@ class Trainer:
             frozen = set(pixelcnn.load(cfg.init_from).state_dict())
             for name, p in self.model.named_parameters():
                 p.requires_grad_(name not in frozen)
-        self.model = self.model.to(self.rt.device)
+        self.model = self.model.to(self.rt.device).checkpoint_activations(cfg.checkpoint_activations)
         self.eval_model = self._build_model({}, self.model.config.to_dict()).to(self.rt.device).eval()
         trained = [p for p in self.model.parameters() if p.requires_grad]
         if not trained:
@@ -565,9 +569,9 @@ class Trainer:
 
 # ----- entry points -----------------------------------------------------------------------
 
-RESUME_OVERRIDABLE = {"epochs", "max_steps", "time_budget", "device", "precision", "compile", "tensorboard",
-                      "data_dir", "log_every", "checkpoint_every", "samples", "sample_temperature", "valid_limit",
-                      "eval_batch_size"}
+RESUME_OVERRIDABLE = {"epochs", "max_steps", "time_budget", "device", "precision", "compile", "checkpoint_activations",
+                      "tensorboard", "data_dir", "log_every", "checkpoint_every", "samples", "sample_temperature",
+                      "valid_limit", "eval_batch_size"}
 
 
 def data_settings(cfg: TrainConfig, data) -> dict[str, Any]:

@@ -40,17 +40,18 @@ def _bounds(lo, hi, open_lo: bool = False, open_hi: bool = False) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Integer:
-    """An int (not a bool) in [minimum, maximum]."""
+    """An int (not a bool) in [minimum, maximum]; with ``odd``, an odd one (a kernel size)."""
 
     minimum: int | None = None
     maximum: int | None = None
+    odd: bool = False
 
     @property
     def expected(self) -> str:
-        return f"an integer {_bounds(self.minimum, self.maximum)}".rstrip()
+        return f"{'an odd' if self.odd else 'an'} integer {_bounds(self.minimum, self.maximum)}".rstrip()
 
     def __call__(self, value: Any, name: str | None = None) -> int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = isinstance(value, int) and not isinstance(value, bool) and (not self.odd or value % 2 == 1)
         if not ok or (self.minimum is not None and value < self.minimum) or (
                 self.maximum is not None and value > self.maximum):
             fail(name, self.expected, value)
@@ -114,6 +115,48 @@ class OneOf:
         return self(text)
 
 
+@dataclasses.dataclass(frozen=True)
+class Integers:
+    """``length`` integers in [minimum, ...] (any number, at least one, without a length), as a tuple;
+    a single int stands for a tuple of one where no length is set."""
+
+    minimum: int = 1
+    length: int | None = None
+    what: str = ""
+
+    @property
+    def expected(self) -> str:
+        count = f"{self.length}" if self.length else "one or more"
+        return f"{count} integers {_bounds(self.minimum, None)}{self.what}"
+
+    def __call__(self, value: Any, name: str | None = None) -> tuple[int, ...]:
+        single = self.length is None and isinstance(value, int)
+        items = (value,) if single else tuple(value) if isinstance(value, (list, tuple)) else None
+        if not items or (self.length and len(items) != self.length) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= self.minimum for v in items):
+            fail(name, self.expected, value)
+        return items
+
+    def parse(self, text: str) -> tuple[int, ...]:
+        """'1,2,4' -> (1, 2, 4); the message quotes the text as typed."""
+        try:
+            return self(tuple(int(v) for v in text.split(",")))
+        except (ValueError, ConfigError):
+            fail(None, self.expected + " separated by commas (like 1,2,4)", text)
+
+
+@dataclasses.dataclass(frozen=True)
+class Boolean:
+    """True or False (not 0 or 1, not a string)."""
+
+    expected: str = "true or false"
+
+    def __call__(self, value: Any, name: str | None = None) -> bool:
+        if not isinstance(value, bool):
+            fail(name, self.expected, value)
+        return value
+
+
 COUNT = Integer(1)                          # images, steps, batch sizes: at least one
 SEED = Integer(0, 2**32 - 1)
 TEMPERATURE = Real(0, open_min=True)
@@ -121,13 +164,14 @@ METHOD = OneOf(METHODS)
 
 
 def check_fields(config, limits: dict[str, Callable[[Any, str], Any]]) -> None:
-    """Apply each field's check to a configuration dataclass; None passes where it is the default."""
+    """Apply each field's check to a configuration dataclass, keeping the value it returns (a list
+    becomes the tuple a frozen config holds); None passes where it is the default."""
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
     for name, check in limits.items():
         value = getattr(config, name)
         if value is None and defaults.get(name) is None:
             continue
-        check(value, name)
+        object.__setattr__(config, name, check(value, name))
 
 
 def flag(parse: Callable[[str], Any]) -> Callable[[str], Any]:

@@ -28,7 +28,7 @@ import pixelcnn
 from pixelcnn.data import load_dataset
 
 OUT = Path(__file__).resolve().parent / "codec"
-SMALL = {  # family -> (image shape, levels, hyperparameters): every stepper, grayscale and colour
+SMALL = {  # folder (a family) -> (image shape, levels, hyperparameters): every stepper, grayscale and colour
     "pixelcnn": ((3, 5, 6), 16, dict(hidden=12, layers=2, output_hidden=8)),
     "row_lstm": ((1, 6, 5), 256, dict(hidden=6, layers=2, output_hidden=8)),
     "diagonal_bilstm": ((3, 4, 5), 8, dict(hidden=6, layers=1, output_hidden=0)),
@@ -36,7 +36,10 @@ SMALL = {  # family -> (image shape, levels, hyperparameters): every stepper, gr
     "gated_pixelcnn": ((3, 5, 5), 256, dict(hidden=12, layers=3, output_hidden=0)),
     "lmconv": ((1, 5, 6), 2, dict(hidden=6, layers=2, orders=("hilbert",), order_symmetries=2)),
     "multiscale": ((3, 7, 5), 16, dict(hidden=6, layers=2, output_hidden=8, scales=2, within_group="raster")),
+    "multiscale-independent": ((3, 7, 5), 16, dict(hidden=6, layers=2, output_hidden=8, scales=2,
+                                                  within_group="independent")),
 }
+FAMILY = {"multiscale-independent": "multiscale"}      # folders named otherwise than their family
 
 
 def far_from_init(model: torch.nn.Module, seed: int) -> None:
@@ -47,15 +50,15 @@ def far_from_init(model: torch.nn.Module, seed: int) -> None:
 
 
 def main(only: list[str]) -> None:
-    for i, (family, (shape, levels, hp)) in enumerate(SMALL.items()):
-        if only and family not in only:
+    for i, (name, (shape, levels, hp)) in enumerate(SMALL.items()):
+        if only and name not in only:
             continue
-        folder = OUT / family
+        folder = OUT / name
         if (folder / "model").is_dir():
             model = pixelcnn.load(folder / "model").eval()
         else:
             torch.manual_seed(i)
-            model = pixelcnn.create(family, image_shape=shape, levels=levels, **hp).eval()
+            model = pixelcnn.create(FAMILY.get(name, name), image_shape=shape, levels=levels, **hp).eval()
             far_from_init(model, i)
             model.save_pretrained(folder / "model")
         images = torch.randint(0, levels, (3, *shape), generator=torch.Generator().manual_seed(i))

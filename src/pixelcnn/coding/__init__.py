@@ -18,7 +18,11 @@ number of threads, so the same float network gives other bits elsewhere. Two thi
 
 * **the same computation**: both sides drive the model through
   :func:`pixelcnn.sampling.make_stepper` and :func:`pixelcnn.sampling.run`, the loop sampling uses,
-  with the same stepper (naive or the family's cached one; the file records which); both code
+  with the same stepper (naive or the family's cached one; the file records which), or where the
+  stepper offers groups of conditionally independent pixels (multiscale) through
+  :func:`pixelcnn.sampling.run_groups`, a pass per channel of a group, whose rows have the bits of
+  the stepper's one-pixel answers, the values coded in the same order (colour images are decoded
+  one sub-pixel at a time: a pixel's channels follow one another in the stream); both code
   images in chunks of a fixed size recorded in the file (the last chunk padded with all-zero
   images, not coded); both start each chunk from an all-zero batch, the encoder teacher-forcing
   each true value only after reading the log-probabilities for it, exactly when the decoder sets
@@ -41,7 +45,7 @@ of returning wrong images. The model fingerprint in the header (sha256 of config
 weights) catches the common mistake of decoding with another model before any work.
 
 Files of format versions 1 and 2 (pixelcnn 0.1.0) were coded in float32 on one CPU thread; they
-still decode with that arithmetic (:data:`codec.FLOAT`) where the machine repeats its floats (the
+still decode with that arithmetic (:data:`arithmetic.FLOAT`) where the machine repeats its floats (the
 same kind of CPU and torch build), and otherwise raise an error that says so.
 
 Dtype and device: a float64 model codes like its float32 copy (its fingerprint is taken of the

@@ -1,16 +1,16 @@
 """Encoder and decoder: the sampling loop, teacher-forced on one side and fed by the bit stream on the other.
 
 Both sides drive the model through :func:`pixelcnn.sampling.make_stepper` and
-:func:`pixelcnn.sampling.run`, chunk by chunk, in the arithmetic of the file's format version
-(:data:`EXACT` for files written now, :data:`FLOAT` to read those of earlier releases). Why the
+:func:`pixelcnn.sampling.run` (or :func:`pixelcnn.sampling.run_groups`, a group of pixels per
+pass, where the stepper offers groups: :func:`coded_in_groups`; the stream is the same either way),
+chunk by chunk, in the arithmetic of the file's format version (:mod:`pixelcnn.coding.arithmetic`:
+``EXACT`` for files written now, ``FLOAT`` to read those of earlier releases). Why the
 two sides get bit-identical probabilities is explained in the package docstring
 (:mod:`pixelcnn.coding`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -20,12 +20,11 @@ import torch
 from torch import Tensor
 
 from pixelcnn.coding import container
+from pixelcnn.coding.arithmetic import EXACT, FLOAT, Arithmetic, arithmetic_of  # noqa: F401 (callers read codec.FLOAT)
 from pixelcnn.coding.container import EXACT_VERSION, MAX_CHUNK_SIZE, Header
-from pixelcnn.coding.exact import ExactArithmetic, softmax as exact_softmax
-from pixelcnn.coding.quantize import PRECISION, quantized_weights
+from pixelcnn.coding.quantize import PRECISION
 from pixelcnn.errors import CompressionError, ConfigError, PixelCNNError
-from pixelcnn.layers import plain_tanh
-from pixelcnn.sampling import make_stepper, run
+from pixelcnn.sampling import in_visiting_order, make_stepper, run, run_groups
 from pixelcnn.validation import METHOD, Integer
 
 DEFAULT_CHUNK_SIZE = 64
@@ -40,79 +39,6 @@ class Decoded:
     labels: Tensor | None
     metadata: bytes
     header: Header
-
-
-# ----- the arithmetic of a format version ------------------------------------------------------
-
-
-def coding_model(model):
-    """The model as format 2 codes with it: float32 on the CPU (a copy when the model is anywhere else)."""
-    params = list(model.parameters()) + list(model.buffers())
-    if all(p.device.type == "cpu" and (not p.is_floating_point() or p.dtype == torch.float32) for p in params):
-        return model
-    return copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
-
-
-def exact_model(model):
-    """The model as format 3 codes with it: a float64 copy of its float32 weights (those the file's
-    fingerprint names, so a float64 model codes like its float32 copy) on its own device (CUDA stays
-    on CUDA, anything else goes to the CPU)."""
-    device = model.device if model.device.type == "cuda" else torch.device("cpu")
-    return copy.deepcopy(model).to(device=device, dtype=torch.float32).to(dtype=torch.float64)
-
-
-@contextlib.contextmanager
-def deterministic_cpu(model) -> Iterator[None]:
-    """Format 2: one CPU thread, oneDNN pinned on, no autograd, eval mode, tanh as ``torch.tanh``
-    everywhere (``layers.plain_tanh``); the caller's settings come back after."""
-    threads, onednn, was_training = torch.get_num_threads(), torch.backends.mkldnn.enabled, model.training
-    torch.set_num_threads(1)
-    torch.backends.mkldnn.enabled = True
-    model.eval()
-    try:
-        with torch.no_grad(), plain_tanh():
-            yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.backends.mkldnn.enabled = onednn
-        model.train(was_training)
-
-
-@contextlib.contextmanager
-def exact_arithmetic(model) -> Iterator[None]:
-    """Format 3: eval mode, no autograd, every torch function exact or correctly rounded
-    (:class:`~pixelcnn.coding.exact.ExactArithmetic`), one formula for tanh on every device
-    (``layers.plain_tanh``), cuDNN off (its transforms would round); any thread count."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), plain_tanh(), torch.backends.cudnn.flags(enabled=False), ExactArithmetic():
-            yield
-    finally:
-        model.train(was_training)
-
-
-@dataclass(frozen=True)
-class Arithmetic:
-    """How a format version evaluates the model and turns its log-probabilities into integers."""
-
-    model: Callable                 # model -> the copy that codes
-    scope: Callable                 # coding model -> context manager around every chunk
-    softmax: Callable               # the softmax of quantize.quantized_weights
-
-    def weights(self, log_probs: Tensor) -> np.ndarray:
-        """(B, L) integer weights; called inside ``scope``, computed outside any torch function mode
-        (the exact softmax is written in plain torch operations)."""
-        with torch._C.DisableTorchFunction():
-            return quantized_weights(log_probs, self.softmax)
-
-
-EXACT = Arithmetic(exact_model, exact_arithmetic, exact_softmax)          # format 3: the same on every machine
-FLOAT = Arithmetic(coding_model, deterministic_cpu, torch.softmax)        # formats 1 and 2: one kind of CPU
-
-
-def arithmetic_of(version: int) -> Arithmetic:
-    return EXACT if version >= EXACT_VERSION else FLOAT
 
 
 @dataclass
@@ -165,50 +91,129 @@ def _order_name(model, order: str | None) -> str:
 
 
 def encode_chunk(model, x: Tensor, labels: Tensor | None, n: int, method: str, order: str = "",
-                 arithmetic: Arithmetic = EXACT, length: CodeLength | None = None) -> np.ndarray:
+                 arithmetic: Arithmetic = EXACT, length: CodeLength | None = None, grouped: bool = True) -> np.ndarray:
     """Range-code the first ``n`` images of the padded chunk x (B, C, H, W): uint32 words.
 
     The values are teacher-forced: at each sub-pixel the stepper gives the log-probabilities
     the decoder will see (it has been set to the same values so far), then the true value.
+    Where the stepper offers groups (:func:`coded_in_groups`) each channel of a group is one
+    pass; the stream is the same either way. ``grouped=False``: one sub-pixel at a time everywhere.
     """
     encoder = constriction.stream.queue.RangeEncoder()
     _code_labels(model, labels, n, lambda symbols, m: encoder.encode(symbols, m))
     family = constriction.stream.model.Categorical(perfect=False)
 
-    def choose(c: int, h: int, w: int, log_probs: Tensor) -> Tensor:
-        values = x[:, c, h, w]                                          # (B,)
-        weights = arithmetic.weights(log_probs)                         # (B, L)
-        symbols = values[:n].numpy().astype(np.int32)
-        encoder.encode(symbols, family, weights[:n])
+    def code(symbols: np.ndarray, weights: np.ndarray) -> None:
+        weights = np.ascontiguousarray(weights)                         # constriction reads C-ordered arrays
+        encoder.encode(symbols, family, weights)
         if length is not None:
-            length.add(weights[:n], symbols)
-        return values.to(log_probs.device)
+            length.add(weights, symbols)
 
-    run(_new_stepper(model, x.shape[0], labels, method, order), model.image_shape, choose)
+    stepper = _new_stepper(model, x.shape[0], labels, method, order)
+    if grouped and coded_in_groups(stepper, arithmetic):
+        _encode_groups(stepper, x, n, arithmetic, code)
+    else:
+        _encode_pixels(stepper, x, n, arithmetic, code)
     return encoder.get_compressed()
 
 
+def coded_in_groups(stepper, arithmetic: Arithmetic) -> bool:
+    """Whether a chunk is coded a group of pixels per pass (:func:`pixelcnn.sampling.run_groups`): where the
+    stepper offers groups whose rows have the bits of its one-pixel answers, which it promises in exact
+    arithmetic (format 3). Either way the stream holds the values in the stepper's order, pixel by pixel,
+    each pixel's channels in turn, the chunk's images of each sub-pixel in turn."""
+    return stepper.groups is not None and arithmetic is EXACT
+
+
+def _encode_pixels(stepper, x: Tensor, n: int, arithmetic: Arithmetic, code) -> None:
+    """Code every sub-pixel of the chunk x (B, C, H, W) as :func:`pixelcnn.sampling.run` visits it."""
+
+    def choose(c: int, h: int, w: int, log_probs: Tensor) -> Tensor:
+        values = x[:, c, h, w]                                          # (B,)
+        code(values[:n].numpy().astype(np.int32), arithmetic.weights(log_probs)[:n])
+        return values.to(log_probs.device)
+
+    run(stepper, tuple(x.shape[1:]), choose)
+
+
+def _encode_groups(stepper, x: Tensor, n: int, arithmetic: Arithmetic, code) -> None:
+    """Code the chunk x (B, C, H, W) as :func:`pixelcnn.sampling.run_groups` visits it: once a group's
+    every channel has had its pass, its values in the stream's order (pixel, channel, image)."""
+    channels = x.shape[1]
+    steps = in_visiting_order(x)                                        # (H W C, B)
+    weights: list[np.ndarray] = []                                      # the group's channels so far, (n_pix, B, L)
+
+    def choose(c: int, pixels: Tensor, log_probs: Tensor) -> Tensor:
+        row0 = pixels.cpu() * channels                                  # (n_pix,) rows of their channel 0 in steps
+        weights.append(_weights(log_probs, arithmetic))
+        if c == channels - 1:
+            coded = np.stack(weights, axis=1)[:, :, :n]                 # (n_pix, C, n, L)
+            rows = (row0[:, None] + torch.arange(channels)).flatten()   # pixel by pixel, each one's channels
+            code(steps[rows, :n].flatten().numpy().astype(np.int32), coded.reshape(-1, coded.shape[-1]))
+            weights.clear()
+        return steps[row0 + c].to(log_probs.device)                     # (n_pix, B)
+
+    run_groups(stepper, channels, x.shape[3], choose)
+
+
+def _weights(log_probs: Tensor, arithmetic: Arithmetic) -> np.ndarray:
+    """(n_pix, B, L) log-probabilities of a group's channel -> their (n_pix, B, L) integer weights."""
+    return arithmetic.weights(log_probs.flatten(0, 1)).reshape(log_probs.shape)
+
+
 def decode_chunk(model, words: np.ndarray, header: Header, n: int, arithmetic: Arithmetic = EXACT,
-                 length: CodeLength | None = None) -> tuple[Tensor, Tensor | None]:
-    """Decode ``n`` images (and labels) from one chunk's words, running a padded batch of the file's chunk size."""
+                 length: CodeLength | None = None, grouped: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Decode ``n`` images (and labels) from one chunk's words, running a padded batch of the file's chunk size.
+
+    Grayscale images are decoded a group per pass where the stepper offers groups. In the stream a
+    pixel's channels follow one another, and a later channel's probabilities need the pixel's earlier
+    values, so colour images are decoded one sub-pixel at a time, as with ``grouped=False``.
+    """
     batch = header.chunk_size
     decoder = constriction.stream.queue.RangeDecoder(words)
     labels = _decode_labels(model, decoder, header, n)
     family = constriction.stream.model.Categorical(perfect=False)
     x = torch.zeros((batch, *model.image_shape), dtype=torch.long)
 
-    def choose(c: int, h: int, w: int, log_probs: Tensor) -> Tensor:
-        weights = arithmetic.weights(log_probs)                         # (B, L)
-        values = torch.zeros(batch, dtype=torch.long)
-        symbols = _decoded(decoder, header, family, weights[:n])
-        values[:n] = torch.from_numpy(symbols.astype(np.int64))
-        x[:, c, h, w] = values
+    def decode(weights: np.ndarray) -> Tensor:
+        """The next len(weights) values of the stream, (len(weights),) int64."""
+        weights = np.ascontiguousarray(weights)                         # constriction reads C-ordered arrays
+        symbols = _decoded(decoder, header, family, weights)
         if length is not None:
-            length.add(weights[:n], symbols)
+            length.add(weights, symbols)
+        return torch.from_numpy(symbols.astype(np.int64))
+
+    stepper = _new_stepper(model, batch, labels, header.method, header.order)
+    if grouped and coded_in_groups(stepper, arithmetic) and x.shape[1] == 1:
+        _decode_groups(stepper, x, n, arithmetic, decode)
+    else:
+        _decode_pixels(stepper, x, n, arithmetic, decode)
+    return x[:n], None if labels is None else labels[:n]
+
+
+def _decode_pixels(stepper, x: Tensor, n: int, arithmetic: Arithmetic, decode) -> None:
+    """Fill the first n images of the all-zero chunk x (B, C, H, W) as :func:`pixelcnn.sampling.run` visits it."""
+
+    def choose(c: int, h: int, w: int, log_probs: Tensor) -> Tensor:
+        x[:n, c, h, w] = decode(arithmetic.weights(log_probs)[:n])
+        return x[:, c, h, w].to(log_probs.device)
+
+    run(stepper, tuple(x.shape[1:]), choose)
+
+
+def _decode_groups(stepper, x: Tensor, n: int, arithmetic: Arithmetic, decode) -> None:
+    """Fill the first n images of the all-zero grayscale chunk x (B, 1, H, W) as
+    :func:`pixelcnn.sampling.run_groups` visits it: a group's values are consecutive in the stream."""
+    pixels_of = x.view(x.shape[0], -1)                                  # (B, H W), a view of x
+
+    def choose(c: int, pixels: Tensor, log_probs: Tensor) -> Tensor:
+        weights = _weights(log_probs, arithmetic)[:, :n]                # (n_pix, n, L)
+        values = torch.zeros(log_probs.shape[:2], dtype=torch.long)     # (n_pix, B); padding images stay 0
+        values[:, :n] = decode(weights.reshape(-1, weights.shape[-1])).view(-1, n)
+        pixels_of[:, pixels.cpu()] = values.T
         return values.to(log_probs.device)
 
-    run(_new_stepper(model, batch, labels, header.method, header.order), model.image_shape, choose)
-    return x[:n], None if labels is None else labels[:n]
+    run_groups(stepper, 1, x.shape[3], choose)
 
 
 def _code_labels(model, labels: Tensor | None, n: int, encode) -> None:

@@ -8,10 +8,11 @@ sampling, completion, saving) is written once here and in ``sampling.py``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Iterator
 
 import torch
 from safetensors.torch import save_file
@@ -21,8 +22,10 @@ from pixelcnn import allocator, checkpoint
 from pixelcnn.config import ModelConfig
 from pixelcnn.distributions import OutputDistribution, bits_per_dim
 from pixelcnn.errors import CheckpointError, ConfigError, InvalidImageError, InvalidLabelError
+from pixelcnn.levels import to_unit
 from pixelcnn.validation import COUNT
 from pixelcnn.layers import Condition, ConditionNetwork, KnownPixelsNetwork
+from pixelcnn.models import checkpointing
 
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -54,6 +57,9 @@ class AutoregressiveModel(nn.Module):
     # takes named orders and "auto", known pixels first; the family has ``order_names`` and
     # ``log_prob_per_order``); or "coarse_to_fine" (a multiscale model's :meth:`default_order`).
     generation_order: ClassVar[str] = "raster"
+    # Submodules that activation checkpointing runs whole, instead of the elements of the
+    # ModuleLists inside them (see models/checkpointing.py and :meth:`checkpoint_units`).
+    checkpoint_whole: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -118,10 +124,20 @@ class AutoregressiveModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode (dropout off) for the block; the caller's mode comes back after, also on an error."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
     def preprocess(self, x: Tensor) -> Tensor:
         """Integer values [0, L) -> floats in [-1, 1], in the model's dtype."""
         dtype = next(self.parameters()).dtype
-        return x.to(dtype) * (2.0 / (self.levels - 1)) - 1.0
+        return to_unit(x, self.levels, dtype)
 
     def condition(self, labels: Tensor | int | None, cond_image: Tensor | None, batch: int,
                   x: Tensor | None = None, known: Tensor | None = None) -> Condition | None:
@@ -205,9 +221,7 @@ class AutoregressiveModel(nn.Module):
         dist, x = self.distribution, x.to(params.device)
         if known is not None:
             return -(dist.log_prob_per_channel(params, x) * ~known.to(params.device)).flatten(1).sum(1)
-        if hasattr(dist, "nll_per_pixel"):        # cross-entropy form: less memory than log_softmax
-            return dist.nll_per_pixel(params, x).flatten(1).sum(1)
-        return -dist.log_prob(params, x)
+        return dist.nll(params, x)
 
     @full_precision
     def conditional_log_prob(self, x: Tensor, known: Tensor, labels: Tensor | None = None,
@@ -362,6 +376,22 @@ class AutoregressiveModel(nn.Module):
         if meta.get("model") != cls.name:
             raise CheckpointError(f"expected a {cls.name} checkpoint at {path}, got a {meta.get('model')} one")
         return checkpoint.build_model(cls, folder, meta, map_location)
+
+    # ----- memory ---------------------------------------------------------------------------
+
+    def checkpoint_units(self) -> list[nn.Module]:
+        """The modules that activation checkpointing runs one by one: the ``checkpoint_whole``
+        submodules, then the elements of the outermost ModuleLists (see models/checkpointing.py)."""
+        return checkpointing.units(self, self.checkpoint_whole)
+
+    def checkpoint_activations(self, enabled: bool = True) -> "AutoregressiveModel":
+        """Keep only each unit's inputs for backward and recompute the rest there (``enabled``), or not.
+
+        It acts while the model trains with grad enabled: less memory for about one more forward
+        pass of time, the same loss and gradients. Evaluation, sampling and coding are unaffected.
+        """
+        checkpointing.set_checkpointing(self.checkpoint_units(), enabled)
+        return self
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -12,6 +12,7 @@ from pixelcnn.config import ModelConfig
 from pixelcnn.distributions import OutputDistribution, make_distribution
 from pixelcnn.errors import ConfigError
 from pixelcnn.layers import MaskedConv2d, channel_groups, raster_conv
+from pixelcnn.validation import Integer, Integers, OneOf, fail
 
 OUTPUTS = ("auto", "categorical", "bernoulli")
 
@@ -44,19 +45,16 @@ class MaskedModelConfig(ModelConfig):
         "output_hidden": "feature maps of the 1x1 output layer before the logits (0: none)",
         "output": "output distribution: categorical (softmax over levels), bernoulli (levels=2) or auto",
     }
-    branches: ClassVar[dict[str, tuple]] = {**ModelConfig.branches, "output_hidden": (0, 8),
-                                            "output": ("auto", "categorical")}
+
+    limits: ClassVar[dict] = {**ModelConfig.limits, "layers": Integer(0), "output_hidden": Integer(0),
+                              "output": OneOf(OUTPUTS)}
 
     def __post_init__(self) -> None:
         super().__post_init__()
         c = self.channels
-        check_int(self, "hidden", minimum=c)
-        check_int(self, "layers", minimum=0)
-        check_int(self, "output_hidden", minimum=0)
+        Integer(c)(self.hidden, "hidden")                   # one feature map per colour group at least
         if 0 < self.output_hidden < c:
-            raise ConfigError(f"output_hidden must be 0 or at least the {c} colour channels, got {self.output_hidden}")
-        if self.output not in OUTPUTS:
-            raise ConfigError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+            fail("output_hidden", f"0 or at least the {c} colour channels", self.output_hidden)
         if self.output == "bernoulli" and self.levels != 2:
             raise ConfigError(f"output='bernoulli' needs levels=2, got levels={self.levels}")
 
@@ -67,25 +65,8 @@ class MaskedModelConfig(ModelConfig):
         return self.output
 
 
-def check_int(config, name: str, minimum: int) -> None:
-    value = getattr(config, name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_kernel(config, name: str) -> None:
-    value = getattr(config, name)
-    if not isinstance(value, int) or value < 1 or value % 2 == 0:
-        raise ConfigError(f"{name} must be a positive odd integer, got {value!r}")
-
-
-def check_dilations(config) -> None:
-    """``dilations`` as a non-empty tuple of positive integers (a single int is accepted), or ConfigError."""
-    value = config.dilations
-    dil = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-    if not dil or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dil):
-        raise ConfigError(f"dilations must be positive integers, got {value!r}")
-    object.__setattr__(config, "dilations", dil)
+KERNEL = Integer(1, odd=True)
+DILATIONS = Integers(1)
 
 
 def output_distribution(config: MaskedModelConfig) -> OutputDistribution:

@@ -27,11 +27,11 @@ from pixelcnn.errors import ConfigError
 from pixelcnn.layers import (Condition, ConditionBias, Conv1x1, add_shifted_down, channel_groups, gate, horizontal_conv,
                              vertical_conv)
 from pixelcnn.models.base import AutoregressiveModel
-from pixelcnn.models.common import (MaskedModelConfig, OutputHead, check_dilations, check_kernel, gate_groups, masked_1x1,
+from pixelcnn.models.common import (DILATIONS, KERNEL, MaskedModelConfig, OutputHead, gate_groups, masked_1x1,
                                     output_distribution)
 from pixelcnn.models.incremental import (CachedConv, CachedStepper, ConvTaps, FeatureMap, Pointwise, PointwiseHead,
                                          bias_row, class_bias)
-from pixelcnn.validation import OneOf, check_fields
+from pixelcnn.validation import OneOf
 
 CONV_IMPLS = ("shaped", "masked")
 
@@ -51,17 +51,11 @@ class GatedPixelCNNConfig(MaskedModelConfig):
         "dilations": "dilation of gated layer i is dilations[i %% len(dilations)], e.g. 1,2,4",
         "conv_impl": "'shaped' (convolutions shaped to the mask, faster) or 'masked' (plain masked k x k)",
     }
-    limits: ClassVar[dict] = {"conv_impl": OneOf(CONV_IMPLS)}
-    branches: ClassVar[dict[str, tuple]] = {**MaskedModelConfig.branches, "layers": (1, 3), "first_kernel": (1, 3),
-                                            "kernel_size": (1, 3), "dilations": ((1,), (1, 2)),
-                                            "conv_impl": ("shaped", "masked")}
+    limits: ClassVar[dict] = {**MaskedModelConfig.limits, "first_kernel": KERNEL, "kernel_size": KERNEL,
+                              "dilations": DILATIONS, "conv_impl": OneOf(CONV_IMPLS)}
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_kernel(self, "first_kernel")
-        check_kernel(self, "kernel_size")
-        check_dilations(self)
-        check_fields(self, self.limits)
         if self.layers < 1:
             raise ConfigError(f"layers counts the gated layers, the first included: expected >= 1, got {self.layers}")
 

@@ -24,6 +24,9 @@ Speed: caches are channels-last, (B, top + H + bottom, left + W + right, C), so 
 one row is one run of memory per image, and the windows of every output position are built once
 as a strided view (:meth:`ConvTaps.windows`). A step of one layer is then an index, a copy of the
 window and one matrix product; nothing is concatenated or allocated beyond the small outputs.
+A stepper whose buffers are batch last (PixelRNN's, whose steps are many small products) stores its
+caches batch last behind the same view (``FeatureMap(batch_last=True)``) and evaluates them with
+:class:`BatchLastConv`, whose windows are then (K, B) blocks read in place.
 """
 
 from __future__ import annotations
@@ -53,11 +56,17 @@ class Pad(NamedTuple):
 
 
 class FeatureMap:
-    """A zero-padded, channels-last cache of one activation: (B, top + H + bottom, left + W + right, C)."""
+    """A zero-padded, channels-last cache of one activation: (B, top + H + bottom, left + W + right, C).
 
-    def __init__(self, batch: int, height: int, width: int, channels: int, pad: Pad, like: Tensor):
+    ``batch_last`` stores it as (top + H + bottom, left + W + right, C, B) behind the same (B, ...) view,
+    for a stepper whose products are batch last (:class:`BatchLastConv`).
+    """
+
+    def __init__(self, batch: int, height: int, width: int, channels: int, pad: Pad, like: Tensor,
+                 batch_last: bool = False):
         self.height, self.width, self.pad = height, width, pad
-        self.buf = like.new_zeros(batch, pad.top + height + pad.bottom, pad.left + width + pad.right, channels)
+        size = (pad.top + height + pad.bottom, pad.left + width + pad.right, channels)
+        self.buf = like.new_zeros(*size, batch).permute(3, 0, 1, 2) if batch_last else like.new_zeros(batch, *size)
 
     def at(self, h: int, w: int) -> Tensor:
         """(B, C) view of position (h, w)."""
@@ -103,19 +112,21 @@ class ConvTaps:
         self.dx = c0 * dilation[1] - padding.left
 
     @classmethod
-    def of(cls, conv: nn.Conv2d) -> "ConvTaps":
+    def of(cls, conv: nn.Conv2d, used: Tensor | None = None) -> "ConvTaps":
         """The taps of a :class:`MaskedConv2d` (weight * mask), a plain zero-padded ``nn.Conv2d``, or a
-        PixelCNN++ shifted convolution (which zero-pads its input by ``pad`` before an unpadded convolution)."""
+        PixelCNN++ shifted convolution (which zero-pads its input by ``pad`` before an unpadded convolution).
+        ``used`` (kh, kw) bool keeps only those kernel taps (one part of a layer computed in parts);
+        by default, every tap the mask keeps."""
         if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(f"expected a zero-padded, ungrouped convolution with explicit padding, got {conv}")
         weight = conv.weight.detach()
         bias = None if conv.bias is None else conv.bias.detach()
         if isinstance(conv, MaskedConv2d):
             left, right, top, bottom = conv.pad
-            used = conv.mask.ne(0).any(0).any(0)                               # (kh, kw)
+            used = conv.mask.ne(0).any(0).any(0) if used is None else used      # (kh, kw)
             return cls(conv.masked_weight().detach(), bias, Pad(top, bottom, left, right), conv.dilation, conv.stride, used)
         ph, pw = conv.padding
-        used = torch.ones(weight.shape[-2:], dtype=torch.bool, device=weight.device)
+        used = torch.ones(weight.shape[-2:], dtype=torch.bool, device=weight.device) if used is None else used
         if isinstance(conv, (DownShiftedConv2d, DownRightShiftedConv2d)):
             left, right, top, bottom = conv.pad
             pad = Pad(top + ph, bottom + ph, left + pw, right + pw)
@@ -177,6 +188,36 @@ class CachedConv:
         out = torch.mm(window.reshape(wo * self.batch, self.size), self.weight)  # (Wo * B, out)
         out = out.view(wo, self.batch, -1) + self.bias
         return out if self.position_bias is None else out + self.position_bias.row(h)
+
+
+class BatchLastConv:
+    """A convolution evaluated batch last: the taps and windows of :class:`CachedConv`, the product transposed.
+
+    Outputs are (out, B) columns, from (out, K) @ (K, B). Over a batch-last :class:`FeatureMap` the
+    window of one row of taps is one contiguous (K, B) block, read in place; a window of several rows
+    is gathered. The caller passes the bias: the layer's plus its conditioning (:func:`column_bias`).
+    """
+
+    def __init__(self, taps: ConvTaps, source: FeatureMap):
+        self.weight = taps.weight.t().contiguous()                              # (out, K)
+        self.size, self.batch = taps.size, source.buf.shape[0]
+        self.views = taps.windows(source).permute(0, 1, 3, 4, 5, 2)            # (Ho, Wo, rows, cols, C, B)
+
+    def windows(self, h: int) -> list[Tensor]:
+        """Row h's windows, one (K, B) matrix per output position."""
+        return list(self.row_windows(h).unbind(0))
+
+    def row_windows(self, h: int) -> Tensor:
+        """(W_out, K, B): row h's windows, a view where each is contiguous, else a copy."""
+        return self.views[h].reshape(self.views.shape[1], self.size, self.batch)
+
+    def row(self, h: int, bias: Tensor, out: Tensor) -> Tensor:
+        """Row h's outputs plus ``bias`` into ``out`` (W_out, out, B)."""
+        return torch.add(torch.matmul(self.weight, self.row_windows(h)), bias, out=out)
+
+    def at(self, window: Tensor, bias: Tensor, out: Tensor) -> Tensor:
+        """The (out, B) output of one ``window`` (:meth:`windows`) plus ``bias`` (out, B), into ``out``."""
+        return torch.addmm(bias, self.weight, window, out=out)
 
 
 class TransposedTaps:
@@ -320,6 +361,14 @@ def bias_row(bias: Tensor | PositionBias, h: int) -> Tensor:
     return bias.row(h) if isinstance(bias, PositionBias) else bias
 
 
+def column_bias(bias: Tensor, extra: Tensor | PositionBias | None, h: int) -> Tensor:
+    """A layer's bias (n,) plus its conditioning (:func:`class_bias`) at row h, batch last:
+    (n, 1), (n, B) or (W, n, B), broadcastable against row h's (W, n, B) features."""
+    if extra is None:
+        return bias[:, None]
+    return bias[:, None] + bias_row(extra, h).transpose(-1, -2)
+
+
 class PixelStepper:
     """The one contract of every cached sampling path: the parameters of position p given the values written so far.
 
@@ -392,10 +441,13 @@ class PixelStepper:
 class CachedStepper(PixelStepper):
     """A :class:`PixelStepper` over channels-last caches of every layer's input (``feature_map`` allocates one)."""
 
-    def __init__(self, model, x: Tensor, input_readers: list[ConvTaps], ones_channel: bool = False):
+    def __init__(self, model, x: Tensor, input_readers: list[ConvTaps], ones_channel: bool = False,
+                 batch_last: bool = False):
         """``ones_channel``: the network's input has one more channel after the image's, all ones inside
-        the image and zero in the padding (PixelCNN++'s way to tell the border from black pixels)."""
+        the image and zero in the padding (PixelCNN++'s way to tell the border from black pixels).
+        ``batch_last``: the caches are stored batch last (``FeatureMap``), for :class:`BatchLastConv`."""
         super().__init__(model, x)
+        self.batch_last = batch_last
         self.like = next(model.parameters()).detach()                            # dtype and device of activations
         self.inputs = self.feature_map(self.channels + ones_channel, input_readers)   # the image, in [-1, 1]
         self.inputs.interior()[..., : self.channels].copy_(model.preprocess(x).permute(0, 2, 3, 1))
@@ -408,7 +460,7 @@ class CachedStepper(PixelStepper):
         """A zeroed cache of ``channels`` maps of ``size`` (the image's by default), padded for ``readers``."""
         height, width = size or (self.height, self.width)
         pad = Pad.union(taps.reach(height, width) for taps in readers)
-        return FeatureMap(self.batch, height, width, channels, pad, self.like)
+        return FeatureMap(self.batch, height, width, channels, pad, self.like, self.batch_last)
 
     def write(self, c: int, h: int, w: int, values: Tensor) -> None:
         """The value into the input cache, as the network's preprocessing maps it."""

@@ -33,11 +33,11 @@ from pixelcnn import orders as orders_lib
 from pixelcnn.errors import ConfigError
 from pixelcnn.layers import Condition, ConditionBias, channel_groups, gate
 from pixelcnn.models.base import AutoregressiveModel, full_precision
-from pixelcnn.models.common import (MaskedModelConfig, OutputHead, check_dilations, check_kernel, gate_groups, masked_1x1,
+from pixelcnn.models.common import (DILATIONS, KERNEL, MaskedModelConfig, OutputHead, gate_groups, masked_1x1,
                                     output_distribution, stack)
 from pixelcnn.models.incremental import CachedStepper, Pointwise, PointwiseHead, class_bias
 from pixelcnn.models.local_conv import LocalCachedConv, LocallyMaskedConv2d, tap_masks
-from pixelcnn.validation import Integer, OneOf, Real, check_fields
+from pixelcnn.validation import Integer, OneOf, Real
 
 
 # How "auto" puts the known pixels first: orders.known_first or orders.onion.
@@ -59,13 +59,6 @@ class LMConvConfig(MaskedModelConfig):
     completion_orders: float = 0.0
     auto_order: str = "split"
 
-    # The default order is the first training order: raster, a flipped S-curve, a transposed Hilbert
-    # curve, or the 8-symmetry mixture (whose log_prob is the ensemble's).
-    branches: ClassVar[dict[str, tuple]] = {**MaskedModelConfig.branches, "layers": (0, 2), "first_kernel": (1, 3),
-                                            "dilations": ((1,), (1, 2)),
-                                            "orders": (("raster",), ("s_curve:3",), ("hilbert:6",), ("hilbert",)),
-                                            "auto_order": AUTO_ORDERS}
-
     help: ClassVar[dict[str, str]] = {
         **MaskedModelConfig.help,
         "layers": "number of residual blocks after the first convolution",
@@ -80,21 +73,18 @@ class LMConvConfig(MaskedModelConfig):
                       "order, its known pixels moved first) or 'onion' (known pixels from the farthest from the "
                       "unknown ones to the nearest, then the unknown ones from their border inwards)",
     }
-    limits: ClassVar[dict] = {"order_symmetries": Integer(1, orders_lib.SYMMETRIES), "completion_orders": Real(0, 1),
-                              "auto_order": OneOf(AUTO_ORDERS)}
+    limits: ClassVar[dict] = {**MaskedModelConfig.limits, "first_kernel": KERNEL, "kernel_size": KERNEL,
+                              "dilations": DILATIONS, "order_symmetries": Integer(1, orders_lib.SYMMETRIES),
+                              "completion_orders": Real(0, 1), "auto_order": OneOf(AUTO_ORDERS)}
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_kernel(self, "first_kernel")
-        check_kernel(self, "kernel_size")
-        check_dilations(self)
         names = (self.orders,) if isinstance(self.orders, str) else tuple(self.orders)
         if not names:
             raise ConfigError("orders must name at least one generation order, got none")
         for spec in names:
             orders_lib.parse_name(spec)
         object.__setattr__(self, "orders", names)
-        check_fields(self, self.limits)
 
     def order_specs(self) -> list[str]:
         """The training orders as NAME:S, without repeats: each NAME in its first order_symmetries symmetries."""
@@ -305,7 +295,7 @@ class LMConv(AutoregressiveModel):
         for k, row in enumerate(rows):
             idx = (group == k).nonzero().flatten()
             sub = None if cond is None else cond.select(idx)
-            logp = -self.distribution.nll_per_pixel(self.params(xf[idx], sub, row), x[idx])   # (b, C, H, W)
+            logp = -self.distribution.nll_per_subpixel(self.params(xf[idx], sub, row), x[idx])   # (b, C, H, W)
             out[idx] = (logp * ~known[idx]).flatten(1).sum(1)
         return out
 

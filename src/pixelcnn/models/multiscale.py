@@ -33,12 +33,12 @@ from torch import Tensor, nn
 from pixelcnn.errors import ConfigError
 from pixelcnn.layers import Condition, ConditionBias, channel_groups, raster_conv
 from pixelcnn.models.base import AutoregressiveModel
-from pixelcnn.models.common import MaskedModelConfig, OutputHead, check_int, output_distribution
+from pixelcnn.models.common import MaskedModelConfig, OutputHead, output_distribution
 from pixelcnn.models.gated_pixelcnn import GatedPixelCNN
 from pixelcnn.models.incremental import PixelStepper, PointwiseHead
 from pixelcnn.models.pixelcnn import PixelCNN
 from pixelcnn.models.pixelrnn import DiagonalBiLSTM, RowLSTM
-from pixelcnn.validation import OneOf, check_fields
+from pixelcnn.validation import Integer, OneOf
 
 # The raster families that can model the base grid: those whose output is a categorical or Bernoulli
 # over each sub-pixel, the distribution the groups' head outputs too.
@@ -64,14 +64,11 @@ class MultiscaleConfig(MaskedModelConfig):
         "layers": "residual blocks of the groups' network; also the base model's layers",
         "hidden": "feature maps of the groups' network and of the base model",
     }
-    limits: ClassVar[dict] = {"base": OneOf(tuple(BASES)), "within_group": OneOf(tuple(WITHIN_GROUP))}
-    branches: ClassVar[dict[str, tuple]] = {**MaskedModelConfig.branches, "base": tuple(BASES), "scales": (1, 2),
-                                            "within_group": tuple(WITHIN_GROUP), "layers": (1, 2)}
+    limits: ClassVar[dict] = {**MaskedModelConfig.limits, "base": OneOf(tuple(BASES)), "scales": Integer(1),
+                              "within_group": OneOf(tuple(WITHIN_GROUP))}
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_fields(self, self.limits)
-        check_int(self, "scales", minimum=1)
         self.base_config()                                         # the base family refuses what it cannot build
 
     @property
@@ -172,6 +169,9 @@ class Multiscale(AutoregressiveModel):
     name = "multiscale"
     config_class = MultiscaleConfig
     generation_order = "coarse_to_fine"
+    # A pass of the group network is the unit: its blocks are weights that ``within_reach`` reads, not
+    # modules it calls, and a block alone would keep its input, as much as it keeps without checkpointing.
+    checkpoint_whole = ("groups",)
 
     def __init__(self, config: MultiscaleConfig):
         super().__init__(config)
@@ -231,7 +231,10 @@ class MultiscaleStepper(PixelStepper):
     stepper; a group's features computed once, when its first pixel is asked for or set (every
     earlier group is complete then), and each sub-pixel's parameters from them and the group's
     pixels set so far. With ``within_group="independent"`` the first channel of every pixel of the
-    group depends on nothing set inside the group, so its parameters come from the same one pass."""
+    group depends on nothing set inside the group, so its parameters come from the same one pass, and
+    the stepper offers the group's channels whole (``groups``, :meth:`group_log_probs`): each row of
+    those has the bits :meth:`log_probs` gives its pixel in the codec's exact arithmetic (in float, the
+    same numbers up to the kernels' rounding)."""
 
     def __init__(self, model: Multiscale, x: Tensor, cond: Condition | None):
         super().__init__(model, x, [divmod(p, x.shape[3]) for p in model.default_order().tolist()])
@@ -279,11 +282,19 @@ class MultiscaleStepper(PixelStepper):
     def pixel_params(self, i: int, j: int) -> Tensor:
         """(B, P) of the pixel at (i, j) of the current group's grid, from the values set so far."""
         window = self.own[:, :, i : i + self.kernel, j : j + self.kernel].reshape(self.batch, -1)   # (B, C k k)
-        params = self.head(self.features[i, j] + torch.addmm(self.within_bias, window, self.within_weight))
-        return params if self.output is None else params + self.output[i, j]
+        return self.head_rows(self.features[i, j], window, None if self.output is None else self.output[i, j])
+
+    def head_rows(self, features: Tensor, windows: Tensor, output: Tensor | None) -> Tensor:
+        """(N, P) parameters of N pixels (rows) from their features (N, n), the group's values in the
+        within-group kernel's window around each (N, C k k) and their completion terms (N, P) or None.
+        Every operation works row by row, and the codec's exact arithmetic rounds each row of a product
+        as a block of its own: a row has the same bits whether computed alone or with others."""
+        params = self.head(features + torch.addmm(self.within_bias, windows, self.within_weight))
+        return params if output is None else params + output
 
     def group_log_probs(self, c: int, group: list[tuple[int, int]]) -> Tensor:
-        """(n, B, L) log-probabilities of channel c of the pixels of ``group`` (one of ``groups``)."""
+        """(n, B, L) log-probabilities of channel c of the pixels of ``group`` (one of ``groups``), once channels
+        0 .. c - 1 of the group are set; row k is what ``log_probs(c, *group[k])`` would return, bit for bit."""
         if self.on_base(*group[0]):
             return self.log_probs(c, *group[0])[None]
         self.check_order(c, *group[0])
@@ -294,8 +305,18 @@ class MultiscaleStepper(PixelStepper):
         return log_probs.view(len(group), self.batch, -1)
 
     def group_params(self) -> Tensor:
-        """(h', w', B, P) parameters of every pixel of an independent group from the values set so far, by the
-        group network's whole-map head (kernel 1: ``own`` has no padding)."""
+        """(h', w', B, P) parameters of every pixel of an independent group from the values set so far (its
+        later channels): each pixel's row as :meth:`pixel_params` computes it, so that a group's channel has
+        the same bits, in the codec's exact arithmetic, as its pixels asked for one at a time."""
+        rows, cols = self.features.shape[:2]
+        windows = self.own.permute(2, 3, 0, 1).reshape(-1, self.channels)     # (h' w' B, C); kernel 1: no padding
+        output = None if self.output is None else self.output.reshape(windows.shape[0], -1)
+        params = self.head_rows(self.features.reshape(windows.shape[0], -1), windows, output)
+        return params.view(rows, cols, self.batch, -1)
+
+    def first_params(self) -> Tensor:
+        """(h', w', B, P) parameters of the first channel of every pixel of an independent group, before any
+        of its values is set: one pass of the group network's whole-map head."""
         params = self.model.groups.params(self.feature_map, self.own).permute(2, 3, 0, 1)
         return params if self.output is None else params + self.output
 
@@ -305,7 +326,7 @@ class MultiscaleStepper(PixelStepper):
             return self.set(c, *group[0], values[0])
         self.check_order(c, *group[0])
         rows, cols = self.slices
-        grid = values.view(*self.features.shape[:2], self.batch).permute(2, 0, 1)   # (B, h', w')
+        grid = values.reshape(*self.features.shape[:2], self.batch).permute(2, 0, 1)   # (B, h', w')
         self.x[:, c, rows, cols] = grid
         self.own[:, c] = self.table[grid]
         self.position += len(group) if c == self.channels - 1 else 0
@@ -340,5 +361,5 @@ class MultiscaleStepper(PixelStepper):
         output = None if self.output_map is None else self.output_map[:, :, ::s, ::s][:, :, r::2, c::2]
         self.output = None if output is None else output.permute(2, 3, 0, 1).contiguous()   # (h', w', B, P)
         # independent: no first channel reads the group's values, so one pass gives every pixel's
-        self.first = self.group_params().contiguous() if self.kernel == 1 else None
+        self.first = self.first_params().contiguous() if self.kernel == 1 else None
         self.group = group

@@ -17,8 +17,9 @@ from torch import Tensor, nn
 
 from pixelcnn.layers import Condition, ConditionBias, channel_groups, raster_conv
 from pixelcnn.models.base import AutoregressiveModel
-from pixelcnn.models.common import MaskedModelConfig, OutputHead, check_kernel, masked_1x1, output_distribution, stack
+from pixelcnn.models.common import KERNEL, MaskedModelConfig, OutputHead, masked_1x1, output_distribution, stack
 from pixelcnn.models.incremental import CachedConv, CachedStepper, ConvTaps, Pointwise, PointwiseHead, class_bias
+from pixelcnn.validation import Integer
 
 
 @dataclass(frozen=True)
@@ -31,17 +32,11 @@ class PixelCNNConfig(MaskedModelConfig):
         "first_kernel": "size of the first (mask A) convolution",
         "kernel_size": "size of the mask-B convolution in each residual block",
     }
-    branches: ClassVar[dict[str, tuple]] = {**MaskedModelConfig.branches, "layers": (0, 2), "first_kernel": (1, 3),
-                                            "kernel_size": (1, 3)}
+    limits: ClassVar[dict] = {**MaskedModelConfig.limits, "first_kernel": KERNEL, "kernel_size": KERNEL}
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_kernel(self, "first_kernel")
-        check_kernel(self, "kernel_size")
-        if self.hidden < 2 * self.channels:
-            from pixelcnn.errors import ConfigError
-
-            raise ConfigError(f"hidden must be at least {2 * self.channels} (it is halved inside each block), got {self.hidden}")
+        Integer(2 * self.channels)(self.hidden, "hidden (halved inside each block)")
 
 
 def residual(x: Tensor, reduce, conv, expand) -> Tensor:

@@ -21,16 +21,16 @@ Differences from the reference: no weight normalisation with data-dependent init
 ``init_scale=0.1``), and images whose sides are not multiples of 2^(stages-1) are allowed:
 a downsampled map has ceil(n/2) rows and columns and upsampling crops back to the exact size.
 
-The composition is written once: :meth:`PixelCNNPP.u_net` (the U-Net: its stages, resampling,
-shortcuts and output), :meth:`StreamBlock.combine` (the two streams' order) and
-:meth:`GatedResnet.combine` (a block), over layers that :class:`WholeMaps` evaluates on whole maps
-and the cached stepper (``pixelcnn_pp_cached.py``) at one pixel.
+:meth:`PixelCNNPP.network` is the reference's forward pass written out: the first layer, the up
+pass appending every stage's activations to ``u_list`` and ``ul_list``, the down pass popping them
+into its blocks' shortcuts, the output head. The cached stepper (``pixelcnn_pp_cached.py``) runs the
+same passes at one pixel, over the stages with a position there, with this file's blocks in their
+incremental form; :meth:`GatedResnet.combine`, the composition of a block, serves both.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Callable, ClassVar
 
 import torch
@@ -42,10 +42,10 @@ from pixelcnn.distributions import make_distribution
 from pixelcnn.errors import ConfigError
 from pixelcnn.layers import Condition, ConditionBias, concat_elu, gated_residual, shift_down, shift_right
 from pixelcnn.models.base import AutoregressiveModel
-from pixelcnn.models.common import check_int
 from pixelcnn.models.pixelcnn_pp_cached import CachedPixelCNNPP
 from pixelcnn.shifted import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
                               DownShiftedConvTranspose2d)
+from pixelcnn.validation import Integer, Real
 
 
 def max_stages(image_shape: tuple[int, int, int]) -> int:
@@ -75,19 +75,13 @@ class PixelCNNPPConfig(ModelConfig):
         "mixtures": "components of the discretized logistic mixture",
         "dropout": "dropout probability inside every gated ResNet block (training only)",
     }
-    branches: ClassVar[dict[str, tuple]] = {**ModelConfig.branches, "resnet_blocks": (0, 1, 2), "stages": (1, 2, 3),
-                                            "mixtures": (1, 3), "dropout": (0.0, 0.5)}
+    limits: ClassVar[dict] = {**ModelConfig.limits, "filters": Integer(1), "resnet_blocks": Integer(0), "stages": Integer(1),
+                              "mixtures": Integer(1), "dropout": Real(0, 1, open_max=True)}
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.stages is None:
             object.__setattr__(self, "stages", min(PAPER_STAGES, max_stages(self.image_shape)))
-        check_int(self, "filters", minimum=1)
-        check_int(self, "resnet_blocks", minimum=0)
-        check_int(self, "stages", minimum=1)
-        check_int(self, "mixtures", minimum=1)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
         self._check_image_size()
         conditioned = self.num_classes is not None or self.cond_shape is not None
         if conditioned and self.resnet_blocks == 0 and self.stages == 1:     # the biases enter the blocks only
@@ -161,14 +155,10 @@ class StreamBlock(nn.Module):
 
     def forward(self, u: Tensor, ul: Tensor, u_skip: Tensor | None = None, ul_skip: Tensor | None = None, *,
                 cond: Condition | None) -> tuple[Tensor, Tensor]:
-        return self.combine(partial(self.u, cond=cond), partial(self.ul, cond=cond), u, ul, u_skip, ul_skip)
-
-    @staticmethod
-    def combine(u_block, ul_block, u, ul, u_skip=None, ul_skip=None) -> tuple:
-        """The two streams' order, for both paths: u from itself and its shortcut (down pass), then ul from
-        itself, the new u and its shortcut (down pass): the shortcuts of the U-Net enter here."""
-        u = u_block(u, u_skip)
-        return u, ul_block(ul, u, ul_skip)
+        """(u, ul) from (u, ul) and, in the down pass, the up pass's (u_skip, ul_skip) (the U-Net's shortcuts):
+        u from itself and u_skip, then ul from itself, the new u and ul_skip (the reference's concat([u, ul_skip]))."""
+        u = self.u(u, u_skip, cond=cond)
+        return u, self.ul(ul, u, ul_skip, cond=cond)
 
 
 class PixelCNNPP(AutoregressiveModel):
@@ -187,7 +177,7 @@ class PixelCNNPP(AutoregressiveModel):
         self.up_pass = nn.ModuleList(self._stage(config.resnet_blocks, False) for _ in range(s))
         self.down_u = nn.ModuleList(DownShiftedConv2d(f, f, (2, 3), stride=2) for _ in range(s - 1))
         self.down_ul = nn.ModuleList(DownRightShiftedConv2d(f, f, (2, 2), stride=2) for _ in range(s - 1))
-        blocks = [config.resnet_blocks] + [config.resnet_blocks + 1] * (s - 1)
+        blocks = [config.resnet_blocks] + [config.resnet_blocks + 1] * (s - 1)   # coarsest stage first
         self.down_pass = nn.ModuleList(self._stage(n, True) for n in blocks)
         self.up_u = nn.ModuleList(DownShiftedConvTranspose2d(f, f, (2, 3), stride=2) for _ in range(s - 1))
         self.up_ul = nn.ModuleList(DownRightShiftedConvTranspose2d(f, f, (2, 2), stride=2) for _ in range(s - 1))
@@ -201,7 +191,34 @@ class PixelCNNPP(AutoregressiveModel):
         return make_distribution("logistic_mixture", self.config.channels, self.config.levels, mixtures=self.config.mixtures)
 
     def network(self, x: Tensor, cond: Condition | None) -> Tensor:
-        return self.u_net(WholeMaps(self, x, cond), range(self.config.stages))
+        """(B, P, H, W) mixture parameters: the reference's forward pass (model.py), a U-Net of ``stages`` stages.
+
+        The up pass runs the stages from the image's resolution to the coarsest, halving both streams
+        with a stride-2 convolution between stages; ``u_list`` and ``ul_list`` keep the first layer's
+        output, every downsampled map and every block's output. The down pass runs the stages back,
+        upsampling both streams to the size each stage had, and each block takes the last kept pair
+        (popped, so in mirror order) through its shortcut: ``stages * (resnet_blocks + 1)`` pairs in all.
+        """
+        u, ul = self.first_layer(x)                                     # (B, F, H, W) each
+        u_list, ul_list, sizes = [u], [ul], []
+        for s, blocks in enumerate(self.up_pass):                       # towards the coarsest maps
+            if s > 0:                                                   # (B, F, ceil(h / 2), ceil(w / 2))
+                u, ul = self.down_u[s - 1](u), self.down_ul[s - 1](ul)
+                u_list.append(u)
+                ul_list.append(ul)
+            sizes.append(u.shape[-2:])
+            for block in blocks:
+                u, ul = block(u, ul, cond=cond)
+                u_list.append(u)
+                ul_list.append(ul)
+        u, ul = u_list.pop(), ul_list.pop()                             # the coarsest stage's last output
+        for k, blocks in enumerate(self.down_pass):                     # coarsest first, back to (H, W)
+            if k > 0:                                                   # to the size of the up pass's stage
+                size = sizes[-1 - k]
+                u, ul = self.up_u[k - 1](u, size), self.up_ul[k - 1](ul, size)
+            for block in blocks:
+                u, ul = block(u, ul, u_list.pop(), ul_list.pop(), cond=cond)
+        return self.out(F.elu(ul))                                      # (B, P, H, W)
 
     def cached_stepper(self, x: Tensor, cond: Condition | None) -> CachedPixelCNNPP:
         """One pixel at a time, computing only what each new pixel makes final (``pixelcnn_pp_cached.py``)."""
@@ -212,61 +229,3 @@ class PixelCNNPP(AutoregressiveModel):
         x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)     # (B, C+1, H, W): ones tell image from padding
         u = shift_down(self.u_in(x))                             # (B, F, H, W): rows < i
         return u, shift_down(self.ul_in_above(x)) + shift_right(self.ul_in_left(x))   # and row i, columns < j
-
-    def u_net(self, net, stages: range) -> Tensor:
-        """The network's composition, for both paths: (B, P, ...) parameters from what ``net`` evaluates.
-
-        ``net`` evaluates the layers: :class:`WholeMaps` on whole maps, or the cached stepper at one
-        pixel, for the ``stages`` that have a position there (a prefix; all of them on whole maps).
-        It gives ``first()``, the blocks ``up[s]`` and ``down[s]`` of stage s (``StreamBlock``'s
-        call), ``downsample(s, u, ul)`` from stage s - 1, ``upsample(s, u, ul)`` from stage s + 1,
-        ``keep(s, u, ul, down)``, told each stage's last output (what a resampling layer of another
-        stage reads), and ``out``. The up pass keeps every block's input and its last output for the
-        down pass's shortcuts, which consume them in reverse, one per block.
-        """
-        u, ul = net.first()
-        skips = []
-        for s in stages:
-            if s > 0:                                            # (B, F, ceil(H/2), ceil(W/2))
-                u, ul = net.downsample(s, u, ul)
-            for block in net.up[s]:
-                skips.append((u, ul))
-                u, ul = block(u, ul)
-            net.keep(s, u, ul)
-            skips.append((u, ul))
-        u = ul = None                                            # a pixel without the coarsest stage: see upsample
-        for s in reversed(stages):
-            if s == self.config.stages - 1:
-                u, ul = skips.pop()                              # the up pass's last output starts the down pass
-            else:                                                # the coarser stage's, back to this stage's size
-                u, ul = net.upsample(s, u, ul)
-            for block in net.down[s]:
-                u, ul = block(u, ul, *skips.pop())
-            net.keep(s, u, ul, down=True)
-        return net.out(F.elu(ul))                                # (B, P, H, W)
-
-
-class WholeMaps:
-    """The layers that :meth:`PixelCNNPP.u_net` composes, evaluated on whole maps (the module's forward)."""
-
-    def __init__(self, model: PixelCNNPP, x: Tensor, cond: Condition | None):
-        self.model, self.x = model, x
-        self.up = [[partial(block, cond=cond) for block in stage] for stage in model.up_pass]
-        self.down = [[partial(block, cond=cond) for block in stage] for stage in reversed(model.down_pass)]
-        self.out = model.out
-        self.sizes: dict[int, tuple[int, int]] = {}
-
-    def first(self) -> tuple[Tensor, Tensor]:
-        return self.model.first_layer(self.x)
-
-    def downsample(self, s: int, u: Tensor, ul: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model.down_u[s - 1](u), self.model.down_ul[s - 1](ul)
-
-    def keep(self, s: int, u: Tensor, ul: Tensor, down: bool = False) -> None:
-        """The up pass's stage sizes: upsampling into a stage crops to its exact size."""
-        if not down:
-            self.sizes[s] = tuple(u.shape[-2:])
-
-    def upsample(self, s: int, u: Tensor, ul: Tensor) -> tuple[Tensor, Tensor]:
-        layer = self.model.config.stages - 2 - s                 # model.up_u runs coarsest first
-        return self.model.up_u[layer](u, self.sizes[s]), self.model.up_ul[layer](ul, self.sizes[s])

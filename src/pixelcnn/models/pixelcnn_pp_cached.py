@@ -21,26 +21,30 @@ positions, and its position (I, J) sits over image pixel (2^s I, 2^s J).
   (r, c) from coarse (r // 2, c // 2), computed at an earlier pixel or the same one.
 
 Every activation is computed no earlier than what it reads and no later than its first reader,
-so a pixel's work is the network itself, :meth:`PixelCNNPP.u_net`, over the stages with a position
-there (a prefix: 2^s divides h and w), in the network's order: each block computes its u row if
-the pixel starts an image row (the u stream has no value elsewhere: None), then its ul position;
-then the output head. The u stream enters a ul block through a 1x1 shortcut (nin) of the same
-position, computed for the whole row at once and added to the block's first convolution as a
-per-position bias (as the Gated PixelCNN's vertical-to-horizontal link); the up pass's ul outputs
-reach the down pass at the same position in the same step.
+so a pixel's work, :meth:`CachedPixelCNNPP.column`, is :meth:`PixelCNNPP.network`'s passes over the
+stages with a position there (a prefix: 2^s divides h and w), in the network's order::
 
-One statement of the network. The stepper is the ``net`` that :meth:`PixelCNNPP.u_net` composes,
-so the order of the streams, the resampling between stages, the shortcuts' pushes and pops, where
-they enter a block and the final ELU and 1x1 output are the model's code, run by both paths, and a
-block is :meth:`StreamBlock.combine` and :meth:`GatedResnet.combine` on this file's incremental
-forms of its layers. It calls them through the model it is given, so it imports nothing of the
-model's file. Three things are this path's own, by necessity: the first layer's incremental form
-(its shifts become reading row h - 1 and column w - 1, zero above and left of the image, bias
-included), the shortcut's 1x1 convolution split into one matrix per stream (the full path
-concatenates the streams first; here they arrive at different times, u a row at a time, the up
-pass's ul a position at a time, and the sum is the same), and concat_elu of a value computed once
-per pixel for all its readers (:meth:`CachedPixelCNNPP.elu_of`), where the full path computes it
-at each reader.
+    first layer            u row h where the pixel starts a row (w == 0), else None; ul at (h, w)
+    up pass, s = 0, 1, ..  s > 0: the stride-2 convolutions of stage s - 1's kept outputs;
+                           stage s's blocks; every value onto u_list / ul_list; keep the last
+    down pass, .., 1, 0    the coarsest stage: the up pass's last output; another: the transposed
+                           convolutions of stage s + 1's kept outputs (this pixel's or an earlier
+                           one's); stage s's blocks, each popping a pair into its shortcut; keep the last
+    output                 out(elu(ul))
+
+A block (:class:`CachedStreamBlock`) computes its u row where one starts (the u stream has no value
+elsewhere: None), then its ul position. The u stream enters a ul block through a 1x1 shortcut (nin)
+of the same position, computed for the whole row at once and added to the block's first convolution
+as a per-position bias (as the Gated PixelCNN's vertical-to-horizontal link); the up pass's ul
+outputs reach the down pass at the same position in the same step. A block's composition is the
+module's own :meth:`GatedResnet.combine` over this file's incremental forms of its convolutions.
+
+Three things are this path's own, by necessity: the first layer's incremental form (its shifts
+become reading row h - 1 and column w - 1, zero above and left of the image, bias included), the
+shortcut's 1x1 convolution split into one matrix per stream (the full path concatenates the
+streams first; here they arrive at different times, u a row at a time, the up pass's ul a position
+at a time, and the sum is the same), and concat_elu of a value computed once per pixel for all its
+readers (:class:`Activation`), where the full path computes it at each reader.
 
 Each gated ResNet block caches concat_elu of its input and of its inner activation, the inputs
 of its two convolutions; dropout is off (sampling runs in eval mode). The sums are those of the
@@ -60,12 +64,36 @@ in float64 the paths agree to ~1e-12, default size included (tests/test_generate
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelcnn.dlm import PixelMixture
 from pixelcnn.layers import Condition, concat_elu, concat_elu_into, signed_identity
 from pixelcnn.models.incremental import (CachedConv, CachedConvTranspose, CachedStepper, ConvTaps, FeatureMap,
                                          Pointwise, TransposedTaps, class_bias)
+
+
+class Activation:
+    """A value of the current pixel's pass, a u row (W, B, F) or a position (B, F), with its concat_elu
+    computed once for all its readers: its block, the ul block's shortcut from a new u, a down-pass
+    block's shortcut."""
+
+    __slots__ = ("value", "_elu")
+
+    def __init__(self, value: Tensor):
+        self.value, self._elu = value, None
+
+    def elu(self) -> Tensor:
+        """concat_elu of the value along its last dimension, computed at the first call."""
+        if self._elu is None:
+            self._elu = concat_elu(self.value, dim=-1)
+        return self._elu
+
+    def elu_into(self, out: Tensor, signs: Tensor) -> Tensor:
+        """concat_elu of a position's (B, F) value written into ``out``, a (B, 2F) view of a block's input
+        cache (:func:`concat_elu_into`), and kept for the later readers."""
+        self._elu = concat_elu_into(self.value, out, signs)
+        return self._elu
 
 
 def shortcut_weights(nin: nn.Conv2d, streams: int) -> list[Tensor]:
@@ -75,6 +103,11 @@ def shortcut_weights(nin: nn.Conv2d, streams: int) -> list[Tensor]:
     f = weight.shape[0] // (2 * streams)
     return [torch.cat([weight[k * f : (k + 1) * f], weight[(streams + k) * f : (streams + k + 1) * f]])
             for k in range(streams)]
+
+
+def row_product(bias: Tensor, rows: Tensor, weight: Tensor) -> Tensor:
+    """(W, B, out) bias + rows @ weight for the (W, B, in) rows of a u-stream value."""
+    return torch.addmm(bias, rows.reshape(-1, rows.shape[-1]), weight).view(*rows.shape[:-1], -1)
 
 
 class CachedGatedResnet:
@@ -105,16 +138,12 @@ class CachedGatedResnet:
         self.out_windows: Tensor | None = None
         self.signs = signed_identity(taps_in.in_channels // 2, taps_in.weight)  # (F, 2F)
 
-    def row(self, x: Tensor | None, skip: Tensor | None = None) -> Tensor | None:
-        """(W, B, F) output row from the input row x and the shortcut's (W, B, F); None where no row starts."""
+    def row(self, x: Activation | None, skip: Activation | None = None) -> Activation | None:
+        """The (W, B, F) output row from the input row x and the shortcut's (W, B, F); None where no row starts."""
         if x is None:
             return None
-        i, elu_of = self.stepper.stage_position(self.s)[0], self.stepper.elu_of
-        shortcut = None
-        if skip is not None:
-            skip_elu = elu_of(skip)
-            shortcut = torch.addmm(self.nin_bias, skip_elu.reshape(-1, skip_elu.shape[-1]), self.shortcuts[0])
-            shortcut = shortcut.view(*x.shape[:-1], -1)
+        i = self.stepper.stage_position(self.s)[0]
+        shortcut = None if skip is None else row_product(self.nin_bias, skip.elu(), self.shortcuts[0])
 
         def conv_in(v: Tensor) -> Tensor:
             self.x_elu.write_row(i, v)
@@ -124,43 +153,52 @@ class CachedGatedResnet:
             self.h_elu.write_row(i, v)
             return self.conv_out.row(i)
 
-        return self.combine(x, elu_of(x), conv_in, conv_out, shortcut, dim=-1)  # (W, B, F)
+        return Activation(self.combine(x.value, x.elu(), conv_in, conv_out, shortcut, dim=-1))   # (W, B, F)
 
     def prepare_row(self, u_elu: Tensor, i: int) -> None:
         """Ul row i: the first convolution's bias at each position (its and nin's biases plus nin of the
         u row's concat_elu ``u_elu`` (W, B, 2F)), and the row's views of the caches this block writes."""
-        flat = u_elu.reshape(-1, u_elu.shape[-1])
-        self.row_bias = torch.addmm(self.in_bias, flat, self.shortcuts[0]).view(*u_elu.shape[:-1], -1)
+        self.row_bias = row_product(self.in_bias, u_elu, self.shortcuts[0])
         self.x_elu_row, self.h_elu_row = self.x_elu.row(i), self.h_elu.row(i)   # (B, W, 2F) each
         self.in_windows, self.out_windows = self.conv_in.views[i], self.conv_out.views[i]
 
-    def at(self, x: Tensor, u: Tensor | None, skip: Tensor | None = None) -> Tensor:
-        """(B, F) output at the stage's position from the input x (B, F), the u row (W, B, F) where one
+    def at(self, x: Activation, u: Activation | None, skip: Activation | None = None) -> Activation:
+        """The (B, F) output at the stage's position from the input x (B, F), the u row (W, B, F) where one
         starts (it prepares the ul row) and the up pass's ul there (down pass)."""
-        (i, j), stepper = self.stepper.stage_position(self.s), self.stepper
+        i, j = self.stepper.stage_position(self.s)
         if u is not None:
-            self.prepare_row(stepper.elu_of(u), i)
+            self.prepare_row(u.elu(), i)
         bias = self.row_bias[j]
         if skip is not None:
-            bias = torch.addmm(bias, stepper.elu_of(skip), self.shortcuts[1])
-        x_elu = stepper.remember_elu(x, concat_elu_into(x, self.x_elu_row[:, j], self.signs))
-        return self.combine(x, x_elu, lambda v: window_product(self.conv_in, self.in_windows, i, j, bias),
-                            lambda v: window_product(self.conv_out, self.out_windows, i, j), dim=-1,
-                            elu=lambda h, dim: concat_elu_into(h, self.h_elu_row[:, j], self.signs))
+            bias = torch.addmm(bias, skip.elu(), self.shortcuts[1])
+        x_elu = x.elu_into(self.x_elu_row[:, j], self.signs)
+
+        # The convolutions read their windows of the caches, where x_elu and ``elu`` write their inputs.
+        def conv_in(v: Tensor) -> Tensor:
+            return window_product(self.conv_in, self.in_windows, i, j, bias)
+
+        def conv_out(v: Tensor) -> Tensor:
+            return window_product(self.conv_out, self.out_windows, i, j)
+
+        def elu(h: Tensor, dim: int) -> Tensor:
+            return concat_elu_into(h, self.h_elu_row[:, j], self.signs)
+
+        return Activation(self.combine(x.value, x_elu, conv_in, conv_out, dim=-1, elu=elu))   # (B, F)
 
 
 class CachedStreamBlock:
-    """A StreamBlock at one pixel, through the module's own ``combine``: the u row where one starts, the ul position."""
+    """A StreamBlock at one pixel: the u row where one starts, then the ul position."""
 
     def __init__(self, block: nn.Module, stepper: "CachedPixelCNNPP", s: int, size: tuple[int, int],
                  cond: Condition | None):
-        self.combine = block.combine
         self.u = CachedGatedResnet(block.u, stepper, s, size, cond)
         self.ul = CachedGatedResnet(block.ul, stepper, s, size, cond)
 
-    def __call__(self, u: Tensor | None, ul: Tensor, u_skip: Tensor | None = None,
-                 ul_skip: Tensor | None = None) -> tuple[Tensor | None, Tensor]:
-        return self.combine(self.u.row, self.ul.at, u, ul, u_skip, ul_skip)
+    def __call__(self, u: Activation | None, ul: Activation, u_skip: Activation | None = None,
+                 ul_skip: Activation | None = None) -> tuple[Activation | None, Activation]:
+        """As StreamBlock's forward: u from itself and u_skip, then ul from itself, the new u and ul_skip."""
+        u = self.u.row(u, u_skip)
+        return u, self.ul.at(ul, u, ul_skip)
 
 
 def window_product(conv: CachedConv, windows: Tensor, i: int, j: int, bias: Tensor | None = None) -> Tensor:
@@ -209,11 +247,20 @@ def check_geometry(model: nn.Module) -> None:
                                  f"got {layer}")
 
 
-class CachedPixelCNNPP(CachedStepper):
-    """PixelCNN++ one pixel at a time: the model's own ``u_net`` evaluated at each pixel (see the module).
+def stage_sizes(model: nn.Module, height: int, width: int) -> list[tuple[int, int]]:
+    """Each stage's (h, w): ceil(H / 2^s) x ceil(W / 2^s), as the stride-2 convolutions give."""
+    sizes = [(height, width)]
+    for conv in model.down_u:
+        sizes.append(ConvTaps.of(conv).output_size(*sizes[-1]))
+    return sizes
 
-    As the ``net`` of :meth:`PixelCNNPP.u_net`, it evaluates the stages that have a position at the
-    current pixel; the u stream's value is a row (W, B, F) where an image row starts, None elsewhere.
+
+class CachedPixelCNNPP(CachedStepper):
+    """PixelCNN++ one pixel at a time: :meth:`column` runs the network's passes (see the module).
+
+    Its caches, by stage s: ``up[s]`` and ``down[s]``, the blocks of stage s in the up and the down
+    pass (each with its input caches); ``up_tops[s]`` and ``down_tops[s]``, the last u and ul of
+    stage s in each pass, which ``downsample_layers[s + 1]`` and ``upsample_layers[s - 1]`` read.
     """
 
     def __init__(self, model: nn.Module, x: Tensor, cond: Condition | None):
@@ -221,30 +268,32 @@ class CachedPixelCNNPP(CachedStepper):
         first = [ConvTaps.of(m) for m in (model.u_in, model.ul_in_above, model.ul_in_left)]
         super().__init__(model, x, first, ones_channel=True)
         self.input_layer = CachedInputLayer(first, self.inputs)
-        sizes = [(self.height, self.width)]
-        for conv in model.down_u:                                              # ceil(H / 2^s), as F.conv2d gives
-            sizes.append(ConvTaps.of(conv).output_size(*sizes[-1]))
-        stages, f = len(sizes), model.config.filters
-        self.up = [[CachedStreamBlock(b, self, s, sizes[s], cond) for b in model.up_pass[s]] for s in range(stages)]
-        self.down = [[CachedStreamBlock(b, self, s, sizes[s], cond) for b in model.down_pass[stages - 1 - s]]
-                     for s in range(stages)]
-        # What a resampling layer reads: each stage's last u / ul of the up pass (the coarser stage's
-        # stride-2 convolutions) and of the down pass (the finer stage's transposed convolutions).
-        self.up_tops, self.down_tops = [None] * stages, [None] * stages
-        self.downsample_layers, self.upsample_layers = [None] * stages, [None] * stages
-        for s in range(1, stages):
-            convs = (ConvTaps.of(model.down_u[s - 1]), ConvTaps.of(model.down_ul[s - 1]))
-            self.up_tops[s - 1] = [self.feature_map(f, [taps], sizes[s - 1]) for taps in convs]
-            self.downsample_layers[s] = [CachedConv(taps, top) for taps, top in zip(convs, self.up_tops[s - 1])]
-            layer = stages - 1 - s                                             # model.up_u runs coarsest first
-            readers = [TransposedTaps.of(m[layer], sizes[s], sizes[s - 1]) for m in (model.up_u, model.up_ul)]
-            self.down_tops[s] = [self.feature_map(f, [taps], sizes[s]) for taps in readers]
-            self.upsample_layers[s - 1] = [CachedConvTranspose(r, top) for r, top in zip(readers, self.down_tops[s])]
+        sizes = stage_sizes(model, self.height, self.width)
+        self.coarsest = len(sizes) - 1
+        self.up = [[CachedStreamBlock(b, self, s, size, cond) for b in model.up_pass[s]]
+                   for s, size in enumerate(sizes)]
+        self.down = [[CachedStreamBlock(b, self, s, size, cond) for b in model.down_pass[self.coarsest - s]]
+                     for s, size in enumerate(sizes)]                          # model.down_pass: coarsest first
+        self.up_tops, self.down_tops = [None] * len(sizes), [None] * len(sizes)
+        self.downsample_layers, self.upsample_layers = [None] * len(sizes), [None] * len(sizes)
+        for s in range(1, len(sizes)):
+            self.add_resampling(model, s, sizes)
         self.out = Pointwise(model.out)
         self.pixel = (0, 0)                                                    # the pixel being computed
         self.positions: list[tuple[int, int]] = []                             # each stage's position under it
-        self.elus: dict[int, tuple[Tensor, Tensor]] = {}                       # id(value) -> (value, concat_elu)
         self.mixture: PixelMixture | None = None                               # the current pixel's, at its next channel
+
+    def add_resampling(self, model: nn.Module, s: int, sizes: list[tuple[int, int]]) -> None:
+        """The layers between stages s - 1 and s and the caches they read: stage s - 1's last up-pass
+        outputs (the stride-2 convolutions into s), stage s's last down-pass ones (the transposed ones out)."""
+        f = model.config.filters
+        convs = (ConvTaps.of(model.down_u[s - 1]), ConvTaps.of(model.down_ul[s - 1]))
+        self.up_tops[s - 1] = [self.feature_map(f, [taps], sizes[s - 1]) for taps in convs]
+        self.downsample_layers[s] = [CachedConv(taps, top) for taps, top in zip(convs, self.up_tops[s - 1])]
+        layer = self.coarsest - s                                              # model.up_u runs coarsest first
+        readers = [TransposedTaps.of(m[layer], sizes[s], sizes[s - 1]) for m in (model.up_u, model.up_ul)]
+        self.down_tops[s] = [self.feature_map(f, [taps], sizes[s]) for taps in readers]
+        self.upsample_layers[s - 1] = [CachedConvTranspose(r, top) for r, top in zip(readers, self.down_tops[s])]
 
     def log_probs(self, c: int, h: int, w: int) -> Tensor:
         """(B, L) as CachedStepper's, from the pixel's :class:`PixelMixture`, which :meth:`set` moves along."""
@@ -269,53 +318,71 @@ class CachedPixelCNNPP(CachedStepper):
     def stages_at(self, h: int, w: int) -> range:
         """The stages with a position over image pixel (h, w): those whose 2^s divides h and w."""
         stages = 1
-        while stages < len(self.up) and (h | w) % (1 << stages) == 0:
+        while stages <= self.coarsest and (h | w) % (1 << stages) == 0:
             stages += 1
         return range(stages)
-
-    def column(self, h: int, w: int) -> Tensor:
-        stages = self.stages_at(h, w)
-        self.pixel = (h, w)                                                    # raster order: w == 0 starts a row
-        self.positions = [(h >> s, w >> s) for s in stages]
-        self.elus.clear()
-        return self.model.u_net(self, stages)                                  # (B, P)
 
     def stage_position(self, s: int) -> tuple[int, int]:
         """Stage s's position under the current pixel."""
         return self.positions[s]
 
-    def elu_of(self, value: Tensor) -> Tensor:
-        """concat_elu of a value of the current pixel's pass, computed once: a value's blocks, the ul
-        block's shortcut from the new u and the down pass's shortcuts all read it."""
-        known = self.elus.get(id(value))
-        return known[1] if known is not None else self.remember_elu(value, concat_elu(value, dim=-1))
+    # ----- the schedule: PixelCNNPP.network's passes at one pixel ---------------------------------
 
-    def remember_elu(self, value: Tensor, elu: Tensor) -> Tensor:
-        self.elus[id(value)] = (value, elu)                                    # the value too: its id stays its own
-        return elu
+    def column(self, h: int, w: int) -> Tensor:
+        """(B, P) parameters of pixel (h, w), and every activation it makes final into the caches."""
+        stages = self.stages_at(h, w)
+        self.pixel, self.positions = (h, w), [(h >> s, w >> s) for s in stages]   # raster: w == 0 starts a row
+        u, ul = self.first()
+        u_list, ul_list = [u], [ul]
+        for s in stages:                                                       # the up pass
+            u, ul = self.up_stage(s, u, ul, u_list, ul_list)
+        for s in reversed(stages):                                             # the down pass
+            if s == self.coarsest:
+                u, ul = u_list.pop(), ul_list.pop()
+            else:                                                              # the coarser stage's, from the cache
+                u, ul = self.upsample(s)
+            for block in self.down[s]:
+                u, ul = block(u, ul, u_list.pop(), ul_list.pop())
+            self.keep(s, u, ul, down=True)
+        return self.out(F.elu(ul.value))                                       # (B, P)
 
-    # ----- the layers u_net composes, at the current pixel --------------------------------------
+    def up_stage(self, s: int, u: Activation | None, ul: Activation, u_list: list, ul_list: list) -> tuple:
+        """Stage s of the up pass from the finer stage's last (u, ul); every value onto the lists."""
+        if s > 0:
+            u, ul = self.downsample(s)
+            u_list.append(u)
+            ul_list.append(ul)
+        for block in self.up[s]:
+            u, ul = block(u, ul)
+            u_list.append(u)
+            ul_list.append(ul)
+        self.keep(s, u, ul)
+        return u, ul
 
-    def first(self) -> tuple[Tensor | None, Tensor]:
+    def first(self) -> tuple[Activation | None, Activation]:
+        """The first layer: u's row where the pixel starts one, ul at the pixel."""
         h, w = self.pixel
-        return self.input_layer.start_row(h) if w == 0 else None, self.input_layer.at(h, w)
+        u = Activation(self.input_layer.start_row(h)) if w == 0 else None
+        return u, Activation(self.input_layer.at(h, w))
 
-    def downsample(self, s: int, u: Tensor | None, ul: Tensor) -> tuple[Tensor | None, Tensor]:
-        """From the finer stage's kept outputs (this pixel's among them)."""
+    def downsample(self, s: int) -> tuple[Activation | None, Activation]:
+        """Stage s's input: the stride-2 convolutions of stage s - 1's kept outputs (this pixel's among them)."""
         (i, j), (down_u, down_ul) = self.stage_position(s), self.downsample_layers[s]
-        return down_u.row(i) if self.pixel[1] == 0 else None, down_ul.at(i, j)
+        u = Activation(down_u.row(i)) if self.pixel[1] == 0 else None
+        return u, Activation(down_ul.at(i, j))
 
-    def upsample(self, s: int, u: Tensor | None, ul: Tensor | None) -> tuple[Tensor | None, Tensor]:
-        """From the coarser stage's kept outputs, computed at this pixel or an earlier one (u and ul are
-        None where this pixel has no position in the coarser stage: what it reads is in the cache)."""
+    def upsample(self, s: int) -> tuple[Activation | None, Activation]:
+        """Stage s's down-pass input: the transposed convolutions of stage s + 1's kept down-pass outputs,
+        computed at this pixel or an earlier one."""
         (i, j), (up_u, up_ul) = self.stage_position(s), self.upsample_layers[s]
-        return up_u.row(i) if self.pixel[1] == 0 else None, up_ul.at(i, j)
+        u = Activation(up_u.row(i)) if self.pixel[1] == 0 else None
+        return u, Activation(up_ul.at(i, j))
 
-    def keep(self, s: int, u: Tensor | None, ul: Tensor, down: bool = False) -> None:
-        """Stage s's last outputs into the caches that the other stage's resampling layers read."""
+    def keep(self, s: int, u: Activation | None, ul: Activation, down: bool = False) -> None:
+        """Stage s's last outputs of a pass into the caches that the other stage's resampling layers read."""
         tops = self.down_tops[s] if down else self.up_tops[s]
         if tops is not None:
             i, j = self.stage_position(s)
             if u is not None:
-                tops[0].write_row(i, u)
-            tops[1].at(i, j).copy_(ul)
+                tops[0].write_row(i, u.value)
+            tops[1].at(i, j).copy_(ul.value)

@@ -21,6 +21,7 @@ from pixelcnn import sampling
 from pixelcnn.coding import nll_bits
 from pixelcnn.errors import InvalidImageError
 from pixelcnn.images import to_uint8
+from pixelcnn.levels import from_bytes
 
 RASTER_NOTE = ("This model draws in raster order (rows top to bottom, left to right in a row), so each erased "
                "pixel is filled from the known pixels before it only: those above it and to its left in its row. "
@@ -152,7 +153,7 @@ def convert_upload(data: bytes, image_shape: tuple[int, int, int], levels: int) 
     arr = torch.from_numpy(np.asarray(img, dtype=np.int64).reshape(h, w, c)).permute(2, 0, 1)
     if levels != 256:
         changes.append(f"quantised to {levels} levels")
-        arr = (arr * (levels - 1) + 127) // 255
+        arr = from_bytes(arr, levels)
     return arr.contiguous(), "; ".join(changes) or "used as it is"
 
 

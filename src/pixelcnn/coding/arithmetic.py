@@ -1,0 +1,92 @@
+"""The arithmetic of a format version: how the codec evaluates the model and turns its log-probabilities into integers.
+
+:data:`EXACT` (format 3, files written now) gives the same bits on every machine (see
+:mod:`pixelcnn.coding.exact`); :data:`FLOAT` (formats 1 and 2) is the float32 arithmetic of
+pixelcnn 0.1.0, repeated only by the kind of CPU that wrote a file. Used by :mod:`pixelcnn.coding.codec`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pixelcnn.coding.container import EXACT_VERSION
+from pixelcnn.coding.exact import ExactArithmetic, softmax as exact_softmax
+from pixelcnn.coding.quantize import quantized_weights
+from pixelcnn.layers import plain_tanh
+
+
+def coding_model(model):
+    """The model as format 2 codes with it: float32 on the CPU (a copy when the model is anywhere else)."""
+    params = list(model.parameters()) + list(model.buffers())
+    if all(p.device.type == "cpu" and (not p.is_floating_point() or p.dtype == torch.float32) for p in params):
+        return model
+    return copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
+
+
+def exact_model(model):
+    """The model as format 3 codes with it: a float64 copy of its float32 weights (those the file's
+    fingerprint names, so a float64 model codes like its float32 copy) on its own device (CUDA stays
+    on CUDA, anything else goes to the CPU)."""
+    device = model.device if model.device.type == "cuda" else torch.device("cpu")
+    return copy.deepcopy(model).to(device=device, dtype=torch.float32).to(dtype=torch.float64)
+
+
+@contextlib.contextmanager
+def deterministic_cpu(model) -> Iterator[None]:
+    """Format 2: one CPU thread, oneDNN pinned on, no autograd, eval mode, tanh as ``torch.tanh``
+    everywhere (``layers.plain_tanh``); the caller's settings come back after."""
+    threads, onednn, was_training = torch.get_num_threads(), torch.backends.mkldnn.enabled, model.training
+    torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = True
+    model.eval()
+    try:
+        with torch.no_grad(), plain_tanh():
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.mkldnn.enabled = onednn
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def exact_arithmetic(model) -> Iterator[None]:
+    """Format 3: eval mode, no autograd, every torch function exact or correctly rounded
+    (:class:`~pixelcnn.coding.exact.ExactArithmetic`), one formula for tanh on every device
+    (``layers.plain_tanh``), cuDNN off (its transforms would round); any thread count."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), plain_tanh(), torch.backends.cudnn.flags(enabled=False), ExactArithmetic():
+            yield
+    finally:
+        model.train(was_training)
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """How a format version evaluates the model and turns its log-probabilities into integers."""
+
+    model: Callable                 # model -> the copy that codes
+    scope: Callable                 # coding model -> context manager around every chunk
+    softmax: Callable               # the softmax of quantize.quantized_weights
+
+    def weights(self, log_probs: Tensor) -> np.ndarray:
+        """(B, L) integer weights; called inside ``scope``, computed outside any torch function mode
+        (the exact softmax is written in plain torch operations)."""
+        with torch._C.DisableTorchFunction():
+            return quantized_weights(log_probs, self.softmax)
+
+
+EXACT = Arithmetic(exact_model, exact_arithmetic, exact_softmax)          # format 3: the same on every machine
+FLOAT = Arithmetic(coding_model, deterministic_cpu, torch.softmax)        # formats 1 and 2: one kind of CPU
+
+
+def arithmetic_of(version: int) -> Arithmetic:
+    return EXACT if version >= EXACT_VERSION else FLOAT
