@@ -27,7 +27,7 @@ from exact import randomise, tiny_model
 from pixelcnn.cli import main as cli_main
 from pixelcnn.coding import arithmetic, codec, container
 from pixelcnn.coding.quantize import TOTAL, quantized_weights
-from pixelcnn.errors import CompressionError
+from pixelcnn.errors import CompressionError, ConfigError
 
 MODELS = pixelcnn.available_models()
 SHAPES = [((1, 4, 5), 256), ((3, 3, 4), 2), ((1, 3, 3), 4)]
@@ -85,7 +85,7 @@ def test_round_trip_is_bit_exact_for_every_family(name, shape, levels):
     x = random_images(5, shape, levels)
     for method in methods_of(model):
         data = pixelcnn.compress(model, x, chunk_size=2, method=method)
-        y = pixelcnn.decompress(model, data)
+        y = pixelcnn.decompress(model, data).images
         assert y.dtype == torch.long and torch.equal(y, x)
         assert container.read_header(data).method == method
 
@@ -95,7 +95,7 @@ def test_round_trip_for_any_count_and_chunk_size(n, chunk):
     model = model32("gated_pixelcnn", (1, 3, 4), 16)
     x = random_images(n, (1, 3, 4), 16, seed=n)
     data = pixelcnn.compress(model, x, chunk_size=chunk)
-    assert torch.equal(pixelcnn.decompress(model, data), x)
+    assert torch.equal(pixelcnn.decompress(model, data).images, x)
 
 
 @pytest.mark.parametrize("encode_threads,decode_threads", [(1, 2), (2, 1)])
@@ -111,7 +111,7 @@ def test_thread_count_of_the_caller_does_not_matter(encode_threads, decode_threa
         assert data == other                                         # every probability was the same
         assert torch.get_num_threads() == encode_threads            # the caller's setting is restored
         torch.set_num_threads(decode_threads)
-        assert torch.equal(pixelcnn.decompress(model, data), x)
+        assert torch.equal(pixelcnn.decompress(model, data).images, x)
         assert torch.get_num_threads() == decode_threads
     finally:
         torch.set_num_threads(before)
@@ -126,7 +126,7 @@ def test_a_float64_model_codes_like_its_float32_copy():
     b = pixelcnn.compress(copy.deepcopy(model64).float(), x.to(torch.uint8), chunk_size=4)
     assert a == b
     assert next(model64.parameters()).dtype == torch.float64
-    assert torch.equal(pixelcnn.decompress(model64, b), x)
+    assert torch.equal(pixelcnn.decompress(model64, b).images, x)
 
 
 def test_training_mode_is_restored_and_eval_is_used():
@@ -134,7 +134,7 @@ def test_training_mode_is_restored_and_eval_is_used():
     x = random_images(2, (1, 3, 3), 4)
     data = pixelcnn.compress(model, x)
     assert model.training
-    assert torch.equal(pixelcnn.decompress(model, data), x) and model.training
+    assert torch.equal(pixelcnn.decompress(model, data).images, x) and model.training
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -146,6 +146,15 @@ def test_conditional_model_round_trips_labels(name):
     assert torch.equal(images, x) and torch.equal(out_labels, labels)
 
 
+def test_decompress_returns_images_and_labels_for_every_model():
+    """One return type: an unconditional model's file gives labels None, not a bare tensor."""
+    model = model32("gated_pixelcnn", (1, 3, 3), 4)
+    x = random_images(2, (1, 3, 3), 4)
+    out = pixelcnn.decompress(model, pixelcnn.compress(model, x))
+    images, labels = out
+    assert isinstance(out, tuple) and torch.equal(images, x) and labels is None
+
+
 @needs_mnist
 def test_real_mnist_images_round_trip():
     path = Path(os.environ["PIXELCNN_DATA"]) / "mnist" / "t10k-images-idx3-ubyte.gz"
@@ -154,7 +163,7 @@ def test_real_mnist_images_round_trip():
     x = torch.from_numpy(np.frombuffer(raw, np.uint8, offset=16).copy()).view(3, 1, 28, 28)
     model = model32("gated_pixelcnn", (1, 28, 28), 256, hidden=8, layers=1, output_hidden=8)
     data = pixelcnn.compress(model, x, chunk_size=2)
-    assert torch.equal(pixelcnn.decompress(model, data), x.long())
+    assert torch.equal(pixelcnn.decompress(model, data).images, x.long())
 
 
 # ----- a group of pixels at a time -------------------------------------------------------------
@@ -184,7 +193,7 @@ def group_passes(monkeypatch) -> list:
     return passes
 
 
-def coded_values(model, x, chunk, grouped, monkeypatch):
+def coded_values(model, x, chunk, grouped, monkeypatch, version=3, method="auto"):
     """What ``compress`` handed the range coder: the values (symbols) and their integer distributions
     (weights) in the order the coder got them; and the file (data) and the group passes it took."""
     import constriction
@@ -207,7 +216,7 @@ def coded_values(model, x, chunk, grouped, monkeypatch):
     monkeypatch.setattr(constriction.stream.queue, "RangeEncoder", Recording)
     monkeypatch.setattr(codec, "encode_chunk", functools.partial(ENCODE_CHUNK, grouped=grouped))
     passes = group_passes(monkeypatch)
-    data = pixelcnn.compress(model, x, chunk_size=chunk)
+    data = pixelcnn.compress(model, x, chunk_size=chunk, version=version, method=method)
     monkeypatch.undo()
     return types.SimpleNamespace(symbols=np.concatenate([s for s, _ in calls]),
                                  weights=np.concatenate([w for _, w in calls]), data=data, passes=passes)
@@ -221,8 +230,8 @@ ENCODE_CHUNK = codec.encode_chunk
 def test_a_group_at_a_time_codes_the_values_and_distributions_of_one_sub_pixel_at_a_time(shape, levels, within_group,
                                                                                         monkeypatch):
     """Where the stepper offers groups (within_group="independent") the encoder asks for a group's channel in
-    one pass: the range coder gets the same values in the same order with the same integer distributions as
-    one sub-pixel at a time, so the bytes are the same (chunks of 3 images, the last one padded).
+    one pass: in format 3 the range coder gets the same values in the same order with the same integer
+    distributions as one sub-pixel at a time, so the bytes are the same (chunks of 3 images, the last one padded).
     "raster" within a group is autoregressive: no groups, one sub-pixel at a time."""
     model = multiscale32(shape, levels, within_group)
     x = random_images(5, shape, levels, seed=3)
@@ -238,12 +247,12 @@ def test_a_group_at_a_time_codes_the_values_and_distributions_of_one_sub_pixel_a
 @pytest.mark.parametrize("within_group", ["independent", "raster"])
 @pytest.mark.parametrize("shape,levels", GROUP_CASES)
 def test_a_group_at_a_time_decodes_the_stream_of_one_sub_pixel_at_a_time(shape, levels, within_group, monkeypatch):
-    """Both decoding loops read the same file, with a padded chunk. Grayscale images with independent groups
-    are decoded a group per pass; in colour a pixel's later channels need its earlier values, which the
-    stream gives one pixel at a time, and "raster" groups are autoregressive: one sub-pixel at a time."""
+    """Both decoding loops read the same format-3 file, with a padded chunk. Grayscale images with independent
+    groups are decoded a group per pass; in colour a pixel's later channels need its earlier values, which the
+    format-3 stream gives one pixel at a time, and "raster" groups are autoregressive: one sub-pixel at a time."""
     model = multiscale32(shape, levels, within_group, seed=1)
     x = random_images(3, shape, levels, seed=4)
-    header, streams = container.unpack(pixelcnn.compress(model, x, chunk_size=4))
+    header, streams = container.unpack(pixelcnn.compress(model, x, chunk_size=4, version=3))
     coding = codec.EXACT.model(model)
     passes = group_passes(monkeypatch)
     with codec.EXACT.scope(coding):
@@ -253,6 +262,82 @@ def test_a_group_at_a_time_decodes_the_stream_of_one_sub_pixel_at_a_time(shape, 
     assert torch.equal(grouped, x) and torch.equal(single, x)
     assert (grouped_passes > 0) == (within_group == "independent" and shape[0] == 1)
     assert len(passes) == grouped_passes                               # grouped=False: no pass of a group
+
+
+@pytest.mark.parametrize("within_group", ["independent", "raster"])
+@pytest.mark.parametrize("shape,levels", GROUP_CASES)
+def test_format_4_decodes_a_pass_per_group_and_channel(shape, levels, within_group, monkeypatch):
+    """Format 4 stores a group's values channel by channel, so grayscale and colour files alike decode bit for
+    bit with one pass of the stepper per (group, channel) where it offers groups ("independent"; chunks of 2,
+    the last one padded), and whatever ``grouped`` says: the stream's order leaves no other way."""
+    model = multiscale32(shape, levels, within_group, seed=2)
+    x = random_images(3, shape, levels, seed=5)
+    data = pixelcnn.compress(model, x, chunk_size=2)
+    header, streams = container.unpack(data)
+    assert header.version == 4
+    coding = codec.EXACT.model(model)
+    with codec.EXACT.scope(coding):
+        groups = codec._new_stepper(coding, 2, None, "cached").groups
+    assert (groups is not None) == (within_group == "independent")
+    passes = group_passes(monkeypatch)
+    assert torch.equal(pixelcnn.decompress(model, data).images, x)
+    per_chunk = [(c, len(group)) for group in groups or [] for c in range(shape[0])]
+    assert passes == per_chunk * 2
+    with codec.EXACT.scope(coding):
+        first = codec.decode_chunk(coding, streams[0], header, 2, grouped=False)[0]
+    assert torch.equal(first, x[:2])
+
+
+@pytest.mark.parametrize("within_group", ["independent", "raster"])
+@pytest.mark.parametrize("shape,levels", GROUP_CASES)
+def test_format_4_codes_the_values_of_format_3_in_another_order_only_inside_colour_groups(shape, levels, within_group,
+                                                                                          monkeypatch):
+    """The same values with the same integer distributions; the order differs only where a stepper's groups
+    hold colour pixels, elsewhere the bytes are those of format 3 but for the version field (and the CRC)."""
+    model = multiscale32(shape, levels, within_group)
+    x = random_images(5, shape, levels, seed=3)
+    for method in ("cached", "naive"):
+        old = coded_values(model, x, 3, True, monkeypatch, version=3, method=method)
+        new = coded_values(model, x, 3, True, monkeypatch, version=4, method=method)
+        assert new.data[:4] == old.data[:4] and new.data[4:6] == b"\0\4" and old.data[4:6] == b"\0\3"
+        reordered = method == "cached" and within_group == "independent" and shape[0] > 1
+        assert (new.data[6:-4] != old.data[6:-4]) == reordered
+        rows = [sorted(map(tuple, np.column_stack([v.symbols, v.weights]).tolist())) for v in (old, new)]
+        assert rows[0] == rows[1]
+
+
+@pytest.mark.parametrize("name", ["pixelcnn", "row_lstm", "diagonal_bilstm", "pixelcnn_pp", "gated_pixelcnn", "lmconv",
+                                  "multiscale", "multiscale-independent"])
+def test_format_4_files_of_families_without_groups_are_format_3_but_for_the_version(name):
+    """Every family of tests/data/codec: format 4 differs from format 3 only where the stepper offers groups of
+    colour pixels (multiscale-independent); elsewhere the bytes are the same but for the version and the CRC."""
+    model = codec_file_model(CODEC_FILES / name)
+    x = random_images(2, model.image_shape, model.levels, seed=6)
+    for method in ("auto", "naive"):
+        old, new = (pixelcnn.compress(model, x, method=method, version=v) for v in (3, 4))
+        assert new[:4] == old[:4] and (new[4:6], old[4:6]) == (b"\0\4", b"\0\3")
+        assert (new[6:-4] != old[6:-4]) == ((name, method) == ("multiscale-independent", "auto"))
+        assert torch.equal(pixelcnn.decompress(model, new).images, x) and torch.equal(pixelcnn.decompress(model, old).images, x)
+
+
+def test_a_colour_file_of_format_3_decodes_one_sub_pixel_at_a_time(monkeypatch):
+    """tests/data/codec/multiscale-independent/images.pxc (format 3, colour, the cached stepper's groups) stores a
+    pixel's channels one after another: it decodes through the one-sub-pixel loop, no pass of a group."""
+    folder = CODEC_FILES / "multiscale-independent"
+    data = (folder / "images.pxc").read_bytes()
+    header = container.read_header(data)
+    assert header.version == 3 and header.image_shape[0] == 3 and header.method == "cached"
+    passes = group_passes(monkeypatch)
+    assert len(pixelcnn.decompress(codec_file_model(folder), data).images) == 3     # the digest matches
+    assert passes == []
+
+
+@pytest.mark.parametrize("version", [1, 2, 5, 3.0, "4", True])
+def test_compress_writes_only_formats_3_and_4(small_file, version):
+    model, x, _ = small_file
+    with pytest.raises(ConfigError, match="format version") as e:
+        pixelcnn.compress(model, x, version=version)
+    assert "\n" not in str(e.value)
 
 
 def test_files_of_format_2_are_coded_one_sub_pixel_at_a_time():
@@ -289,7 +374,7 @@ def test_size_is_within_one_percent_and_80_bytes_of_the_nll(shape, levels):
 def assert_refused_or_exact(model, data, x):
     """Decoding must raise CompressionError or give back exactly x: never other images."""
     try:
-        y = pixelcnn.decompress(model, data)
+        y = pixelcnn.decompress(model, data).images
     except CompressionError:
         return
     assert torch.equal(y, x)
@@ -506,7 +591,7 @@ def test_files_of_an_earlier_release_decode_bit_for_bit(name):
     files = sorted(folder.glob("images*.pxc"))                      # the family's stepper, and the naive one
     assert files and all(container.read_header(f.read_bytes()).version == 3 for f in files)
     for file in files:
-        images = pixelcnn.decompress(model, file.read_bytes())     # CompressionError unless the digest matches
+        images = pixelcnn.decompress(model, file.read_bytes()).images     # CompressionError unless the digest matches
         assert images.shape[1:] == model.image_shape and len(images) in (2, 3)
 
 
@@ -529,7 +614,7 @@ def test_format_2_files_decode_on_their_kind_of_cpu_or_say_why_not(name):
     assert files and all(container.read_header(f.read_bytes()).version == 2 for f in files)
     for file in files:
         try:
-            images = pixelcnn.decompress(model, file.read_bytes())
+            images = pixelcnn.decompress(model, file.read_bytes()).images
         except CompressionError as e:
             assert "format version 2 by pixelcnn 0.1" in str(e) and "kind of CPU" in str(e), str(e)
         else:

@@ -1,7 +1,7 @@
 """Lossless compression with any model: an entropy coder driven by the model's probabilities.
 
     data = pixelcnn.compress(model, images)            # bytes; about -log2 p(images) / 8 of them
-    images = pixelcnn.decompress(model, data)          # bit-identical (N, C, H, W) int64
+    images, _ = pixelcnn.decompress(model, data)       # bit-identical (N, C, H, W) int64
     images, labels = pixelcnn.decompress(cond_model, pixelcnn.compress(cond_model, images, labels))
 
 An autoregressive model gives every sub-pixel a distribution given the ones before it; a range
@@ -21,13 +21,15 @@ number of threads, so the same float network gives other bits elsewhere. Two thi
   with the same stepper (naive or the family's cached one; the file records which), or where the
   stepper offers groups of conditionally independent pixels (multiscale) through
   :func:`pixelcnn.sampling.run_groups`, a pass per channel of a group, whose rows have the bits of
-  the stepper's one-pixel answers, the values coded in the same order (colour images are decoded
-  one sub-pixel at a time: a pixel's channels follow one another in the stream); both code
+  the stepper's one-pixel answers; inside such a group format 4 stores the values channel by channel
+  (the group's pixels' first channel, then their second, ...), so colour images too are decoded a
+  group's channel per pass (format 3 stored them pixel by pixel, each pixel's channels in turn: its
+  colour files are decoded one sub-pixel at a time, as they always were); both code
   images in chunks of a fixed size recorded in the file (the last chunk padded with all-zero
   images, not coded); both start each chunk from an all-zero batch, the encoder teacher-forcing
   each true value only after reading the log-probabilities for it, exactly when the decoder sets
   the value it decoded;
-* **arithmetic whose results do not depend on the machine** (format version 3): the model runs as
+* **arithmetic whose results do not depend on the machine** (format versions 3 and 4): the model runs as
   a float64 copy of its float32 weights under :class:`pixelcnn.coding.exact.ExactArithmetic`.
   Every linear map and sum is computed exactly (block floating point whose products and partial
   sums float64 holds without rounding), every transcendental function from tables and correctly

@@ -1,6 +1,6 @@
 """The arithmetic of a format version: how the codec evaluates the model and turns its log-probabilities into integers.
 
-:data:`EXACT` (format 3, files written now) gives the same bits on every machine (see
+:data:`EXACT` (formats 3 and 4, files written now) gives the same bits on every machine (see
 :mod:`pixelcnn.coding.exact`); :data:`FLOAT` (formats 1 and 2) is the float32 arithmetic of
 pixelcnn 0.1.0, repeated only by the kind of CPU that wrote a file. Used by :mod:`pixelcnn.coding.codec`.
 """
@@ -84,7 +84,7 @@ class Arithmetic:
             return quantized_weights(log_probs, self.softmax)
 
 
-EXACT = Arithmetic(exact_model, exact_arithmetic, exact_softmax)          # format 3: the same on every machine
+EXACT = Arithmetic(exact_model, exact_arithmetic, exact_softmax)          # formats 3 and 4: the same on every machine
 FLOAT = Arithmetic(coding_model, deterministic_cpu, torch.softmax)        # formats 1 and 2: one kind of CPU
 
 

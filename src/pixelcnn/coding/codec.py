@@ -2,7 +2,8 @@
 
 Both sides drive the model through :func:`pixelcnn.sampling.make_stepper` and
 :func:`pixelcnn.sampling.run` (or :func:`pixelcnn.sampling.run_groups`, a group of pixels per
-pass, where the stepper offers groups: :func:`coded_in_groups`; the stream is the same either way),
+pass, where the stepper offers groups: :func:`coded_in_groups`; in format 3 the stream is the same either
+way, format 4 stores a group's values channel by channel: :func:`by_channel`),
 chunk by chunk, in the arithmetic of the file's format version (:mod:`pixelcnn.coding.arithmetic`:
 ``EXACT`` for files written now, ``FLOAT`` to read those of earlier releases). Why the
 two sides get bit-identical probabilities is explained in the package docstring
@@ -12,7 +13,7 @@ two sides get bit-identical probabilities is explained in the package docstring
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import constriction
 import numpy as np
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from pixelcnn.coding import container
 from pixelcnn.coding.arithmetic import EXACT, FLOAT, Arithmetic, arithmetic_of  # noqa: F401 (callers read codec.FLOAT)
-from pixelcnn.coding.container import EXACT_VERSION, MAX_CHUNK_SIZE, Header
+from pixelcnn.coding.container import BY_CHANNEL_VERSION, EXACT_VERSION, FORMAT_VERSION, MAX_CHUNK_SIZE, Header
 from pixelcnn.coding.quantize import PRECISION
 from pixelcnn.errors import CompressionError, ConfigError, PixelCNNError
 from pixelcnn.sampling import in_visiting_order, make_stepper, run, run_groups
@@ -91,13 +92,15 @@ def _order_name(model, order: str | None) -> str:
 
 
 def encode_chunk(model, x: Tensor, labels: Tensor | None, n: int, method: str, order: str = "",
-                 arithmetic: Arithmetic = EXACT, length: CodeLength | None = None, grouped: bool = True) -> np.ndarray:
+                 arithmetic: Arithmetic = EXACT, length: CodeLength | None = None, grouped: bool = True,
+                 version: int = FORMAT_VERSION) -> np.ndarray:
     """Range-code the first ``n`` images of the padded chunk x (B, C, H, W): uint32 words.
 
     The values are teacher-forced: at each sub-pixel the stepper gives the log-probabilities
     the decoder will see (it has been set to the same values so far), then the true value.
     Where the stepper offers groups (:func:`coded_in_groups`) each channel of a group is one
-    pass; the stream is the same either way. ``grouped=False``: one sub-pixel at a time everywhere.
+    pass; in format 3 the stream is the same either way. ``grouped=False``: one sub-pixel at a time
+    wherever the stream's order allows it (not where format ``version`` stores groups by channel).
     """
     encoder = constriction.stream.queue.RangeEncoder()
     _code_labels(model, labels, n, lambda symbols, m: encoder.encode(symbols, m))
@@ -110,8 +113,9 @@ def encode_chunk(model, x: Tensor, labels: Tensor | None, n: int, method: str, o
             length.add(weights, symbols)
 
     stepper = _new_stepper(model, x.shape[0], labels, method, order)
-    if grouped and coded_in_groups(stepper, arithmetic):
-        _encode_groups(stepper, x, n, arithmetic, code)
+    apart = by_channel(stepper, version)
+    if apart or (grouped and coded_in_groups(stepper, arithmetic)):
+        _encode_groups(stepper, x, n, arithmetic, code, apart)
     else:
         _encode_pixels(stepper, x, n, arithmetic, code)
     return encoder.get_compressed()
@@ -120,9 +124,17 @@ def encode_chunk(model, x: Tensor, labels: Tensor | None, n: int, method: str, o
 def coded_in_groups(stepper, arithmetic: Arithmetic) -> bool:
     """Whether a chunk is coded a group of pixels per pass (:func:`pixelcnn.sampling.run_groups`): where the
     stepper offers groups whose rows have the bits of its one-pixel answers, which it promises in exact
-    arithmetic (format 3). Either way the stream holds the values in the stepper's order, pixel by pixel,
-    each pixel's channels in turn, the chunk's images of each sub-pixel in turn."""
+    arithmetic (formats 3 and 4). In format 3 the stream holds the values in the stepper's order either way,
+    pixel by pixel, each pixel's channels in turn, the chunk's images of each sub-pixel in turn."""
     return stepper.groups is not None and arithmetic is EXACT
+
+
+def by_channel(stepper, version: int) -> bool:
+    """Whether the stream stores each group's values channel by channel (format 4, where the stepper offers
+    groups: the group's pixels' first channel in the group's order, then their second, ..., the chunk's
+    images of each sub-pixel in turn), so that a colour chunk decodes a group's channel per pass too.
+    Otherwise (format 3, or no groups) pixel by pixel, each pixel's channels in turn."""
+    return stepper.groups is not None and version >= BY_CHANNEL_VERSION
 
 
 def _encode_pixels(stepper, x: Tensor, n: int, arithmetic: Arithmetic, code) -> None:
@@ -136,19 +148,21 @@ def _encode_pixels(stepper, x: Tensor, n: int, arithmetic: Arithmetic, code) -> 
     run(stepper, tuple(x.shape[1:]), choose)
 
 
-def _encode_groups(stepper, x: Tensor, n: int, arithmetic: Arithmetic, code) -> None:
-    """Code the chunk x (B, C, H, W) as :func:`pixelcnn.sampling.run_groups` visits it: once a group's
-    every channel has had its pass, its values in the stream's order (pixel, channel, image)."""
+def _encode_groups(stepper, x: Tensor, n: int, arithmetic: Arithmetic, code, apart: bool = False) -> None:
+    """Code the chunk x (B, C, H, W) as :func:`pixelcnn.sampling.run_groups` visits it, in the stream's order:
+    ``apart`` (:func:`by_channel`), each channel of a group after its pass (pixel, image); else once a
+    group's every channel has had its pass (pixel, channel, image)."""
     channels = x.shape[1]
     steps = in_visiting_order(x)                                        # (H W C, B)
-    weights: list[np.ndarray] = []                                      # the group's channels so far, (n_pix, B, L)
+    weights: list[np.ndarray] = []                                      # channels not yet coded, (n_pix, B, L)
 
     def choose(c: int, pixels: Tensor, log_probs: Tensor) -> Tensor:
         row0 = pixels.cpu() * channels                                  # (n_pix,) rows of their channel 0 in steps
         weights.append(_weights(log_probs, arithmetic))
-        if c == channels - 1:
-            coded = np.stack(weights, axis=1)[:, :, :n]                 # (n_pix, C, n, L)
-            rows = (row0[:, None] + torch.arange(channels)).flatten()   # pixel by pixel, each one's channels
+        if apart or c == channels - 1:
+            coded = np.stack(weights, axis=1)[:, :, :n]                 # (n_pix, k, n, L), channels c - k + 1 .. c
+            first = c + 1 - len(weights)
+            rows = (row0[:, None] + torch.arange(first, c + 1)).flatten()   # pixel by pixel, each one's channels
             code(steps[rows, :n].flatten().numpy().astype(np.int32), coded.reshape(-1, coded.shape[-1]))
             weights.clear()
         return steps[row0 + c].to(log_probs.device)                     # (n_pix, B)
@@ -165,9 +179,11 @@ def decode_chunk(model, words: np.ndarray, header: Header, n: int, arithmetic: A
                  length: CodeLength | None = None, grouped: bool = True) -> tuple[Tensor, Tensor | None]:
     """Decode ``n`` images (and labels) from one chunk's words, running a padded batch of the file's chunk size.
 
-    Grayscale images are decoded a group per pass where the stepper offers groups. In the stream a
-    pixel's channels follow one another, and a later channel's probabilities need the pixel's earlier
-    values, so colour images are decoded one sub-pixel at a time, as with ``grouped=False``.
+    Grayscale images are decoded a group per pass where the stepper offers groups, and so are colour
+    images of format 4, which stores a group's values channel by channel (:func:`by_channel`; there
+    ``grouped=False`` changes nothing). In a format-3 stream a pixel's channels follow one another, and
+    a later channel's probabilities need the pixel's earlier values, so format-3 colour images are
+    decoded one sub-pixel at a time, as with ``grouped=False``.
     """
     batch = header.chunk_size
     decoder = constriction.stream.queue.RangeDecoder(words)
@@ -184,7 +200,7 @@ def decode_chunk(model, words: np.ndarray, header: Header, n: int, arithmetic: A
         return torch.from_numpy(symbols.astype(np.int64))
 
     stepper = _new_stepper(model, batch, labels, header.method, header.order)
-    if grouped and coded_in_groups(stepper, arithmetic) and x.shape[1] == 1:
+    if by_channel(stepper, header.version) or (grouped and coded_in_groups(stepper, arithmetic) and x.shape[1] == 1):
         _decode_groups(stepper, x, n, arithmetic, decode)
     else:
         _decode_pixels(stepper, x, n, arithmetic, decode)
@@ -202,18 +218,18 @@ def _decode_pixels(stepper, x: Tensor, n: int, arithmetic: Arithmetic, decode) -
 
 
 def _decode_groups(stepper, x: Tensor, n: int, arithmetic: Arithmetic, decode) -> None:
-    """Fill the first n images of the all-zero grayscale chunk x (B, 1, H, W) as
-    :func:`pixelcnn.sampling.run_groups` visits it: a group's values are consecutive in the stream."""
-    pixels_of = x.view(x.shape[0], -1)                                  # (B, H W), a view of x
+    """Fill the first n images of the all-zero chunk x (B, C, H, W) as :func:`pixelcnn.sampling.run_groups`
+    visits it, where a group's channel is consecutive in the stream (grayscale, or format 4)."""
+    pixels_of = x.view(*x.shape[:2], -1)                                # (B, C, H W), a view of x
 
     def choose(c: int, pixels: Tensor, log_probs: Tensor) -> Tensor:
         weights = _weights(log_probs, arithmetic)[:, :n]                # (n_pix, n, L)
         values = torch.zeros(log_probs.shape[:2], dtype=torch.long)     # (n_pix, B); padding images stay 0
         values[:, :n] = decode(weights.reshape(-1, weights.shape[-1])).view(-1, n)
-        pixels_of[:, pixels.cpu()] = values.T
+        pixels_of[:, c, pixels.cpu()] = values.T
         return values.to(log_probs.device)
 
-    run_groups(stepper, 1, x.shape[3], choose)
+    run_groups(stepper, x.shape[1], x.shape[3], choose)
 
 
 def _code_labels(model, labels: Tensor | None, n: int, encode) -> None:
@@ -246,7 +262,7 @@ def _pad(t: Tensor, size: int) -> Tensor:
 
 def compress(model, images: Tensor, labels: Tensor | None = None, *, chunk_size: int | None = None,
              method: str = "auto", metadata: bytes = b"", progress: Progress | None = None,
-             order: str | None = None, length: CodeLength | None = None) -> bytes:
+             order: str | None = None, length: CodeLength | None = None, version: int = FORMAT_VERSION) -> bytes:
     """Losslessly compress integer images (N, C, H, W) with ``model``; returns the ``.pxc`` bytes.
 
     ``labels`` (N,) are required for a class-conditional model and are stored in the file.
@@ -256,7 +272,8 @@ def compress(model, images: Tensor, labels: Tensor | None = None, *, chunk_size:
     in exact arithmetic on its own device (CUDA or the CPU), so the file decodes on any machine
     (see :mod:`pixelcnn.coding`). ``order``: for an any-order model, the pixel order NAME[:S] to
     code in (stored in the file; default: the model's first training order); other families take
-    only None or "raster". ``length``, if given, gets the bits the coded values cost.
+    only None or "raster". ``length``, if given, gets the bits the coded values cost. ``version``: the
+    format to write, the newest (4) unless 3 is asked for to compare with files written before 4.
     """
     if model.config.cond_shape is not None:
         raise CompressionError("models conditioned on an image (cond_shape) cannot compress on their own: the "
@@ -268,6 +285,8 @@ def compress(model, images: Tensor, labels: Tensor | None = None, *, chunk_size:
     chunk = _chunk_size(chunk_size, n)
     order = _order_name(model, order)                                # a bad order fails before any coding
     _check_length(length)
+    if not isinstance(version, int) or version not in container.WRITABLE_VERSIONS:
+        raise ConfigError(f"expected a format version to write in {container.WRITABLE_VERSIONS}, got {version!r}")
     if not isinstance(metadata, bytes) or len(metadata) > 0xFFFF:
         raise ConfigError(f"expected metadata to be bytes of length at most 65535, got {type(metadata).__name__}"
                           f"{f' of length {len(metadata)}' if isinstance(metadata, bytes) else ''}")
@@ -275,9 +294,9 @@ def compress(model, images: Tensor, labels: Tensor | None = None, *, chunk_size:
     model = EXACT.model(model)
     with EXACT.scope(model):
         method = resolve_method(model, method)
-        streams = list(_encode_all(model, images, labels, chunk, method, progress, order, EXACT, length))
+        streams = list(_encode_all(model, images, labels, chunk, method, progress, order, EXACT, length, version))
     header = Header(method, model.levels, model.image_shape, n, chunk, fingerprint,
-                    container.content_digest(images, labels), metadata, order)
+                    container.content_digest(images, labels), metadata, order, version)
     return container.pack(header, streams)
 
 
@@ -294,12 +313,14 @@ def _chunk_size(chunk_size: int | None, n: int) -> int:
     return max(1, min(n, chunk_size))
 
 
-def _encode_all(model, images, labels, chunk, method, progress, order, arithmetic, length) -> Iterator[np.ndarray]:
+def _encode_all(model, images, labels, chunk, method, progress, order, arithmetic, length,
+                version) -> Iterator[np.ndarray]:
     n = images.shape[0]
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         lab = None if labels is None else _pad(labels[start : start + m], chunk)
-        yield encode_chunk(model, _pad(images[start : start + m], chunk), lab, m, method, order, arithmetic, length)
+        yield encode_chunk(model, _pad(images[start : start + m], chunk), lab, m, method, order, arithmetic, length,
+                           version=version)
         if progress:
             progress(start + m)
 
@@ -373,16 +394,22 @@ def check_model(model, header: Header) -> None:
         raise CompressionError(f"the file was coded with the cached stepper, which model {model.name!r} does not offer")
 
 
-def decompress(model, data: bytes):
-    """Decompress ``.pxc`` bytes made by :func:`compress` with the same ``model``.
+class Decompressed(NamedTuple):
+    """What :func:`decompress` returns, whatever the model: ``images, labels = decompress(...)``."""
 
-    Returns the images (N, C, H, W) int64, bit-identical to those compressed, or
-    ``(images, labels)`` when the model is class-conditional. A file that is truncated,
+    images: Tensor                  # (N, C, H, W) int64, bit-identical to those compressed
+    labels: Tensor | None           # (N,) int64 for a class-conditional model, else None
+
+
+def decompress(model, data: bytes) -> Decompressed:
+    """Decompress ``.pxc`` bytes made by :func:`compress` with the same ``model``: the images and,
+    for a class-conditional model, their labels (None otherwise). A file that is truncated,
     corrupted, from another format version or compressed with another model raises
     :class:`pixelcnn.errors.CompressionError`; no image is returned unless its digest matches.
+    (:func:`decode` also gives the metadata and the header.)
     """
     out = decode(model, data)
-    return out.images if out.labels is None else (out.images, out.labels)
+    return Decompressed(out.images, out.labels)
 
 
 def nll_bits(model, images: Tensor, labels: Tensor | None = None, batch_size: int = 256) -> float:

@@ -3,7 +3,7 @@
 Layout (integers big-endian, ``struct`` formats in brackets)::
 
     magic            4 bytes   b"PXC\\x89"
-    format version   [H]       FORMAT_VERSION; a reader refuses any other value
+    format version   [H]       FORMAT_VERSION (or 3, written for comparison); a reader refuses any it does not know
     method           [B]       0 = naive, 1 = cached: the stepper that produced the probabilities
     levels           [H]       values per sub-pixel, 2..256
     C, H, W          [HHH]     image shape
@@ -15,17 +15,22 @@ Layout (integers big-endian, ``struct`` formats in brackets)::
     metadata         bytes     opaque to the library (the CLI records how to write PNGs)
     order length     [B]       (version 2) bytes of the pixel order's name that follow; 0: the model's default
     order            bytes     (version 2) ASCII NAME:S of an any-order model's visiting order
-    writer length    [B]       (version 3) bytes of the writer's name that follow
-    writer           bytes     (version 3) ASCII "pixelcnn X.Y.Z", the release that wrote the file
+    writer length    [B]       (version 3 on) bytes of the writer's name that follow
+    writer           bytes     (version 3 on) ASCII "pixelcnn X.Y.Z", the release that wrote the file
     per chunk:       [I] word count n, then n little-endian uint32 words of range coder output
     crc32            [I]       zlib.crc32 of every byte before it
 
 Version 3 codes with probabilities computed in exact arithmetic (:mod:`pixelcnn.coding.exact`), so
-its files decode on any machine. Versions 1 and 2 (float32 arithmetic, decodable only on the kind of
-CPU that wrote them) and version 1's missing order fields are still read. The magic and version are read first, so a file from a future version says so rather than
-failing its checksum. The CRC-32 then covers everything (it detects every single-bit error and
-every burst up to 32 bits); the content digest is checked after decoding, so even a decoder
-that computed different probabilities cannot return wrong images silently.
+its files decode on any machine. Version 4 is version 3 but for the order of the coded values inside a
+group of pixels that the stepper offers whole (``Stepper.groups``, multiscale): version 3 stores them
+pixel by pixel, each pixel's channels in turn; version 4 channel by channel (the group's pixels' first
+channel, then their second, ...), so that a decoder reads a whole group's channel after one network
+pass. Without groups the two orders coincide (the bytes differ only in the version field).
+Versions 1 and 2 (float32 arithmetic, decodable only on the kind of CPU that wrote them) and version
+1's missing order fields are still read. The magic and version are read first, so a file from a
+future version says so rather than failing its checksum. The CRC-32 then covers everything (it
+detects every single-bit error and every burst up to 32 bits); the content digest is checked after
+decoding, so even a decoder that computed different probabilities cannot return wrong images silently.
 """
 
 from __future__ import annotations
@@ -44,9 +49,11 @@ from pixelcnn.errors import CompressionError
 from pixelcnn.version import __version__
 
 MAGIC = b"PXC\x89"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 EXACT_VERSION = 3              # the first version whose probabilities are the same bits on every machine
+BY_CHANNEL_VERSION = 4         # the first version that stores a stepper's group channel by channel
+WRITABLE_VERSIONS = (EXACT_VERSION, FORMAT_VERSION)   # 3 only to compare with files written before 4
 METHODS = ("naive", "cached")
 MAX_CHUNK_SIZE = 4096          # bounds the memory a decoder allocates for one chunk
 
@@ -124,11 +131,13 @@ def content_digest(images: Tensor, labels: Tensor | None) -> bytes:
 
 def pack(header: Header, streams: list[np.ndarray]) -> bytes:
     """Serialise a header and the chunks' uint32 streams into one checked byte string."""
+    if header.version not in WRITABLE_VERSIONS:
+        raise ValueError(f"expected a format version in {WRITABLE_VERSIONS} to write, got {header.version}")
     if len(streams) != header.num_chunks:
         raise ValueError(f"expected {header.num_chunks} chunk streams, got {len(streams)}")
     c, h, w = header.image_shape
     parts = [
-        _PREFIX.pack(MAGIC, FORMAT_VERSION),
+        _PREFIX.pack(MAGIC, header.version),
         _FIELDS.pack(METHODS.index(header.method), header.levels, c, h, w, header.count, header.chunk_size,
                      len(header.metadata), header.fingerprint, header.digest),
         header.metadata,
