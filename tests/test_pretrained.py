@@ -43,9 +43,11 @@ def test_unknown_pretrained_name_lists_the_shipped_ones():
 @needs_mnist
 def test_reproduce_on_a_subset_agrees_with_the_recorded_full_evaluation():
     for row in evaluation.reproduce(subset=500):
-        assert row["images"] == 500
-        # The subset mean of 500 per-image NLLs lies within a few standard errors of the full mean.
-        assert abs(row["nll_nats"] - row["recorded_nll_nats"]) < 5 * row["stderr_nats"] + 1e-6, row
+        assert row["images"] == min(500, pretrained.manifest()[row["name"]]["test_images"])
+        # The subset mean of 500 per-image NLLs lies within a few standard errors of the full mean; a test
+        # split of at most 500 images is evaluated whole (no sampling error), to float32's rounding,
+        # which another CPU's kernels may do differently (1e-5 of the figure).
+        assert abs(row["nll_nats"] - row["recorded_nll_nats"]) < 5 * row["stderr_nats"] + 1e-5 * row["recorded_nll_nats"], row
         assert math.isfinite(row["bits_per_dim"])
 
 

@@ -20,7 +20,7 @@ from pixelcnn import masks, validation
 from pixelcnn.errors import ConfigError, InvalidLabelError
 from pixelcnn.flags import add_dataclass_flags, add_model_flags, flag_names, model_hyperparameter_fields
 from pixelcnn.runtime import resolve_device
-from pixelcnn.validation import COUNT, METHOD, SEED, TEMPERATURE, Integer, flag
+from pixelcnn.validation import COUNT, METHOD, MODEL_HELP, SEED, TEMPERATURE, Integer, flag
 
 LABEL = Integer(0)
 
@@ -100,7 +100,7 @@ def _check_in_channels(cfg, in_channels: int | None) -> None:
 
 def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="exact negative log-likelihood of a dataset split")
-    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("checkpoint", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--dataset", help="dataset (default: the one the model was trained on)")
     p.add_argument("--split", default="test", help="train, valid, test or trainval (default: test)")
     p.add_argument("--batch-size", "--batch_size", type=flag(COUNT.parse), default=256, dest="batch_size")
@@ -108,7 +108,7 @@ def add_eval(sub) -> None:
     p.add_argument("--data-dir", "--data_dir", dest="data_dir")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", metavar="FILE", type=flag(validation.output_file), help="also write the result as JSON")
-    p.add_argument("--baseline", metavar="RUN_OR_CHECKPOINT",
+    p.add_argument("--baseline", metavar="MODEL",
                    help="also evaluate this model on the same images (e.g. the unconditional model beside a "
                         "conditional or super-resolution one)")
     p.add_argument("--completion", action="store_true",
@@ -171,7 +171,7 @@ def run_eval(args) -> int:
 
 def add_sample(sub) -> None:
     p = sub.add_parser("sample", help="draw images from a model into a PNG grid")
-    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("checkpoint", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--n", "-n", type=flag(COUNT.parse),
                    help="images (per class with --labels; default 64, or 8 per class)")
     which = p.add_mutually_exclusive_group()
@@ -264,7 +264,7 @@ def add_complete(sub) -> None:
 
 def add_image_source(p, image_help: str, dataset_help: str) -> None:
     """The model argument and where the input images come from: files, or a dataset split."""
-    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("checkpoint", metavar="MODEL", help=MODEL_HELP)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", nargs="+", help=image_help)
     src.add_argument("--from-dataset", "--from_dataset", dest="from_dataset", metavar="DATASET",

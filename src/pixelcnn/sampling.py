@@ -172,15 +172,11 @@ def _complete(model, x: Tensor, known: Tensor, cond, u: Tensor, temperature: flo
         out_steps[i] = values
         return values
 
-    was_training = model.training
-    model.eval()
-    try:
+    with model.evaluating():
         if stepper.groups is not None and on_pixel is None:
             run_groups(stepper, channels, width, choose_group)
         else:
             run(stepper, model.image_shape, choose, None if on_pixel is None else finished)
-    finally:
-        model.train(was_training)
     return out_steps.view(height, width, channels, -1).permute(3, 2, 0, 1).contiguous()
 
 

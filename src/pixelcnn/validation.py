@@ -23,6 +23,8 @@ from typing import Any, Callable
 from pixelcnn.errors import ConfigError, InvalidLabelError, PixelCNNError
 
 METHODS = ("auto", "naive", "cached")
+# The model argument of every command (its metavar is MODEL everywhere).
+MODEL_HELP = "run folder, checkpoint folder or pretrained:NAME"
 
 
 def fail(name: str | None, expected: str, got: Any, error: type[PixelCNNError] = ConfigError):

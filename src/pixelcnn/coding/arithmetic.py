@@ -42,17 +42,15 @@ def exact_model(model):
 def deterministic_cpu(model) -> Iterator[None]:
     """Format 2: one CPU thread, oneDNN pinned on, no autograd, eval mode, tanh as ``torch.tanh``
     everywhere (``layers.plain_tanh``); the caller's settings come back after."""
-    threads, onednn, was_training = torch.get_num_threads(), torch.backends.mkldnn.enabled, model.training
+    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
     torch.set_num_threads(1)
     torch.backends.mkldnn.enabled = True
-    model.eval()
     try:
-        with torch.no_grad(), plain_tanh():
+        with model.evaluating(), torch.no_grad(), plain_tanh():
             yield
     finally:
         torch.set_num_threads(threads)
         torch.backends.mkldnn.enabled = onednn
-        model.train(was_training)
 
 
 @contextlib.contextmanager
@@ -60,13 +58,8 @@ def exact_arithmetic(model) -> Iterator[None]:
     """Format 3: eval mode, no autograd, every torch function exact or correctly rounded
     (:class:`~pixelcnn.coding.exact.ExactArithmetic`), one formula for tanh on every device
     (``layers.plain_tanh``), cuDNN off (its transforms would round); any thread count."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), plain_tanh(), torch.backends.cudnn.flags(enabled=False), ExactArithmetic():
-            yield
-    finally:
-        model.train(was_training)
+    with model.evaluating(), torch.no_grad(), plain_tanh(), torch.backends.cudnn.flags(enabled=False), ExactArithmetic():
+        yield
 
 
 @dataclass(frozen=True)

@@ -415,14 +415,9 @@ def decompress(model, data: bytes) -> Decompressed:
 def nll_bits(model, images: Tensor, labels: Tensor | None = None, batch_size: int = 256) -> float:
     """The model's total -log2 p(images | labels) in bits (what an ideal coder would spend)."""
     total = 0.0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for s in range(0, images.shape[0], batch_size):
-                x = images[s : s + batch_size].to(model.device)
-                lab = None if labels is None else labels[s : s + batch_size].to(model.device)
-                total -= float(model.log_prob(x, lab).double().sum())
-    finally:
-        model.train(was_training)
+    with model.evaluating(), torch.no_grad():
+        for s in range(0, images.shape[0], batch_size):
+            x = images[s : s + batch_size].to(model.device)
+            lab = None if labels is None else labels[s : s + batch_size].to(model.device)
+            total -= float(model.log_prob(x, lab).double().sum())
     return total / np.log(2.0)

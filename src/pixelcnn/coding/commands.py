@@ -20,7 +20,7 @@ import torch
 from pixelcnn.coding import codec, png
 from pixelcnn import validation
 from pixelcnn.errors import CompressionError, ConfigError, InvalidImageError, InvalidLabelError
-from pixelcnn.validation import COUNT, METHOD, Integer, flag
+from pixelcnn.validation import COUNT, METHOD, MODEL_HELP, Integer, flag
 
 
 def add_commands(sub) -> None:
@@ -29,7 +29,7 @@ def add_commands(sub) -> None:
 
 
 def _add_common(p) -> None:
-    p.add_argument("model", metavar="MODEL", help="checkpoint folder, run folder or pretrained:NAME")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--nll", action="store_true", help="also print the model's NLL of the same images and the overhead")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import sys
 
-from pixelcnn.validation import COUNT, Integer, flag
+from pixelcnn.validation import COUNT, MODEL_HELP, Integer, flag
 
 PORT = Integer(0, 65535)
 LOOPBACK_NAMES = {"localhost"}
@@ -16,7 +16,7 @@ def add_commands(sub) -> None:
                        description="Start a local web app for one or more models and print its address. "
                                    "Needs the serve extra: pip install 'pixelcnn[serve]'.")
     p.add_argument("models", nargs="*", metavar="MODEL",
-                   help="run folder, checkpoint folder or pretrained:NAME (default: every shipped checkpoint)")
+                   help=f"{MODEL_HELP} (default: every shipped checkpoint)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=flag(PORT.parse), default=8000)
     p.add_argument("--workers", type=flag(COUNT.parse), default=4, help="jobs one model runs at once (default 4)")
