@@ -91,3 +91,18 @@ def test_complete_command_from_dataset_file_and_mask(tmp_path, capsys):
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "small.png")
     assert main(["complete", str(run), "--image", str(digit), "--mask", str(tmp_path / "small.png")]) == 2
     assert "expected a 28x28 mask, got 5x5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,words", [("gated_pixelcnn", "raster order"), ("multiscale", "coarse-to-fine order"),
+                                        ("lmconv", "the known pixels first")])
+def test_complete_names_the_order_its_nll_conditions_in(name, words):
+    from pixelcnn.commands import completion_nll
+
+    model = tiny_model(name, (1, 4, 4), 4)
+    x = torch.randint(0, 4, (2, 1, 4, 4))
+    known = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    known[..., :2, :] = True
+    nll, given = completion_nll(model, x, known, None, None)
+    with torch.no_grad():
+        expected = float(-model.conditional_log_prob(x, known).mean())
+    assert words in given and nll == pytest.approx(expected)

@@ -346,7 +346,8 @@ def completion_nll(model, x: torch.Tensor, known: torch.Tensor, labels, order: s
         order = order or "auto"
         given = "the known pixels first" if order == "auto" else f"the pixels before each in order {order}"
         return float(-model.conditional_log_prob(x, known, labels, order=order).mean()), given
-    given = "every known pixel" if model.config.inpainting else "the pixels before each in raster order"
+    order_words = {"raster": "raster order", "coarse_to_fine": "coarse-to-fine order"}[model.generation_order]
+    given = "every known pixel" if model.config.inpainting else f"the pixels before each in {order_words}"
     return float(-model.conditional_log_prob(x, known, labels).mean()), given
 
 
