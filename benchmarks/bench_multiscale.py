@@ -12,8 +12,9 @@ grayscale with 256 levels and untrained weights (speed does not depend on them),
   raster cached stepper costs the same), marked "projected" in the table.
 * decode: ``pixelcnn.decompress`` of the image ``pixelcnn.compress`` wrote (the codec's exact
   arithmetic), at the sides in ``--decode-sizes``; also the seconds of that ``compress`` (encode),
-  and for the multiscale model the decode with the codec held to one sub-pixel at a time
-  (``grouped=False``, the loop it used before it coded a group per pass; the same file).
+  and for the multiscale model the decode of the same image in format 3 with the codec held to one
+  sub-pixel at a time (``grouped=False``, the loop it used before it coded a group per pass; in
+  format 4 a group's values are stored channel by channel, which leaves the decoder no other way).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def coding_seconds(model) -> dict[str, float | None]:
            "decode_one_at_a_time_s": None}
     if model.generation_order != "raster":
         with one_sub_pixel_at_a_time():
-            out["decode_one_at_a_time_s"] = decode_seconds(model, data, image)
+            out["decode_one_at_a_time_s"] = decode_seconds(model, pixelcnn.compress(model, image, version=3), image)
     return out
 
 
