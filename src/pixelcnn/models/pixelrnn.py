@@ -73,6 +73,7 @@ from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import KERNEL, MaskedModelConfig, OutputHead, masked_1x1, output_distribution, stack
 from pixelcnn.models.pixelrnn_cached import DiagonalLSTMCache, PixelRNNStepper, RowLSTMCache
 from pixelcnn.recurrent import LSTMGates, skew_columns, unskew_columns
+from pixelcnn.validation import Integer
 
 FORGET_BIAS = 1.0   # initial forget-gate bias: cells start by keeping their state (a common LSTM choice)
 
@@ -99,11 +100,9 @@ class PixelRNNConfig(MaskedModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.layers < 1:
+        if self.layers < 1:     # not in limits: the --layers flag takes the shared check (pixelcnn allows 0)
             raise ConfigError(f"layers counts the LSTM layers: expected an integer >= 1, got {self.layers}")
-        if self.hidden < 2 * self.channels:
-            raise ConfigError(f"hidden must be at least {2 * self.channels} (each LSTM has hidden // 2 units, "
-                              f"at least one per colour channel), got {self.hidden}")
+        Integer(2 * self.channels)(self.hidden, "hidden (each LSTM has hidden // 2 units, one per colour at least)")
 
     @property
     def units(self) -> int:
