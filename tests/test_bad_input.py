@@ -100,6 +100,7 @@ ROWS = [
     (["train", *T, "--task", "superres", "--scale", "3"], "expected a scale >= 2 that divides the image's 28x28"),
     (["train", *T, "--task", "inpaint"], "argument --task: expected one of density, superres, inpainting"),
     (["train", *T, "--freeze-init"], "expected --freeze-init with --init-from CHECKPOINT, got no --init-from"),
+    (["train", *T, "--checkpoint-activations=yes"], "argument --checkpoint-activations: ignored explicit argument 'yes'"),
     (["train", *T, "--task", "inpainting", "--cond-features", "0"], "--cond-features: expected an integer >= 1, got 0"),
     (["train", *T, "--precision", "fp8"], "argument --precision: expected one of auto, fp32, bf16, fp16, got 'fp8'"),
     (["train", *T, "--task", "denoise"], "argument --task: expected one of density, superres"),
