@@ -49,7 +49,7 @@ apt_install = sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
 		{ $$sudo apt-get update -q && $$sudo apt-get install -y -q $(1); } || \
 		echo "$$unable"
 
-.PHONY: install fashion-mnist emoji browser demo test test-fast bench clean
+.PHONY: install fashion-mnist emoji browser demo test test-fast slowest bench clean
 
 install: $(VENV)/.installed
 
@@ -74,12 +74,23 @@ demo: install
 	@echo "To draw, complete, sample and compress in a browser: $(VENV)/bin/pixelcnn serve $(DEMO)/run pretrained:mnist"
 	@echo "then open http://127.0.0.1:8000/ (Ctrl+C stops the server)"
 
-test: install fashion-mnist emoji browser
-	$(PY) -m pytest
+# The suite on every core: one pytest-xdist worker per core (WORKERS=1 runs it in this process), each on one
+# thread. Every run keeps each test's duration in $(DURATIONS) (JUnit XML); `make slowest` reads it.
+WORKERS ?= auto
+DURATIONS ?= test-results/junit.xml
+PYTEST = $(PY) -m pytest -n $(WORKERS) --dist loadgroup --junitxml=$(DURATIONS)
 
-# The inner loop: the suite without the tests marked slow (subprocesses, servers, other kernels).
-test-fast: install fashion-mnist emoji browser
-	$(PY) -m pytest -m "not slow"
+test: install fashion-mnist emoji browser
+	$(PYTEST)
+
+# The edit loop: everything but the tests marked slow (subprocesses, servers, the browser, other kernels,
+# statistical tests), which need no browser.
+test-fast: install fashion-mnist emoji
+	$(PYTEST) -m "not slow"
+
+# The slowest tests and the time per test module of the last `make test` or `make test-fast`.
+slowest:
+	$(PY) tests/durations.py $(DURATIONS)
 
 # Installs $(FASHION_MNIST_PACKAGE) unless Fashion-MNIST is already in $(FASHION_MNIST_DIR) or under
 # $$PIXELCNN_DATA; apt-get update only when the first install fails; sudo when not root. Where that
@@ -117,4 +128,4 @@ bench: install
 	$(PY) benchmarks/bench_training.py
 
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache
+	rm -rf $(VENV) $(DEMO) .pytest_cache test-results

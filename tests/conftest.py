@@ -8,7 +8,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("PIXELCNN_DATA", str(ROOT.parent / "shared" / "data"))
-torch.set_num_threads(1)   # tiny tensors: threads cost more than they give
+# One thread in every worker and in the processes the tests start (they inherit the variable): the tensors
+# are tiny, and beside the other worker a second thread would fight it for the cores.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
+
+# A test over this many seconds (of its call, on the machine at hand) belongs in the slow tier; the summary
+# names any that is not marked so.
+SLOW_SECONDS = 3.0
 
 
 def data_available() -> bool:
@@ -40,3 +47,18 @@ needs_mnist = requires_data(data_available(), f"MNIST in $PIXELCNN_DATA ({os.env
 
 # A model small enough that a few training steps, an evaluation and a sample take seconds.
 TINY = ["--hidden", "8", "--layers", "2", "--output-hidden", "0"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tier first, each module's tests kept together: workers start on the long tests and finish on
+    the short ones, so neither waits at the end for one long test."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)       # a stable sort
+
+
+def pytest_terminal_summary(terminalreporter):
+    unmarked = sorted(((r.duration, r.nodeid) for r in terminalreporter.getreports("passed")
+                       if r.when == "call" and r.duration > SLOW_SECONDS and "slow" not in r.keywords), reverse=True)
+    if unmarked:
+        terminalreporter.write_sep("-", f"tests over {SLOW_SECONDS:.0f} s not marked slow (make test-fast runs them)")
+        for duration, nodeid in unmarked:
+            terminalreporter.write_line(f"{duration:6.2f}s {nodeid}")

@@ -7,7 +7,9 @@ every registered family is held to the same standard.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
+import math
 
 import torch
 
@@ -34,9 +36,12 @@ TINY_SETTINGS = {
     # down/upsampling where the size allows it
     "pixelcnn_pp": lambda shape: {"filters": 8, "resnet_blocks": 1, "stages": min(2, max_stages(shape)), "mixtures": 3},
     # the model-agnostic tests check causality and caching in one order: train on raster alone
-    "lmconv": lambda shape: {"orders": ("raster",), "order_symmetries": 1},
-    # three passes of its group network per level over batches of 20,000 samples: narrower than its default
+    "lmconv": lambda shape: {"orders": ("raster",), "order_symmetries": 1, "hidden": 16, "output_hidden": 32},
+    # the sampling tests draw thousands of images at once: the wide families narrower than their defaults
+    # (every branch of their code is the same at any width; the defaults are checked in test_generated)
     "multiscale": lambda shape: {"hidden": 16, "output_hidden": 32},
+    "pixelcnn": lambda shape: {"hidden": 16, "output_hidden": 32},
+    "gated_pixelcnn": lambda shape: {"hidden": 16, "output_hidden": 32},
 }
 
 
@@ -139,12 +144,14 @@ def image_index(x: torch.Tensor, levels: int) -> torch.Tensor:
     return (flat * weights).sum(1)
 
 
-def sampling_pvalue(model, n: int = 20000, seed: int = 0, labels=None, cond_image=None, **sample_kw) -> float:
+def sampling_pvalue(model, n: int | None = None, seed: int = 0, labels=None, cond_image=None, **sample_kw) -> float:
     """p-value of the hypothesis that ``model.sample`` draws images with probability exp(log_prob).
 
-    ``labels`` is one class and ``cond_image`` one conditioning image (C', h, w) for every image.
+    ``labels`` is one class and ``cond_image`` one conditioning image (C', h, w) for every image; ``n``
+    draws, by default the fewest that give the test its power (:func:`draws_for` over every image).
     """
     x = all_images(model.image_shape, model.levels)
+    n = draws_for(x.shape[0]) if n is None else n
     lab = None if labels is None else torch.full((x.shape[0],), labels, dtype=torch.long)
     with torch.no_grad():
         probs = model.log_prob(x, lab, cond_image).exp()
@@ -152,3 +159,40 @@ def sampling_pvalue(model, n: int = 20000, seed: int = 0, labels=None, cond_imag
     samples = model.sample(n, labels=labels, generator=gen, cond_image=cond_image, **sample_kw)
     counts = torch.bincount(image_index(samples, model.levels), minlength=x.shape[0])
     return chi_square_pvalue(counts, probs)
+
+
+# ----- how many draws a chi-square test of a sampler needs ---------------------------------------------
+
+SAMPLER_ERROR = 0.07    # every sampling test detects a sampler this far (total variation) from the model's law
+TEST_LEVEL = 1e-3       # ... with p-values below this, which a faithful sampler gives once in a thousand
+TEST_POWER = 0.99       # ... with at least this probability
+
+
+def chi_square_power(draws: int, cells: int, tv: float = SAMPLER_ERROR, alpha: float = TEST_LEVEL) -> float:
+    """Power of Pearson's test at level ``alpha`` over ``cells`` cells against any sampler whose law q lies at
+    total variation ``tv`` from the model's p.
+
+    Under q the statistic is close to a noncentral chi-square with cells - 1 degrees of freedom and
+    noncentrality draws * sum((q - p)^2 / p), and that sum is at least (sum |q - p|)^2 = 4 tv^2 (Cauchy-Schwarz
+    with sum p = 1); the power grows with the noncentrality and falls with the degrees of freedom, so this is
+    a lower bound over such samplers (to the accuracy of the asymptotic law).
+    """
+    k, lam = cells - 1, 4.0 * draws * tv * tv
+    sf = lambda a, x: float(torch.special.gammaincc(torch.tensor(a, dtype=torch.float64),    # noqa: E731
+                                                    torch.tensor(x, dtype=torch.float64)))
+    lo, hi = 0.0, k + 50.0 * k ** 0.5 + 200.0            # the critical value: P(chi2_k > x) = alpha
+    for _ in range(200):
+        lo, hi = ((lo + hi) / 2, hi) if sf(k / 2, (lo + hi) / 4) > alpha else (lo, (lo + hi) / 2)
+    # the noncentral law is a Poisson(lam / 2) mixture of central ones with k + 2j degrees of freedom
+    terms = int(lam / 2 + 12 * (lam / 2) ** 0.5 + 50)
+    log_w = [j * math.log(lam / 2) - lam / 2 - math.lgamma(j + 1) for j in range(terms)] if lam > 0 else [0.0]
+    return sum(math.exp(w) * sf(k / 2 + j, hi / 2) for j, w in enumerate(log_w))
+
+
+@functools.cache
+def draws_for(cells: int, tv: float = SAMPLER_ERROR, alpha: float = TEST_LEVEL, power: float = TEST_POWER) -> int:
+    """The fewest draws (a multiple of 500) for which a test over ``cells`` cells has that power at that ``tv``."""
+    draws = 500
+    while chi_square_power(draws, cells, tv, alpha) < power:
+        draws += 500
+    return draws

@@ -8,6 +8,7 @@ generated tests build a tiny, randomised float64 model for each.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
@@ -58,7 +59,7 @@ def pairwise(factors: dict[str, tuple], valid, seed: int = 0, candidates: int = 
     """Cases covering every pair of values of two factors that some valid candidate holds (greedy, deterministic).
 
     The candidates are the whole product when it is small, else a fixed random sample of it; each
-    step takes the valid candidate that covers the most pairs not yet covered.
+    step takes the valid candidate that covers the most pairs not yet covered (the first such).
     """
     names, values = list(factors), list(factors.values())
     if math.prod(len(v) for v in values) <= candidates:
@@ -67,13 +68,15 @@ def pairwise(factors: dict[str, tuple], valid, seed: int = 0, candidates: int = 
         rng = random.Random(seed)
         every = [{n: rng.choice(v) for n, v in factors.items()} for _ in range(candidates)]
     every = [case for case in every if valid(case)]
-    pairs = [frozenset(itertools.combinations([(n, repr(case[n])) for n in names], 2)) for case in every]
-    uncovered = frozenset().union(*pairs)
+    bit: dict = {}                                   # each pair of (setting, value)s gets a bit of an int
+    pairs = [sum(1 << bit.setdefault(p, len(bit)) for p in set(itertools.combinations(
+        [(n, repr(case[n])) for n in names], 2))) for case in every]
+    uncovered = (1 << len(bit)) - 1
     chosen = []
     while uncovered:
-        best = max(range(len(every)), key=lambda i: len(pairs[i] & uncovered))
+        best = max(range(len(every)), key=lambda i: (pairs[i] & uncovered).bit_count())
         chosen.append(every[best])
-        uncovered -= pairs[best]
+        uncovered &= ~pairs[best]
     return chosen
 
 
@@ -100,9 +103,11 @@ def is_valid(name: str, case: dict) -> bool:
     return True
 
 
-def cases(name: str, sizes=SIZES, max_images: int | None = None) -> list[dict]:
+@functools.cache
+def cases(name: str, sizes=SIZES, max_images: int | None = None) -> tuple[dict, ...]:
     """The pairwise cases of family ``name`` over its branches and ``sizes``; ``max_images`` keeps only
-    cases whose every image can be enumerated (levels ** (C H W) at most that)."""
+    cases whose every image can be enumerated (levels ** (C H W) at most that). Built once per process:
+    callers get the same tuple and must not change its cases (``case | {...}`` makes a new one)."""
     factors = {**BRANCHES[name], "size": tuple(sizes)}
 
     def valid(case):
@@ -110,7 +115,7 @@ def cases(name: str, sizes=SIZES, max_images: int | None = None) -> list[dict]:
             return False
         return is_valid(name, case)
 
-    return pairwise(factors, valid)
+    return tuple(pairwise(factors, valid))
 
 
 def case_id(case: dict) -> str:

@@ -1,6 +1,6 @@
 """The other side of the cross-machine codec tests: run in a subprocess whose environment picks other kernels.
 
-    ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=2 python tests/other_machine.py FOLDER
+    ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=1 python tests/other_machine.py FOLDER
 
 FOLDER holds one sub-folder per case, written by test_exact.py: ``model/`` (a checkpoint),
 ``images.pt`` (images and labels) and ``here-METHOD.pxc`` (what the test process compressed). For

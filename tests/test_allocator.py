@@ -38,6 +38,7 @@ def given_back_mib(keep: bool) -> tuple[str, float]:
     return applied, float(given_back)
 
 
+@pytest.mark.slow
 @glibc
 def test_kept_memory_stays_mapped_and_glibcs_defaults_give_it_back():
     applied, given_back = given_back_mib(True)

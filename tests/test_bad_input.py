@@ -277,6 +277,7 @@ def test_every_command_has_rows():
     (["sample", "{plain}", "--n", "0"], "expected an integer >= 1, got 0"),
     (["eval", "{plain}", "--limit", "0"], "expected an integer >= 1, got 0"),
 ])
+@pytest.mark.slow
 def test_the_real_program_exits_2_with_one_line(argv, fragment, files, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pixelcnn", *[a.format(**files) for a in argv]], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
@@ -389,6 +390,7 @@ def test_a_second_training_into_the_same_folder_is_refused_and_the_first_finishe
     assert not list((out / "checkpoints").glob(".*tmp*"))
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_process_does_not_block_a_resume(tmp_path, capsys):
     out = tmp_path / "run"
     proc = start_training(out, "--time-budget", "10")
@@ -426,6 +428,7 @@ def test_weights_that_are_not_finite_are_never_saved(tmp_path, capsys, monkeypat
 # ----- a full disk ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_checkpointing_stops_in_one_line_keeping_the_last_good_checkpoint(tmp_path, capsys,
                                                                                            monkeypatch):
     out = tmp_path / "run"

@@ -221,6 +221,7 @@ def test_cached_sampling_on_cuda_equals_naive(name):
 
 # ----- PixelCNN++: its U-Net's stages, resampling and shortcuts (pixelcnn_pp_cached.py) ---------------
 
+@pytest.mark.slow
 def test_pixelcnn_pp_float32_probabilities_match_naive_for_a_wider_model():
     model = make("pixelcnn_pp", (3, 8, 8), 3, seed=26, dtype=torch.float32, stages=3, resnet_blocks=2, filters=16,
                  mixtures=5)

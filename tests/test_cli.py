@@ -1,6 +1,7 @@
 """The command line end to end: train a few steps, resume, eval, sample; errors as one line."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,7 @@ def test_bad_input_is_one_line_on_stderr_and_exit_2(args, fragment, capsys, tmp_
     assert fragment in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_main_py_trains_with_the_small_repositories_flags(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "main.py"), "--epochs", "1", "--lr", "0.001", "--batch_size", "8", "--gamma", "0.9",
@@ -89,7 +91,13 @@ def test_main_py_trains_with_the_small_repositories_flags(tmp_path):
     assert "valid" in proc.stdout and (tmp_path / "run" / "checkpoints" / "last").is_dir()
 
 
-def test_help_of_every_command():
-    for cmd in ([], ["train"], ["eval"], ["sample"]):
-        proc = subprocess.run([sys.executable, "-m", "pixelcnn", *cmd, "--help"], capture_output=True, text=True)
-        assert proc.returncode == 0 and "usage: pixelcnn" in proc.stdout
+@pytest.mark.slow
+def test_help_of_every_command(capsys):
+    proc = subprocess.run([sys.executable, "-m", "pixelcnn", "--help"], capture_output=True, text=True)   # the real program
+    assert proc.returncode == 0 and "usage: pixelcnn" in proc.stdout
+    commands = re.findall(r"^    ([a-z-]+) ", proc.stdout, flags=re.M)
+    assert {"train", "eval", "sample", "compress", "serve"} <= set(commands)
+    for cmd in commands:                                    # the same parser, in this process
+        with pytest.raises(SystemExit) as done:
+            main([cmd, "--help"])
+        assert done.value.code == 0 and f"usage: pixelcnn {cmd}" in capsys.readouterr().out, cmd

@@ -196,6 +196,7 @@ def test_mnist_matches_published_facts():
     assert mean(test.images) == pytest.approx(33.7912, abs=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [pytest.param("mnist", marks=needs_mnist),
                                   pytest.param("binarized_mnist", marks=needs_binarized),
                                   pytest.param("dynamic_binarized_mnist", marks=needs_mnist)])

@@ -140,6 +140,7 @@ def test_a_split_depends_on_the_code_point_alone():
 # With Debian's font
 
 
+@pytest.mark.slow
 @needs_emoji
 def test_splits_are_disjoint_and_cover_every_glyph():
     codepoints, images = emoji.render_emoji(emoji.DEBIAN_FONT, 32)
@@ -153,6 +154,7 @@ def test_splits_are_disjoint_and_cover_every_glyph():
         assert (d.name, d.split, d.labels, d.num_classes) == ("emoji", split, None, None)
 
 
+@pytest.mark.slow
 @needs_emoji
 @pytest.mark.parametrize("size", [32, 64])
 def test_images_are_rgb_uint8_on_white(size):
@@ -166,6 +168,7 @@ def test_images_are_rgb_uint8_on_white(size):
     assert x.dtype == torch.int64 and int(x.min()) >= 0 and int(x.max()) <= 255
 
 
+@pytest.mark.slow
 @needs_emoji
 def test_counts_and_checksums_of_the_measured_package_version(caplog):
     version = installed_version()

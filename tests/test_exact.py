@@ -149,59 +149,73 @@ def codable_cases():
                 yield name, case
 
 
-def write_cases(folder: Path, parts: int) -> list[list[Path]]:
-    """Each codable case: a checkpoint far from init, 2 images (and labels), compressed with one method
-    (they alternate, so every family codes with both), in ``parts`` folders that alternate too."""
-    written = [[] for _ in range(parts)]
+OTHER_MACHINES = {  # each takes every other case, and all the committed files
+    "scalar kernels, oneDNN at AVX2": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "AVX2 kernels": {"ATEN_CPU_CAPABILITY": "avx2"},
+}
+# One thread each: beside the suite's other worker, two would fight for the cores. That the caller's thread
+# count does not change a byte is tested in this process (test_coding.py, both ways round, and below).
+
+
+# The whole-network method pays a pass of the network per sub-pixel, and its code paths are the same at any size:
+# it codes every other case of at most this many sub-pixels, the family's stepper all the others.
+NAIVE_SUBPIXELS = 36
+
+
+def shares() -> list[list[tuple[int, str, dict, str]]]:
+    """Each other machine's cases: (index, family, case, method). The machines alternate over the codable
+    cases; the methods alternate over each machine's small cases, so that every family codes with both."""
+    split = [[] for _ in OTHER_MACHINES]
+    small = [0 for _ in OTHER_MACHINES]
     for i, (name, case) in enumerate(codable_cases()):
+        part = i % len(split)
+        method = "cached"
+        if case["channels"] * math.prod(case["size"]) <= NAIVE_SUBPIXELS:
+            method = ("naive", "cached")[small[part] % 2]
+            small[part] += 1
+        split[part].append((i, name, case, method))
+    return split
+
+
+def write_cases(folder: Path, share) -> list[Path]:
+    """A share's cases: each a checkpoint far from init, 2 images (and labels), compressed with its method."""
+    written = []
+    for i, name, case, method in share:
         model, labels, _ = build(name, case, batch=2, seed=i, scale=1.0)
         g = torch.Generator().manual_seed(i)
         images = torch.randint(0, model.levels, (2, *model.image_shape), generator=g)
-        sub = folder / str(i % parts) / f"{name}-{i}"
+        sub = folder / f"{name}-{i}"
         model.save_pretrained(sub / "model")
         chunk = 1 + i // 2 % 2
         torch.save({"images": images, "labels": labels, "chunk_size": chunk}, sub / "images.pt")
-        method = ("naive", "cached")[i // parts % 2]
         (sub / f"here-{method}.pxc").write_bytes(pixelcnn.compress(model, images, labels, method=method, chunk_size=chunk))
-        written[i % parts].append(sub)
+        written.append(sub)
     return written
 
 
-OTHER_MACHINES = {  # each takes every other case, and all the committed files
-    "scalar kernels, oneDNN at AVX2, 2 threads": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX2",
-                                                 "OMP_NUM_THREADS": "2"},
-    "AVX2 kernels, 1 thread": {"ATEN_CPU_CAPABILITY": "avx2", "OMP_NUM_THREADS": "1"},
-}
-
-
-@pytest.fixture(scope="module")
-def written_cases(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cases")
-    parts = write_cases(folder, len(OTHER_MACHINES))
-    subs = [s for part in parts for s in part]
-    families = {s.name.rsplit("-", 1)[0] for s in subs}
-    methods = {(s.name.rsplit("-", 1)[0], f.stem) for s in subs for f in s.glob("here-*.pxc")}
-    assert families == set(pixelcnn.available_models()) and len(methods) == 2 * len(families)
-    return folder, parts
+@pytest.mark.slow
+def test_the_other_machines_share_every_family_with_both_methods():
+    cases_seen = [(name, method) for share in shares() for _, name, _, method in share]
+    assert len(cases_seen) == len(list(codable_cases()))
+    assert set(cases_seen) == {(name, m) for name in pixelcnn.available_models() for m in ("naive", "cached")}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("machine", OTHER_MACHINES)
-def test_files_decode_and_encode_identically_under_the_kernels_of_other_cpus(written_cases, machine):
-    """Another process with other kernels and threads decodes the cases' files (and the committed ones)
-    and compresses the same images to the same bytes: every family, both methods, every generated
-    configuration (odd and non-square sizes, colour, labels, weights far from init) on one of the two."""
-    folder, parts = written_cases
-    index = list(OTHER_MACHINES).index(machine)
-    env = {**os.environ, **OTHER_MACHINES[machine], "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "other_machine.py"), str(folder / str(index))],
+def test_files_decode_and_encode_identically_under_the_kernels_of_other_cpus(tmp_path, machine):
+    """Another process with other kernels decodes this share's files (and the committed ones) and compresses
+    the same images to the same bytes: every family, both methods, every generated configuration (odd and
+    non-square sizes, colour, labels, weights far from init) on one of the two."""
+    subs = write_cases(tmp_path, shares()[list(OTHER_MACHINES).index(machine)])
+    env = {**os.environ, **OTHER_MACHINES[machine], "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "other_machine.py"), str(tmp_path)],
                           env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    for sub in parts[index]:
+    for sub in subs:
         for here in sub.glob("here-*.pxc"):
             there = sub / here.name.replace("here-", "there-")
             assert there.read_bytes() == here.read_bytes(), sub.name
-    assert done.stdout.count("decoded") == len(parts[index]) + len(list(CODEC_FILES.glob("*/images*.pxc")))
+    assert done.stdout.count("decoded") == len(subs) + len(list(CODEC_FILES.glob("*/images*.pxc")))
 
 
 def test_coding_does_not_depend_on_threads_memory_format_or_dtype():

@@ -173,12 +173,14 @@ def imported_alone() -> dict[str, dict]:
     return json.loads(run.stdout)
 
 
+@pytest.mark.slow
 def test_every_module_imports_alone(imported_alone):
     failures = {name: r["error"] for name, r in imported_alone.items() if r["error"]}
     assert not failures, "modules that fail to import alone:\n  " + "\n  ".join(f"{k}: {v}" for k, v in failures.items())
     assert "pixelcnn.training" in imported_alone and "pixelcnn.coding.codec" in imported_alone
 
 
+@pytest.mark.slow
 def test_importing_the_trainer_does_not_load_the_compressor(imported_alone):
     for trainer in ("pixelcnn.training", "pixelcnn.evaluation", "pixelcnn"):
         assert imported_alone[trainer]["compressor"] == [], f"import {trainer} loaded {imported_alone[trainer]['compressor']}"

@@ -16,7 +16,7 @@ import torch
 
 import pixelcnn
 from conftest import TINY, needs_mnist
-from exact import chi_square_pvalue, randomise, tiny_model
+from exact import chi_square_pvalue, draws_for, randomise, tiny_model
 from generated import build, case_id, cases
 from pixelcnn import masks
 from pixelcnn.cli import main
@@ -81,7 +81,7 @@ def test_completions_follow_exp_conditional_log_prob_given_a_later_known_pixel(n
         p = model.conditional_log_prob(xs, known.expand_as(xs)).exp()
         other = model.conditional_log_prob(xs.where(~known, 0), known.expand_as(xs)).exp()
     assert (p - other).abs().max() > 1e-3                  # the known pixel after the hole changes it
-    out = model.complete(x, known, n=20000, generator=torch.Generator().manual_seed(5))[0]
+    out = model.complete(x, known, n=draws_for(len(xs)), generator=torch.Generator().manual_seed(5))[0]
     assert bool((out[:, 0, 1, 1] == 2).all())
     index = ((out.flatten(1)[:, :3] * torch.tensor([9, 3, 1])).sum(1))
     counts = torch.bincount(index, minlength=27)
@@ -185,6 +185,7 @@ def test_training_masks_are_reproducible_and_of_every_kind():
     assert 0.3 < known.mean() < 0.7
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_inpainting_from_the_command_line_trains_completes_and_scores(tmp_path, capsys):
     """--task inpainting warm-started (--freeze-init) from a density run; complete with a named mask; eval --completion."""
@@ -218,6 +219,7 @@ def test_inpainting_from_the_command_line_trains_completes_and_scores(tmp_path, 
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_a_frozen_warm_started_inpainting_run_resumes_on_its_trajectory(tmp_path):
     from pixelcnn import training

@@ -14,7 +14,7 @@ import torch
 
 import pixelcnn
 from conftest import needs_mnist
-from exact import all_images, chi_square_pvalue, dependency_violations, image_index, randomise
+from exact import all_images, chi_square_pvalue, dependency_violations, draws_for, image_index, randomise
 from pixelcnn import orders
 from pixelcnn.cli import main
 from pixelcnn.coding import container
@@ -199,6 +199,7 @@ def test_raster_only_families_refuse_other_orders():
 # ----- exactness ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,levels", TINY)
 def test_probabilities_sum_to_one_in_every_order_and_for_the_ensemble(shape, levels):
     model = lmconv(shape, levels)
@@ -393,7 +394,7 @@ def test_samples_follow_the_joint_of_their_order_or_the_ensemble(shape, levels, 
     model = lmconv(shape, levels, seed=1)
     with torch.no_grad():
         probs = model.log_prob(all_images(shape, levels), order=order).exp()
-    counts = sample_counts(model, 12000, order=order)
+    counts = sample_counts(model, draws_for(len(probs)), order=order)
     assert chi_square_pvalue(counts, probs) > 1e-3
 
 
@@ -416,7 +417,7 @@ def test_known_first_completions_are_exact_posterior_samples(shape, levels, hole
     consistent = (images == x).logical_or(~known).flatten(1).all(1)
     posterior = torch.where(consistent, logp, torch.full_like(logp, -math.inf))
     posterior = posterior - torch.logsumexp(posterior, 0)
-    out = model.complete(x, known, n=8000, generator=torch.Generator().manual_seed(0))[0]
+    out = model.complete(x, known, n=draws_for(int(consistent.sum())), generator=torch.Generator().manual_seed(0))[0]
     counts = torch.bincount(image_index(out, levels), minlength=len(images))
     assert counts[~consistent].sum() == 0
     assert chi_square_pvalue(counts[consistent], posterior[consistent].exp()) > 1e-3
@@ -466,6 +467,7 @@ def drive(model, x, order, labels=None, cond_image=None):
     return worst
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,extra", [((1, 5, 7), {}), ((3, 4, 5), {"num_classes": 3}),
                                          ((1, 6, 4), {"cond_shape": (1, 3, 2)}), ((3, 1, 1), {}),
                                          ((1, 4, 4), {"output": "bernoulli"})])
@@ -601,6 +603,7 @@ def test_a_stream_of_one_off_orders_keeps_the_training_orders_tap_masks_memoised
     assert all(model.tap_masks(order) is masks for order, masks in zip(model.orders, kept))
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_training_on_completion_orders_resumes_exactly(tmp_path):
     from pixelcnn import training
@@ -619,6 +622,7 @@ def test_training_on_completion_orders_resumes_exactly(tmp_path):
 # ----- command line ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_command_line_trains_evaluates_samples_and_completes_in_orders(tmp_path, capsys):
     run = tmp_path / "run"

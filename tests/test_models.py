@@ -11,6 +11,7 @@ from pixelcnn.recurrent import skew, unskew
 from exact import input_gradient, randomise, tiny_model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", pixelcnn.available_models())
 @pytest.mark.parametrize("shape,levels", [((1, 2, 2), 2), ((1, 7, 5), 256), ((3, 4, 4), 16)])
 def test_defaults_work_on_small_and_odd_images(name, shape, levels):

@@ -229,6 +229,7 @@ def test_checkpoint_round_trip(name, tmp_path):
 BINARIZED = Path(os.environ["PIXELCNN_DATA"]) / "binarized_mnist"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not BINARIZED.is_dir(), reason="binarized MNIST not found in $PIXELCNN_DATA")
 @pytest.mark.parametrize("name", NAMES)
 def test_cli_trains_evaluates_and_samples(name, tmp_path, capsys):

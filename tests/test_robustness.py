@@ -89,6 +89,7 @@ def test_torchrun_two_gloo_processes_equal_one_process_with_the_same_global_batc
     assert len([l for l in lines if '"train"' in l]) == 4, "only rank 0 logs"
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files(tmp_path):
     proc = cli(*ARGS, "--max-steps", 2, "--tensorboard", "--samples", 2, "--out", tmp_path / "run")
     assert proc.wait(timeout=300) == 0, proc.stderr.read()

@@ -43,6 +43,7 @@ def test_a_run_folder_has_config_metrics_checkpoints_and_samples(tmp_path):
     assert list((out / "samples").glob("*.png"))
 
 
+@pytest.mark.slow
 def test_resume_follows_the_uninterrupted_trajectory(tmp_path):
     straight = tmp_path / "straight"
     training.train(cfg(max_steps=6), straight, **SMALL)
@@ -101,6 +102,7 @@ def test_resume_refuses_to_change_what_would_break_the_trajectory(tmp_path):
         training.resume(out, batch_size=8)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_trains_on_cpu_along_the_fp32_trajectory(tmp_path):
     """bf16 rounds the steps (the weights differ) but follows fp32's losses; its reported validation
     score is the exact fp32 likelihood of the weights it saved."""
