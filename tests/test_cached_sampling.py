@@ -4,6 +4,7 @@ That every family's cached path gives the naive path's probabilities and images 
 branches is generated (test_generated.py); these tests pin down the pieces and the loop around them.
 """
 
+import gc
 import re
 
 import pytest
@@ -303,3 +304,39 @@ def test_shifted_convs_are_read_with_their_own_padding():
             torch.testing.assert_close(cached.row(h), expected[:, :, h].permute(2, 0, 1), rtol=0, atol=1e-12)
             for w in range(expected.shape[3]):
                 torch.testing.assert_close(cached.at(h, w), expected[:, :, h, w], rtol=0, atol=1e-12)
+
+
+def cyclic_garbage(work) -> list[str]:
+    """The types of this package's objects and tensors that only Python's cyclic collector would free after
+    ``work()``: what a reference cycle keeps alive until that collector happens to run."""
+    gc.collect()
+    gc.disable()
+    try:
+        work()
+    finally:
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        found, gc.garbage[:] = list(gc.garbage), []
+        gc.set_debug(0)
+        gc.enable()
+    return sorted({type(o).__qualname__ for o in found
+                   if isinstance(o, torch.Tensor) or type(o).__module__.startswith("pixelcnn")})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", pixelcnn.available_models())
+@pytest.mark.parametrize("shape", [(1, 3, 3), (3, 2, 3)])
+def test_nothing_is_left_for_the_cyclic_collector(name, shape):
+    """A stepper is plain data its loop holds: after sample, complete, log_prob and compress (cached and naive)
+    every tensor goes back when the call returns, not when the cyclic collector runs."""
+    model = tiny_model(name, shape, 4, num_classes=2).float()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 4, (2, *shape), generator=g)
+    labels = torch.tensor([0, 1])
+    known = torch.rand(x.shape, generator=g) < 0.5
+    known.view(2, -1)[:, 0] = False
+    for method in ("cached", "naive") if model.cached else ("naive",):
+        assert cyclic_garbage(lambda: model.sample(2, labels, generator=g, method=method)) == [], method
+        assert cyclic_garbage(lambda: model.complete(x, known, 2, labels, generator=g, method=method)) == [], method
+        assert cyclic_garbage(lambda: pixelcnn.compress(model, x, labels, method=method)) == [], method
+    assert cyclic_garbage(lambda: model.log_prob(x, labels)) == []

@@ -116,13 +116,13 @@ class CachedGatedResnet:
 
     Caches concat_elu of its input (``x_elu``) and of its inner activation (``h_elu``). The
     shortcut, nin(concat_elu(aux)), is a sum over the aux streams: the first stream (u) is taken a
-    row at a time, the second (the up pass's ul, down pass only) a position at a time.
+    row at a time, the second (the up pass's ul, down pass only) a position at a time. It holds no reference
+    to its stepper (which holds it): the stage position comes with each call, so no cycle keeps either alive.
     """
 
-    def __init__(self, block: nn.Module, stepper: "CachedPixelCNNPP", s: int, size: tuple[int, int],
-                 cond: Condition | None):
+    def __init__(self, block: nn.Module, stepper: "CachedPixelCNNPP", size: tuple[int, int], cond: Condition | None):
         taps_in, taps_out = ConvTaps.of(block.conv_in), ConvTaps.of(block.conv_out)
-        self.combine, self.stepper, self.s = block.combine, stepper, s
+        self.combine = block.combine
         self.x_elu = stepper.feature_map(taps_in.in_channels, [taps_in], size)
         self.h_elu = stepper.feature_map(taps_out.in_channels, [taps_out], size)
         self.conv_in = CachedConv(taps_in, self.x_elu)
@@ -138,11 +138,10 @@ class CachedGatedResnet:
         self.out_windows: Tensor | None = None
         self.signs = signed_identity(taps_in.in_channels // 2, taps_in.weight)  # (F, 2F)
 
-    def row(self, x: Activation | None, skip: Activation | None = None) -> Activation | None:
-        """The (W, B, F) output row from the input row x and the shortcut's (W, B, F); None where no row starts."""
+    def row(self, x: Activation | None, i: int, skip: Activation | None = None) -> Activation | None:
+        """The (W, B, F) output row i from the input row x and the shortcut's (W, B, F); None where no row starts."""
         if x is None:
             return None
-        i = self.stepper.stage_position(self.s)[0]
         shortcut = None if skip is None else row_product(self.nin_bias, skip.elu(), self.shortcuts[0])
 
         def conv_in(v: Tensor) -> Tensor:
@@ -162,10 +161,9 @@ class CachedGatedResnet:
         self.x_elu_row, self.h_elu_row = self.x_elu.row(i), self.h_elu.row(i)   # (B, W, 2F) each
         self.in_windows, self.out_windows = self.conv_in.views[i], self.conv_out.views[i]
 
-    def at(self, x: Activation, u: Activation | None, skip: Activation | None = None) -> Activation:
-        """The (B, F) output at the stage's position from the input x (B, F), the u row (W, B, F) where one
+    def at(self, x: Activation, u: Activation | None, i: int, j: int, skip: Activation | None = None) -> Activation:
+        """The (B, F) output at the stage's position (i, j) from the input x (B, F), the u row (W, B, F) where one
         starts (it prepares the ul row) and the up pass's ul there (down pass)."""
-        i, j = self.stepper.stage_position(self.s)
         if u is not None:
             self.prepare_row(u.elu(), i)
         bias = self.row_bias[j]
@@ -189,16 +187,17 @@ class CachedGatedResnet:
 class CachedStreamBlock:
     """A StreamBlock at one pixel: the u row where one starts, then the ul position."""
 
-    def __init__(self, block: nn.Module, stepper: "CachedPixelCNNPP", s: int, size: tuple[int, int],
-                 cond: Condition | None):
-        self.u = CachedGatedResnet(block.u, stepper, s, size, cond)
-        self.ul = CachedGatedResnet(block.ul, stepper, s, size, cond)
+    def __init__(self, block: nn.Module, stepper: "CachedPixelCNNPP", size: tuple[int, int], cond: Condition | None):
+        self.u = CachedGatedResnet(block.u, stepper, size, cond)
+        self.ul = CachedGatedResnet(block.ul, stepper, size, cond)
 
-    def __call__(self, u: Activation | None, ul: Activation, u_skip: Activation | None = None,
+    def __call__(self, u: Activation | None, ul: Activation, position: tuple[int, int], u_skip: Activation | None = None,
                  ul_skip: Activation | None = None) -> tuple[Activation | None, Activation]:
-        """As StreamBlock's forward: u from itself and u_skip, then ul from itself, the new u and ul_skip."""
-        u = self.u.row(u, u_skip)
-        return u, self.ul.at(ul, u, ul_skip)
+        """As StreamBlock's forward at the stage's ``position``: u from itself and u_skip, then ul from itself,
+        the new u and ul_skip."""
+        i, j = position
+        u = self.u.row(u, i, u_skip)
+        return u, self.ul.at(ul, u, i, j, ul_skip)
 
 
 def window_product(conv: CachedConv, windows: Tensor, i: int, j: int, bias: Tensor | None = None) -> Tensor:
@@ -270,9 +269,9 @@ class CachedPixelCNNPP(CachedStepper):
         self.input_layer = CachedInputLayer(first, self.inputs)
         sizes = stage_sizes(model, self.height, self.width)
         self.coarsest = len(sizes) - 1
-        self.up = [[CachedStreamBlock(b, self, s, size, cond) for b in model.up_pass[s]]
+        self.up = [[CachedStreamBlock(b, self, size, cond) for b in model.up_pass[s]]
                    for s, size in enumerate(sizes)]
-        self.down = [[CachedStreamBlock(b, self, s, size, cond) for b in model.down_pass[self.coarsest - s]]
+        self.down = [[CachedStreamBlock(b, self, size, cond) for b in model.down_pass[self.coarsest - s]]
                      for s, size in enumerate(sizes)]                          # model.down_pass: coarsest first
         self.up_tops, self.down_tops = [None] * len(sizes), [None] * len(sizes)
         self.downsample_layers, self.upsample_layers = [None] * len(sizes), [None] * len(sizes)
@@ -342,7 +341,7 @@ class CachedPixelCNNPP(CachedStepper):
             else:                                                              # the coarser stage's, from the cache
                 u, ul = self.upsample(s)
             for block in self.down[s]:
-                u, ul = block(u, ul, u_list.pop(), ul_list.pop())
+                u, ul = block(u, ul, self.stage_position(s), u_list.pop(), ul_list.pop())
             self.keep(s, u, ul, down=True)
         return self.out(F.elu(ul.value))                                       # (B, P)
 
@@ -353,7 +352,7 @@ class CachedPixelCNNPP(CachedStepper):
             u_list.append(u)
             ul_list.append(ul)
         for block in self.up[s]:
-            u, ul = block(u, ul)
+            u, ul = block(u, ul, self.stage_position(s))
             u_list.append(u)
             ul_list.append(ul)
         self.keep(s, u, ul)
