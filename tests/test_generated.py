@@ -110,13 +110,19 @@ def test_cached_sampling_equals_naive(name, case):
 
 @pytest.mark.slow
 def test_the_families_that_draw_groups_of_pixels_at_once_are_exactly_these():
+    """Each model declares whether its stepper offers groups (``draws_groups``); the declaration holds, for each
+    value it takes in a family's generated cases."""
     grouped = set()
     for name in FAMILIES:
+        seen = {}
         for case in cases(name):
             model, *_ = build(name, case, 1)
-            if make_stepper(model, torch.zeros((1, *model.image_shape), dtype=torch.long), None, "auto").groups:
-                grouped.add(name)
-                break
+            seen.setdefault(model.draws_groups, case)
+        grouped |= {name} if seen.get(True) else set()
+        for draws, case in seen.items():
+            model, *_ = build(name, case, 1)
+            stepper = make_stepper(model, torch.zeros((1, *model.image_shape), dtype=torch.long), None, "auto")
+            assert (stepper.groups is not None) == draws == model.draws_groups, (name, case)
     assert grouped == GROUPED_FAMILIES
 
 

@@ -10,49 +10,34 @@ the image and its decoder from the bit stream. The stepper is the model-specific
 * :class:`NaiveStepper` runs the whole network on the current partial image (the reference);
 * a family may offer a cached stepper (``model.cached_stepper``) that computes only what the
   newly set value changes; it must produce the same probabilities.
+
+Both derive from :class:`pixelcnn.models.stepper.Stepper`, the one contract the loops and the codec use.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from pixelcnn.distributions import sample_inverse_cdf
 from pixelcnn.errors import ConfigError
+from pixelcnn.models.stepper import Stepper
 from pixelcnn.validation import METHOD, TEMPERATURE
 
 
-class Stepper(Protocol):
-    order: list[tuple[int, int]]          # the pixels (h, w) in the order the stepper visits them
-    # None, or the order cut into groups of pixels (lists of (h, w)) whose sub-pixels of one channel are
-    # conditionally independent given every earlier group and the group's earlier channels: sampling
-    # then draws a whole group's channel at once (``group_log_probs`` and ``set_group``), and the codec
-    # codes it, where each row of ``group_log_probs`` has the bits ``log_probs`` gives its sub-pixel.
-    groups: list[list[tuple[int, int]]] | None
-
-    def log_probs(self, c: int, h: int, w: int) -> Tensor:
-        """(B, L) log-probabilities of sub-pixel (c, h, w) given every value set before it."""
-
-    def set(self, c: int, h: int, w: int, values: Tensor) -> None:
-        """Record the (B,) values of sub-pixel (c, h, w)."""
-
-
-class NaiveStepper:
-    """Re-runs the whole network whenever a value it depends on has changed."""
-
-    groups = None
+class NaiveStepper(Stepper):
+    """Re-runs the whole network whenever a value it depends on has changed (any order of queries)."""
 
     def __init__(self, model, x: Tensor, cond, order: Tensor | None = None):
-        self.model, self.cond = model, cond
-        self.x = x.clone()
-        self.params: Tensor | None = None
         height, width = x.shape[2:]
+        super().__init__(x, [divmod(p, width) for p in (range(height * width) if order is None else order.tolist())])
+        self.model, self.cond = model, cond
+        self.params: Tensor | None = None
         # None: the family's own (raster) order; else (H W,) pixel indices, which an any-order family's
         # network takes as its third argument.
         self.network_order = () if order is None else (order,)
-        self.order = [divmod(p, width) for p in (range(height * width) if order is None else order.tolist())]
 
     def log_probs(self, c: int, h: int, w: int) -> Tensor:
         if self.params is None:
@@ -67,7 +52,7 @@ class NaiveStepper:
             self.params = None
 
 
-def make_stepper(model, x: Tensor, cond, method: str, order: Tensor | None = None):
+def make_stepper(model, x: Tensor, cond, method: str, order: Tensor | None = None) -> Stepper:
     """The stepper for ``method`` over images x (B, C, H, W); ``cond`` from ``model.condition`` (or None).
 
     ``order``: None for the model's default order, or a checked (H W,) permutation of the pixels

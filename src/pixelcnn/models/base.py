@@ -57,6 +57,10 @@ class AutoregressiveModel(nn.Module):
     # takes named orders and "auto", known pixels first; the family has ``order_names`` and
     # ``log_prob_per_order``); or "coarse_to_fine" (a multiscale model's :meth:`default_order`).
     generation_order: ClassVar[str] = "raster"
+    # True when the cached stepper offers whole groups of pixels (``Stepper.groups``), whose channels the
+    # sampling loop draws and the codec codes a group at a time; a family whose configuration decides it
+    # (multiscale's ``within_group``) makes it a property.
+    draws_groups: bool = False
     # Submodules that activation checkpointing runs whole, instead of the elements of the
     # ModuleLists inside them (see models/checkpointing.py and :meth:`checkpoint_units`).
     checkpoint_whole: ClassVar[tuple[str, ...]] = ()

@@ -31,12 +31,14 @@ caches batch last behind the same view (``FeatureMap(batch_last=True)``) and eva
 
 from __future__ import annotations
 
+import abc
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from pixelcnn.layers import Condition, ConditionBias, MaskedConv2d
+from pixelcnn.models.stepper import OrderedStepper
 from pixelcnn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, DownShiftedConvTranspose2d
 
 
@@ -369,8 +371,8 @@ def column_bias(bias: Tensor, extra: Tensor | PositionBias | None, h: int) -> Te
     return bias[:, None] + bias_row(extra, h).transpose(-1, -2)
 
 
-class PixelStepper:
-    """The one contract of every cached sampling path: the parameters of position p given the values written so far.
+class PixelStepper(OrderedStepper):
+    """The cached steppers of the pixel-by-pixel families: the parameters of position p given the values written so far.
 
     Pixels are visited in a fixed order, ``order`` (raster by default; a family with another order,
     e.g. one per position, passes its own), and inside a pixel its colour channels in turn. A query
@@ -383,28 +385,26 @@ class PixelStepper:
     whose values were set without asking before it moves on.
     """
 
-    groups = None                                                                # one pixel at a time (sampling.Stepper)
-
     def __init__(self, model, x: Tensor, order: list[tuple[int, int]] | None = None):
+        width = x.shape[3]
+        super().__init__(x, order if order is not None else [divmod(p, width) for p in range(x.shape[2] * width)])
         self.model = model
         self.distribution = model.distribution
-        self.x = x.clone()                                                       # (B, C, H, W) integers
-        self.batch, self.channels, self.height, self.width = x.shape
-        self.order = order if order is not None else [divmod(p, self.width) for p in range(self.height * self.width)]
         self.pixel_level = model.pixel_level_network
         self.params: Tensor | None = None                                        # (B, P) of the current pixel
-        self.position = 0                                                        # index in ``order`` being filled
         self.output: PositionBias | None = None
 
     def add_output(self, output: Tensor) -> None:
         """Add (B, P, H, W) to the parameters of every pixel: a completion model's term (``Condition.output``)."""
         self.output = PositionBias(output)
 
+    @abc.abstractmethod
     def column(self, h: int, w: int) -> Tensor:
-        raise NotImplementedError
+        """(B, P) distribution parameters of pixel (h, w) from the caches, its activations written into them."""
 
+    @abc.abstractmethod
     def write(self, c: int, h: int, w: int, values: Tensor) -> None:
-        raise NotImplementedError
+        """Record a value in the caches."""
 
     def log_probs(self, c: int, h: int, w: int) -> Tensor:
         """(B, L) log-probabilities of sub-pixel (c, h, w); the pixel's column is computed once per value set."""
@@ -430,12 +430,6 @@ class PixelStepper:
             self.params = None
         elif not self.pixel_level:
             self.params = None
-
-    def check_order(self, c: int, h: int, w: int) -> None:
-        if self.position >= len(self.order) or self.order[self.position] != (h, w):
-            expected = "no more pixels" if self.position >= len(self.order) else f"pixel {self.order[self.position]}"
-            raise ValueError(f"a cached stepper visits the pixels in its order, each once: expected {expected}, "
-                             f"got channel {c} of pixel ({h}, {w})")
 
 
 class CachedStepper(PixelStepper):

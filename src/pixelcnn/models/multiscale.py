@@ -35,9 +35,10 @@ from pixelcnn.layers import Condition, ConditionBias, channel_groups, raster_con
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import MaskedModelConfig, OutputHead, output_distribution
 from pixelcnn.models.gated_pixelcnn import GatedPixelCNN
-from pixelcnn.models.incremental import PixelStepper, PointwiseHead
+from pixelcnn.models.incremental import PointwiseHead
 from pixelcnn.models.pixelcnn import PixelCNN
 from pixelcnn.models.pixelrnn import DiagonalBiLSTM, RowLSTM
+from pixelcnn.models.stepper import OrderedStepper
 from pixelcnn.validation import Integer, OneOf
 
 # The raster families that can model the base grid: those whose output is a categorical or Bernoulli
@@ -169,6 +170,11 @@ class Multiscale(AutoregressiveModel):
     name = "multiscale"
     config_class = MultiscaleConfig
     generation_order = "coarse_to_fine"
+
+    @property
+    def draws_groups(self) -> bool:
+        """A group's pixels are conditionally independent given the earlier groups: its stepper offers them whole."""
+        return self.config.within_group == "independent"
     # A pass of the group network is the unit: its blocks are weights that ``within_reach`` reads, not
     # modules it calls, and a block alone would keep its input, as much as it keeps without checkpointing.
     checkpoint_whole = ("groups",)
@@ -226,7 +232,7 @@ class Multiscale(AutoregressiveModel):
         return MultiscaleStepper(self, x, cond)
 
 
-class MultiscaleStepper(PixelStepper):
+class MultiscaleStepper(OrderedStepper):
     """The pixels in :meth:`Multiscale.default_order`: the base grid through the base family's cached
     stepper; a group's features computed once, when its first pixel is asked for or set (every
     earlier group is complete then), and each sub-pixel's parameters from them and the group's
@@ -237,7 +243,8 @@ class MultiscaleStepper(PixelStepper):
     same numbers up to the kernels' rounding)."""
 
     def __init__(self, model: Multiscale, x: Tensor, cond: Condition | None):
-        super().__init__(model, x, [divmod(p, x.shape[3]) for p in model.default_order().tolist()])
+        super().__init__(x, [divmod(p, x.shape[3]) for p in model.default_order().tolist()])
+        self.model, self.distribution = model, model.distribution
         self.cond, self.stride = cond, model.config.stride
         self.base = model.base.cached_stepper(x[:, :, :: self.stride, :: self.stride], at_stride(cond, self.stride))
         within = model.groups.within
@@ -247,13 +254,14 @@ class MultiscaleStepper(PixelStepper):
         self.head = PointwiseHead(model.groups.head)
         self.table = model.preprocess(torch.arange(model.levels, device=x.device))         # value -> input
         self.output_map: Tensor | None = None                              # (B, P, H, W) completion term
+        self.output: Tensor | None = None                                  # its part on the current group, (h', w', B, P)
         self.group: int | None = None
         self.feature_map: Tensor | None = None                             # (B, n, h', w') of the current group
         self.features: Tensor | None = None                                # the same, (h', w', B, n)
         self.first: Tensor | None = None                                   # (h', w', B, P): first channel's
         self.own: Tensor | None = None                                     # (B, C, h' + 2p, w' + 2p) in [-1, 1]
         self.slices: tuple[slice, slice] | None = None                     # the current group's rows and columns
-        if self.kernel == 1:                 # independent: a group's channel is drawn at once (sampling.Stepper)
+        if self.kernel == 1:                 # independent: a group's channel is drawn at once (Stepper.groups)
             self.groups = ([[pixel] for pixel in self.order if self.on_base(*pixel)] +
                            [list(g) for g in model.groups_of_order()])
 
