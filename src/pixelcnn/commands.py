@@ -19,7 +19,7 @@ import pixelcnn
 from pixelcnn import masks, validation
 from pixelcnn.errors import ConfigError, InvalidLabelError
 from pixelcnn.flags import add_dataclass_flags, add_model_flags, flag_names, model_hyperparameter_fields
-from pixelcnn.runtime import resolve_device
+from pixelcnn.runtime import leave_process_group, resolve_device
 from pixelcnn.validation import COUNT, METHOD, MODEL_HELP, SEED, TEMPERATURE, Integer, flag
 
 LABEL = Integer(0)
@@ -71,6 +71,7 @@ def run_train(args) -> int:
         _check_in_channels(cfg, args.in_channels)
         out = args.out or f"runs/{cfg.model}-{cfg.dataset.replace(':', '_').replace('/', '_')}"
         summary = training.train(cfg, out, **model_args)
+    leave_process_group()                   # after a run that finished: every process got this far
     print(f"step {summary['step']}, epoch {summary['epoch']}: valid {summary['valid_bits_per_dim']:.4f} bits/dim "
           f"({summary['valid_nll_nats']:.2f} nats/image), best {summary['best_valid_bits_per_dim']:.4f}; run: {summary['run']}")
     return 0

@@ -65,6 +65,16 @@ def setup_runtime(device: str) -> Runtime:
     return Runtime(torch.device(device), dist.get_rank(), dist.get_world_size())
 
 
+def leave_process_group() -> None:
+    """Under torchrun, leave the process group :func:`setup_runtime` joined, once its collectives are done: a
+    process that exits without it can abort in its exit (Gloo's threads still hold tensors while the
+    interpreter is torn down: "terminate called without an active exception"). Elsewhere nothing to do."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes in bf16 natively, as PyTorch reports it: a CUDA device with bf16, or a CPU
     with AVX512-BF16 or AMX tiles (elsewhere bf16 is emulated and slower than fp32)."""

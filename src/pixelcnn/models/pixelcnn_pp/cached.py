@@ -67,8 +67,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixelcnn.dlm import PixelMixture
-from pixelcnn.layers import Condition, concat_elu, concat_elu_into, signed_identity
+from pixelcnn.distributions.logistic_mixture import PixelMixture
+from pixelcnn.models.layers import Condition, concat_elu, concat_elu_into, signed_identity
 from pixelcnn.models.incremental import (CachedConv, CachedConvTranspose, CachedStepper, ConvTaps, FeatureMap,
                                          Pointwise, TransposedTaps, class_bias)
 
