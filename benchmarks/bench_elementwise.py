@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from pixelcnn import allocator
-from pixelcnn.layers import channels_last, gate, map_tanh
+from pixelcnn.models.layers import channels_last, gate, map_tanh
 
 
 def best_ms(fn, repeats: int) -> float:

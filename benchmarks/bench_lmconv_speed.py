@@ -28,12 +28,12 @@ import torch.nn.functional as F
 
 import pixelcnn
 from bench_compression import cpu_model
-from pixelcnn import orders
+from pixelcnn.models.lmconv import orders
 from pixelcnn.data import load_dataset
 from pixelcnn.evaluation import random_subset
-from pixelcnn.layers import channel_groups
+from pixelcnn.models.layers import channel_groups
 from pixelcnn.models.common import gate_groups
-from pixelcnn.models.local_conv import LocallyMaskedConv2d, TapSplit, reference_copy, tap_masks, tap_sources
+from pixelcnn.models.lmconv.local_conv import LocallyMaskedConv2d, TapSplit, reference_copy, tap_masks, tap_sources
 
 # (in, out, kernel, dilation, mask type) of the layers timed alone: the blocks' and the first one.
 LAYERS = [(32, 64, 3, 1, "B"), (32, 64, 3, 2, "B"), (32, 64, 3, 4, "B"), (2, 32, 5, 1, "A")]

@@ -74,7 +74,7 @@ def build(family: str, size: int, width: str, device, checkpointed: bool):
 
 def train_step(model, opt, x, inputs: dict) -> int:
     """One training step; returns the bytes its forward kept for backward (distinct storages, not parameters)."""
-    from pixelcnn.models.checkpointing import saved_bytes
+    from pixelcnn.models.activation_checkpointing import saved_bytes
 
     with saved_bytes(model) as kept:
         loss = model.nll_from_params(model(x, **inputs).float(), x).mean()

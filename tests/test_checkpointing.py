@@ -15,7 +15,7 @@ import torch
 import pixelcnn
 from pixelcnn import training
 from pixelcnn.cli import main
-from pixelcnn.models import checkpointing
+from pixelcnn.models import activation_checkpointing as checkpointing
 from pixelcnn.training import TrainConfig
 from conftest import TINY, needs_mnist
 from exact import tiny_model

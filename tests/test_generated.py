@@ -15,8 +15,8 @@ import pixelcnn
 from exact import (SAMPLER_ERROR, TEST_LEVEL, all_images, chi_square_pvalue, dependency_violations, draws_for,
                    image_index, randomise, sampling_pvalue, tiny_model, total_log_mass)
 from generated import BRANCHES, CACHED_FAMILIES, GROUPED_FAMILIES, build, case_id, cases, known_part
-from pixelcnn import layers
-from pixelcnn.models import local_conv
+from pixelcnn.models import layers
+from pixelcnn.models.lmconv import local_conv
 from pixelcnn.distributions import sample_inverse_cdf
 from pixelcnn.sampling import NaiveStepper, draw_uniforms, make_stepper
 

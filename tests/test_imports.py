@@ -163,6 +163,10 @@ print(json.dumps(report))
 """
 
 
+# one worker imports every module alone, once, for both tests that read it
+pytestmark = pytest.mark.xdist_group("imported_alone")
+
+
 @pytest.fixture(scope="module")
 def imported_alone() -> dict[str, dict]:
     """Module -> {"error": None or the exception, "compressor": the compressor's modules it loaded}."""

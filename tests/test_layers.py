@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pixelcnn import layers
-from pixelcnn.layers import SMALL_MAP, Conv1x1, add_shifted_down, conv2d, gate, map_tanh, shift_down
+from pixelcnn.models import layers
+from pixelcnn.models.layers import SMALL_MAP, Conv1x1, add_shifted_down, conv2d, gate, map_tanh, shift_down
 
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -139,9 +139,9 @@ def test_conv1x1_is_a_plain_one_by_one_convolution():
         torch.testing.assert_close(a, t.grad, rtol=1e-12, atol=1e-12)
 
 
-def test_inside_plain_tanh_whole_maps_take_torch_tanh_bit_for_bit_and_outside_the_fast_form():
+def test_inside_reference_forms_whole_maps_take_torch_tanh_bit_for_bit_and_outside_the_fast_form():
     x = map_of((4, 8, 32, 16), "channels_last").float()              # large enough for the fast path
-    with layers.plain_tanh():
+    with layers.reference_forms():
         assert torch.equal(map_tanh(x), torch.tanh(x))
         with torch.no_grad():
             plain = x.clone(memory_format=torch.preserve_format)

@@ -15,16 +15,16 @@ import torch
 import pixelcnn
 from conftest import needs_mnist
 from exact import all_images, chi_square_pvalue, dependency_violations, draws_for, image_index, randomise
-from pixelcnn import orders
+from pixelcnn.models.lmconv import orders
 from pixelcnn.cli import main
 from pixelcnn.coding import container
 from pixelcnn.errors import ConfigError, PixelCNNError
-from pixelcnn.layers import channel_groups, plain_tanh
-from pixelcnn.models import local_conv
+from pixelcnn.models.layers import channel_groups, reference_forms
+from pixelcnn.models.lmconv import local_conv
 from pixelcnn.models.common import gate_groups
 from pixelcnn.models.lmconv import AUTO_ORDERS, MEMO_SIZE
-from pixelcnn.models.local_conv import SPLIT_MEMO, LocallyMaskedConv2d, reference_copy, split_taps, tap_masks
-from pixelcnn.orders import InvalidOrderError
+from pixelcnn.models.lmconv.local_conv import SPLIT_MEMO, LocallyMaskedConv2d, reference_copy, split_taps, tap_masks
+from pixelcnn.models.lmconv.orders import InvalidOrderError
 from pixelcnn.sampling import NaiveStepper
 
 # (image shape, levels): the tiny images of the exactness tests, grey, colour and non-square.
@@ -358,7 +358,7 @@ def test_inside_the_compressors_scope_the_layer_computes_the_reference_form_bit_
     conv = local_layer(3, 2, "B", 3)
     x = torch.randn(2, 6, 5, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     masks = tap_masks(orders.named("hilbert", 5, 6, 2), 5, 6, 3, 2).double()
-    with torch.no_grad(), plain_tanh():
+    with torch.no_grad(), reference_forms():
         assert torch.equal(conv(x, masks), conv.forward_reference(x, masks))
 
 

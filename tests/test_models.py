@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import pixelcnn
-from pixelcnn.layers import shaped_from_full
-from pixelcnn.recurrent import skew, unskew
+from pixelcnn.models.layers import shaped_from_full
+from pixelcnn.models.pixelrnn.recurrent import skew, unskew
 from exact import input_gradient, randomise, tiny_model
 
 

@@ -17,8 +17,8 @@ from conftest import TINY
 from exact import dependency_violations, input_gradient, randomise, tiny_model
 from pixelcnn.cli import main
 from pixelcnn.errors import ConfigError
-from pixelcnn.models.pixelrnn_cached import PixelRNNStepper
-from pixelcnn.recurrent import LSTMGates, skew, skew_columns, unskew, unskew_columns
+from pixelcnn.models.pixelrnn.cached import PixelRNNStepper
+from pixelcnn.models.pixelrnn.recurrent import LSTMGates, skew, skew_columns, unskew, unskew_columns
 
 NAMES = ["row_lstm", "diagonal_bilstm"]
 SMALL = {"hidden": 8, "layers": 2, "output_hidden": 8}

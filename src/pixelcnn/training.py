@@ -200,11 +200,11 @@ def warm_start(model: nn.Module, source: str | os.PathLike) -> None:
 
     A tensor of the same name but another shape is refused before anything is copied. Tensors
     the source lacks keep their initial values, except the terms that conditioning adds (the
-    :class:`~pixelcnn.layers.ConditionBias` embeddings, a completion model's last
-    :class:`~pixelcnn.layers.KnownPixelsNetwork` layer), which start at zero: a conditional or
+    :class:`~pixelcnn.models.layers.ConditionBias` embeddings, a completion model's last
+    :class:`~pixelcnn.models.layers.KnownPixelsNetwork` layer), which start at zero: a conditional or
     completion model warm-started from an unconditional one then starts as exactly that model.
     """
-    from pixelcnn.layers import ConditionBias, KnownPixelsNetwork
+    from pixelcnn.models.layers import ConditionBias, KnownPixelsNetwork
 
     theirs = pixelcnn.load(source).state_dict()
     ours = model.state_dict()

@@ -19,7 +19,7 @@ from torch import Tensor
 from pixelcnn.coding.container import EXACT_VERSION
 from pixelcnn.coding.exact import ExactArithmetic, softmax as exact_softmax
 from pixelcnn.coding.quantize import quantized_weights
-from pixelcnn.layers import plain_tanh
+from pixelcnn.models.layers import reference_forms
 
 
 def coding_model(model):
@@ -38,15 +38,22 @@ def exact_model(model):
     return copy.deepcopy(model).to(device=device, dtype=torch.float32).to(dtype=torch.float64)
 
 
+# Compatibility with files already written: the whole-network stepper of every release that wrote formats 2 and 3
+# computed each layer's reference form (torch.tanh; lmconv's unfold convolution), which faster forms have
+# replaced since (the sigmoid form of tanh, the split convolution). Every arithmetic below codes inside
+# ``reference_forms()``, so those files decode bit for bit and new ones are written the same way.
+RELEASED_FORMS = reference_forms
+
+
 @contextlib.contextmanager
 def deterministic_cpu(model) -> Iterator[None]:
-    """Format 2: one CPU thread, oneDNN pinned on, no autograd, eval mode, tanh as ``torch.tanh``
-    everywhere (``layers.plain_tanh``); the caller's settings come back after."""
+    """Format 2: one CPU thread, oneDNN pinned on, no autograd, eval mode, the released forms of the layers
+    (:data:`RELEASED_FORMS`); the caller's settings come back after."""
     threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
     torch.set_num_threads(1)
     torch.backends.mkldnn.enabled = True
     try:
-        with model.evaluating(), torch.no_grad(), plain_tanh():
+        with model.evaluating(), torch.no_grad(), RELEASED_FORMS():
             yield
     finally:
         torch.set_num_threads(threads)
@@ -56,9 +63,9 @@ def deterministic_cpu(model) -> Iterator[None]:
 @contextlib.contextmanager
 def exact_arithmetic(model) -> Iterator[None]:
     """Format 3: eval mode, no autograd, every torch function exact or correctly rounded
-    (:class:`~pixelcnn.coding.exact.ExactArithmetic`), one formula for tanh on every device
-    (``layers.plain_tanh``), cuDNN off (its transforms would round); any thread count."""
-    with model.evaluating(), torch.no_grad(), plain_tanh(), torch.backends.cudnn.flags(enabled=False), ExactArithmetic():
+    (:class:`~pixelcnn.coding.exact.ExactArithmetic`), the released forms of the layers (:data:`RELEASED_FORMS`),
+    cuDNN off (its transforms would round); any thread count."""
+    with model.evaluating(), torch.no_grad(), RELEASED_FORMS(), torch.backends.cudnn.flags(enabled=False), ExactArithmetic():
         yield
 
 

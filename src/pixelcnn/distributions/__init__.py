@@ -6,7 +6,7 @@ parameters of a pixel into probabilities of its C channel values, each an intege
 
 * :class:`Categorical`: a softmax over ``levels`` values for each channel (PixelCNN, PixelRNN).
 * :class:`Bernoulli`: one logit per channel for binary images (``levels == 2``).
-* :class:`DiscretizedLogisticMixture`: PixelCNN++'s mixture, built on the mathematics of ``dlm.py``.
+* :class:`DiscretizedLogisticMixture`: PixelCNN++'s mixture, built on the mathematics of ``logistic_mixture.py``.
 
 Every distribution answers the same questions, so training, evaluation, sampling, completion
 and compression share one implementation:
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pixelcnn.dlm import LevelConstants, PixelMixture, coupling_scatter, level_edges, log_bin_mass
+from pixelcnn.distributions.logistic_mixture import LevelConstants, PixelMixture, coupling_scatter, level_edges, log_bin_mass
 from pixelcnn.levels import to_unit
 
 

@@ -24,8 +24,8 @@ from pixelcnn.distributions import OutputDistribution, bits_per_dim
 from pixelcnn.errors import CheckpointError, ConfigError, InvalidImageError, InvalidLabelError
 from pixelcnn.levels import to_unit
 from pixelcnn.validation import COUNT
-from pixelcnn.layers import Condition, ConditionNetwork, KnownPixelsNetwork
-from pixelcnn.models import checkpointing
+from pixelcnn.models.layers import Condition, ConditionNetwork, KnownPixelsNetwork
+from pixelcnn.models import activation_checkpointing as checkpointing
 
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -62,7 +62,7 @@ class AutoregressiveModel(nn.Module):
     # (multiscale's ``within_group``) makes it a property.
     draws_groups: bool = False
     # Submodules that activation checkpointing runs whole, instead of the elements of the
-    # ModuleLists inside them (see models/checkpointing.py and :meth:`checkpoint_units`).
+    # ModuleLists inside them (see models/activation_checkpointing.py and :meth:`checkpoint_units`).
     checkpoint_whole: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs):
@@ -385,7 +385,7 @@ class AutoregressiveModel(nn.Module):
 
     def checkpoint_units(self) -> list[nn.Module]:
         """The modules that activation checkpointing runs one by one: the ``checkpoint_whole``
-        submodules, then the elements of the outermost ModuleLists (see models/checkpointing.py)."""
+        submodules, then the elements of the outermost ModuleLists (see models/activation_checkpointing.py)."""
         return checkpointing.units(self, self.checkpoint_whole)
 
     def checkpoint_activations(self, enabled: bool = True) -> "AutoregressiveModel":

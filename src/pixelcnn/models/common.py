@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from pixelcnn.config import ModelConfig
 from pixelcnn.distributions import OutputDistribution, make_distribution
 from pixelcnn.errors import ConfigError
-from pixelcnn.layers import MaskedConv2d, channel_groups, raster_conv
+from pixelcnn.models.layers import MaskedConv2d, channel_groups, raster_conv
 from pixelcnn.validation import Integer, Integers, OneOf, fail
 
 OUTPUTS = ("auto", "categorical", "bernoulli")

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelcnn.errors import ConfigError
-from pixelcnn.layers import (Condition, ConditionBias, Conv1x1, add_shifted_down, channel_groups, gate, horizontal_conv,
+from pixelcnn.models.layers import (Condition, ConditionBias, Conv1x1, add_shifted_down, channel_groups, gate, horizontal_conv,
                              vertical_conv)
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import (DILATIONS, KERNEL, MaskedModelConfig, OutputHead, gate_groups, masked_1x1,

@@ -18,7 +18,7 @@ each channel; a pixel-level network (PixelCNN++) computes it once per pixel.
 Exactness: each output is computed with the same masked weights as the full network, restricted
 to the rectangle of kernel taps the mask can keep, and reads the same zero padding. The sums are
 the same, in another order, so the cached path agrees with the full network to float rounding,
-amplified by no more than the network amplifies its own rounding (``pixelcnn_pp_cached.py``).
+amplified by no more than the network amplifies its own rounding (``pixelcnn_pp/cached.py``).
 
 Speed: caches are channels-last, (B, top + H + bottom, left + W + right, C), so that a window of
 one row is one run of memory per image, and the windows of every output position are built once
@@ -37,9 +37,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from pixelcnn.layers import Condition, ConditionBias, MaskedConv2d
+from pixelcnn.models.layers import Condition, ConditionBias, CroppedConvTranspose2d, MaskedConv2d, PrePaddedConv2d
 from pixelcnn.models.stepper import OrderedStepper
-from pixelcnn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, DownShiftedConvTranspose2d
 
 
 class Pad(NamedTuple):
@@ -129,7 +128,7 @@ class ConvTaps:
             return cls(conv.masked_weight().detach(), bias, Pad(top, bottom, left, right), conv.dilation, conv.stride, used)
         ph, pw = conv.padding
         used = torch.ones(weight.shape[-2:], dtype=torch.bool, device=weight.device) if used is None else used
-        if isinstance(conv, (DownShiftedConv2d, DownRightShiftedConv2d)):
+        if isinstance(conv, PrePaddedConv2d):
             left, right, top, bottom = conv.pad
             pad = Pad(top + ph, bottom + ph, left + pw, right + pw)
             return cls(weight, bias, pad, conv.dilation, conv.stride, used)
@@ -266,7 +265,7 @@ class TransposedTaps:
         (sh, sw), (ph, pw), (oh, ow) = conv.stride, conv.padding, conv.output_padding
         if out_size is None:
             out_size = ((in_size[0] - 1) * sh - 2 * ph + kh + oh, (in_size[1] - 1) * sw - 2 * pw + kw + ow)
-        crop = (ph, pw + (conv.left if isinstance(conv, DownShiftedConvTranspose2d) else 0))
+        crop = (ph, pw + (conv.left if isinstance(conv, CroppedConvTranspose2d) else 0))
         bias = None if conv.bias is None else conv.bias.detach()
         return cls(conv.weight.detach(), bias, (sh, sw), in_size, out_size, crop)
 

@@ -198,6 +198,32 @@ def shaped_from_full(full: Tensor, shaped_shape: torch.Size) -> Tensor:
     return full[..., : shaped_shape[-2], : shaped_shape[-1]].clone()
 
 
+class PrePaddedConv2d(nn.Conv2d):
+    """An unpadded convolution of its input zero-padded by ``pad`` = (left, right, top, bottom) first: causal by
+    padding alone (PixelCNN++'s shifted convolutions). The cached steppers read ``pad`` to place its windows."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int], pad: tuple[int, int, int, int],
+                 stride: int = 1):
+        super().__init__(in_channels, out_channels, kernel, stride=stride)
+        self.pad = pad
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(F.pad(x, self.pad))
+
+
+class CroppedConvTranspose2d(nn.ConvTranspose2d):
+    """A transposed convolution whose output is cropped to ``size`` from column ``left`` (row 0): upsampling back
+    to the exact size before a strided convolution. The cached steppers read ``left`` to place its phases."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int], stride: int, left: int = 0):
+        super().__init__(in_channels, out_channels, kernel, stride=stride)
+        self.left = left
+
+    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        h, w = size
+        return super().forward(x)[:, :, :h, self.left : self.left + w]        # (B, out, H, W)
+
+
 def shift_down(x: Tensor, rows: int = 1) -> Tensor:
     """Move every row down by ``rows``, filling the top with zeros: row h then holds row h - rows."""
     return F.pad(x, (0, 0, rows, 0))[:, :, : x.shape[2], :]
@@ -235,26 +261,25 @@ class _AddShiftedDown(torch.autograd.Function):
 
 
 SMALL_MAP = 2**14      # below this many elements, the three more passes of map_tanh cost more than they save
-_PLAIN_TANH: ContextVar[bool] = ContextVar("plain_tanh", default=False)
+_REFERENCE_FORMS: ContextVar[bool] = ContextVar("reference_forms", default=False)
 
 
 @contextlib.contextmanager
-def plain_tanh() -> Iterator[None]:
-    """Inside (this thread or task), whole maps take ``torch.tanh`` too, as releases before
-    :func:`map_tanh` computed them: the compressor codes inside it, so that files written with
-    its whole-network (``method="naive"``) stepper by those releases still decode bit for bit."""
-    token = _PLAIN_TANH.set(True)
+def reference_forms() -> Iterator[None]:
+    """Inside (this thread or task), every layer that has a faster whole-map form computes its reference form
+    instead: ``torch.tanh`` rather than :func:`map_tanh`'s sigmoid form, and lmconv's unfold convolution rather
+    than its split one (``models/lmconv/local_conv.py``). The same numbers to float rounding; a caller that
+    must repeat an earlier computation bit for bit (the codec, ``coding/arithmetic.py``) enters it."""
+    token = _REFERENCE_FORMS.set(True)
     try:
         yield
     finally:
-        _PLAIN_TANH.reset(token)
+        _REFERENCE_FORMS.reset(token)
 
 
-def in_plain_forms() -> bool:
-    """True inside :func:`plain_tanh`, where every layer with a faster whole-map form than an earlier
-    release's (map_tanh, the split locally masked convolution) computes that release's form instead."""
-    return _PLAIN_TANH.get()
-
+def in_reference_forms() -> bool:
+    """True inside :func:`reference_forms`."""
+    return _REFERENCE_FORMS.get()
 
 
 def map_tanh(x: Tensor) -> Tensor:
@@ -268,7 +293,7 @@ def map_tanh(x: Tensor) -> Tensor:
     for the passes to pay (``SMALL_MAP``), it is ``torch.tanh``. The gradient is tanh's,
     1 - tanh^2, from the value. Whole-map paths use it; the cached steppers, which work on one
     position or row at a time, keep ``torch.tanh`` (where its speed is irrelevant), and inside
-    :func:`plain_tanh` (the compressor) so does every path.
+    :func:`reference_forms` (the compressor) so does every path.
     """
     if not _sigmoid_form_pays(x):
         return torch.tanh(x)
@@ -279,8 +304,8 @@ def map_tanh(x: Tensor) -> Tensor:
 
 def _sigmoid_form_pays(x: Tensor) -> bool:
     """Whether tanh of ``x`` takes the sigmoid form: a CPU float map of at least ``SMALL_MAP`` elements,
-    outside :func:`plain_tanh`."""
-    return x.device.type == "cpu" and x.is_floating_point() and x.numel() >= SMALL_MAP and not _PLAIN_TANH.get()
+    outside :func:`reference_forms`."""
+    return x.device.type == "cpu" and x.is_floating_point() and x.numel() >= SMALL_MAP and not _REFERENCE_FORMS.get()
 
 
 def _sigmoid_tanh_(x2: Tensor) -> Tensor:
@@ -305,7 +330,7 @@ def gate(x: Tensor, dim: int = 1, overwrite: bool = False) -> Tensor:
     """Gated activation tanh(a) * sigmoid(b) of the two halves [a, b] of ``dim``: (B, 2n, ...) -> (B, n, ...).
 
     ``dim=-1`` is the incremental paths' channels-last layout. Whole feature maps (B, 2n, H, W)
-    take tanh through :func:`map_tanh` (unless inside :func:`plain_tanh`); a position or a row
+    take tanh through :func:`map_tanh` (unless inside :func:`reference_forms`); a position or a row
     (fewer dimensions), ``torch.tanh``.
     ``overwrite=True`` is for a caller done with ``x``: outside autograd, the gate is then
     formed in ``x``'s memory. Where :func:`map_tanh` would take the sigmoid form: the first half

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelcnn.errors import ConfigError
-from pixelcnn.layers import Condition, ConditionBias, channel_groups, raster_conv
+from pixelcnn.models.layers import Condition, ConditionBias, channel_groups, raster_conv
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import MaskedModelConfig, OutputHead, output_distribution
 from pixelcnn.models.gated_pixelcnn import GatedPixelCNN

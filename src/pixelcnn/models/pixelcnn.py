@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from pixelcnn.layers import Condition, ConditionBias, channel_groups, raster_conv
+from pixelcnn.models.layers import Condition, ConditionBias, channel_groups, raster_conv
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import KERNEL, MaskedModelConfig, OutputHead, masked_1x1, output_distribution, stack
 from pixelcnn.models.incremental import CachedConv, CachedStepper, ConvTaps, Pointwise, PointwiseHead, class_bias

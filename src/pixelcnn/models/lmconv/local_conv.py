@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from pixelcnn.layers import centre_mask, channels_last, conv2d, in_plain_forms
+from pixelcnn.models.layers import centre_mask, channels_last, conv2d, in_reference_forms
 from pixelcnn.models.incremental import ConvTaps, FeatureMap, Pad, PositionBias
-from pixelcnn.orders import ranks
+from pixelcnn.models.lmconv.orders import ranks
 
 # Tap splits a layer remembers, one per tap-masks tensor it was called with (the latest kept).
 SPLIT_MEMO = 64
@@ -123,12 +123,12 @@ class LocallyMaskedConv2d(nn.Module):
         the varying taps' masked patches, contracted by a 1x1 convolution.
 
         It is :meth:`forward_reference` on inputs of fewer than ``SMALL_INPUT`` elements, for masks
-        that keep no tap everywhere (tap masks keep the centre), and inside ``layers.plain_tanh()``,
+        that keep no tap everywhere (tap masks keep the centre), and inside ``layers.reference_forms()``,
         the compressor's scope: the files that earlier releases' whole-network stepper wrote were
         coded with that form's operations (in exact arithmetic each operand's rounding follows
         them), and must decode bit for bit.
         """
-        if x.numel() < SMALL_INPUT or in_plain_forms():
+        if x.numel() < SMALL_INPUT or in_reference_forms():
             return self.forward_reference(x, masks)
         split = self.split(masks, *x.shape[2:])
         if split.box is None:
@@ -195,7 +195,7 @@ def reference_copy(model: nn.Module) -> nn.Module:
 
 
 def _oneDNN_layout(kernel: Tensor) -> Tensor:
-    """A kernel channels-last on the CPU, so oneDNN computes in NHWC (as :class:`pixelcnn.layers.MaskedConv2d` does)."""
+    """A kernel channels-last on the CPU, so oneDNN computes in NHWC (as :class:`pixelcnn.models.layers.MaskedConv2d` does)."""
     return channels_last(kernel) if kernel.device.type == "cpu" else kernel
 
 

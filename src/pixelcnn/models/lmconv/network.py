@@ -2,7 +2,7 @@
 
 Jain, Abbeel & Pathak 2020, "Locally Masked Convolution for Autoregressive Models" (UAI). Each
 convolution's mask depends on the output position and on a generation order (see
-``local_conv.py`` and ``pixelcnn.orders``), so one set of weights defines an autoregressive
+``local_conv.py`` and ``pixelcnn.models.lmconv.orders``), so one set of weights defines an autoregressive
 model p_k(x) for every order k. Training draws one of the configured orders per batch (section 4);
 the model's own distribution is their uniform mixture, p(x) = mean_k p_k(x) (section 5.1's
 "order ensemble"), which ``log_prob`` computes exactly. Completion picks an order that visits the
@@ -23,20 +23,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from pixelcnn import orders as orders_lib
+from pixelcnn.models.lmconv import orders as orders_lib
 from pixelcnn.errors import ConfigError
-from pixelcnn.layers import Condition, ConditionBias, channel_groups, gate
+from pixelcnn.models.layers import Condition, ConditionBias, channel_groups, gate
 from pixelcnn.models.base import AutoregressiveModel, full_precision
 from pixelcnn.models.common import (DILATIONS, KERNEL, MaskedModelConfig, OutputHead, gate_groups, masked_1x1,
                                     output_distribution, stack)
-from pixelcnn.models.incremental import CachedStepper, Pointwise, PointwiseHead, class_bias
-from pixelcnn.models.local_conv import LocalCachedConv, LocallyMaskedConv2d, tap_masks
+from pixelcnn.models.lmconv.cached import CachedLMConv
+from pixelcnn.models.lmconv.local_conv import LocallyMaskedConv2d, tap_masks
 from pixelcnn.validation import Integer, OneOf, Real
 
 
@@ -307,35 +306,3 @@ def _first_occurrences(rows: Tensor) -> Tensor:
     """Indices of the rows of (K, N) that equal no earlier row, in order."""
     _, inverse = torch.unique(rows, dim=0, return_inverse=True)
     return torch.tensor([i for i in range(len(rows)) if int(inverse[i]) not in inverse[:i].tolist()], dtype=torch.long)
-
-
-class CachedLMConvBlock:
-    """An LMConvBlock at one position: it caches its input, which its convolution reads."""
-
-    def __init__(self, block: LMConvBlock, stepper: CachedStepper, masks: dict, cond: Condition | None):
-        taps = block.conv.taps()
-        self.source = stepper.feature_map(taps.in_channels, [taps])
-        self.conv = LocalCachedConv(taps, self.source, masks[block.conv.key], class_bias(block.cond_bias, cond))
-        self.out = Pointwise(block.out)
-
-    def __call__(self, x: Tensor, h: int, w: int) -> Tensor:
-        """(B, hidden) block input at (h, w) -> (B, hidden) output."""
-        self.source.at(h, w).copy_(x)
-        return LMConvBlock.combine(x, self.conv.at(h, w), self.out)
-
-
-class CachedLMConv(CachedStepper):
-    """LMConv one pixel at a time in any order: each layer's output at the visited pixel only."""
-
-    def __init__(self, model: LMConv, x: Tensor, cond: Condition | None, order: Tensor):
-        first = model.input.taps()
-        super().__init__(model, x, [first], ones_channel=True)
-        self.order = [divmod(p, self.width) for p in order.tolist()]      # the contract's (h, w) pairs
-        masks = model.tap_masks(order)
-        self.input = LocalCachedConv(first, self.inputs, masks[model.input.key], class_bias(model.input_bias, cond))
-        self.blocks = [CachedLMConvBlock(block, self, masks, cond) for block in model.blocks]
-        self.head = PointwiseHead(model.head)
-
-    def column(self, h: int, w: int) -> Tensor:
-        return stack(partial(self.input.at, h, w), self.blocks, self.head, h, w)
-

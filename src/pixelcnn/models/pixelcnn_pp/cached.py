@@ -1,6 +1,6 @@
 """PixelCNN++ sampled one pixel at a time: the caches of Ramachandran et al. 2017 on a U-Net.
 
-Salimans et al. 2017's network (``pixelcnn_pp.py``) evaluated incrementally with the machinery of
+Salimans et al. 2017's network (``network.py``) evaluated incrementally with the machinery of
 ``incremental.py``. It is a pixel-level network: one column of activations per pixel serves all
 its colour channels, which the discretized logistic mixture couples (``CachedStepper.pixel_level``).
 It reads the modules of a ``PixelCNNPP`` without importing the model's file: the model builds its

@@ -4,7 +4,7 @@ Salimans, Karpathy, Chen & Kingma 2017, "PixelCNN++: Improving the PixelCNN with
 Logistic Mixture Likelihood and Other Modifications" (ICLR), and the reference code
 github.com/openai/pixel-cnn (pixel_cnn_pp/model.py, nn.py):
 
-* section 2.1-2.2: the output is a discretized logistic mixture over whole pixels (``dlm.py``);
+* section 2.1-2.2: the output is a discretized logistic mixture over whole pixels (``pixelcnn.distributions.logistic_mixture``);
   the network conditions on whole earlier pixels only, the colours are coupled inside the
   distribution, so one network pass serves all channels of a pixel (``pixel_level_network``);
 * section 2.3 and figure 2: two streams of shifted (unmasked) convolutions, u for the rows
@@ -23,7 +23,7 @@ a downsampled map has ceil(n/2) rows and columns and upsampling crops back to th
 
 :meth:`PixelCNNPP.network` is the reference's forward pass written out: the first layer, the up
 pass appending every stage's activations to ``u_list`` and ``ul_list``, the down pass popping them
-into its blocks' shortcuts, the output head. The cached stepper (``pixelcnn_pp_cached.py``) runs the
+into its blocks' shortcuts, the output head. The cached stepper (``cached.py``) runs the
 same passes at one pixel, over the stages with a position there, with this file's blocks in their
 incremental form; :meth:`GatedResnet.combine`, the composition of a block, serves both.
 """
@@ -40,10 +40,10 @@ from torch import Tensor, nn
 from pixelcnn.config import ModelConfig
 from pixelcnn.distributions import make_distribution
 from pixelcnn.errors import ConfigError
-from pixelcnn.layers import Condition, ConditionBias, concat_elu, gated_residual, shift_down, shift_right
+from pixelcnn.models.layers import Condition, ConditionBias, concat_elu, gated_residual, shift_down, shift_right
 from pixelcnn.models.base import AutoregressiveModel
-from pixelcnn.models.pixelcnn_pp_cached import CachedPixelCNNPP
-from pixelcnn.shifted import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
+from pixelcnn.models.pixelcnn_pp.cached import CachedPixelCNNPP
+from pixelcnn.models.pixelcnn_pp.shifted import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
                               DownShiftedConvTranspose2d)
 from pixelcnn.validation import Integer, Real
 
@@ -221,7 +221,7 @@ class PixelCNNPP(AutoregressiveModel):
         return self.out(F.elu(ul))                                      # (B, P, H, W)
 
     def cached_stepper(self, x: Tensor, cond: Condition | None) -> CachedPixelCNNPP:
-        """One pixel at a time, computing only what each new pixel makes final (``pixelcnn_pp_cached.py``)."""
+        """One pixel at a time, computing only what each new pixel makes final (``cached.py``)."""
         return CachedPixelCNNPP(self, x, cond)
 
     def first_layer(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -8,11 +8,10 @@ initial ``layers.shift_down`` / ``layers.shift_right``, sees only the pixels str
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import Tensor, nn
+from pixelcnn.models.layers import CroppedConvTranspose2d, PrePaddedConv2d
 
 
-class DownShiftedConv2d(nn.Conv2d):
+class DownShiftedConv2d(PrePaddedConv2d):
     """(kh, kw) convolution, kw odd, padded top and both sides: output row i sees input rows i-kh+1..i.
 
     With ``stride`` s the output is (ceil(H/s), ceil(W/s)) and coarse row I sees fine rows <= s I.
@@ -22,26 +21,18 @@ class DownShiftedConv2d(nn.Conv2d):
         kh, kw = kernel
         if kw % 2 == 0:
             raise ValueError(f"a down-shifted convolution needs an odd kernel width, got {kernel}")
-        super().__init__(in_channels, out_channels, kernel, stride=stride)
-        self.pad = ((kw - 1) // 2, (kw - 1) // 2, kh - 1, 0)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(F.pad(x, self.pad))
+        super().__init__(in_channels, out_channels, kernel, ((kw - 1) // 2, (kw - 1) // 2, kh - 1, 0), stride)
 
 
-class DownRightShiftedConv2d(nn.Conv2d):
+class DownRightShiftedConv2d(PrePaddedConv2d):
     """(kh, kw) convolution padded top and left: output (i, j) sees rows i-kh+1..i, columns j-kw+1..j."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int] = (2, 2), stride: int = 1):
         kh, kw = kernel
-        super().__init__(in_channels, out_channels, kernel, stride=stride)
-        self.pad = (kw - 1, 0, kh - 1, 0)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(F.pad(x, self.pad))
+        super().__init__(in_channels, out_channels, kernel, (kw - 1, 0, kh - 1, 0), stride)
 
 
-class DownShiftedConvTranspose2d(nn.ConvTranspose2d):
+class DownShiftedConvTranspose2d(CroppedConvTranspose2d):
     """Upsampling partner of :class:`DownShiftedConv2d`: fine row r comes from coarse rows <= r / stride.
 
     ``forward(x, size)`` crops the transposed convolution to ``size`` = (H, W), so inputs whose
@@ -53,24 +44,14 @@ class DownShiftedConvTranspose2d(nn.ConvTranspose2d):
         if kw % 2 == 0 or kh < stride or (kw + 1) // 2 < stride:
             # Smaller kernels leave rows or columns of the cropped output that no input reaches.
             raise ValueError(f"expected kh >= stride and an odd kw >= 2 stride - 1, got {kernel} with stride {stride}")
-        super().__init__(in_channels, out_channels, kernel, stride=stride)
-        self.left = (kw - 1) // 2
-
-    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        h, w = size
-        y = super().forward(x)                          # (B, out, (Hc-1) s + kh, (Wc-1) s + kw)
-        return y[:, :, :h, self.left : self.left + w]
+        super().__init__(in_channels, out_channels, kernel, stride, left=(kw - 1) // 2)
 
 
-class DownRightShiftedConvTranspose2d(nn.ConvTranspose2d):
+class DownRightShiftedConvTranspose2d(CroppedConvTranspose2d):
     """Upsampling partner of :class:`DownRightShiftedConv2d`: fine (r, c) comes from coarse (<= r/s, <= c/s)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int] = (2, 2), stride: int = 2):
         kh, kw = kernel
         if kh < stride or kw < stride:
             raise ValueError(f"expected a kernel at least the stride {stride} on each side, got {kernel}")
-        super().__init__(in_channels, out_channels, kernel, stride=stride)
-
-    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        h, w = size
-        return super().forward(x)[:, :, :h, :w]         # (B, out, H, W)
+        super().__init__(in_channels, out_channels, kernel, stride)

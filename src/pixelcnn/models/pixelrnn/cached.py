@@ -1,6 +1,6 @@
 """PixelRNN sampled one pixel at a time: every layer's LSTM states kept between steps.
 
-The Row LSTM and the Diagonal BiLSTM of ``pixelrnn.py`` evaluated incrementally on the machinery
+The Row LSTM and the Diagonal BiLSTM of ``network.py`` evaluated incrementally on the machinery
 of ``incremental.py``: the stepper is a :class:`CachedStepper` whose image cache is a batch-last
 :class:`FeatureMap`, the first (mask A) convolution and the Row LSTM's input-to-state convolution
 are :class:`BatchLastConv` over cached maps, and the conditioning biases come from
@@ -12,7 +12,7 @@ conditioning bias, the LSTM layers in turn, the output layers) is run by both pa
 and by the stepper at one pixel over each layer's incremental form, which reads its weights through
 the layer's own methods (the input-to-state directions, the state-to-state taps, the whole-pixel
 term of the right-to-left gates, the output 1x1). Every LSTM update on either path is
-:meth:`LSTMGates.update <pixelcnn.recurrent.LSTMGates.update>`. What stays written twice is
+:meth:`LSTMGates.update <pixelcnn.models.pixelrnn.recurrent.LSTMGates.update>`. What stays written twice is
 the order of a layer's sums, by design: the module evaluates a layer over the whole image before the
 next (one convolution, then a recurrence over rows or skewed columns), the step evaluates every
 layer at one pixel, and at these sizes a step costs the number of tensor ops it issues, so it
@@ -43,11 +43,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixelcnn.layers import Condition, MaskedConv2d
+from pixelcnn.models.layers import Condition, MaskedConv2d
 from pixelcnn.models.common import stack
 from pixelcnn.models.incremental import (BatchLastConv, CachedStepper, ConvTaps, FeatureMap, PointwiseHead,
                                          PositionBias, class_bias, column_bias)
-from pixelcnn.recurrent import LSTMGates
+from pixelcnn.models.pixelrnn.recurrent import LSTMGates
 
 
 def first_layer_taps(conv: MaskedConv2d) -> tuple[ConvTaps, ConvTaps]:

@@ -48,7 +48,7 @@ a triangle whose right edge climbs s columns per row (each LSTM reaches s column
 row up, the first layer f columns, the input-to-state s columns to the left on every layer).
 
 Sampling: ``cached_stepper`` computes one pixel per step, keeping every layer's LSTM states
-(``pixelrnn_cached.py``). Both paths run one statement of the network,
+(``cached.py``). Both paths run one statement of the network,
 :func:`~pixelcnn.models.common.stack` over the first layer, the LSTM layers and the output layers,
 and :class:`LSTMGates` for every LSTM update; each layer builds its incremental form (``cached``),
 which reads its weights through the layer's own methods.
@@ -68,11 +68,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelcnn.errors import ConfigError
-from pixelcnn.layers import Condition, ConditionBias, channel_groups, horizontal_conv, raster_conv
+from pixelcnn.models.layers import Condition, ConditionBias, channel_groups, horizontal_conv, raster_conv
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import KERNEL, MaskedModelConfig, OutputHead, masked_1x1, output_distribution, stack
-from pixelcnn.models.pixelrnn_cached import DiagonalLSTMCache, PixelRNNStepper, RowLSTMCache
-from pixelcnn.recurrent import LSTMGates, skew_columns, unskew_columns
+from pixelcnn.models.pixelrnn.cached import DiagonalLSTMCache, PixelRNNStepper, RowLSTMCache
+from pixelcnn.models.pixelrnn.recurrent import LSTMGates, skew_columns, unskew_columns
 from pixelcnn.validation import Integer
 
 FORGET_BIAS = 1.0   # initial forget-gate bias: cells start by keeping their state (a common LSTM choice)
@@ -224,7 +224,7 @@ class RowLSTMLayer(nn.Module):
         return self.output.masked_weight()[:, :, 0, 0]
 
     def cached(self, stepper: PixelRNNStepper, cond: Condition | None) -> RowLSTMCache:
-        """This layer's incremental form (``pixelrnn_cached.py``) for ``stepper``."""
+        """This layer's incremental form (``cached.py``) for ``stepper``."""
         return RowLSTMCache(self, stepper, cond, LSTMGates.buffer(stepper.like, self.units, stepper.batch))
 
 
@@ -295,7 +295,7 @@ class DiagonalBiLSTMLayer(nn.Module):
         return unskew_columns(torch.stack(columns), width)
 
     def cached(self, stepper: PixelRNNStepper, cond: Condition | None) -> DiagonalLSTMCache:
-        """This layer's incremental form (``pixelrnn_cached.py``) for ``stepper``."""
+        """This layer's incremental form (``cached.py``) for ``stepper``."""
         return DiagonalLSTMCache(self, stepper, cond, LSTMGates.buffer(stepper.like, self.units, stepper.batch))
 
 
@@ -326,7 +326,7 @@ class PixelRNN(AutoregressiveModel):
                      self.layers, self.head, cond, x)
 
     def cached_stepper(self, x: Tensor, cond: Condition | None) -> PixelRNNStepper:
-        """One pixel of every layer per step, LSTM states kept between steps (``pixelrnn_cached.py``)."""
+        """One pixel of every layer per step, LSTM states kept between steps (``cached.py``)."""
         return PixelRNNStepper(self, x, cond)
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pixelcnn.layers import map_tanh
+from pixelcnn.models.layers import map_tanh
 
 
 def skew(x: Tensor) -> Tensor:
@@ -64,7 +64,7 @@ class LSTMGates:
 
         f * c_prev + i * g is rounded two ways: in place, one fused multiply-add (no temporary); into new
         tensors, two products and a sum, the bits of the whole-map form that earlier releases coded
-        files with (``layers.in_plain_forms``). Exact arithmetic (the codec) gives both the same value.
+        files with (``layers.in_reference_forms``). Exact arithmetic (the codec) gives both the same value.
         """
         self.ifo.sigmoid_()
         g = self.tanh(self.g)
