@@ -7,7 +7,6 @@ import torch
 
 import pixelcnn
 from pixelcnn.models.layers import shaped_from_full
-from pixelcnn.models.pixelrnn.recurrent import skew, unskew
 from exact import input_gradient, randomise, tiny_model
 
 
@@ -67,16 +66,6 @@ def test_gated_shaped_and_masked_convolutions_compute_the_same_function():
     assert any(v.shape != target[k].shape for k, v in masked.state_dict().items() if k in target)
     x = torch.randint(0, 8, (4, 3, 5, 6))
     torch.testing.assert_close(shaped.log_prob(x), masked.log_prob(x), rtol=1e-10, atol=1e-10)
-
-
-def test_skew_moves_diagonals_into_columns_and_unskew_inverts_it():
-    x = torch.arange(2 * 3 * 4 * 5).view(2, 3, 4, 5).float()
-    s = skew(x)
-    assert s.shape == (2, 3, 4, 8)
-    for i in range(4):
-        for j in range(5):
-            assert s[0, 0, i, i + j] == x[0, 0, i, j]
-    assert torch.equal(unskew(s, 5), x)
 
 
 # ----- bad input --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from exact import dependency_violations, input_gradient, randomise, tiny_model
 from pixelcnn.cli import main
 from pixelcnn.errors import ConfigError
 from pixelcnn.models.pixelrnn.cached import PixelRNNStepper
-from pixelcnn.models.pixelrnn.recurrent import LSTMGates, skew, skew_columns, unskew, unskew_columns
+from pixelcnn.models.pixelrnn.recurrent import LSTMGates, skew_columns, unskew_columns
 
 NAMES = ["row_lstm", "diagonal_bilstm"]
 SMALL = {"hidden": 8, "layers": 2, "output_hidden": 8}
@@ -35,35 +35,16 @@ def float_model(name, shape, levels, seed=0, **hp):
 # ----- skewing ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("hw", [(1, 1), (1, 5), (5, 1), (3, 4), (4, 3), (6, 6)])
-def test_skew_then_unskew_is_the_identity(hw):
-    x = torch.randn(2, 3, *hw)
-    assert torch.equal(unskew(skew(x), hw[1]), x)
-
-
-def test_skew_shifts_row_i_right_by_i_so_diagonals_become_columns():
-    h, w = 4, 6
-    x = torch.arange(1, h * w + 1, dtype=torch.float).view(1, 1, h, w)
-    s = skew(x)[0, 0]
-    assert s.shape == (h, w + h - 1)
-    for i in range(h):
-        for col in range(w + h - 1):
-            expected = x[0, 0, i, col - i] if 0 <= col - i < w else 0.0
-            assert s[i, col] == expected, (i, col)
-    # Column col holds exactly the anti-diagonal i + j = col of the image.
-    for col in range(w + h - 1):
-        diagonal = {int(x[0, 0, i, col - i]) for i in range(h) if 0 <= col - i < w}
-        assert {int(v) for v in s[:, col] if v != 0} == diagonal
-
-
-@pytest.mark.parametrize("hw", [(1, 1), (1, 5), (5, 1), (3, 4), (4, 3)])
-def test_batch_last_skew_columns_match_skew_and_invert(hw):
-    """The scan's layout: skew_columns(x)[s, i] is skew(x)[..., i, s], batch last; unskew_columns inverts it."""
-    x = torch.randn(2, 3, *hw)                                   # (B, C, H, W)
-    last = x.permute(2, 3, 1, 0)                                 # (H, W, C, B)
-    columns = skew_columns(last)                                 # (H + W - 1, H, C, B)
-    assert torch.equal(columns.permute(3, 2, 1, 0), skew(x))
-    assert torch.equal(unskew_columns(columns, hw[1]), last)
+@pytest.mark.parametrize("height,width", [(1, 1), (1, 5), (5, 1), (3, 4), (4, 3), (6, 6)])
+def test_skew_moves_row_i_right_by_i_so_diagonals_become_columns_and_unskew_inverts_it(height, width):
+    x = torch.arange(height * width * 2 * 3).view(height, width, 2, 3).float() + 1      # batch last, no zeros
+    s = skew_columns(x)
+    assert s.shape == (height + width - 1, height, 2, 3)
+    for d in range(height + width - 1):
+        for i in range(height):
+            expected = x[i, d - i] if 0 <= d - i < width else torch.zeros(2, 3)
+            assert torch.equal(s[d, i], expected), (d, i)
+    assert torch.equal(unskew_columns(s, width), x)
 
 
 # ----- receptive fields ---------------------------------------------------------------------

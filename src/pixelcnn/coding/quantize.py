@@ -56,8 +56,3 @@ def quantized_weights(log_probs: Tensor, softmax: Callable[..., Tensor] = torch.
     excess[rows, top] += free - excess.sum(dim=1)
     return excess.numpy()
 
-
-def code_lengths(excess: np.ndarray, symbols: np.ndarray) -> np.ndarray:
-    """Ideal bits of each symbol under the quantised distributions: -log2((excess + 1) / TOTAL)."""
-    weights = excess[np.arange(len(symbols)), symbols] + 1.0
-    return PRECISION - np.log2(weights)

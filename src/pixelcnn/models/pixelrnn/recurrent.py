@@ -14,26 +14,6 @@ from torch import Tensor
 from pixelcnn.models.layers import map_tanh
 
 
-def skew(x: Tensor) -> Tensor:
-    """Shift row i right by i: (B, C, H, W) -> (B, C, H, W + H - 1), zeros elsewhere.
-
-    Column j of the result holds the pixels (i, j - i), the anti-diagonal i + col = j of the
-    input, so a column-by-column recurrence visits the diagonals from the top-left corner on.
-    The left and upper neighbours of a pixel both sit in the previous column (rows i and i - 1).
-    """
-    b, c, h, w = x.shape
-    padded = F.pad(x, (0, h))                                   # (B, C, H, W + H)
-    flat = padded.reshape(b, c, h * (w + h))[..., : h * (w + h - 1)]
-    return flat.reshape(b, c, h, w + h - 1)                     # row i starts at column i
-
-
-def unskew(x: Tensor, width: int) -> Tensor:
-    """Inverse of :func:`skew`: (B, C, H, W + H - 1) -> (B, C, H, W)."""
-    b, c, h, sw = x.shape
-    flat = F.pad(x.reshape(b, c, h * sw), (0, h))               # (B, C, H * (sw + 1))
-    return flat.reshape(b, c, h, sw + 1)[..., :width]
-
-
 class LSTMGates:
     """Gate pre-activations [i, f, o, g] along ``dim`` of ``value``, and the LSTM update on them.
 
@@ -76,9 +56,12 @@ class LSTMGates:
 
 
 def skew_columns(x: Tensor) -> Tensor:
-    """:func:`skew` for batch-last layouts, one skewed column per leading index: (H, W, ...) -> (H + W - 1, H, ...).
+    """The skew of the Diagonal BiLSTM, batch last: row i shifted right by i, so that column s holds the
+    anti-diagonal i + j = s; one skewed column per leading index: (H, W, ...) -> (H + W - 1, H, ...).
 
-    Entry (s, i) holds pixel (i, s - i), zero where s - i is off the image. Built by one strided
+    Entry (s, i) holds pixel (i, s - i), zero where s - i is off the image: a column-by-column recurrence
+    visits the diagonals from the top-left corner on, and a pixel's left and upper neighbours both sit in
+    the previous column (entries i and i - 1). Built by one strided
     view of the input padded by H - 1 columns on each side (flat index i * (W + 2H - 3) + s),
     copied once, so a column-by-column recurrence reads contiguous blocks.
     """
