@@ -18,6 +18,12 @@ torch.set_num_threads(1)
 SLOW_SECONDS = 3.0
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test starts on one thread, whatever a test before it in this worker set."""
+    torch.set_num_threads(1)
+
+
 def data_available() -> bool:
     return (Path(os.environ["PIXELCNN_DATA"]) / "mnist" / "t10k-images-idx3-ubyte.gz").is_file()
 
@@ -46,7 +52,7 @@ needs_mnist = requires_data(data_available(), f"MNIST in $PIXELCNN_DATA ({os.env
                             "MNIST .gz files there")
 
 # A model small enough that a few training steps, an evaluation and a sample take seconds.
-TINY = ["--hidden", "8", "--layers", "2", "--output-hidden", "0"]
+TINY_FLAGS = ["--hidden", "8", "--layers", "2", "--output-hidden", "0"]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -49,7 +49,7 @@ BRANCHES = {
                    "layers": (1, 2)},
 }
 # Small values for the fields a family has but does not vary; the branches override them.
-SMALL = {"hidden": 8, "layers": 2, "output_hidden": 8, "first_kernel": 3, "kernel_size": 3, "filters": 8,
+UNVARIED = {"hidden": 8, "layers": 2, "output_hidden": 8, "first_kernel": 3, "kernel_size": 3, "filters": 8,
          "resnet_blocks": 1, "mixtures": 3, "stages": 2}
 # Image sides from a single pixel to 6x6, square and not, odd and even.
 SIZES = ((1, 1), (1, 5), (2, 3), (3, 3), (4, 2), (4, 4), (5, 6), (6, 6))
@@ -83,7 +83,7 @@ def pairwise(factors: dict[str, tuple], valid, seed: int = 0, candidates: int = 
 def resolve(name: str, case: dict) -> tuple[dict, tuple[int, int, int]]:
     """The keyword arguments of ``pixelcnn.create`` for a case, and the image shape."""
     fields = {f.name for f in pixelcnn.models.get(name).config_class.hyperparameters()}
-    hp = {k: v for k, v in SMALL.items() if k in fields}
+    hp = {k: v for k, v in UNVARIED.items() if k in fields}
     hp.update({k: v for k, v in case.items() if k in fields})
     shape = (case["channels"], *case["size"])
     cond = case["cond_shape"]

@@ -29,7 +29,7 @@ from pixelcnn import evaluation, training
 from pixelcnn.coding import codec
 from pixelcnn.cli import main
 from pixelcnn.errors import PixelCNNError
-from conftest import ROOT, TINY, needs_mnist
+from conftest import ROOT, TINY_FLAGS, needs_mnist
 
 pytestmark = needs_mnist
 
@@ -71,7 +71,7 @@ def files(tmp_path_factory):
             "truncated_run": str(run), "inputs": str(d)}
 
 
-T = ["--out", "{work}/run", "--dataset", "binarized_mnist", *TINY]     # a train command that would write
+T = ["--out", "{work}/run", "--dataset", "binarized_mnist", *TINY_FLAGS]     # a train command that would write
 
 ROWS = [
     # train: every setting, refused before the run folder exists
@@ -351,7 +351,7 @@ def test_api_refuses_a_batch_larger_than_the_data_before_creating_the_run_folder
 
 def train_argv(out: Path, *extra: str) -> list[str]:
     return ["train", "--dataset", "binarized_mnist", "--batch-size", "8", "--valid-limit", "8", "--samples", "0",
-            "--log-every", "1000", *TINY, "--out", str(out), *extra]
+            "--log-every", "1000", *TINY_FLAGS, "--out", str(out), *extra]
 
 
 def start_training(out: Path, *extra: str) -> subprocess.Popen:

@@ -20,23 +20,13 @@ from pixelcnn.models.incremental import CachedConv, ConvTaps, FeatureMap, Pad
 from pixelcnn.models.incremental import CachedConvTranspose, TransposedTaps
 from pixelcnn.sampling import NaiveStepper, make_stepper
 
-SMALL = {"hidden": 8, "layers": 3, "output_hidden": 8, "first_kernel": 5, "kernel_size": 3, "filters": 8}
+STEPPER_HP = {"hidden": 8, "layers": 3, "output_hidden": 8, "first_kernel": 5, "kernel_size": 3, "filters": 8}
 LEVELS = 5
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine two OpenMP
-    threads competing with other processes made these tests about 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_hp(name: str, **extra) -> dict:
     fields = {f.name for f in pixelcnn.models.get(name).config_class.hyperparameters()}
-    return {k: v for k, v in {**SMALL, **extra}.items() if k in fields}
+    return {k: v for k, v in {**STEPPER_HP, **extra}.items() if k in fields}
 
 
 CACHED = sorted(CACHED_FAMILIES)

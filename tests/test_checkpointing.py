@@ -17,7 +17,7 @@ from pixelcnn import training
 from pixelcnn.cli import main
 from pixelcnn.models import activation_checkpointing as checkpointing
 from pixelcnn.training import TrainConfig
-from conftest import TINY, needs_mnist
+from conftest import TINY_FLAGS, needs_mnist
 from exact import tiny_model
 
 FAMILIES = sorted(pixelcnn.models.REGISTRY)
@@ -192,7 +192,7 @@ def test_pixelcnn_train_checkpoint_activations_follows_the_same_trajectory(tmp_p
     with Calls() as calls:
         code = main(["train", "--model", "gated_pixelcnn", "--dataset", "binarized_mnist", "--epochs", "1",
                      "--batch-size", "8", "--max-steps", "3", "--valid-limit", "16", "--samples", "0",
-                     "--log-every", "1", "--lr", "3e-3", *TINY, "--checkpoint-activations", "--out", str(run)])
+                     "--log-every", "1", "--lr", "3e-3", *TINY_FLAGS, "--checkpoint-activations", "--out", str(run)])
     assert code == 0 and len(calls.modules) == 3 * 2                      # two layers in each of three steps
     assert json.loads((run / "run.json").read_text())["train"]["checkpoint_activations"] is True
     a, b = weights(plain), weights(run)

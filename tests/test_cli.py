@@ -14,7 +14,7 @@ import pixelcnn
 from pixelcnn.cli import main
 from pixelcnn.data import load_dataset
 from pixelcnn.evaluation import evaluate
-from conftest import ROOT, TINY, needs_mnist
+from conftest import ROOT, TINY_FLAGS, needs_mnist
 
 pytestmark = needs_mnist
 
@@ -28,7 +28,7 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
     code = run("train", "--model", "gated_pixelcnn", "--dataset", "mnist", "--max-steps", 3, "--batch_size", 8,
                "--valid-limit", 16, "--samples", 2, "--epochs", 1, "--lr", 1e-3, "--gamma", 0.99, "--in_channels", 1,
-               *TINY, "--out", out)
+               *TINY_FLAGS, "--out", out)
     assert code == 0
     return out
 

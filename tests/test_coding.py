@@ -33,13 +33,13 @@ MODELS = pixelcnn.available_models()
 SHAPES = [((1, 4, 5), 256), ((3, 3, 4), 2), ((1, 3, 3), 4)]
 
 
-SMALL = {"hidden": 12, "layers": 2, "output_hidden": 12}          # where a family has these fields
+CODEC_HP = {"hidden": 12, "layers": 2, "output_hidden": 12}          # where a family has these fields
 
 
 def model32(name, shape, levels, seed=0, **hp):
     """A small randomised float32 model of family ``name``."""
     fields = {f.name for f in dataclasses.fields(pixelcnn.models.get(name).config_class)}
-    small = {k: v for k, v in SMALL.items() if k in fields}
+    small = {k: v for k, v in CODEC_HP.items() if k in fields}
     return tiny_model(name, shape, levels, seed=seed, **{**small, **hp}).float()
 
 
@@ -121,7 +121,7 @@ def test_thread_count_of_the_caller_does_not_matter(encode_threads, decode_threa
 def test_a_float64_model_codes_like_its_float32_copy():
     """Coding runs on the float32 weights (those the fingerprint names): a float64 model gives the same
     bytes and is left as it was."""
-    model64 = tiny_model("pixelcnn", (1, 4, 4), 8, **SMALL)
+    model64 = tiny_model("pixelcnn", (1, 4, 4), 8, **CODEC_HP)
     x = random_images(6, (1, 4, 4), 8)
     a = pixelcnn.compress(model64, x, chunk_size=4)
     b = pixelcnn.compress(copy.deepcopy(model64).float(), x.to(torch.uint8), chunk_size=4)

@@ -7,7 +7,7 @@ from PIL import Image
 
 import pixelcnn
 from pixelcnn.cli import main
-from conftest import TINY, needs_mnist
+from conftest import TINY_FLAGS, needs_mnist
 from exact import all_images, chi_square_pvalue, draws_for, image_index, tiny_model
 
 
@@ -73,7 +73,7 @@ def test_temperature_sharpens_towards_the_mode():
 def test_complete_command_from_dataset_file_and_mask(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--dataset", "binarized_mnist", "--max-steps", "2", "--batch-size", "8", "--valid-limit", "8",
-                 "--samples", "0", *TINY, "--out", str(run)]) == 0
+                 "--samples", "0", *TINY_FLAGS, "--out", str(run)]) == 0
     grid = tmp_path / "grid.png"
     assert main(["complete", str(run), "--from-dataset", "binarized_mnist", "--index", "0..2", "--keep-rows", "14",
                  "--n", "3", "--out", str(grid), "--npy", str(tmp_path / "c.npy")]) == 0

@@ -8,7 +8,7 @@ from PIL import Image
 import pixelcnn
 from pixelcnn.cli import main
 from pixelcnn.superres import downsample
-from conftest import TINY, needs_mnist
+from conftest import TINY_FLAGS, needs_mnist
 from exact import dependency_violations, sampling_pvalue, tiny_model, total_log_mass
 from test_cached_sampling import drive
 
@@ -124,7 +124,7 @@ def test_downsampling_is_the_rounded_block_mean():
 @needs_mnist
 def test_conditional_and_superres_command_line(tmp_path, capsys):
     common = ["--dataset", "mnist", "--max-steps", "2", "--batch-size", "8", "--valid-limit", "8", "--samples", "2",
-              *TINY]
+              *TINY_FLAGS]
     cond, sr, plain = tmp_path / "cond", tmp_path / "sr", tmp_path / "plain"
     assert main(["train", *common, "--conditional", "--out", str(cond)]) == 0
     assert main(["train", *common, "--task", "superres", "--scale", "2", "--out", str(sr)]) == 0

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, requires_data
+from conftest import TINY_FLAGS, requires_data
 from pixelcnn import checkpoint
 from pixelcnn.cli import main
 from pixelcnn.data import available_datasets, dataset_info, emoji, load_dataset
@@ -198,7 +198,7 @@ def test_cli_trains_and_evaluates_at_both_sizes(tmp_path, capsys):
     for size in (64, 32):
         out = tmp_path / f"run{size}"
         assert main(["train", "--model", "gated_pixelcnn", "--dataset", "emoji", "--image-size", str(size),
-                     "--max-steps", "2", "--batch-size", "8", "--valid-limit", "8", "--samples", "0", *TINY,
+                     "--max-steps", "2", "--batch-size", "8", "--valid-limit", "8", "--samples", "0", *TINY_FLAGS,
                      "--out", str(out)]) == 0
         config = checkpoint.read_config(checkpoint.resolve(out))
         assert tuple(config["config"]["image_shape"]) == (3, size, size)

@@ -36,14 +36,6 @@ def generated(max_images=None, sizes=None):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
 def sigmoid_form_of_tanh_at_every_size(monkeypatch):
     """Whole maps take tanh in its sigmoid form (``layers.map_tanh``) here even at these tiny sizes, as they do
     at real ones: the whole-map paths then run that form and the cached steppers ``torch.tanh``, and every

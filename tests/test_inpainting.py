@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import pixelcnn
-from conftest import TINY, needs_mnist
+from conftest import TINY_FLAGS, needs_mnist
 from exact import chi_square_pvalue, draws_for, randomise, tiny_model
 from generated import build, case_id, cases
 from pixelcnn import masks
@@ -189,7 +189,7 @@ def test_training_masks_are_reproducible_and_of_every_kind():
 @needs_mnist
 def test_inpainting_from_the_command_line_trains_completes_and_scores(tmp_path, capsys):
     """--task inpainting warm-started (--freeze-init) from a density run; complete with a named mask; eval --completion."""
-    common = ["--dataset", "mnist", "--batch-size", "8", "--valid-limit", "8", "--samples", "0", *TINY]
+    common = ["--dataset", "mnist", "--batch-size", "8", "--valid-limit", "8", "--samples", "0", *TINY_FLAGS]
     plain, inpaint = tmp_path / "plain", tmp_path / "inpaint"
     assert main(["train", *common, "--max-steps", "1", "--out", str(plain)]) == 0
     assert main(["train", *common, "--max-steps", "2", "--task", "inpainting", "--init-from", str(plain),

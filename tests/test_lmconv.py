@@ -28,15 +28,7 @@ from pixelcnn.models.lmconv.orders import InvalidOrderError
 from pixelcnn.sampling import NaiveStepper
 
 # (image shape, levels): the tiny images of the exactness tests, grey, colour and non-square.
-TINY = [((1, 2, 2), 2), ((1, 3, 3), 2), ((3, 2, 2), 2), ((1, 2, 3), 4)]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+ENUMERABLE = [((1, 2, 2), 2), ((1, 3, 3), 2), ((3, 2, 2), 2), ((1, 2, 3), 4)]
 
 
 @pytest.fixture(autouse=True)
@@ -200,7 +192,7 @@ def test_raster_only_families_refuse_other_orders():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shape,levels", TINY)
+@pytest.mark.parametrize("shape,levels", ENUMERABLE)
 def test_probabilities_sum_to_one_in_every_order_and_for_the_ensemble(shape, levels):
     model = lmconv(shape, levels)
     x = all_images(shape, levels)

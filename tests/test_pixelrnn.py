@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import pixelcnn
-from conftest import TINY
+from conftest import TINY_FLAGS
 from exact import dependency_violations, input_gradient, randomise, tiny_model
 from pixelcnn.cli import main
 from pixelcnn.errors import ConfigError
@@ -21,14 +21,14 @@ from pixelcnn.models.pixelrnn.cached import PixelRNNStepper
 from pixelcnn.models.pixelrnn.recurrent import LSTMGates, skew_columns, unskew_columns
 
 NAMES = ["row_lstm", "diagonal_bilstm"]
-SMALL = {"hidden": 8, "layers": 2, "output_hidden": 8}
+RNN_HP = {"hidden": 8, "layers": 2, "output_hidden": 8}
 
 
 def float_model(name, shape, levels, seed=0, **hp):
     """A small float32 model, the same on every run."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = pixelcnn.create(name, image_shape=shape, levels=levels, **{**SMALL, **hp})
+        model = pixelcnn.create(name, image_shape=shape, levels=levels, **{**RNN_HP, **hp})
     return randomise(model, seed).eval()
 
 
@@ -126,7 +126,7 @@ def test_recurrence_steps_once_per_row_or_diagonal(name, steps):
     for layer in model.layers:
         layer.state_to_state.register_forward_hook(lambda *_: calls.append(1))
     model.log_prob(torch.zeros(3, *shape, dtype=torch.long))
-    assert len(calls) == SMALL["layers"] * steps(5, 8)
+    assert len(calls) == RNN_HP["layers"] * steps(5, 8)
 
 
 # ----- the two paths' shared pieces ---------------------------------------------------------
@@ -216,7 +216,7 @@ BINARIZED = Path(os.environ["PIXELCNN_DATA"]) / "binarized_mnist"
 def test_cli_trains_evaluates_and_samples(name, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--model", name, "--dataset", "binarized_mnist", "--max-steps", "2", "--batch-size", "4",
-                 "--valid-limit", "8", "--samples", "1", "--epochs", "1", *TINY, "--out", str(run)]) == 0
+                 "--valid-limit", "8", "--samples", "1", "--epochs", "1", *TINY_FLAGS, "--out", str(run)]) == 0
     assert main(["eval", str(run), "--split", "test", "--limit", "8"]) == 0
     assert "nats/image" in capsys.readouterr().out
     npy = tmp_path / "s.npy"

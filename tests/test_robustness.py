@@ -13,14 +13,14 @@ import pytest
 import torch
 
 import pixelcnn
-from conftest import TINY, needs_mnist
+from conftest import TINY_FLAGS, needs_mnist
 
 pytestmark = needs_mnist
 
 # fp32 whatever the CPU (auto would be bf16 where it is native): one process and two split the batch differently,
 # and bf16 rounds what each kernel computes to 8 bits, beyond the tolerance of the DDP comparison.
 ARGS = ["--model", "gated_pixelcnn", "--dataset", "binarized_mnist", "--batch-size", "16", "--valid-limit", "16",
-        "--samples", "0", "--lr", "3e-3", "--log-every", "1", "--device", "cpu", "--precision", "fp32", *TINY]
+        "--samples", "0", "--lr", "3e-3", "--log-every", "1", "--device", "cpu", "--precision", "fp32", *TINY_FLAGS]
 
 
 def cli(*args, **kw) -> subprocess.Popen:

@@ -13,7 +13,7 @@ from conftest import needs_mnist
 
 pytestmark = needs_mnist
 
-SMALL = dict(hidden=8, layers=2, output_hidden=0)
+TRAIN_HP = dict(hidden=8, layers=2, output_hidden=0)
 
 
 def cfg(**kw) -> TrainConfig:
@@ -28,7 +28,7 @@ def weights(run) -> dict[str, torch.Tensor]:
 
 def test_a_run_folder_has_config_metrics_checkpoints_and_samples(tmp_path):
     out = tmp_path / "run"
-    summary = training.train(cfg(samples=2), out, **SMALL)
+    summary = training.train(cfg(samples=2), out, **TRAIN_HP)
     assert summary["step"] == 4
     run = json.loads((out / "run.json").read_text())
     assert run["train"]["batch_size"] == 16 and run["model_config"]["hidden"] == 8
@@ -46,9 +46,9 @@ def test_a_run_folder_has_config_metrics_checkpoints_and_samples(tmp_path):
 @pytest.mark.slow
 def test_resume_follows_the_uninterrupted_trajectory(tmp_path):
     straight = tmp_path / "straight"
-    training.train(cfg(max_steps=6), straight, **SMALL)
+    training.train(cfg(max_steps=6), straight, **TRAIN_HP)
     split = tmp_path / "split"
-    training.train(cfg(max_steps=3), split, **SMALL)
+    training.train(cfg(max_steps=3), split, **TRAIN_HP)
     training.resume(split, max_steps=6)
     a, b = weights(straight), weights(split)
     assert a.keys() == b.keys()
@@ -61,7 +61,7 @@ def test_resume_follows_the_uninterrupted_trajectory(tmp_path):
 
 def test_saved_weights_are_the_ema_weights(tmp_path):
     out = tmp_path / "run"
-    training.train(cfg(ema=0.9), out, **SMALL)
+    training.train(cfg(ema=0.9), out, **TRAIN_HP)
     state = torch.load(out / "checkpoints" / "last" / "training_state.pt", weights_only=True)
     saved = load_file(str(out / "checkpoints" / "last" / "model.safetensors"))
     shadow = state["ema"]["shadow"]
@@ -82,7 +82,7 @@ def test_a_nan_loss_stops_with_a_clear_error_and_keeps_a_loadable_checkpoint(tmp
 
     monkeypatch.setattr(pixelcnn.AutoregressiveModel, "nll_from_params", poisoned)
     with pytest.raises(pixelcnn.TrainingError, match="the loss became nan at step 2"):
-        training.train(cfg(checkpoint_every=1), out, **SMALL)
+        training.train(cfg(checkpoint_every=1), out, **TRAIN_HP)
     monkeypatch.undo()
     model = pixelcnn.load(out / "checkpoints" / "last")
     assert torch.isfinite(model.log_prob(torch.zeros(1, 1, 28, 28, dtype=torch.long))).all()
@@ -90,14 +90,14 @@ def test_a_nan_loss_stops_with_a_clear_error_and_keeps_a_loadable_checkpoint(tmp
 
 def test_an_existing_run_is_not_overwritten(tmp_path):
     out = tmp_path / "run"
-    training.train(cfg(max_steps=1), out, **SMALL)
+    training.train(cfg(max_steps=1), out, **TRAIN_HP)
     with pytest.raises(pixelcnn.TrainingError, match="already holds a training run"):
-        training.train(cfg(max_steps=1), out, **SMALL)
+        training.train(cfg(max_steps=1), out, **TRAIN_HP)
 
 
 def test_resume_refuses_to_change_what_would_break_the_trajectory(tmp_path):
     out = tmp_path / "run"
-    training.train(cfg(max_steps=1), out, **SMALL)
+    training.train(cfg(max_steps=1), out, **TRAIN_HP)
     with pytest.raises(pixelcnn.ConfigError, match="cannot change \\['batch_size'\\]"):
         training.resume(out, batch_size=8)
 
@@ -107,7 +107,7 @@ def test_bf16_autocast_trains_on_cpu_along_the_fp32_trajectory(tmp_path):
     """bf16 rounds the steps (the weights differ) but follows fp32's losses; its reported validation
     score is the exact fp32 likelihood of the weights it saved."""
     runs = {p: tmp_path / p for p in ("bf16", "fp32")}
-    summaries = {p: training.train(cfg(precision=p, max_steps=3), out, **SMALL) for p, out in runs.items()}
+    summaries = {p: training.train(cfg(precision=p, max_steps=3), out, **TRAIN_HP) for p, out in runs.items()}
     losses = {p: [l["bits_per_dim"] for l in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
                   if l["event"] == "train"] for p, out in runs.items()}
     assert len(losses["bf16"]) == 3 and losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)
@@ -119,14 +119,14 @@ def test_bf16_autocast_trains_on_cpu_along_the_fp32_trajectory(tmp_path):
 
 def test_conditional_training_needs_labels(tmp_path):
     with pytest.raises(pixelcnn.ConfigError, match="needs class labels"):
-        training.train(cfg(conditional=True), tmp_path / "run", **SMALL)
+        training.train(cfg(conditional=True), tmp_path / "run", **TRAIN_HP)
 
 
 def test_evaluate_gives_the_mean_and_spread_of_per_image_nll():
     from pixelcnn.data import load_dataset
 
     data = load_dataset("binarized_mnist", "valid")
-    model = pixelcnn.create("gated_pixelcnn", image_shape=(1, 28, 28), levels=2, **SMALL)
+    model = pixelcnn.create("gated_pixelcnn", image_shape=(1, 28, 28), levels=2, **TRAIN_HP)
     result = evaluation.evaluate(model, data, batch_size=7, limit=20)
     x, _ = data.batch(torch.arange(20))
     nll = -model.log_prob(x).double()
@@ -139,9 +139,9 @@ def test_evaluate_gives_the_mean_and_spread_of_per_image_nll():
 
 def test_a_warm_started_conditional_model_starts_as_the_unconditional_one(tmp_path):
     torch.manual_seed(0)
-    source = pixelcnn.create("gated_pixelcnn", image_shape=(1, 4, 5), levels=4, **SMALL)
+    source = pixelcnn.create("gated_pixelcnn", image_shape=(1, 4, 5), levels=4, **TRAIN_HP)
     source.save_pretrained(tmp_path / "source")
-    target = pixelcnn.create("gated_pixelcnn", image_shape=(1, 4, 5), levels=4, num_classes=3, **SMALL)
+    target = pixelcnn.create("gated_pixelcnn", image_shape=(1, 4, 5), levels=4, num_classes=3, **TRAIN_HP)
     training.warm_start(target, tmp_path / "source")
     x = torch.randint(0, 4, (6, 1, 4, 5), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -154,7 +154,7 @@ def test_warm_start_refuses_tensors_of_another_shape_before_writing_anything(tmp
     pixelcnn.create("gated_pixelcnn", image_shape=(1, 28, 28), levels=2, hidden=16, layers=2,
                     output_hidden=0).save_pretrained(tmp_path / "source")
     with pytest.raises(pixelcnn.ConfigError, match=r"layers.0.vertical.weight: expected \(16, 1, 4, 7\), got \(32, 1, 4, 7\)"):
-        training.train(cfg(init_from=str(tmp_path / "source")), tmp_path / "run", **SMALL)
+        training.train(cfg(init_from=str(tmp_path / "source")), tmp_path / "run", **TRAIN_HP)
     assert not (tmp_path / "run").exists()
 
 
