@@ -18,6 +18,8 @@ import torch
 import pixelcnn
 from pixelcnn import masks, validation
 from pixelcnn.errors import ConfigError, InvalidLabelError
+from pixelcnn.levels import to_bytes
+from pixelcnn.models.base import ORDER_WORDS
 from pixelcnn.flags import add_dataclass_flags, add_model_flags, flag_names, model_hyperparameter_fields
 from pixelcnn.runtime import leave_process_group, resolve_device
 from pixelcnn.validation import COUNT, METHOD, MODEL_HELP, SEED, TEMPERATURE, Integer, flag
@@ -334,9 +336,8 @@ def known_mask(model, args, batch: int) -> torch.Tensor:
 
 def completion_grid(x: torch.Tensor, known: torch.Tensor, out: torch.Tensor, levels: int) -> torch.Tensor:
     """Rows of [original, masked input, completions...] in 0..255 (unknown pixels shown grey)."""
-    scale = lambda t: (t.long() * 255 + (levels - 1) // 2) // (levels - 1)   # noqa: E731
-    masked = torch.where(known, scale(x), torch.full_like(x, 128))
-    panels = torch.cat([scale(x)[:, None], masked[:, None], scale(out)], dim=1)   # (B, n + 2, C, H, W)
+    masked = torch.where(known, to_bytes(x, levels), torch.full_like(x, 128))
+    panels = torch.cat([to_bytes(x, levels)[:, None], masked[:, None], to_bytes(out, levels)], dim=1)   # (B, n + 2, C, H, W)
     return panels.flatten(0, 1)
 
 
@@ -347,8 +348,7 @@ def completion_nll(model, x: torch.Tensor, known: torch.Tensor, labels, order: s
         order = order or "auto"
         given = "the known pixels first" if order == "auto" else f"the pixels before each in order {order}"
         return float(-model.conditional_log_prob(x, known, labels, order=order).mean()), given
-    order_words = {"raster": "raster order", "coarse_to_fine": "coarse-to-fine order"}[model.generation_order]
-    given = "every known pixel" if model.config.inpainting else f"the pixels before each in {order_words}"
+    given = "every known pixel" if model.config.inpainting else f"the pixels before each in {ORDER_WORDS[model.generation_order]}"
     return float(-model.conditional_log_prob(x, known, labels).mean()), given
 
 

@@ -40,6 +40,11 @@ def full_precision(method):
     return exact
 
 
+# Each generation order (``AutoregressiveModel.generation_order``) in words, for what the command line and the
+# web app say of a model.
+ORDER_WORDS = {"raster": "raster order", "any": "any order", "coarse_to_fine": "coarse-to-fine order"}
+
+
 class AutoregressiveModel(nn.Module):
     """An exact-likelihood model of integer images (B, C, H, W) with values in [0, levels)."""
 

@@ -23,14 +23,17 @@ from pixelcnn.errors import InvalidImageError
 from pixelcnn.images import to_uint8
 from pixelcnn.levels import from_bytes
 
-RASTER_NOTE = ("This model draws in raster order (rows top to bottom, left to right in a row), so each erased "
-               "pixel is filled from the known pixels before it only: those above it and to its left in its row. "
-               "Known pixels below or to the right of a hole do not influence it.")
-ANY_ORDER_NOTE = ("This model can visit pixels in any order: it fills the erased pixels after every known one, "
-                  "so each completion is conditioned on everything you kept.")
-COARSE_TO_FINE_NOTE = ("This model draws coarse to fine: a grid of every few rows and columns first, then finer "
-                       "grids in between, so each erased pixel is filled from the known pixels of coarser grids and "
-                       "of the groups drawn before it, wherever they are, but not from known pixels of later groups.")
+# What a completion is conditioned on, in each generation order (models.base.ORDER_WORDS names them).
+COMPLETION_NOTES = {
+    "raster": "This model draws in raster order (rows top to bottom, left to right in a row), so each erased "
+              "pixel is filled from the known pixels before it only: those above it and to its left in its row. "
+              "Known pixels below or to the right of a hole do not influence it.",
+    "any": "This model can visit pixels in any order: it fills the erased pixels after every known one, "
+           "so each completion is conditioned on everything you kept.",
+    "coarse_to_fine": "This model draws coarse to fine: a grid of every few rows and columns first, then finer "
+                      "grids in between, so each erased pixel is filled from the known pixels of coarser grids and "
+                      "of the groups drawn before it, wherever they are, but not from known pixels of later groups.",
+}
 INPAINTING_NOTE = ("This completion model sees every pixel you kept, those below and to the right of a hole "
                    "included: a network over the known pixels conditions each erased pixel, which is drawn in "
                    "raster order given them and the erased pixels filled before it.")
@@ -68,7 +71,7 @@ def describe(name: str, model) -> dict:
 def completion_note(model) -> str:
     if model.config.inpainting:
         return INPAINTING_NOTE
-    return {"raster": RASTER_NOTE, "any": ANY_ORDER_NOTE, "coarse_to_fine": COARSE_TO_FINE_NOTE}[model.generation_order]
+    return COMPLETION_NOTES[model.generation_order]
 
 
 def complete(model, image: Tensor, known: Tensor, n: int, job: Job) -> Tensor:
