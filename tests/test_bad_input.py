@@ -471,3 +471,13 @@ def test_model_hyperparameters_are_refused_before_any_data_loads(argv, fragment,
     assert code == 2, err
     assert_one_line(err, fragment)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_shared_flag_takes_the_loosest_check_and_each_family_its_own():
+    """--layers 0 suits a PixelCNN (no residual block) but not a gated or recurrent family: the flag lets it through
+    and the family's config refuses it, naming the field."""
+    assert main(["train", "--model", "pixelcnn", "--layers", "-1"]) == 2
+    for model in ("gated_pixelcnn", "row_lstm", "diagonal_bilstm"):
+        with pytest.raises(pixelcnn.ConfigError, match="expected layers to be an integer >= 1, got 0"):
+            pixelcnn.create(model, image_shape=(1, 4, 4), levels=2, layers=0)
+    assert pixelcnn.create("pixelcnn", image_shape=(1, 4, 4), levels=2, layers=0).config.layers == 0

@@ -179,7 +179,7 @@ def test_defaults_are_the_papers_mnist_model_and_run_on_tiny_colour_images():
 @pytest.mark.parametrize("name,kwargs,message", [
     ("row_lstm", {"image_shape": (3, 4, 4), "hidden": 5},
      r"expected hidden \(each LSTM has hidden // 2 units, one per colour at least\) to be an integer >= 6, got 5"),
-    ("diagonal_bilstm", {"layers": 0}, "expected an integer >= 1, got 0"),
+    ("diagonal_bilstm", {"layers": 0}, "expected layers to be an integer >= 1, got 0"),
     ("row_lstm", {"first_kernel": 4}, "expected first_kernel to be an odd integer >= 1, got 4"),
     ("row_lstm", {"row_kernel": 2}, "expected row_kernel to be an odd integer >= 1, got 2"),
     ("diagonal_bilstm", {"row_kernel": 3}, "has no field"),

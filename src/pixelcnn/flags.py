@@ -15,7 +15,7 @@ import typing
 from typing import Any
 
 import pixelcnn
-from pixelcnn.validation import fail, flag
+from pixelcnn.validation import fail, flag, loosest
 
 ALIASES = {"hidden": ["--inner-dim", "--inner_dim"], "batch_size": ["-b"], "epochs": ["-e"]}
 
@@ -47,14 +47,15 @@ def comma_list(inner: type):
     return parse
 
 
-def add_dataclass_flags(parser, cls: type, fields=None, show_defaults: bool = True) -> None:
-    """One flag per field of dataclass ``cls`` (or of ``fields``), typed from its annotation.
+def add_dataclass_flags(parser, cls: type, fields=None, show_defaults: bool = True, limits: dict | None = None) -> None:
+    """One flag per field of dataclass ``cls`` (or of ``fields``), typed from its annotation and checked by
+    ``limits`` (by default the class's own).
 
     Every flag defaults to None, so that the caller sees which ones the user gave; the
     dataclass fills in the rest.
     """
     hints = typing.get_type_hints(cls)
-    limits = getattr(cls, "limits", {})
+    limits = getattr(cls, "limits", {}) if limits is None else limits
     for f in fields if fields is not None else dataclasses.fields(cls):
         kind = hints[f.name]
         shown = f" (default: {f.default})" if show_defaults and f.default is not None else ""
@@ -69,7 +70,7 @@ def add_dataclass_flags(parser, cls: type, fields=None, show_defaults: bool = Tr
 
 
 def model_hyperparameter_fields() -> dict[str, tuple[type, dataclasses.Field]]:
-    """Union of every family's hyperparameter fields: name -> (config class, field)."""
+    """Union of every family's hyperparameter fields: name -> (config class, field) of the first family that has it."""
     out: dict[str, tuple[type, dataclasses.Field]] = {}
     for name in pixelcnn.available_models():
         cls = pixelcnn.models.get(name).config_class
@@ -79,5 +80,9 @@ def model_hyperparameter_fields() -> dict[str, tuple[type, dataclasses.Field]]:
 
 
 def add_model_flags(parser) -> None:
-    for cls, f in model_hyperparameter_fields().values():
-        add_dataclass_flags(parser, cls, [f], show_defaults=False)
+    """One flag per hyperparameter of any family, its check the loosest of the families' that have the field
+    (``--layers 0`` suits a PixelCNN): the chosen family's config then applies its own, stricter one."""
+    families = [pixelcnn.models.get(name).config_class for name in pixelcnn.available_models()]
+    for name, (cls, f) in model_hyperparameter_fields().items():
+        checks = [c.limits[name] for c in families if name in c.limits and name in {g.name for g in c.hyperparameters()}]
+        add_dataclass_flags(parser, cls, [f], show_defaults=False, limits={name: loosest(checks)} if checks else {})

@@ -67,6 +67,19 @@ class Integer:
         return self(value)
 
 
+def loosest(checks: list):
+    """A check that accepts what any of ``checks`` accepts, for a flag that several families share: the one
+    check where they agree, or the widest range of Integers (odd only where every one is)."""
+    first = checks[0]
+    if all(c == first for c in checks):
+        return first
+    if not all(isinstance(c, Integer) for c in checks):
+        raise TypeError(f"no loosest check of {checks}: give the families' field one check, or an Integer each")
+    lows, highs = [c.minimum for c in checks], [c.maximum for c in checks]
+    return Integer(None if None in lows else min(lows), None if None in highs else max(highs),
+                   odd=all(c.odd for c in checks))
+
+
 @dataclasses.dataclass(frozen=True)
 class Real:
     """A finite number (int or float, not a bool) between the bounds, each open or closed."""

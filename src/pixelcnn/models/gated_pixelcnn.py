@@ -23,7 +23,6 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from pixelcnn.errors import ConfigError
 from pixelcnn.models.layers import (Condition, ConditionBias, Conv1x1, add_shifted_down, channel_groups, gate, horizontal_conv,
                              vertical_conv)
 from pixelcnn.models.base import AutoregressiveModel
@@ -31,7 +30,7 @@ from pixelcnn.models.common import (DILATIONS, KERNEL, MaskedModelConfig, Output
                                     output_distribution)
 from pixelcnn.models.incremental import (CachedConv, CachedStepper, ConvTaps, FeatureMap, Pointwise, PointwiseHead,
                                          bias_row, class_bias)
-from pixelcnn.validation import OneOf
+from pixelcnn.validation import Integer, OneOf
 
 CONV_IMPLS = ("shaped", "masked")
 
@@ -52,12 +51,10 @@ class GatedPixelCNNConfig(MaskedModelConfig):
         "conv_impl": "'shaped' (convolutions shaped to the mask, faster) or 'masked' (plain masked k x k)",
     }
     limits: ClassVar[dict] = {**MaskedModelConfig.limits, "first_kernel": KERNEL, "kernel_size": KERNEL,
-                              "dilations": DILATIONS, "conv_impl": OneOf(CONV_IMPLS)}
+                              "dilations": DILATIONS, "conv_impl": OneOf(CONV_IMPLS), "layers": Integer(1)}
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.layers < 1:
-            raise ConfigError(f"layers counts the gated layers, the first included: expected >= 1, got {self.layers}")
 
 
 def stacks(v_pre: Tensor, h_pre: Tensor, h_out, residual: Tensor | None, dim: int = 1,

@@ -67,7 +67,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixelcnn.errors import ConfigError
 from pixelcnn.models.layers import Condition, ConditionBias, channel_groups, horizontal_conv, raster_conv
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import KERNEL, MaskedModelConfig, OutputHead, masked_1x1, output_distribution, stack
@@ -96,12 +95,10 @@ class PixelRNNConfig(MaskedModelConfig):
         "layers": "number of LSTM layers after the first (mask A) convolution",
         "first_kernel": "size of the first (mask A) convolution",
     }
-    limits: ClassVar[dict] = {**MaskedModelConfig.limits, "first_kernel": KERNEL}
+    limits: ClassVar[dict] = {**MaskedModelConfig.limits, "first_kernel": KERNEL, "layers": Integer(1)}
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.layers < 1:     # not in limits: the --layers flag takes the shared check (pixelcnn allows 0)
-            raise ConfigError(f"layers counts the LSTM layers: expected an integer >= 1, got {self.layers}")
         Integer(2 * self.channels)(self.hidden, "hidden (each LSTM has hidden // 2 units, one per colour at least)")
 
     @property
