@@ -242,7 +242,7 @@ class PixelRNNStepper(CachedStepper):
         super().__init__(model, x, list(taps), batch_last=True)       # the image: (f + H, f + W + f, C, B)
         self.row = -1
         self.first = FirstLayerCache(taps, self.inputs, class_bias(model.input_bias, cond))
-        self.caches = [layer.cached(self, cond) for layer in model.layers]
+        self.caches = [layer.incremental(self, cond) for layer in model.layers]
         self.steps = [cache.step for cache in self.caches]               # stack's layers: step(u, j)
         self.head = PointwiseHead(model.head)
         top = self.like.new_zeros(model.config.hidden, self.batch)     # the last layer's output at the pixel

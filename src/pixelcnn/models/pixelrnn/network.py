@@ -220,7 +220,7 @@ class RowLSTMLayer(nn.Module):
         """The output 1x1's (2h, n) matrix, masked."""
         return self.output.masked_weight()[:, :, 0, 0]
 
-    def cached(self, stepper: PixelRNNStepper, cond: Condition | None) -> RowLSTMCache:
+    def incremental(self, stepper: PixelRNNStepper, cond: Condition | None) -> RowLSTMCache:
         """This layer's incremental form (``cached.py``) for ``stepper``."""
         return RowLSTMCache(self, stepper, cond, LSTMGates.buffer(stepper.like, self.units, stepper.batch))
 
@@ -291,7 +291,7 @@ class DiagonalBiLSTMLayer(nn.Module):
             columns.append(h)
         return unskew_columns(torch.stack(columns), width)
 
-    def cached(self, stepper: PixelRNNStepper, cond: Condition | None) -> DiagonalLSTMCache:
+    def incremental(self, stepper: PixelRNNStepper, cond: Condition | None) -> DiagonalLSTMCache:
         """This layer's incremental form (``cached.py``) for ``stepper``."""
         return DiagonalLSTMCache(self, stepper, cond, LSTMGates.buffer(stepper.like, self.units, stepper.batch))
 

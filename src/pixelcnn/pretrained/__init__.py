@@ -1,6 +1,6 @@
 """Checkpoints shipped inside the package, loadable offline as ``pixelcnn.load("pretrained:NAME")``.
 
-Each lives in ``pixelcnn/pretrained/NAME/`` as an ordinary checkpoint folder, and
+Each lives in this package's folder, ``pixelcnn/pretrained/NAME/``, as an ordinary checkpoint folder, and
 ``pixelcnn/pretrained/manifest.json`` records for each: the model, the dataset, the exact
 training command, the machine and training time, and the test score measured with
 ``pixelcnn eval`` (mean and standard deviation of the per-image NLL, so that an evaluation on a
@@ -18,7 +18,7 @@ from pixelcnn.errors import CheckpointError
 
 
 def _root() -> Path:
-    return Path(str(resources.files("pixelcnn"))) / "pretrained"
+    return Path(str(resources.files("pixelcnn.pretrained")))
 
 
 def manifest() -> dict[str, dict[str, Any]]:
