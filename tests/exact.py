@@ -89,7 +89,7 @@ def dependency_violations(model, labels=None, batch: int = 2, seed: int = 0, con
     cond = model.condition(labels, cond_image, batch)
     if known is not None:
         cond = dataclasses.replace(cond, output=model.known_net(xf, known))
-    params = model.params(xf, cond) if order is None else model.params(xf, cond, order)
+    params = model.params(xf, cond, order)
     groups = model.distribution.param_groups()
     step = torch.arange(h_ * w_) if order is None else torch.empty_like(order).scatter_(0, order, torch.arange(h_ * w_))
     index = step.view(1, h_, w_) * c_ + torch.arange(c_).view(c_, 1, 1)   # (C, H, W): visiting step of each sub-pixel

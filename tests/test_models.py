@@ -239,3 +239,23 @@ def test_evaluating_gives_the_callers_mode_back_even_on_an_error():
             assert not model.training and not any(m.training for m in model.modules())
             raise KeyError("inside")
         assert model.training is mode and all(m.training is mode for m in model.modules())
+
+
+@pytest.mark.parametrize("name", pixelcnn.available_models())
+def test_network_and_stepper_take_an_order_and_a_one_order_family_refuses_another(name):
+    """Every family's network and cached stepper take ``order`` (None: its own); one that generates in a single
+    order refuses any other permutation instead of ignoring it."""
+    model = tiny_model(name, (1, 4, 4), 2)
+    x = torch.zeros(2, 1, 4, 4, dtype=torch.long)
+    xf = model.preprocess(x)
+    own = model.default_order()
+    other = torch.arange(15, -1, -1)                                     # bottom-right first: nobody's default
+    assert torch.equal(model.network(xf, None, own), model.network(xf, None))
+    if model.any_order:
+        assert model.network(xf, None, other).shape == model.network(xf, None).shape
+        return
+    with pytest.raises(pixelcnn.ConfigError, match="only: expected no order or its own"):
+        model.network(xf, None, other)
+    if model.cached:
+        with pytest.raises(pixelcnn.ConfigError, match="only: expected no order or its own"):
+            model.cached_stepper(x, None, other)

@@ -33,15 +33,12 @@ class NaiveStepper(Stepper):
     def __init__(self, model, x: Tensor, cond, order: Tensor | None = None):
         height, width = x.shape[2:]
         super().__init__(x, [divmod(p, width) for p in (range(height * width) if order is None else order.tolist())])
-        self.model, self.cond = model, cond
+        self.model, self.cond, self.pixel_order = model, cond, order         # None or (H W,) pixel indices
         self.params: Tensor | None = None
-        # None: the family's own (raster) order; else (H W,) pixel indices, which an any-order family's
-        # network takes as its third argument.
-        self.network_order = () if order is None else (order,)
 
     def log_probs(self, c: int, h: int, w: int) -> Tensor:
         if self.params is None:
-            self.params = self.model.params(self.model.preprocess(self.x), self.cond, *self.network_order)
+            self.params = self.model.params(self.model.preprocess(self.x), self.cond, self.pixel_order)
         return self.model.distribution.conditional(self.params[:, :, h, w], self.x[:, :, h, w], c)
 
     def set(self, c: int, h: int, w: int, values: Tensor) -> None:
@@ -67,7 +64,7 @@ def make_stepper(model, x: Tensor, cond, method: str, order: Tensor | None = Non
         if method == "cached":
             raise ConfigError(f"model {model.name!r} has no cached sampling path; use method='naive' or 'auto'")
         return NaiveStepper(model, x, cond, order)
-    stepper = model.cached_stepper(x, cond) if order is None else model.cached_stepper(x, cond, order=order)
+    stepper = model.cached_stepper(x, cond, order)
     if cond is not None and cond.output is not None:
         stepper.add_output(cond.output)
     return stepper

@@ -97,7 +97,7 @@ LINEAR = frozenset(["conv2d", "conv_transpose2d", "linear", "mm", "matmul", "__m
 # Exact by nature (views, copies, indexing, comparisons, max/min, clamping, creation, conversion),
 # or one correctly rounded IEEE operation (+, -, * and a number divided by a tensor).
 EXACT = frozenset("""
-    __get__ __getitem__ __setitem__ __bool__ __int__ __float__ __index__ __len__ __format__ __repr__
+    __get__ __getitem__ __setitem__ __bool__ __int__ __float__ __index__ __len__ __format__ __repr__ equal
     __eq__ __ne__ __lt__ __le__ __gt__ __ge__ __and__ __or__ __xor__ __invert__ __neg__ __abs__
     __add__ __radd__ __iadd__ __sub__ __rsub__ __isub__ __mul__ __rmul__ __imul__ __rtruediv__
     __iand__ __ior__ __lshift__ __rshift__

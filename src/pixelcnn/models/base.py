@@ -89,13 +89,26 @@ class AutoregressiveModel(nn.Module):
     def make_distribution(self) -> OutputDistribution:
         raise NotImplementedError
 
-    def network(self, x: Tensor, cond: Condition | None) -> Tensor:
-        """(B, C, H, W) floats in [-1, 1] -> (B, P, H, W) distribution parameters."""
+    # An order, wherever a network or a stepper takes one, is None (the family's default order) or an (H W,)
+    # permutation of the pixel indices h W + w; names ("hilbert:3", "auto"), per-image orders and known-first
+    # orders become that at the edges (:meth:`visiting_order`, the command line, the web API).
+
+    def network(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
+        """(B, C, H, W) floats in [-1, 1] -> (B, P, H, W) distribution parameters of the pixels visited in ``order``."""
         raise NotImplementedError
 
-    def cached_stepper(self, x: Tensor, cond: Condition | None):
-        """A faster incremental stepper for the sampling loop; a family that overrides this has ``cached`` True."""
+    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Tensor | None = None):
+        """A faster incremental stepper for the sampling loop, visiting ``order``; a family that overrides this
+        has ``cached`` True."""
         raise NotImplementedError(f"model {self.name!r} has no cached stepper")
+
+    def own_order_only(self, order: Tensor | None) -> None:
+        """Refuse an order other than the family's own (None or :meth:`default_order`), for a family that
+        generates in one order: its network and stepper take the argument and cannot honour another."""
+        own = self.default_order()
+        if order is not None and (own is None or not torch.equal(order.to(own.device), own)):
+            raise ConfigError(f"model {self.name!r} generates in {ORDER_WORDS[self.generation_order]} only: expected "
+                              f"no order or its own, got another permutation of the pixels")
 
     def visiting_order(self, order: object, known: Tensor | None = None,
                        generator: torch.Generator | None = None) -> Tensor | None:
@@ -192,10 +205,10 @@ class AutoregressiveModel(nn.Module):
         cond = self.condition(labels, cond_image, x.shape[0], *self.known_input(x, known))
         return self.params(self.preprocess(x), cond)
 
-    def params(self, x: Tensor, cond: Condition | None, *order: Tensor) -> Tensor:
-        """(B, P, H, W) distribution parameters from preprocessed images: the family's ``network``,
-        plus a completion model's term from its known pixels. ``order``: an any-order family's."""
-        out = self.network(x, cond, *order)
+    def params(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
+        """(B, P, H, W) distribution parameters from preprocessed images: the family's ``network`` (in ``order``),
+        plus a completion model's term from its known pixels."""
+        out = self.network(x, cond, order)
         return out if cond is None or cond.output is None else out + cond.output
 
     def known_input(self, x: Tensor, known: Tensor | None) -> tuple[Tensor | None, Tensor | None]:

@@ -119,13 +119,15 @@ class GatedPixelCNN(AutoregressiveModel):
     def make_distribution(self):
         return output_distribution(self.config)
 
-    def network(self, x: Tensor, cond: Condition | None) -> Tensor:
+    def network(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
+        self.own_order_only(order)
         v = h = x
         for layer in self.layers:
             v, h = layer(v, h, cond)
         return self.head(h)                                                # (B, P, H, W)
 
-    def cached_stepper(self, x: Tensor, cond: Condition | None) -> "CachedGatedPixelCNN":
+    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> "CachedGatedPixelCNN":
+        self.own_order_only(order)
         return CachedGatedPixelCNN(self, x, cond)
 
 

@@ -188,8 +188,9 @@ class Multiscale(AutoregressiveModel):
     def make_distribution(self):
         return output_distribution(self.config)
 
-    def network(self, x: Tensor, cond: Condition | None, *order: Tensor) -> Tensor:
-        """(B, C, H, W) in [-1, 1] -> (B, P, H, W); ``order`` (the default one, from a stepper) is not read."""
+    def network(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
+        """(B, C, H, W) in [-1, 1] -> (B, P, H, W), coarse to fine (``order``: None or that one)."""
+        self.own_order_only(order)
         stride = self.config.stride
         params = x.new_zeros(x.shape[0], self.distribution.num_params, *x.shape[2:])
         params[:, :, ::stride, ::stride] = self.base.network(x[:, :, ::stride, ::stride], at_stride(cond, stride))
@@ -229,6 +230,7 @@ class Multiscale(AutoregressiveModel):
                           f"got {order if isinstance(order, str) else type(order).__name__!r}")
 
     def cached_stepper(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> "MultiscaleStepper":
+        self.own_order_only(order)
         return MultiscaleStepper(self, x, cond)
 
 

@@ -81,10 +81,12 @@ class PixelCNN(AutoregressiveModel):
     def make_distribution(self):
         return output_distribution(self.config)
 
-    def network(self, x: Tensor, cond: Condition | None) -> Tensor:
+    def network(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
+        self.own_order_only(order)
         return stack(lambda: self.input(x) + self.input_bias(cond), self.blocks, self.head, cond)
 
-    def cached_stepper(self, x: Tensor, cond: Condition | None) -> "CachedPixelCNN":
+    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> "CachedPixelCNN":
+        self.own_order_only(order)
         return CachedPixelCNN(self, x, cond)
 
 

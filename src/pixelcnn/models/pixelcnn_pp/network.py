@@ -190,7 +190,7 @@ class PixelCNNPP(AutoregressiveModel):
     def make_distribution(self):
         return make_distribution("logistic_mixture", self.config.channels, self.config.levels, mixtures=self.config.mixtures)
 
-    def network(self, x: Tensor, cond: Condition | None) -> Tensor:
+    def network(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
         """(B, P, H, W) mixture parameters: the reference's forward pass (model.py), a U-Net of ``stages`` stages.
 
         The up pass runs the stages from the image's resolution to the coarsest, halving both streams
@@ -199,6 +199,7 @@ class PixelCNNPP(AutoregressiveModel):
         upsampling both streams to the size each stage had, and each block takes the last kept pair
         (popped, so in mirror order) through its shortcut: ``stages * (resnet_blocks + 1)`` pairs in all.
         """
+        self.own_order_only(order)
         u, ul = self.first_layer(x)                                     # (B, F, H, W) each
         u_list, ul_list, sizes = [u], [ul], []
         for s, blocks in enumerate(self.up_pass):                       # towards the coarsest maps
@@ -220,8 +221,9 @@ class PixelCNNPP(AutoregressiveModel):
                 u, ul = block(u, ul, u_list.pop(), ul_list.pop(), cond=cond)
         return self.out(F.elu(ul))                                      # (B, P, H, W)
 
-    def cached_stepper(self, x: Tensor, cond: Condition | None) -> CachedPixelCNNPP:
+    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> CachedPixelCNNPP:
         """One pixel at a time, computing only what each new pixel makes final (``cached.py``)."""
+        self.own_order_only(order)
         return CachedPixelCNNPP(self, x, cond)
 
     def first_layer(self, x: Tensor) -> tuple[Tensor, Tensor]:

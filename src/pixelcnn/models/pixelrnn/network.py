@@ -316,14 +316,16 @@ class PixelRNN(AutoregressiveModel):
     def make_distribution(self):
         return output_distribution(self.config)
 
-    def network(self, x: Tensor, cond: Condition | None) -> Tensor:
+    def network(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
         """The first (mask A) layer with its conditioning bias, the LSTM layers, the output layers: a
         :func:`~pixelcnn.models.common.stack`, which :class:`PixelRNNStepper` runs at one pixel."""
+        self.own_order_only(order)
         return stack(lambda: self.input(x) + self.input_bias(cond),
                      self.layers, self.head, cond, x)
 
-    def cached_stepper(self, x: Tensor, cond: Condition | None) -> PixelRNNStepper:
+    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> PixelRNNStepper:
         """One pixel of every layer per step, LSTM states kept between steps (``cached.py``)."""
+        self.own_order_only(order)
         return PixelRNNStepper(self, x, cond)
 
 
