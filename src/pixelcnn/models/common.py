@@ -29,6 +29,11 @@ def stack(first: Callable[[], Tensor], layers: Iterable[Callable[..., Tensor]], 
     return head(h)                                                # (B, P, H, W), or (B, P)
 
 
+def dilations_help(layer: str) -> str:
+    """The --dilations help of a family whose ``layer`` i takes dilation ``dilations[i % len(dilations)]``."""
+    return f"dilation of {layer} i is dilations[i %% len(dilations)], e.g. 1,2,4"
+
+
 @dataclass(frozen=True)
 class MaskedModelConfig(ModelConfig):
     """Fields of every masked family: stream width, depth and output head."""

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from pixelcnn.models.layers import (Condition, ConditionBias, Conv1x1, add_shifted_down, channel_groups, gate, horizontal_conv,
                              vertical_conv)
 from pixelcnn.models.base import AutoregressiveModel
-from pixelcnn.models.common import (DILATIONS, KERNEL, MaskedModelConfig, OutputHead, gate_groups, masked_1x1,
-                                    output_distribution)
+from pixelcnn.models.common import (DILATIONS, KERNEL, MaskedModelConfig, OutputHead, dilations_help, gate_groups,
+                                    masked_1x1, output_distribution)
 from pixelcnn.models.incremental import (CachedConv, CachedStepper, ConvTaps, FeatureMap, Pointwise, PointwiseHead,
                                          bias_row, class_bias)
 from pixelcnn.validation import Integer, OneOf
@@ -47,7 +47,7 @@ class GatedPixelCNNConfig(MaskedModelConfig):
         "first_kernel": "size of the first layer's kernels",
         "kernel_size": "size of the gated layers' kernels",
         "layers": "number of gated layers, the first (mask A) one included",
-        "dilations": "dilation of gated layer i is dilations[i %% len(dilations)], e.g. 1,2,4",
+        "dilations": dilations_help("gated layer"),
         "conv_impl": "'shaped' (convolutions shaped to the mask, faster) or 'masked' (plain masked k x k)",
     }
     limits: ClassVar[dict] = {**MaskedModelConfig.limits, "first_kernel": KERNEL, "kernel_size": KERNEL,

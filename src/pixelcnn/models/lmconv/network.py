@@ -32,8 +32,8 @@ from pixelcnn.models.lmconv import orders as orders_lib
 from pixelcnn.errors import ConfigError
 from pixelcnn.models.layers import Condition, ConditionBias, channel_groups, gate
 from pixelcnn.models.base import AutoregressiveModel, full_precision
-from pixelcnn.models.common import (DILATIONS, KERNEL, MaskedModelConfig, OutputHead, gate_groups, masked_1x1,
-                                    output_distribution, stack)
+from pixelcnn.models.common import (DILATIONS, KERNEL, MaskedModelConfig, OutputHead, dilations_help, gate_groups,
+                                    masked_1x1, output_distribution, stack)
 from pixelcnn.models.lmconv.cached import CachedLMConv
 from pixelcnn.models.lmconv.local_conv import LocallyMaskedConv2d, tap_masks
 from pixelcnn.validation import Integer, OneOf, Real
@@ -63,7 +63,7 @@ class LMConvConfig(MaskedModelConfig):
         "layers": "number of residual blocks after the first convolution",
         "first_kernel": "size of the first (mask A) locally masked convolution",
         "kernel_size": "size of the residual blocks' locally masked convolutions",
-        "dilations": "dilation of block i is dilations[i %% len(dilations)], e.g. 1,2,4",
+        "dilations": dilations_help("block"),
         "orders": "generation orders trained on: raster, s_curve, hilbert (NAME:S for one symmetry S in 0..7)",
         "order_symmetries": "each order NAME is trained in its first N of the 8 flips/transposes (1..8)",
         "completion_orders": "probability per training step of training instead on the known-first order of a random "
