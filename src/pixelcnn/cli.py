@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "pixelcnn.commands",
     "pixelcnn.coding.commands",
     "pixelcnn.serve.commands",
+    "pixelcnn.receptive_field.commands",
 ]
 
 
