@@ -227,6 +227,7 @@ def coded_values(model, x, chunk, grouped, monkeypatch, version=3, method="auto"
 ENCODE_CHUNK = codec.encode_chunk
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("within_group", ["independent", "raster"])
 @pytest.mark.parametrize("shape,levels", GROUP_CASES)
 def test_a_group_at_a_time_codes_the_values_and_distributions_of_one_sub_pixel_at_a_time(shape, levels, within_group,
@@ -246,6 +247,7 @@ def test_a_group_at_a_time_codes_the_values_and_distributions_of_one_sub_pixel_a
     assert max((size for _, size in grouped.passes), default=0) >= (4 if within_group == "independent" else 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("within_group", ["independent", "raster"])
 @pytest.mark.parametrize("shape,levels", GROUP_CASES)
 def test_a_group_at_a_time_decodes_the_stream_of_one_sub_pixel_at_a_time(shape, levels, within_group, monkeypatch):
@@ -266,6 +268,7 @@ def test_a_group_at_a_time_decodes_the_stream_of_one_sub_pixel_at_a_time(shape, 
     assert len(passes) == grouped_passes                               # grouped=False: no pass of a group
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("within_group", ["independent", "raster"])
 @pytest.mark.parametrize("shape,levels", GROUP_CASES)
 def test_format_4_decodes_a_pass_per_group_and_channel(shape, levels, within_group, monkeypatch):
@@ -614,6 +617,7 @@ def test_format_2_files_are_kept_for_the_families_of_that_release():
                                      "mnist", "mnist-lmconv"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FORMAT_2_FOLDERS)
 def test_format_2_files_decode_on_their_kind_of_cpu_or_say_why_not(name):
     """pixelcnn 0.1.0 wrote format2*.pxc in float32 arithmetic on an AMD EPYC: where this machine computes

@@ -22,6 +22,7 @@ def test_known_pixels_are_never_changed(name):
     assert torch.equal(out[known[:, None].expand_as(out)], x[:, None].expand_as(out)[known[:, None].expand_as(out)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", pixelcnn.available_models())
 def test_completions_follow_the_exact_conditional_of_the_unknown_pixels(name):
     """Keep the first pixel of a 1x2x2 image; the other three follow p(x | x_0) by enumeration."""

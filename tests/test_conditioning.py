@@ -44,12 +44,14 @@ def test_conditioning_keeps_causality(name):
     assert dependency_violations(model, torch.tensor([0, 1]), cond_image=y, order=model.default_order()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_samples_with_a_fixed_label_follow_that_labels_distribution(name):
     model = tiny_model(name, (1, 2, 2), 3, seed=4, num_classes=3)
     assert sampling_pvalue(model, labels=2) > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_samples_given_a_conditioning_image_follow_the_conditional(name):
     model = tiny_model(name, (1, 2, 2), 3, seed=5, cond_shape=(1, 1, 1))

@@ -181,6 +181,7 @@ def test_the_causality_check_catches_a_leak_of_one_pixel(name):
     assert dependency_violations(model, order=model.default_order()) != []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("shape,levels", [((1, 2, 2), 3), ((3, 1, 2), 2)])
 def test_samples_follow_exp_log_prob(name, shape, levels):
@@ -189,6 +190,7 @@ def test_samples_follow_exp_log_prob(name, shape, levels):
     assert sampling_pvalue(model, seed=0) > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 def test_the_sampling_test_rejects_a_sampler_off_by_the_error_it_is_sized_for(name):
     """The chi-square test above, with its number of draws, fails a sampler whose law lies SAMPLER_ERROR from the

@@ -68,6 +68,7 @@ def test_conditional_probabilities_of_every_completion_sum_to_one(name, case):
     assert abs(torch.logsumexp(logp, 0).item()) < 1e-9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 def test_completions_follow_exp_conditional_log_prob_given_a_later_known_pixel(name):
     """1x2x2, levels 3, the last pixel known: the three unknown ones follow exp(conditional_log_prob),

@@ -62,6 +62,7 @@ def test_reproduce_on_a_subset_agrees_with_the_recorded_full_evaluation(name):
     assert math.isfinite(row["bits_per_dim"])
 
 
+@pytest.mark.slow
 @needs_mnist
 @pytest.mark.parametrize("name", SHIPPED)
 def test_the_first_test_images_score_what_they_scored_when_recorded(name):
