@@ -21,6 +21,7 @@ pytest.importorskip("httpx")
 
 import pixelcnn  # noqa: E402
 from pixelcnn.images import to_uint8  # noqa: E402
+from pixelcnn.receptive_field import receptive_field  # noqa: E402
 from pixelcnn.serve import parsing  # noqa: E402
 from pixelcnn.serve.app import create_app  # noqa: E402
 from pixelcnn.serve.commands import is_loopback, load_models  # noqa: E402
@@ -155,6 +156,23 @@ def test_likelihood_bits_sum_to_log_prob(client, models, name):
 
 
 @pytest.mark.parametrize("name", SPECS)
+def test_receptive_field_is_the_librarys_for_the_image_and_sees_nothing_later(client, models, name):
+    model = models[name]
+    image = random_image(model, 3)
+    c, h, w = model.image_shape
+    pixel = [h - 2, w // 2]
+    r = client.post("/api/receptive_field", json={"model": name, "image": image.flatten().tolist(), "pixel": pixel,
+                                                  "channel": c - 1, **extra(name)})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    labels = None if name != "cond" else torch.tensor([1])
+    field = receptive_field(model, tuple(pixel), c - 1, x=image[None], labels=labels)
+    assert data["grad"] == pytest.approx(field.grad.sum(0).flatten().tolist(), rel=1e-6, abs=0)
+    assert data["counts"] == field.counts() and data["counts"]["future_seen"] == 0 and data["counts"]["seen"] > 0
+    assert data["past"] == field.past.any(0).flatten().int().tolist()
+
+
+@pytest.mark.parametrize("name", SPECS)
 def test_compress_reports_the_codec_file_and_png_sizes(client, models, name):
     model, image, labels, data, nll_bits = post_random_image(client, models, name, "/api/compress", 2)
     assert data["model_bytes"] == len(pixelcnn.compress(model, image[None], labels))
@@ -242,6 +260,13 @@ BAD = [  # (path, JSON body or raw bytes, status, what the error must say)
     ("/api/likelihood", b"{not json", 400, "expected a JSON object as the request body"),
     ("/api/likelihood", b"[1, 2]", 400, "expected a JSON object as the request body, got list"),
     ("/api/likelihood", b"x" * (parsing.MAX_JSON_BYTES + 1), 413, "expected a request body of at most 1,048,576 bytes"),
+    ("/api/receptive_field", {"model": "gray", "image": image_of("gray"), "pixel": [6, 0]}, 400,
+     "expected pixel [h, w] with h in 0..5 and w in 0..4, got [6, 0]"),
+    ("/api/receptive_field", {"model": "gray", "image": image_of("gray"), "pixel": "2,2"}, 400, "expected pixel [h, w]"),
+    ("/api/receptive_field", {"model": "gray", "image": image_of("gray")}, 400, "expected pixel [h, w]"),
+    ("/api/receptive_field", {"model": "gray", "image": image_of("gray"), "pixel": [1, 1], "channel": 1}, 400,
+     "expected channel an integer in 0..0, got 1"),
+    ("/api/receptive_field", {"model": "gray", "pixel": [1, 1]}, 400, "expected image a list of 30 integers"),
     ("/api/upload?model=gray", b"not an image", 400, "expected an image file"),
     ("/api/upload?model=gray", huge_png(), 400, "expected an image of at most 50,000,000 pixels, got 8000x8000"),
     ("/api/upload?model=gray", b"", 400, "expected an image file as the request body, got nothing"),

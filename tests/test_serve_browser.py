@@ -129,6 +129,23 @@ def test_sample_streams_pixels(page):
     assert page.evaluate("window.pixelcnn.sample.length") == 784
 
 
+def test_clicking_a_pixel_shows_what_it_depends_on(page):
+    page.check("input[name=tool][value=inspect]")
+    drawn = canvas_levels(page, "#canvas")[0]
+    box = page.locator("#canvas").bounding_box()
+    with page.expect_request("**/api/receptive_field") as request:
+        page.mouse.click(box["x"] + 20.5 * SCALE, box["y"] + 14.5 * SCALE)       # pixel (14, 20)
+    assert json.loads(request.value.post_data)["pixel"] == [14, 20]
+    page.wait_for_selector("#depends[data-pixel='14,20']", timeout=60_000)
+    (pixels,) = canvas_levels(page, "#depends")
+    assert tuple(pixels[14 * 28 + 20][:3]) == (220, 40, 40)                    # the pixel itself
+    assert tuple(pixels[27 * 28 + 27][:3]) == (24, 24, 30)                     # a later one
+    assert any(p[0] == p[1] == p[2] >= 80 for p in pixels[: 14 * 28])          # earlier ones it sees, in gray
+    assert canvas_levels(page, "#canvas")[0] == drawn                          # inspecting draws nothing
+    assert "depends on" in page.text_content("#depends-note")
+    page.check("input[name=tool][value=draw]")
+
+
 def test_likelihood_compress_and_screenshot(page, tmp_path):
     page.click("#likelihood")
     page.wait_for_function("document.getElementById('bpd').textContent.includes('bits/dim')")

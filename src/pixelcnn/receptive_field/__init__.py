@@ -59,15 +59,19 @@ def check_target(model, channel: int, pixel: tuple[int, int]) -> None:
         raise ConfigError(f"expected a channel in [0, {c_}) for this model's images, got {channel}")
 
 
-def receptive_field(model, pixel: tuple[int, int], channel: int = 0, images: int = 4, seed: int = 0) -> ReceptiveField:
+def receptive_field(model, pixel: tuple[int, int], channel: int = 0, images: int = 4, seed: int = 0,
+                    x: Tensor | None = None, labels: Tensor | None = None) -> ReceptiveField:
     """Mean |d log p(x[channel, pixel]) / d input| over ``images`` random images (and random labels and
-    conditioning images where the model takes them), in the model's default order."""
+    conditioning images where the model takes them), in the model's default order; or over the given
+    integer images ``x`` (B, C, H, W) with their ``labels``."""
     check_target(model, channel, pixel)
     h, w = pixel
     g = torch.Generator().manual_seed(seed)
     cfg = model.config
-    x = torch.randint(0, model.levels, (images, *model.image_shape), generator=g)
-    labels = None if cfg.num_classes is None else torch.randint(0, cfg.num_classes, (images,), generator=g)
+    if x is None:
+        x = torch.randint(0, model.levels, (images, *model.image_shape), generator=g)
+        labels = None if cfg.num_classes is None else torch.randint(0, cfg.num_classes, (images,), generator=g)
+    images = x.shape[0]
     cond_image = None if cfg.cond_shape is None else torch.randint(0, cfg.levels, (images, *cfg.cond_shape), generator=g)
     x, device = x.to(model.device), model.device
     with model.evaluating():

@@ -6,6 +6,7 @@
     POST /api/sample               {model, temperature?, label?, seed?} -> NDJSON stream, one line a pixel
     POST /api/likelihood           {model, image, label?} -> {bits_per_dim, nll_nats, bits (H*W), map_bits}
     POST /api/compress             {model, image, label?} -> {model_bytes, png_bytes, ...}
+    POST /api/receptive_field      {model, image, pixel: [h, w], channel?, label?} -> {grad, past, seen (H*W), counts}
     POST /api/png                  {model, image} -> image/png
     POST /api/upload?model=NAME    any image file as the body -> {image, note}
     GET  /api/status               jobs running and streams started / finished / stopped
@@ -36,7 +37,7 @@ from starlette.staticfiles import StaticFiles
 from pixelcnn.errors import PixelCNNError
 from pixelcnn.serve import work
 from pixelcnn.serve.parsing import (MAX_COMPLETIONS, MAX_UPLOAD_BYTES, ApiError, integer, read_body, read_image,
-                                    read_job, read_json, read_known)
+                                    read_job, read_json, read_known, read_pixel)
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,14 @@ async def likelihood(request: Request) -> Response:
     s = served(request, data.get("model"))
     result = await counted(request, s.run(work.likelihood, read_image(data, s.info), read_job(data, s.info)))
     return JSONResponse(result)
+
+
+async def receptive_field(request: Request) -> Response:
+    data = await read_json(request)
+    s = served(request, data.get("model"))
+    image, job = read_image(data, s.info), read_job(data, s.info)
+    pixel, channel = read_pixel(data, s.info), integer(data, "channel", 0, s.info["channels"] - 1, default=0)
+    return JSONResponse(await counted(request, s.run(work.depends_on, image, pixel, channel, job)))
 
 
 async def compress(request: Request) -> Response:
@@ -280,6 +289,7 @@ def create_app(models: dict[str, Any], workers: int = 4) -> Starlette:
         Route("/api/sample", sample, methods=["POST"]),
         Route("/api/likelihood", likelihood, methods=["POST"]),
         Route("/api/compress", compress, methods=["POST"]),
+        Route("/api/receptive_field", receptive_field, methods=["POST"]),
         Route("/api/png", png, methods=["POST"]),
         Route("/api/upload", upload, methods=["POST"]),
         Mount("/static", app=StaticFiles(directory=str(static_dir())), name="static"),

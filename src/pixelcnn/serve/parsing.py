@@ -57,6 +57,16 @@ def integer(data: dict, key: str, low: int, high: int, default: int | None = Non
     return value
 
 
+def read_pixel(data: dict, info: dict) -> tuple[int, int]:
+    """``pixel``: [h, w] inside the model's images."""
+    h, w = info["height"], info["width"]
+    value = data.get("pixel")
+    ok = isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if not ok or not (0 <= value[0] < h and 0 <= value[1] < w):
+        raise ApiError(f"expected pixel [h, w] with h in 0..{h - 1} and w in 0..{w - 1}, got {value!r}")
+    return value[0], value[1]
+
+
 def read_image(data: dict, info: dict) -> torch.Tensor:
     """``image``: a flat list of C*H*W integer levels -> (C, H, W) int64."""
     c, h, w, levels = info["channels"], info["height"], info["width"], info["levels"]

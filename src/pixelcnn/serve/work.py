@@ -97,6 +97,17 @@ def likelihood(model, image: Tensor, job: Job) -> dict:
             "bits": bits.flatten().tolist(), "map_bits": float(bits.sum())}
 
 
+def depends_on(model, image: Tensor, pixel: tuple[int, int], channel: int, job: Job) -> dict:
+    """What channel ``channel`` of ``pixel`` depends on in this image (``pixelcnn receptive-field``'s gradients):
+    each pixel's |gradient| summed over its channels, whether it is in the causal past, and the counts."""
+    from pixelcnn.receptive_field import receptive_field
+
+    field = receptive_field(model, pixel, channel, x=image.unsqueeze(0), labels=job.labels(1))
+    return {"grad": field.grad.sum(0).flatten().tolist(), "past": field.past.any(0).flatten().int().tolist(),
+            "seen": (field.seen & field.past).any(0).flatten().int().tolist(), "counts": field.counts(),
+            "pixel": list(pixel), "channel": channel}
+
+
 def png_bytes(image: Tensor, levels: int) -> bytes:
     """The image as an 8-bit PNG (levels stretched over 0..255, as ``pixelcnn sample`` writes them)."""
     arr = to_uint8(image.unsqueeze(0), levels)[0]                    # (H, W, C)

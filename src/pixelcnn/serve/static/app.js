@@ -100,6 +100,11 @@ function setUpDrawing() {
   const canvas = $("canvas");
   let last = null;
   canvas.addEventListener("pointerdown", (e) => {
+    if (document.querySelector("[name=tool]:checked").value === "inspect") {
+      const [x, y] = pixelAt(canvas, e);
+      dependsOn(y, x).catch((err) => say(err.message, true));
+      return;
+    }
     canvas.setPointerCapture(e.pointerId);
     last = pixelAt(canvas, e);
     strokeTo(last, last);
@@ -252,6 +257,24 @@ function heatColour(t) {                             // magma-like: black, purpl
   const stops = [[0, 0, 4], [81, 18, 124], [183, 55, 121], [252, 137, 97], [252, 253, 191]];
   const x = Math.min(Math.max(t, 0), 1) * (stops.length - 1), i = Math.min(Math.floor(x), stops.length - 2);
   return stops[i].map((a, k) => Math.round(a + (stops[i + 1][k] - a) * (x - i)));
+}
+
+async function dependsOn(h, w) {
+  const d = await api("/api/receptive_field", { image: state.image, pixel: [h, w], ...jobSettings() });
+  const canvas = $("depends"), ctx = (sizeCanvas(canvas), canvas.getContext("2d"));
+  const out = ctx.createImageData(canvas.width, canvas.height), high = Math.max(...d.grad, 1e-30);
+  d.grad.forEach((g, i) => {
+    let rgb = [24, 24, 30];                                          // later pixels
+    if (i === h * state.m.width + w) rgb = [220, 40, 40];
+    else if (d.seen[i]) { const v = Math.round(80 + 175 * Math.sqrt(g / high)); rgb = [v, v, v]; }
+    else if (d.past[i]) rgb = [255, 170, 40];                        // earlier, without effect
+    out.data.set([...rgb, 255], 4 * i);
+  });
+  ctx.putImageData(out, 0, 0);
+  canvas.dataset.pixel = `${h},${w}`;
+  const n = d.counts;
+  $("depends-note").textContent = `pixel (${h}, ${w}) depends on ${n.seen} of the ${n.past} sub-pixels before it; ` +
+    `${n.unseen_pixels} earlier pixels without effect`;
 }
 
 async function likelihood() {
