@@ -56,8 +56,8 @@ TINY_FLAGS = ["--hidden", "8", "--layers", "2", "--output-hidden", "0"]
 
 
 def pytest_collection_modifyitems(config, items):
-    """The slow tier first, each module's tests kept together: workers start on the long tests and finish on
-    the short ones, so neither waits at the end for one long test."""
+    """The slow tier first, each tier in collection order (a stable sort): workers start on the long tests and
+    finish on the short ones, so neither waits at the end for one long test."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)       # a stable sort
 
 
