@@ -62,9 +62,25 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_terminal_summary(terminalreporter):
+    spread_groups(terminalreporter)
     unmarked = sorted(((r.duration, r.nodeid) for r in terminalreporter.getreports("passed")
                        if r.when == "call" and r.duration > SLOW_SECONDS and "slow" not in r.keywords), reverse=True)
     if unmarked:
         terminalreporter.write_sep("-", f"tests over {SLOW_SECONDS:.0f} s not marked slow (make test-fast runs them)")
         for duration, nodeid in unmarked:
             terminalreporter.write_line(f"{duration:6.2f}s {nodeid}")
+
+
+def spread_groups(terminalreporter) -> None:
+    """Name any module whose xdist group ran on more than one worker: ``--dist loadgroup`` keeps a group on one,
+    so that its fixtures (a browser, an import probe) are built once, and a pytest that drops xdist's group
+    suffix from the node ids spreads them silently."""
+    workers: dict[str, set[str]] = {}
+    for report in terminalreporter.getreports("passed") + terminalreporter.getreports("failed"):
+        node = getattr(report, "node", None)                       # the worker, under xdist
+        if node is not None and "xdist_group" in report.keywords:
+            workers.setdefault(report.nodeid.split("::")[0], set()).add(node.gateway.id)
+    for module, ids in sorted(workers.items()):
+        if len(ids) > 1:
+            terminalreporter.write_line(f"the xdist group of {module} ran on {len(ids)} workers ({', '.join(sorted(ids))}), "
+                                        f"building its module fixtures once each: is --dist loadgroup working?")
