@@ -105,8 +105,10 @@ class AutoregressiveModel(nn.Module):
     def own_order_only(self, order: Tensor | None) -> None:
         """Refuse an order other than the family's own (None or :meth:`default_order`), for a family that
         generates in one order: its network and stepper take the argument and cannot honour another."""
+        if order is None:                       # every training step: nothing to compare, nothing to compute
+            return
         own = self.default_order()
-        if order is not None and (own is None or not torch.equal(order.to(own.device), own)):
+        if own is None or not torch.equal(order.to(own.device), own):
             raise ConfigError(f"model {self.name!r} generates in {ORDER_WORDS[self.generation_order]} only: expected "
                               f"no order or its own, got another permutation of the pixels")
 
