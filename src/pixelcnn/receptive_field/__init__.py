@@ -33,13 +33,23 @@ class ReceptiveField:
         """(C, H, W) bool: the sub-pixels its log-probability depends on."""
         return self.grad > 0
 
+    @property
+    def past_pixels(self) -> Tensor:
+        """(H, W) bool: the pixels with a sub-pixel in the past."""
+        return self.past.any(0)
+
+    @property
+    def seen_pixels(self) -> Tensor:
+        """(H, W) bool: the pixels with a sub-pixel in the past that it depends on."""
+        return (self.seen & self.past).any(0)
+
     def counts(self) -> dict[str, int]:
         """Past sub-pixels seen and unseen, past pixels none of whose sub-pixels is seen, and sub-pixels not in
         the past that are seen (0 for a causal model)."""
         seen, past = self.seen, self.past
-        past_pixels = past.any(0)
         return {"past": int(past.sum()), "seen": int((seen & past).sum()), "unseen": int((~seen & past).sum()),
-                "unseen_pixels": int((past_pixels & ~(seen & past).any(0)).sum()), "future_seen": int((seen & ~past).sum())}
+                "unseen_pixels": int((self.past_pixels & ~self.seen_pixels).sum()),
+                "future_seen": int((seen & ~past).sum())}
 
 
 def past_of(model, channel: int, pixel: tuple[int, int]) -> Tensor:
@@ -96,7 +106,7 @@ def draw(field: ReceptiveField, scale: int = 12) -> Image.Image:
     square root of their gradient (summed over channels), past pixels it does not see in orange, later ones dark,
     the sub-pixel's own pixel red, and the border of the causal past outlined in blue."""
     grad = field.grad.sum(0)                                                  # (H, W)
-    seen_any, past_any = (field.seen & field.past).any(0), field.past.any(0)
+    seen_any, past_any = field.seen_pixels, field.past_pixels
     level = (grad / grad.max().clamp_min(1e-30)).sqrt()
     height, width = grad.shape
     image = Image.new("RGB", (width * scale, height * scale), FUTURE)

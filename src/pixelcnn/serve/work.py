@@ -103,8 +103,8 @@ def depends_on(model, image: Tensor, pixel: tuple[int, int], channel: int, job: 
     from pixelcnn.receptive_field import receptive_field
 
     field = receptive_field(model, pixel, channel, x=image.unsqueeze(0), labels=job.labels(1))
-    return {"grad": field.grad.sum(0).flatten().tolist(), "past": field.past.any(0).flatten().int().tolist(),
-            "seen": (field.seen & field.past).any(0).flatten().int().tolist(), "counts": field.counts(),
+    return {"grad": field.grad.sum(0).flatten().tolist(), "past": field.past_pixels.flatten().int().tolist(),
+            "seen": field.seen_pixels.flatten().int().tolist(), "counts": field.counts(),
             "pixel": list(pixel), "channel": channel}
 
 
