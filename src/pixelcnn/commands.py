@@ -20,7 +20,7 @@ from pixelcnn import masks, validation
 from pixelcnn.errors import ConfigError, InvalidLabelError
 from pixelcnn.levels import to_bytes
 from pixelcnn.models.base import ORDER_WORDS
-from pixelcnn.flags import add_dataclass_flags, add_model_flags, flag_names, model_hyperparameter_fields
+from pixelcnn.flags import add_dataclass_flags, add_model_flags, flag_names, given_model_hyperparameters
 from pixelcnn.runtime import leave_process_group, resolve_device
 from pixelcnn.validation import COUNT, METHOD, MODEL_HELP, SEED, TEMPERATURE, Integer, flag
 
@@ -62,7 +62,7 @@ def run_train(args) -> int:
 
     train_names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in train_names and v is not None}
-    model_args = {k: getattr(args, k) for k in model_hyperparameter_fields() if getattr(args, k, None) is not None}
+    model_args = given_model_hyperparameters(args)
     if args.resume:
         if model_args:
             raise ConfigError(f"model hyperparameters cannot change when resuming, got {sorted(model_args)}")
@@ -336,8 +336,9 @@ def known_mask(model, args, batch: int) -> torch.Tensor:
 
 def completion_grid(x: torch.Tensor, known: torch.Tensor, out: torch.Tensor, levels: int) -> torch.Tensor:
     """Rows of [original, masked input, completions...] in 0..255 (unknown pixels shown grey)."""
-    masked = torch.where(known, to_bytes(x, levels), torch.full_like(x, 128))
-    panels = torch.cat([to_bytes(x, levels)[:, None], masked[:, None], to_bytes(out, levels)], dim=1)   # (B, n + 2, C, H, W)
+    original = to_bytes(x, levels)
+    masked = torch.where(known, original, torch.full_like(x, 128))
+    panels = torch.cat([original[:, None], masked[:, None], to_bytes(out, levels)], dim=1)   # (B, n + 2, C, H, W)
     return panels.flatten(0, 1)
 
 

@@ -79,6 +79,11 @@ def model_hyperparameter_fields() -> dict[str, tuple[type, dataclasses.Field]]:
     return out
 
 
+def given_model_hyperparameters(args) -> dict[str, Any]:
+    """The model hyperparameters the user gave on the command line (flags of :func:`add_model_flags`), by field."""
+    return {k: getattr(args, k) for k in model_hyperparameter_fields() if getattr(args, k, None) is not None}
+
+
 def add_model_flags(parser) -> None:
     """One flag per hyperparameter of any family, its check the loosest of the families' that have the field
     (``--layers 0`` suits a PixelCNN): the chosen family's config then applies its own, stricter one."""

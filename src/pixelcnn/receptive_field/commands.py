@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pixelcnn.errors import ConfigError
-from pixelcnn.flags import add_model_flags, model_hyperparameter_fields
+from pixelcnn.flags import add_model_flags, given_model_hyperparameters
 from pixelcnn.validation import COUNT, MODEL_HELP, PNG_FILE, SEED, Integer, fail, flag
 
 LEVELS = Integer(2, 256)
@@ -51,7 +51,7 @@ def model_of(args):
     """The MODEL argument: a family's name (not a folder here) builds that family at its defaults."""
     import pixelcnn
 
-    hp = {k: getattr(args, k) for k in model_hyperparameter_fields() if getattr(args, k, None) is not None}
+    hp = given_model_hyperparameters(args)
     family = args.checkpoint in pixelcnn.available_models() and not Path(args.checkpoint).exists()
     if not family:
         given = [f"--{k.replace('_', '-')}" for k in hp] + [f for f, v in (("--image-shape", args.image_shape),
