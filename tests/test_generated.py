@@ -109,10 +109,9 @@ def test_the_families_that_draw_groups_of_pixels_at_once_are_exactly_these():
         seen = {}
         for case in cases(name):
             model, *_ = build(name, case, 1)
-            seen.setdefault(model.draws_groups, case)
-        grouped |= {name} if seen.get(True) else set()
-        for draws, case in seen.items():
-            model, *_ = build(name, case, 1)
+            seen.setdefault(model.draws_groups, (case, model))
+        grouped |= {name} if True in seen else set()
+        for draws, (case, model) in seen.items():
             stepper = make_stepper(model, torch.zeros((1, *model.image_shape), dtype=torch.long), None, "auto")
             assert (stepper.groups is not None) == draws == model.draws_groups, (name, case)
     assert grouped == GROUPED_FAMILIES
