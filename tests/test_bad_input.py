@@ -249,6 +249,8 @@ ROWS = [
     (["receptive-field", "{plain}", "-o", "{work}/no-such-folder/rf.png"], "no-such-folder"),
     (["receptive-field", "{work}/no-such-run"], "no-such-run"),
     (["receptive-field", "{plain}", "--images", "0", "-o", "{work}/rf.png"], "expected an integer >= 1, got 0"),
+    (["receptive-field", "{plain}", "--seed", "-1", "-o", "{work}/rf.png"], "argument --seed: expected an integer in [0, "),
+    (["receptive-field", "{plain}", "--channel", "red", "-o", "{work}/rf.png"], "argument --channel: expected an integer >= 0"),
     (["paint"], "argument COMMAND: invalid choice: 'paint'"),
 ]
 
