@@ -296,6 +296,35 @@ def test_shifted_convs_are_read_with_their_own_padding():
                 torch.testing.assert_close(cached.at(h, w), expected[:, :, h, w], rtol=0, atol=1e-12)
 
 
+def test_a_ring_of_two_rows_gives_every_window_of_the_whole_map():
+    """Written row by row, or position by position in raster order, a two-row ring serves each row's windows as
+    the whole map does, for the readers whose windows end on the newest row (PixelCNN++'s kernels and strides)."""
+    g = torch.Generator().manual_seed(2)
+    convs = [DownShiftedConv2d(4, 6, (2, 3)), DownRightShiftedConv2d(4, 6, (2, 2)),
+             DownShiftedConv2d(4, 6, (2, 3), stride=2), DownRightShiftedConv2d(4, 6, (2, 2), stride=2)]
+    for i, conv in enumerate(convs):
+        conv = randomise(conv.double(), seed=i)
+        for height, width, by_position in ((7, 5, False), (6, 3, True), (1, 4, True)):
+            x = torch.randn(2, 4, height, width, generator=g, dtype=torch.float64)
+            expected, (sh, _) = conv(x), conv.stride
+            taps = ConvTaps.of(conv)
+            ring = FeatureMap(2, height, width, 4, taps.reach(height, width), x, rows=2)
+            cached = CachedConv(taps, ring)
+            assert ring.buf.shape[1] == 2
+            for h in range(height):
+                values = x[:, :, h].permute(2, 0, 1)                            # (W, B, C)
+                if by_position:
+                    for w in range(width):
+                        ring.at(h, w).copy_(values[w])
+                else:
+                    ring.write_row(h, values)
+                if h % sh == 0:                                                 # output row h / sh reads rows h - 1, h
+                    ho = h // sh
+                    torch.testing.assert_close(cached.row(ho), expected[:, :, ho].permute(2, 0, 1), rtol=0, atol=1e-12)
+            with pytest.raises(ValueError, match="not kept"):
+                ring.row(height - 3)
+
+
 def cyclic_garbage(work) -> list[str]:
     """The types of this package's objects and tensors that only Python's cyclic collector would free after
     ``work()``: what a reference cycle keeps alive until that collector happens to run."""

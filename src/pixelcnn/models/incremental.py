@@ -61,24 +61,53 @@ class FeatureMap:
 
     ``batch_last`` stores it as (top + H + bottom, left + W + right, C, B) behind the same (B, ...) view,
     for a stepper whose products are batch last (:class:`BatchLastConv`).
+
+    ``rows`` keeps only the last ``rows`` rows, as a ring: (B, rows, left + W + right, C), the current
+    row in the last slot, the one before it in the slot before, zeros above row 0. The first access to
+    row h + 1 (:meth:`at`, :meth:`row`, :meth:`write_row`) moves every row up one slot and drops the
+    oldest; the new row's slot holds the old values until they are written. A reader's window then sits
+    at the same slots for every output row (:meth:`ConvTaps.windows`), which holds when it reads the
+    rows up to the current one: the schedule of a stepper that writes a row, or every position of it in
+    raster order, before its readers need it, and needs no row more than ``rows - 1`` above it.
     """
 
     def __init__(self, batch: int, height: int, width: int, channels: int, pad: Pad, like: Tensor,
-                 batch_last: bool = False):
-        self.height, self.width, self.pad = height, width, pad
-        size = (pad.top + height + pad.bottom, pad.left + width + pad.right, channels)
+                 batch_last: bool = False, rows: int | None = None):
+        if rows is not None:
+            if rows < 1 or pad.bottom:
+                raise ValueError(f"a ring of rows keeps at least one row and has no padding below, got {rows} rows "
+                                 f"and {pad}")
+            pad = Pad(rows - 1, 0, pad.left, pad.right)
+        self.height, self.width, self.pad, self.ring = height, width, pad, rows
+        self.current = -1                                                     # a ring's newest row
+        size = (pad.top + height + pad.bottom if rows is None else rows, pad.left + width + pad.right, channels)
         self.buf = like.new_zeros(*size, batch).permute(3, 0, 1, 2) if batch_last else like.new_zeros(batch, *size)
+
+    def slot(self, h: int) -> int:
+        """The buffer row of image row h; a ring moves on to h if h is the row after its newest."""
+        if self.ring is None:
+            return self.pad.top + h
+        if h == self.current + 1:
+            for k in range(self.ring - 1):
+                self.buf[:, k].copy_(self.buf[:, k + 1])
+            self.current = h
+        slot = self.ring - 1 - (self.current - h)
+        if not 0 <= slot < self.ring or h >= self.height:
+            raise ValueError(f"row {h} is not kept: the ring holds rows {self.current - self.ring + 1}..{self.current}")
+        return slot
 
     def at(self, h: int, w: int) -> Tensor:
         """(B, C) view of position (h, w)."""
-        return self.buf[:, self.pad.top + h, self.pad.left + w]
+        return self.buf[:, self.slot(h), self.pad.left + w]
 
     def row(self, h: int) -> Tensor:
         """(B, W, C) view of row h."""
-        return self.buf[:, self.pad.top + h, self.pad.left : self.pad.left + self.width]
+        return self.buf[:, self.slot(h), self.pad.left : self.pad.left + self.width]
 
     def interior(self) -> Tensor:
-        """(B, H, W, C) view of the unpadded map."""
+        """(B, H, W, C) view of the unpadded map (not of a ring, which holds some rows only)."""
+        if self.ring is not None:
+            raise ValueError("a ring of rows has no whole interior")
         top, left = self.pad.top, self.pad.left
         return self.buf[:, top : top + self.height, left : left + self.width]
 
@@ -152,11 +181,13 @@ class ConvTaps:
         buf = source.buf
         sb, sy, sx, sc = buf.stride()
         ho, wo = self.output_size(source.height, source.width)
-        y0, x0 = source.pad.top + self.dy, source.pad.left + self.dx
+        y0, x0, row_step = source.pad.top + self.dy, source.pad.left + self.dx, self.stride[0] * sy
+        if source.ring is not None:                             # every row's window ends on the ring's newest row
+            y0, row_step = source.ring - (max(self.rows, 1) - 1) * self.dilation[0] - 1, 0
         if y0 < 0 or x0 < 0:
             raise ValueError(f"feature map padding {source.pad} is too small for taps reaching {self.reach(source.height, source.width)}")
         size = (ho, wo, buf.shape[0], self.rows, self.cols, buf.shape[3])
-        stride = (self.stride[0] * sy, self.stride[1] * sx, sb, self.dilation[0] * sy, self.dilation[1] * sx, sc)
+        stride = (row_step, self.stride[1] * sx, sb, self.dilation[0] * sy, self.dilation[1] * sx, sc)
         return buf.as_strided(size, stride, buf.storage_offset() + y0 * sy + x0 * sx)
 
 
@@ -449,11 +480,13 @@ class CachedStepper(PixelStepper):
         levels = torch.arange(model.levels, device=self.like.device)
         self.preprocessed = model.preprocess(levels)                             # (L,): value -> network input
 
-    def feature_map(self, channels: int, readers: list[ConvTaps], size: tuple[int, int] | None = None) -> FeatureMap:
-        """A zeroed cache of ``channels`` maps of ``size`` (the image's by default), padded for ``readers``."""
+    def feature_map(self, channels: int, readers: list[ConvTaps], size: tuple[int, int] | None = None,
+                    rows: int | None = None) -> FeatureMap:
+        """A zeroed cache of ``channels`` maps of ``size`` (the image's by default), padded for ``readers``;
+        ``rows``: a ring of that many rows (:class:`FeatureMap`)."""
         height, width = size or (self.height, self.width)
         pad = Pad.union(taps.reach(height, width) for taps in readers)
-        return FeatureMap(self.batch, height, width, channels, pad, self.like, self.batch_last)
+        return FeatureMap(self.batch, height, width, channels, pad, self.like, self.batch_last, rows)
 
     def write(self, c: int, h: int, w: int, values: Tensor) -> None:
         """The value into the input cache, as the network's preprocessing maps it."""

@@ -47,7 +47,9 @@ at a time, and the sum is the same), and concat_elu of a value computed once per
 readers (:class:`Activation`), where the full path computes it at each reader.
 
 Each gated ResNet block caches concat_elu of its input and of its inner activation, the inputs
-of its two convolutions; dropout is off (sampling runs in eval mode). The sums are those of the
+of its two convolutions, each the last two rows of its stage (``RING``: the schedule reads no older
+row), as do the caches the resampling layers read; so a stage holds four rows' worth of every block
+whatever the image's height. Dropout is off (sampling runs in eval mode). The sums are those of the
 full network in another order, so the two paths differ by float rounding only, and by no more than
 the full network differs from itself evaluated in higher precision.
 
@@ -71,6 +73,12 @@ from pixelcnn.distributions.logistic_mixture import PixelMixture
 from pixelcnn.models.layers import Condition, concat_elu, concat_elu_into, signed_identity
 from pixelcnn.models.incremental import (CachedConv, CachedConvTranspose, CachedStepper, ConvTaps, FeatureMap,
                                          Pointwise, TransposedTaps, class_bias)
+
+
+RING = 2
+"""Rows each stage cache keeps (:class:`FeatureMap`): every reader's window ends on the row being computed
+and reaches one row above it (the blocks' (2, 3) and (2, 2) kernels, the stride-2 ones over fine rows
+2I - 1 and 2I), or reads that row alone (the transposed ones: fine row r from coarse row r // 2)."""
 
 
 class Activation:
@@ -123,8 +131,8 @@ class CachedGatedResnet:
     def __init__(self, block: nn.Module, stepper: "CachedPixelCNNPP", size: tuple[int, int], cond: Condition | None):
         taps_in, taps_out = ConvTaps.of(block.conv_in), ConvTaps.of(block.conv_out)
         self.combine = block.combine
-        self.x_elu = stepper.feature_map(taps_in.in_channels, [taps_in], size)
-        self.h_elu = stepper.feature_map(taps_out.in_channels, [taps_out], size)
+        self.x_elu = stepper.feature_map(taps_in.in_channels, [taps_in], size, rows=RING)
+        self.h_elu = stepper.feature_map(taps_out.in_channels, [taps_out], size, rows=RING)
         self.conv_in = CachedConv(taps_in, self.x_elu)
         self.conv_out = CachedConv(taps_out, self.h_elu, class_bias(block.cond_bias, cond, size))
         streams = 0 if block.aux is None else block.aux.in_channels // taps_in.in_channels
@@ -287,11 +295,11 @@ class CachedPixelCNNPP(CachedStepper):
         outputs (the stride-2 convolutions into s), stage s's last down-pass ones (the transposed ones out)."""
         f = model.config.filters
         convs = (ConvTaps.of(model.down_u[s - 1]), ConvTaps.of(model.down_ul[s - 1]))
-        self.up_tops[s - 1] = [self.feature_map(f, [taps], sizes[s - 1]) for taps in convs]
+        self.up_tops[s - 1] = [self.feature_map(f, [taps], sizes[s - 1], rows=RING) for taps in convs]
         self.downsample_layers[s] = [CachedConv(taps, top) for taps, top in zip(convs, self.up_tops[s - 1])]
         layer = self.coarsest - s                                              # model.up_u runs coarsest first
         readers = [TransposedTaps.of(m[layer], sizes[s], sizes[s - 1]) for m in (model.up_u, model.up_ul)]
-        self.down_tops[s] = [self.feature_map(f, [taps], sizes[s]) for taps in readers]
+        self.down_tops[s] = [self.feature_map(f, [taps], sizes[s], rows=RING) for taps in readers]
         self.upsample_layers[s - 1] = [CachedConvTranspose(r, top) for r, top in zip(readers, self.down_tops[s])]
 
     def log_probs(self, c: int, h: int, w: int) -> Tensor:
