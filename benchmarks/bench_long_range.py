@@ -24,7 +24,7 @@ import torch
 
 import pixelcnn
 
-FAMILIES = ["pixelcnn", "gated_pixelcnn", "pixelcnn_pp", "row_lstm", "diagonal_bilstm", "lmconv", "multiscale"]
+FAMILIES = ["pixelcnn", "gated_pixelcnn", "pixelcnn_pp", "row_lstm", "diagonal_bilstm", "lmconv", "multiscale", "pixelsnail"]
 # Each family at a similar size: (hyperparameters); the parameter count is printed beside the result.
 SETTINGS = {
     "pixelcnn": lambda hidden: {"hidden": 2 * hidden, "layers": 4, "output_hidden": 0},
@@ -35,6 +35,8 @@ SETTINGS = {
     "lmconv": lambda hidden: {"hidden": hidden, "layers": 4, "output_hidden": 0, "orders": ("raster",),
                               "order_symmetries": 1},
     "multiscale": lambda hidden: {"hidden": hidden, "layers": 2, "output_hidden": 0},
+    "pixelsnail": lambda hidden: {"hidden": hidden, "layers": 2, "residual_blocks": 1, "output_hidden": 0,
+                                  "head_channels": hidden // 2},
 }
 
 

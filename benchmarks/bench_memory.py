@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 
-FAMILIES = ["gated_pixelcnn", "pixelcnn_pp", "multiscale", "lmconv", "row_lstm"]
+FAMILIES = ["gated_pixelcnn", "pixelcnn_pp", "multiscale", "lmconv", "row_lstm", "pixelsnail"]
 SMALL = {
     "gated_pixelcnn": {"hidden": 32, "layers": 4, "output_hidden": 64},
     "pixelcnn_pp": {"filters": 32, "resnet_blocks": 2, "mixtures": 5},
@@ -41,6 +41,7 @@ SMALL = {
     "row_lstm": {"hidden": 32, "layers": 4, "output_hidden": 64},
     "diagonal_bilstm": {"hidden": 32, "layers": 4, "output_hidden": 64},
     "pixelcnn": {"hidden": 32, "layers": 4, "output_hidden": 64},
+    "pixelsnail": {"hidden": 32, "layers": 2, "residual_blocks": 2, "output_hidden": 64},
 }
 MB = 2**20
 

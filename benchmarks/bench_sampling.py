@@ -6,6 +6,7 @@
 Models (untrained weights: speed does not depend on them):
 * gated_pixelcnn, hidden 64, 7 layers, 1x28x28, 256 levels, n = 1, 16, 64;
 * diagonal_bilstm (registry defaults), 1x28x28, 256 levels, n = 1, 16, if registered;
+* pixelsnail (registry defaults), 1x28x28 (n = 1, 16) and 1x64x64 (n = 1), 256 levels, if registered;
 * pixelcnn_pp at two small sizes, 3x32x32, 256 levels, n = 16, if registered: issue 4's "small"
   (filters 64, 2 blocks, 3 stages, 10 mixtures) and a tinier one (filters 32, 5 mixtures), where
   the output distribution's share of the cost is largest.
@@ -38,6 +39,8 @@ SPECS = [
     ("diagonal_bilstm", (1, 28, 28), {}, (1, 16)),
     ("pixelcnn_pp", (3, 32, 32), {"filters": 64, "resnet_blocks": 2, "stages": 3, "mixtures": 10}, (16,)),
     ("pixelcnn_pp", (3, 32, 32), {"filters": 32, "resnet_blocks": 2, "stages": 3, "mixtures": 5}, (16,)),
+    ("pixelsnail", (1, 28, 28), {}, (1, 16)),
+    ("pixelsnail", (1, 64, 64), {}, (1,)),
 ]
 
 

@@ -22,7 +22,8 @@ import subprocess
 import sys
 import time
 
-FAMILIES = ["pixelcnn", "gated_pixelcnn", "pixelcnn_pp", "row_lstm", "diagonal_bilstm", "lmconv", "multiscale"]
+FAMILIES = ["pixelcnn", "gated_pixelcnn", "pixelcnn_pp", "row_lstm", "diagonal_bilstm", "lmconv", "multiscale",
+            "pixelsnail"]
 
 
 class Stop(Exception):

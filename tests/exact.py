@@ -42,6 +42,7 @@ TINY_SETTINGS = {
     "multiscale": lambda shape: {"hidden": 16, "output_hidden": 32},
     "pixelcnn": lambda shape: {"hidden": 16, "output_hidden": 32},
     "gated_pixelcnn": lambda shape: {"hidden": 16, "output_hidden": 32},
+    "pixelsnail": lambda shape: {"hidden": 16, "output_hidden": 32, "head_channels": 8},
 }
 
 

@@ -24,7 +24,7 @@ from pixelcnn.models.multiscale import BASES as MULTISCALE_BASES, WITHIN_GROUP
 
 # Every family with a cached sampling path: one that loses its path, or a new one without, fails a test.
 CACHED_FAMILIES = frozenset({"pixelcnn", "gated_pixelcnn", "pixelcnn_pp", "row_lstm", "diagonal_bilstm", "lmconv",
-                             "multiscale"})
+                             "multiscale", "pixelsnail"})
 # Every family whose cached stepper can draw a group of pixels at once (``Stepper.groups``) in some configuration.
 GROUPED_FAMILIES = frozenset({"multiscale"})
 # The values of each setting that takes a family's code down a different branch; the generated tests
@@ -47,10 +47,13 @@ BRANCHES = {
                "orders": (("raster",), ("s_curve:3",), ("hilbert:6",), ("hilbert",)), "auto_order": AUTO_ORDERS},
     "multiscale": {**MASKED, "base": tuple(MULTISCALE_BASES), "scales": (1, 2), "within_group": tuple(WITHIN_GROUP),
                    "layers": (1, 2)},
+    # layers 0: the convolutions alone; heads 2: two heads per colour group, queries split between them
+    "pixelsnail": {**MASKED, "layers": (0, 1, 2), "residual_blocks": (0, 1), "first_kernel": (1, 3),
+                   "kernel_size": (1, 3), "heads": (1, 2)},
 }
 # Small values for the fields a family has but does not vary; the branches override them.
 UNVARIED = {"hidden": 8, "layers": 2, "output_hidden": 8, "first_kernel": 3, "kernel_size": 3, "filters": 8,
-         "resnet_blocks": 1, "mixtures": 3, "stages": 2}
+         "resnet_blocks": 1, "mixtures": 3, "stages": 2, "residual_blocks": 1, "heads": 1, "head_channels": 3}
 # Image sides from a single pixel to 6x6, square and not, odd and even.
 SIZES = ((1, 1), (1, 5), (2, 3), (3, 3), (4, 2), (4, 4), (5, 6), (6, 6))
 

@@ -113,7 +113,7 @@ ROWS = [
     (["train", *T, "--dilations", "1,,2"], "argument --dilations: expected one or more integers >= 1 separated by commas (like 1,2,4), got '1,,2'"),
     (["train", *T, "--dilations", "x"], "argument --dilations: expected one or more integers >= 1 separated by commas (like 1,2,4), got 'x'"),
     (["train", *T, "--conditional"], "--conditional needs class labels"),
-    (["train", *T, "--model", "pixelsnail"], "unknown model 'pixelsnail'"),
+    (["train", *T, "--model", "pixelgan"], "unknown model 'pixelgan'"),
     (["train", *T[:2], "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["train", *T, "--image-size", "32"], "binarized_mnist images are 28x28: expected image_size None or 28, got 32"),
     (["train", *T[:2], "--dataset", "emoji", "--image-size", "48"],
@@ -479,6 +479,9 @@ def test_a_full_disk_while_checkpointing_stops_in_one_line_keeping_the_last_good
     (["--dilations", "0"], "--dilations: expected one or more integers >= 1 separated by commas (like 1,2,4), got '0'"),
     (["--model", "pixelcnn_pp", "--mixtures", "0"], "mixtures"),
     (["--model", "lmconv", "--orders", "zigzag"], "expected an order NAME or NAME:S"),
+    (["--model", "pixelsnail", "--heads", "0"], "--heads: expected an integer >= 1, got 0"),
+    (["--model", "pixelsnail", "--head-channels", "two"], "--head-channels: expected an integer >= 1, got 'two'"),
+    (["--model", "pixelsnail", "--residual-blocks", "-2"], "--residual-blocks: expected an integer >= 0, got -2"),
     (["--model", "row_lstm", "--output-hidden", "2", "--dataset", "cifar10"], "expected output_hidden to be 0 or at least the 3 colour channels, got 2"),
 ])
 def test_model_hyperparameters_are_refused_before_any_data_loads(argv, fragment, tmp_path, capsys, monkeypatch):

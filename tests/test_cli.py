@@ -4,7 +4,6 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,7 +65,7 @@ def test_sample_writes_a_png_grid_and_raw_integers(trained, tmp_path):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["train", "--model", "pixelsnail", "--dataset", "mnist"], "unknown model 'pixelsnail'"),
+    (["train", "--model", "pixelgan", "--dataset", "mnist"], "unknown model 'pixelgan'"),
     (["train", "--dataset", "imagenet"], "imagenet"),
     (["train", "--model", "pixelcnn", "--dilations", "1,2"], "--dilations do(es) not apply to model 'pixelcnn'"),
     (["train", "--in_channels", "3"], "--in-channels 3 does not match dataset 'mnist'"),

@@ -9,13 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import pixelcnn
-from generated import build, cases, case_id
+from generated import build, cases
 from pixelcnn.coding import blocks, codec, exact
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -124,8 +124,8 @@ def test_bad_hyperparameters_name_what_was_expected(kwargs, fragment):
 
 
 def test_unknown_model_lists_the_known_ones():
-    with pytest.raises(pixelcnn.ConfigError, match="unknown model 'pixelsnail'.*gated_pixelcnn"):
-        pixelcnn.create("pixelsnail")
+    with pytest.raises(pixelcnn.ConfigError, match="unknown model 'pixelgan'.*gated_pixelcnn"):
+        pixelcnn.create("pixelgan")
 
 
 def test_missing_checkpoint(tmp_path):

@@ -3,7 +3,6 @@ future, a PixelCNN has its blind spot, a Gated PixelCNN a window its depth bound
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import pixelcnn

@@ -19,7 +19,7 @@ from decimal import Decimal, localcontext
 import torch
 from torch import Tensor
 
-from pixelcnn.coding.blocks import UnsupportedOperation, exact_sum
+from pixelcnn.coding.blocks import UnsupportedOperation, exact_sum, matmul, to_blocks
 
 EXP_MIN, EXP_MAX = -708, 709    # exp's domain kept away from float64 subnormals and overflow
 EXP_STEP = 12             # exp on [0, 1) tabulated every 2^-12: linear interpolation within 2^-27 relative
@@ -191,6 +191,30 @@ def softmax(x: Tensor, dim=None, _stacklevel=3, dtype=None) -> Tensor:
     d, _ = _shifted(x, dim)
     e = exp(d)
     return e / exact_sum(e, dim, keepdim=True)
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                 scale=None, enable_gqa=False, *, blocks=to_blocks) -> Tensor:
+    """softmax(q k^T scale, masked) v, as ``F.scaled_dot_product_attention`` defines it: the two products exact
+    (:func:`matmul`), the scale one rounding, the softmax this module's over the allowed keys only (a masked
+    key's weight is exactly 0). A query with no allowed key, which the kernels turn into NaN, is refused."""
+    if dropout_p or enable_gqa:
+        raise UnsupportedOperation(f"exact attention takes no dropout or grouped-query heads, got dropout_p={dropout_p}, "
+                                   f"enable_gqa={enable_gqa}")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = matmul(q, k.transpose(-2, -1), blocks=blocks) * scale                 # (..., L, S)
+    allowed = None
+    if is_causal:
+        allowed = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
+    if attn_mask is not None:
+        if attn_mask.dtype != torch.bool:
+            raise UnsupportedOperation("exact attention takes a boolean attn_mask (True: attend), got floats")
+        allowed = attn_mask if allowed is None else allowed & attn_mask
+    if allowed is not None:
+        if not bool(allowed.any(-1).all()):
+            raise UnsupportedOperation("exact attention: a query with no key to attend to has no softmax")
+        scores = scores.masked_fill(~allowed, -math.inf)
+    return matmul(softmax(scores, -1), v.double(), blocks=blocks)
 
 
 def logsumexp(x: Tensor, dim, keepdim: bool = False) -> Tensor:

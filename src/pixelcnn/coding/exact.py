@@ -12,8 +12,9 @@ model's own ``forward`` and cached steppers run in float64 with every operation 
 correctly rounded:
 
 * **Linear maps** (``conv2d``, ``conv_transpose2d``, ``linear``, ``mm``, ``addmm``, ``matmul``,
-  ``bmm``) and **sums** (:mod:`pixelcnn.coding.blocks`): each operand is rounded to block floating point, integers times a
-  power of two per row (per image for a convolution's input, per output channel for its weight),
+  ``bmm``, and attention's two products: ``scaled_dot_product_attention`` around an exact softmax)
+  and **sums** (:mod:`pixelcnn.coding.blocks`): each operand is rounded to block floating point,
+  integers times a power of two per row (per image for a convolution's input, per output channel for its weight),
   with ``bits_a + bits_b + ceil(log2 K) <= 52`` for a reduction over K terms. Every product and
   every partial sum is then an integer below 2**53 times a common power of two: float64 holds it
   exactly, so every order of summation, every kernel and every device gives the same result.
@@ -48,11 +49,11 @@ from torch.overrides import TorchFunctionMode
 from pixelcnn.coding.blocks import (CachedBlocks, UnsupportedOperation, addmm, conv2d, conv_transpose2d, exact_sum,
                                     linear, matmul, to_blocks)
 from pixelcnn.coding.elementary import (elu, exp, expm1, glu, log, log1p, log_softmax, logsigmoid, logsumexp,
-                                        sigmoid, softmax, softplus, tanh)
+                                        scaled_dot_product_attention, sigmoid, softmax, softplus, tanh)
 
 __all__ = ["ExactArithmetic", "UnsupportedOperation", "to_blocks", "exact_sum", "conv2d", "conv_transpose2d",
            "matmul", "linear", "addmm", "exp", "log", "expm1", "log1p", "sigmoid", "tanh", "softplus",
-           "logsigmoid", "elu", "glu", "log_softmax", "softmax", "logsumexp"]
+           "logsigmoid", "elu", "glu", "log_softmax", "softmax", "logsumexp", "scaled_dot_product_attention"]
 
 
 # ----- the mode -------------------------------------------------------------------------------
@@ -90,10 +91,12 @@ REWRITTEN: dict[str, Callable] = {
     "sum": _sum, "exp": exp, "expm1": expm1, "log": log, "log1p": log1p, "sigmoid": sigmoid,
     "tanh": tanh, "softplus": softplus, "log_sigmoid": logsigmoid, "elu": elu, "glu": glu,
     "log_softmax": log_softmax, "softmax": softmax, "logsumexp": logsumexp,
+    "scaled_dot_product_attention": scaled_dot_product_attention,
     "div": _divide, "true_divide": _divide, "__truediv__": _divide, "__itruediv__": _divide,
     "add": _add, "sub": _sub, "addcmul": _addcmul,
 }
-LINEAR = frozenset(["conv2d", "conv_transpose2d", "linear", "mm", "matmul", "__matmul__", "bmm", "addmm"])
+LINEAR = frozenset(["conv2d", "conv_transpose2d", "linear", "mm", "matmul", "__matmul__", "bmm", "addmm",
+                    "scaled_dot_product_attention"])
 # Exact by nature (views, copies, indexing, comparisons, max/min, clamping, creation, conversion),
 # or one correctly rounded IEEE operation (+, -, * and a number divided by a tensor).
 EXACT = frozenset("""

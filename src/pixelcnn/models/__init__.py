@@ -10,6 +10,7 @@ from pixelcnn.models.multiscale import Multiscale
 from pixelcnn.models.pixelcnn import PixelCNN
 from pixelcnn.models.pixelcnn_pp import PixelCNNPP
 from pixelcnn.models.pixelrnn import DiagonalBiLSTM, RowLSTM
+from pixelcnn.models.pixelsnail import PixelSNAIL
 
 REGISTRY: dict[str, type[AutoregressiveModel]] = {}
 
@@ -19,7 +20,7 @@ def register(cls: type[AutoregressiveModel]) -> type[AutoregressiveModel]:
     return cls
 
 
-for _cls in (PixelCNN, GatedPixelCNN, PixelCNNPP, RowLSTM, DiagonalBiLSTM, LMConv, Multiscale):
+for _cls in (PixelCNN, GatedPixelCNN, PixelCNNPP, RowLSTM, DiagonalBiLSTM, LMConv, Multiscale, PixelSNAIL):
     register(_cls)
 
 

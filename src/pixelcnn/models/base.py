@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from pixelcnn import allocator, checkpoint
 from pixelcnn.config import ModelConfig
-from pixelcnn.distributions import OutputDistribution, bits_per_dim
+from pixelcnn.distributions import OutputDistribution, bits_per_dim, make_distribution
 from pixelcnn.errors import CheckpointError, ConfigError, InvalidImageError, InvalidLabelError
 from pixelcnn.levels import to_unit
 from pixelcnn.validation import COUNT
@@ -87,7 +87,9 @@ class AutoregressiveModel(nn.Module):
     # ----- what a family implements ---------------------------------------------------------
 
     def make_distribution(self) -> OutputDistribution:
-        raise NotImplementedError
+        """The output distribution; by default the masked families' (``MaskedModelConfig.output_kind``: a softmax
+        over the levels, or Bernoulli), one per colour channel."""
+        return make_distribution(self.config.output_kind, self.config.channels, self.config.levels)
 
     # An order, wherever a network or a stepper takes one, is None (the family's default order) or an (H W,)
     # permutation of the pixel indices h W + w; names ("hilbert:3", "auto"), per-image orders and known-first

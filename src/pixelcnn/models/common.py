@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelcnn.config import ModelConfig
-from pixelcnn.distributions import OutputDistribution, make_distribution
+from pixelcnn.distributions import OutputDistribution
 from pixelcnn.errors import ConfigError
 from pixelcnn.models.layers import MaskedConv2d, channel_groups, raster_conv
 from pixelcnn.validation import Integer, Integers, OneOf, fail
@@ -72,10 +72,6 @@ class MaskedModelConfig(ModelConfig):
 
 KERNEL = Integer(1, odd=True)
 DILATIONS = Integers(1)
-
-
-def output_distribution(config: MaskedModelConfig) -> OutputDistribution:
-    return make_distribution(config.output_kind, config.channels, config.levels)
 
 
 class OutputHead(nn.Module):

@@ -27,7 +27,7 @@ from pixelcnn.models.layers import (Condition, ConditionBias, Conv1x1, add_shift
                              vertical_conv)
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import (DILATIONS, KERNEL, MaskedModelConfig, OutputHead, dilations_help, gate_groups,
-                                    masked_1x1, output_distribution)
+                                    masked_1x1)
 from pixelcnn.models.incremental import (CachedConv, CachedStepper, ConvTaps, FeatureMap, Pointwise, PointwiseHead,
                                          bias_row, class_bias)
 from pixelcnn.validation import Integer, OneOf
@@ -115,9 +115,6 @@ class GatedPixelCNN(AutoregressiveModel):
             layers.append(GatedLayer(n, n, config.kernel_size, c, config, False, d, shaped, last=i == last))
         self.layers = nn.ModuleList(layers)
         self.head = OutputHead(n, config.output_hidden, self.distribution, c)
-
-    def make_distribution(self):
-        return output_distribution(self.config)
 
     def network(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
         self.own_order_only(order)

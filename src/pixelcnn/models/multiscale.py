@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from pixelcnn.errors import ConfigError
 from pixelcnn.models.layers import Condition, ConditionBias, channel_groups, raster_conv
 from pixelcnn.models.base import AutoregressiveModel
-from pixelcnn.models.common import MaskedModelConfig, OutputHead, output_distribution
+from pixelcnn.models.common import MaskedModelConfig, OutputHead
 from pixelcnn.models.gated_pixelcnn import GatedPixelCNN
 from pixelcnn.models.incremental import PointwiseHead
 from pixelcnn.models.pixelcnn import PixelCNN
@@ -184,9 +184,6 @@ class Multiscale(AutoregressiveModel):
         self.base = BASES[config.base](config.base_config())
         self.base.cond_net = None               # it reads this model's features of the conditioning image
         self.groups = GroupNetwork(config, self.distribution)
-
-    def make_distribution(self):
-        return output_distribution(self.config)
 
     def network(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
         """(B, C, H, W) in [-1, 1] -> (B, P, H, W), coarse to fine (``order``: None or that one)."""

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from pixelcnn.models.layers import Condition, ConditionBias, channel_groups, raster_conv
 from pixelcnn.models.base import AutoregressiveModel
-from pixelcnn.models.common import KERNEL, MaskedModelConfig, OutputHead, masked_1x1, output_distribution, stack
+from pixelcnn.models.common import KERNEL, MaskedModelConfig, OutputHead, masked_1x1, stack
 from pixelcnn.models.incremental import CachedConv, CachedStepper, ConvTaps, Pointwise, PointwiseHead, class_bias
 from pixelcnn.validation import Integer
 
@@ -77,9 +77,6 @@ class PixelCNN(AutoregressiveModel):
             ResidualBlock(config.hidden, config.kernel_size, c, config) for _ in range(config.layers)
         )
         self.head = OutputHead(config.hidden, config.output_hidden, self.distribution, c)
-
-    def make_distribution(self):
-        return output_distribution(self.config)
 
     def network(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
         self.own_order_only(order)

@@ -33,7 +33,7 @@ from pixelcnn.errors import ConfigError
 from pixelcnn.models.layers import Condition, ConditionBias, channel_groups, gate
 from pixelcnn.models.base import AutoregressiveModel, full_precision
 from pixelcnn.models.common import (DILATIONS, KERNEL, MaskedModelConfig, OutputHead, dilations_help, gate_groups,
-                                    masked_1x1, output_distribution, stack)
+                                    masked_1x1, stack)
 from pixelcnn.models.lmconv.cached import CachedLMConv
 from pixelcnn.models.lmconv.local_conv import LocallyMaskedConv2d, tap_masks
 from pixelcnn.validation import Integer, OneOf, Real
@@ -137,9 +137,6 @@ class LMConv(AutoregressiveModel):
         self.register_buffer("orders", table[kept], persistent=False)        # (K, H W) training orders
         self._masks: dict = {}                                               # memo of tap_masks, oldest first
         self._training_set = {tuple(row) for row in self.orders.tolist()}    # the memo keeps their masks
-
-    def make_distribution(self):
-        return output_distribution(self.config)
 
     # ----- orders
 

@@ -69,7 +69,7 @@ from torch import Tensor, nn
 
 from pixelcnn.models.layers import Condition, ConditionBias, channel_groups, horizontal_conv, raster_conv
 from pixelcnn.models.base import AutoregressiveModel
-from pixelcnn.models.common import KERNEL, MaskedModelConfig, OutputHead, masked_1x1, output_distribution, stack
+from pixelcnn.models.common import KERNEL, MaskedModelConfig, OutputHead, masked_1x1, stack
 from pixelcnn.models.pixelrnn.cached import DiagonalLSTMCache, PixelRNNStepper, RowLSTMCache
 from pixelcnn.models.pixelrnn.recurrent import LSTMGates, skew_columns, unskew_columns
 from pixelcnn.validation import Integer
@@ -312,9 +312,6 @@ class PixelRNN(AutoregressiveModel):
 
     def make_layer(self, index: int) -> nn.Module:
         raise NotImplementedError
-
-    def make_distribution(self):
-        return output_distribution(self.config)
 
     def network(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
         """The first (mask A) layer with its conditioning bias, the LSTM layers, the output layers: a

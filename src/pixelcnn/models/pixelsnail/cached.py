@@ -1,0 +1,106 @@
+"""PixelSNAIL one pixel at a time: convolution caches for the neighbourhood, a key/value cache for the past.
+
+The convolutions are those of the masked families (``incremental.py``): each gated residual layer keeps
+the input of its k x k convolution in a cache and reads a window of it at the current pixel. Each
+attention layer keeps, per head, the keys and values of the pixels already final, (B, heads, 1 + H W, d)
+with slot 0 the zero key and value that every pixel sees and slot p + 1 those of pixel p. At pixel p
+the layer's query reads slots 0..p (the zero slot and the pixels before p, as the network's shifted,
+causal attention does), then writes the part of pixel p's key and value that comes from its features
+into slot p + 1. The part that comes from the pixel's own values joins the slot when the next pixel
+starts (:meth:`CachedAttention.add_values_before`): the stepper computes a pixel's column when its
+last channel is asked for, before that value is set, and the features, which never see their own
+pixel, are final then; its values are final only once the loop has moved on.
+
+Per step the attention costs one (1 x d) @ (d x (p + 1)) product and one (1 x (p + 1)) @ ((p + 1) x d)
+product per head: a whole sample is O((H W)^2 d) per layer, the network's own cost once, where sampling
+with the network costs it once per sub-pixel. Like ``pixelcnn_pp/cached.py``, this file reads the
+modules of a model without importing the model's file.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+from pixelcnn.models.common import stack
+from pixelcnn.models.incremental import CachedConv, CachedStepper, ConvTaps, Pointwise, PointwiseHead, class_bias
+from pixelcnn.models.layers import Condition
+
+
+class CachedGatedResidual:
+    """A GatedResidual at one position, through the module's ``combine``: its convolution's input into the cache,
+    then the window's product (the conditioning bias included)."""
+
+    def __init__(self, layer: nn.Module, stepper: CachedStepper, cond: Condition | None):
+        taps = ConvTaps.of(layer.conv)
+        self.combine, self.proj = layer.combine, Pointwise(layer.proj)
+        self.source = stepper.feature_map(taps.in_channels, [taps])          # ReLU of the layer's input
+        self.conv = CachedConv(taps, self.source, class_bias(layer.cond_bias, cond))
+
+    def __call__(self, x: Tensor, h: int, w: int) -> Tensor:
+        """(B, n) input at (h, w) -> (B, n) output."""
+        def conv(v: Tensor) -> Tensor:
+            self.source.at(h, w).copy_(v)
+            return self.conv.at(h, w)
+
+        return self.combine(x, conv, self.proj)
+
+
+class CachedAttention:
+    """A CausalAttention at one position, over the keys and values of the pixels before it (see the module)."""
+
+    def __init__(self, layer: nn.Module, stepper: CachedStepper):
+        self.query, self.key, self.value, self.out = (Pointwise(m) for m in (layer.query, layer.key, layer.value, layer.out))
+        self.key_image, self.value_image = Pointwise(layer.key_image), Pointwise(layer.value_image)
+        self.image = stepper.inputs                                          # the network's input, a pixel's values
+        self.filled = 0                                                      # slots 1..filled hold their values' terms
+        self.heads, self.channels, self.scale = layer.heads, layer.head_channels, layer.scale
+        self.width = stepper.width
+
+        def by_position(projection: nn.Module) -> Tensor:                    # (H W, heads d), positions in raster order
+            return projection(layer.positions).detach().flatten(2)[0].t().contiguous()
+
+        self.query_position, self.key_position = by_position(layer.query_position), by_position(layer.key_position)
+        slots = (stepper.batch, self.heads, 1 + stepper.height * stepper.width, self.channels)
+        self.keys, self.values = stepper.like.new_zeros(slots), stepper.like.new_zeros(slots)
+
+    def __call__(self, x: Tensor, h: int, w: int) -> Tensor:
+        """(B, n) input at (h, w) -> (B, n) output; the pixel's key and value from its features into slot p + 1."""
+        p, b = h * self.width + w, x.shape[0]
+        self.add_values_before(p)
+        q = (self.query(x) + self.query_position[p]).view(b, self.heads, 1, self.channels)
+        keys, values = self.keys[:, :, : p + 1], self.values[:, :, : p + 1]  # the zero slot and pixels 0..p-1
+        weights = torch.softmax(torch.matmul(q, keys.transpose(-1, -2)) * self.scale, dim=-1)   # (B, heads, 1, p + 1)
+        out = torch.matmul(weights, values).view(b, -1)                      # (B, heads d)
+        self.keys[:, :, p + 1] = (self.key(x) + self.key_position[p]).view(b, self.heads, -1)
+        self.values[:, :, p + 1] = self.value(x).view(b, self.heads, -1)
+        return x + self.out(out)
+
+    def add_values_before(self, p: int) -> None:
+        """The terms of the pixels' own values into the slots of pixels ``filled``..p - 1, which are final now.
+
+        A pixel's column is last computed when its last channel is asked for, before that value is set,
+        so its values join its key and value here, when the next pixel starts, once each."""
+        for q in range(self.filled, p):
+            image = self.image.at(*divmod(q, self.width))                    # (B, C)
+            b = image.shape[0]
+            self.keys[:, :, q + 1] += self.key_image(image).view(b, self.heads, -1)
+            self.values[:, :, q + 1] += self.value_image(image).view(b, self.heads, -1)
+        self.filled = max(self.filled, p)
+
+
+class CachedPixelSNAIL(CachedStepper):
+    """PixelSNAIL one pixel column at a time: ``stack`` over the layers' incremental forms."""
+
+    def __init__(self, model: nn.Module, x: Tensor, cond: Condition | None):
+        first = ConvTaps.of(model.input)
+        super().__init__(model, x, [first])
+        self.input = CachedConv(first, self.inputs, class_bias(model.input_bias, cond))
+        self.layers = [CachedAttention(layer, self) if hasattr(layer, "query") else CachedGatedResidual(layer, self, cond)
+                       for layer in model.layers]
+        self.head = PointwiseHead(model.head)
+
+    def column(self, h: int, w: int) -> Tensor:
+        return stack(partial(self.input.at, h, w), self.layers, self.head, h, w)
