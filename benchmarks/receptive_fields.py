@@ -1,7 +1,7 @@
 """docs/receptive_fields.png: what the middle pixel of a 28x28 image depends on under each family at its defaults
 (weights at their initial values), side by side, with the counts printed; the README shows it.
 
-    OMP_NUM_THREADS=1 python benchmarks/receptive_fields.py [--families pixelcnn gated_pixelcnn diagonal_bilstm]
+    OMP_NUM_THREADS=1 python benchmarks/receptive_fields.py [--families pixelcnn gated_pixelcnn diagonal_bilstm pixelsnail]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "receptive_fields.png"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--families", nargs="+", default=["pixelcnn", "gated_pixelcnn", "diagonal_bilstm"])
+    parser.add_argument("--families", nargs="+", default=["pixelcnn", "gated_pixelcnn", "diagonal_bilstm", "pixelsnail"])
     parser.add_argument("--pixel", type=int, nargs=2, default=(14, 14))
     args = parser.parse_args()
     torch.set_num_threads(1)

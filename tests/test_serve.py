@@ -31,7 +31,7 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 # Odd, non-square sizes; a categorical, a Bernoulli class-conditional, a colour mixture, an
-# any-order model, a completion model and a coarse-to-fine colour model.
+# any-order model, a completion model, a coarse-to-fine colour model and an attention colour model.
 SPECS = {
     "gray": dict(name="gated_pixelcnn", image_shape=(1, 6, 5), levels=4, hidden=8, layers=2, output_hidden=0),
     "cond": dict(name="gated_pixelcnn", image_shape=(1, 4, 5), levels=2, hidden=8, layers=2, output_hidden=0,
@@ -42,6 +42,8 @@ SPECS = {
     "inpaint": dict(name="gated_pixelcnn", image_shape=(1, 5, 4), levels=4, hidden=8, layers=2, output_hidden=0,
                     inpainting=True),
     "multi": dict(name="multiscale", image_shape=(3, 7, 6), levels=4, hidden=6, layers=1, output_hidden=0, scales=1),
+    "snail": dict(name="pixelsnail", image_shape=(3, 5, 4), levels=4, hidden=6, layers=1, residual_blocks=1,
+                  head_channels=4, output_hidden=0),
 }
 
 
@@ -243,7 +245,7 @@ BAD = [  # (path, JSON body or raw bytes, status, what the error must say)
     ("/api/complete", complete_body(n=0), 400, "expected n an integer in 1..64, got 0"),
     ("/api/complete", complete_body(n=65), 400, "expected n an integer in 1..64, got 65"),
     ("/api/complete", complete_body(n="8"), 400, "expected n an integer in 1..64, got '8'"),
-    ("/api/complete", complete_body(model="mnist"), 404, "unknown model 'mnist'; expected one of ['any', 'cond', 'gray', 'inpaint', 'multi', 'rgb']"),
+    ("/api/complete", complete_body(model="mnist"), 404, "unknown model 'mnist'; expected one of ['any', 'cond', 'gray', 'inpaint', 'multi', 'rgb', 'snail']"),
     ("/api/complete", complete_body(temperature=0), 400, "expected temperature a number in [0.01, 10.0], got 0"),
     ("/api/complete", complete_body(temperature=-1), 400, "got -1"),
     ("/api/complete", complete_body(temperature=1e9), 400, "got 1000000000.0"),
