@@ -49,33 +49,48 @@ class CachedGatedResidual:
 
 
 class CachedAttention:
-    """A CausalAttention at one position, over the keys and values of the pixels before it (see the module)."""
+    """A CausalAttention at one position, over the keys and values of the pixels before it (see the module).
+
+    The layer's three projections of its input are one product, (B, n) @ (n, 3 heads d), whose bias at position
+    p holds the projections' biases, the positional terms and, for the queries, the attention's scale; the
+    projections of a pixel's values into its key and value are one more, (B, C) @ (C, 2 heads d).
+    """
 
     def __init__(self, layer: nn.Module, stepper: CachedStepper):
-        self.query, self.key, self.value, self.out = (Pointwise(m) for m in (layer.query, layer.key, layer.value, layer.out))
-        self.key_image, self.value_image = Pointwise(layer.key_image), Pointwise(layer.value_image)
-        self.image = stepper.inputs                                          # the network's input, a pixel's values
-        self.filled = 0                                                      # slots 1..filled hold their values' terms
+        query, key, value = (Pointwise(m) for m in (layer.query, layer.key, layer.value))
+        self.out = Pointwise(layer.out)
         self.heads, self.channels, self.scale = layer.heads, layer.head_channels, layer.scale
-        self.width = stepper.width
+        self.width, self.size = stepper.width, layer.heads * layer.head_channels
 
         def by_position(projection: nn.Module) -> Tensor:                    # (H W, heads d), positions in raster order
-            return projection(layer.positions).detach().flatten(2)[0].t().contiguous()
+            return projection(layer.positions).detach().flatten(2)[0].t()
 
-        self.query_position, self.key_position = by_position(layer.query_position), by_position(layer.key_position)
-        slots = (stepper.batch, self.heads, 1 + stepper.height * stepper.width, self.channels)
+        queries = (query.bias + by_position(layer.query_position)) * self.scale
+        keys = key.bias + by_position(layer.key_position)
+        self.bias = torch.cat([queries, keys, value.bias.expand_as(keys)], 1).contiguous()      # (H W, 3 heads d)
+        self.weight = torch.cat([query.weight * self.scale, key.weight, value.weight], 1)      # (n, 3 heads d)
+        self.image_weight = torch.cat([Pointwise(layer.key_image).weight, Pointwise(layer.value_image).weight], 1)
+        self.filled = 0                                                      # slots 1..filled hold their values' terms
+        pixels = stepper.height * stepper.width
+        slots = (stepper.batch, self.heads, 1 + pixels, self.channels)
         self.keys, self.values = stepper.like.new_zeros(slots), stepper.like.new_zeros(slots)
+        # Views built once: what the query at p reads (slots 0..p, keys transposed) and pixel p's slot, p + 1.
+        self.keys_before = [self.keys[:, :, : p + 1].transpose(-1, -2) for p in range(pixels)]
+        self.values_before = [self.values[:, :, : p + 1] for p in range(pixels)]
+        self.key_slot = [self.keys[:, :, p + 1] for p in range(pixels)]      # (B, heads, d) each
+        self.value_slot = [self.values[:, :, p + 1] for p in range(pixels)]
+        self.pixel_values = [stepper.inputs.at(*divmod(p, stepper.width)) for p in range(pixels)]   # (B, C) each
 
     def __call__(self, x: Tensor, h: int, w: int) -> Tensor:
         """(B, n) input at (h, w) -> (B, n) output; the pixel's key and value from its features into slot p + 1."""
-        p, b = h * self.width + w, x.shape[0]
+        p, b, a = h * self.width + w, x.shape[0], self.size
         self.add_values_before(p)
-        q = (self.query(x) + self.query_position[p]).view(b, self.heads, 1, self.channels)
-        keys, values = self.keys[:, :, : p + 1], self.values[:, :, : p + 1]  # the zero slot and pixels 0..p-1
-        weights = torch.softmax(torch.matmul(q, keys.transpose(-1, -2)) * self.scale, dim=-1)   # (B, heads, 1, p + 1)
-        out = torch.matmul(weights, values).view(b, -1)                      # (B, heads d)
-        self.keys[:, :, p + 1] = (self.key(x) + self.key_position[p]).view(b, self.heads, -1)
-        self.values[:, :, p + 1] = self.value(x).view(b, self.heads, -1)
+        qkv = torch.addmm(self.bias[p], x, self.weight).view(b, 3, self.heads, 1, self.channels)   # queries scaled
+        # the zero slot and pixels 0..p-1
+        weights = torch.softmax(torch.matmul(qkv[:, 0], self.keys_before[p]), dim=-1)    # (B, heads, 1, p + 1)
+        out = torch.matmul(weights, self.values_before[p]).view(b, a)       # (B, heads d)
+        self.key_slot[p].copy_(qkv[:, 1, :, 0])
+        self.value_slot[p].copy_(qkv[:, 2, :, 0])
         return x + self.out(out)
 
     def add_values_before(self, p: int) -> None:
@@ -84,10 +99,9 @@ class CachedAttention:
         A pixel's column is last computed when its last channel is asked for, before that value is set,
         so its values join its key and value here, when the next pixel starts, once each."""
         for q in range(self.filled, p):
-            image = self.image.at(*divmod(q, self.width))                    # (B, C)
-            b = image.shape[0]
-            self.keys[:, :, q + 1] += self.key_image(image).view(b, self.heads, -1)
-            self.values[:, :, q + 1] += self.value_image(image).view(b, self.heads, -1)
+            kv = torch.mm(self.pixel_values[q], self.image_weight).view(-1, 2, self.heads, self.channels)
+            self.key_slot[q].add_(kv[:, 0])
+            self.value_slot[q].add_(kv[:, 1])
         self.filled = max(self.filled, p)
 
 
