@@ -38,6 +38,7 @@ SMALL = {  # folder (a family) -> (image shape, levels, hyperparameters): every 
     "multiscale": ((3, 7, 5), 16, dict(hidden=6, layers=2, output_hidden=8, scales=2, within_group="raster")),
     "multiscale-independent": ((3, 7, 5), 16, dict(hidden=6, layers=2, output_hidden=8, scales=2,
                                                   within_group="independent")),
+    "pixelsnail": ((3, 5, 4), 16, dict(hidden=6, layers=2, residual_blocks=1, head_channels=4, output_hidden=8)),
 }
 FAMILY = {"multiscale-independent": "multiscale"}      # folders named otherwise than their family
 
