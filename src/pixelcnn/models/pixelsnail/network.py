@@ -16,9 +16,10 @@ then B given R and G):
   from their own values (the network's input): a pixel's features never hold its own value (mask A),
   so keys of features alone would leave the pixels that only later windows read, such as the end of
   the row above, unseen by every attention layer. Keys and values are shifted one position along the
-  raster sequence, and slot 0 holds a zero key and value that every pixel also sees (the first pixel then attends to it alone: no empty softmax, no NaN). The causal
-  mask then includes the diagonal, which is what ``scaled_dot_product_attention(is_causal=True)``
-  computes in its memory-efficient kernels;
+  raster sequence, and slot 0 holds a zero key and value that every pixel also sees (the first pixel
+  then attends to it alone: no empty softmax, no NaN). The causal mask then includes the diagonal,
+  which is what ``scaled_dot_product_attention(is_causal=True)`` computes in its memory-efficient
+  kernels;
 * queries come from the current pixel's features, by colour group: the heads are split among the
   colour groups, and group g's queries read feature groups <= g (a mask-B 1x1), so its attention
   output, written back into group g, never carries the pixel's own later colours;
