@@ -223,6 +223,21 @@ class CachedConv:
         return out if self.position_bias is None else out + self.position_bias.row(h)
 
 
+class PositionConv:
+    """A convolution at one position over a cache of its own input, which it allocates: called with the input at
+    (h, w), it writes it there and returns the window's product, (B, in) -> (B, out), ``extra_bias`` included
+    (a layer whose input no other layer reads: PixelCNN's residual blocks, PixelSNAIL's gated layers)."""
+
+    def __init__(self, conv: nn.Conv2d, stepper: "CachedStepper", extra_bias: Tensor | PositionBias | None = None):
+        taps = ConvTaps.of(conv)
+        self.source = stepper.feature_map(taps.in_channels, [taps])
+        self.conv = CachedConv(taps, self.source, extra_bias)
+
+    def __call__(self, x: Tensor, h: int, w: int) -> Tensor:
+        self.source.at(h, w).copy_(x)
+        return self.conv.at(h, w)
+
+
 class BatchLastConv:
     """A convolution evaluated batch last: the taps and windows of :class:`CachedConv`, the product transposed.
 

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from pixelcnn.models.layers import Condition, ConditionBias, channel_groups, raster_conv
 from pixelcnn.models.base import AutoregressiveModel
 from pixelcnn.models.common import KERNEL, MaskedModelConfig, OutputHead, masked_1x1, stack
-from pixelcnn.models.incremental import CachedConv, CachedStepper, ConvTaps, Pointwise, PointwiseHead, class_bias
+from pixelcnn.models.incremental import (CachedConv, CachedStepper, ConvTaps, Pointwise, PointwiseHead, PositionConv,
+                                         class_bias)
 from pixelcnn.validation import Integer
 
 
@@ -88,25 +89,16 @@ class PixelCNN(AutoregressiveModel):
 
 
 class CachedResidualBlock:
-    """A ResidualBlock at one position, through the block's own :func:`residual`; it caches the input of its
-    k x k convolution, whose conditioning bias (as in the module's form) the window's product includes."""
+    """A ResidualBlock at one position, through the block's own :func:`residual`; its k x k convolution caches
+    its input and includes the conditioning bias (as in the module's form)."""
 
     def __init__(self, block: ResidualBlock, stepper: CachedStepper, cond: Condition | None):
-        taps = ConvTaps.of(block.conv)
         self.reduce, self.expand = Pointwise(block.reduce), Pointwise(block.expand)
-        self.narrow = stepper.feature_map(taps.in_channels, [taps])          # ReLU(reduce(ReLU(x)))
-        self.conv = CachedConv(taps, self.narrow, class_bias(block.cond_bias, cond))
-        self.h = self.w = 0                                                  # the position being computed
+        self.conv = PositionConv(block.conv, stepper, class_bias(block.cond_bias, cond))   # ReLU(reduce(ReLU(x)))
 
     def __call__(self, x: Tensor, h: int, w: int) -> Tensor:
         """(B, hidden) block input at (h, w) -> (B, hidden) output."""
-        self.h, self.w = h, w
-        return residual(x, self.reduce, self.conv_at, self.expand)
-
-    def conv_at(self, x: Tensor) -> Tensor:
-        """The block's convolution at the current position: x (B, in) into the cache, then its window."""
-        self.narrow.at(self.h, self.w).copy_(x)
-        return self.conv.at(self.h, self.w)
+        return residual(x, self.reduce, lambda v: self.conv(v, h, w), self.expand)
 
 
 class CachedPixelCNN(CachedStepper):

@@ -25,27 +25,22 @@ import torch
 from torch import Tensor, nn
 
 from pixelcnn.models.common import stack
-from pixelcnn.models.incremental import CachedConv, CachedStepper, ConvTaps, Pointwise, PointwiseHead, class_bias
+from pixelcnn.models.incremental import (CachedConv, CachedStepper, ConvTaps, Pointwise, PointwiseHead, PositionConv,
+                                         class_bias)
 from pixelcnn.models.layers import Condition
 
 
 class CachedGatedResidual:
-    """A GatedResidual at one position, through the module's ``combine``: its convolution's input into the cache,
-    then the window's product (the conditioning bias included)."""
+    """A GatedResidual at one position, through the module's ``combine``: its convolution caches its input and
+    includes the conditioning bias."""
 
     def __init__(self, layer: nn.Module, stepper: CachedStepper, cond: Condition | None):
-        taps = ConvTaps.of(layer.conv)
         self.combine, self.proj = layer.combine, Pointwise(layer.proj)
-        self.source = stepper.feature_map(taps.in_channels, [taps])          # ReLU of the layer's input
-        self.conv = CachedConv(taps, self.source, class_bias(layer.cond_bias, cond))
+        self.conv = PositionConv(layer.conv, stepper, class_bias(layer.cond_bias, cond))   # ReLU of the layer's input
 
     def __call__(self, x: Tensor, h: int, w: int) -> Tensor:
         """(B, n) input at (h, w) -> (B, n) output."""
-        def conv(v: Tensor) -> Tensor:
-            self.source.at(h, w).copy_(v)
-            return self.conv.at(h, w)
-
-        return self.combine(x, conv, self.proj)
+        return self.combine(x, lambda v: self.conv(v, h, w), self.proj)
 
 
 class CachedAttention:
