@@ -87,7 +87,8 @@ def given_model_hyperparameters(args) -> dict[str, Any]:
 def add_model_flags(parser) -> None:
     """One flag per hyperparameter of any family, its check the loosest of the families' that have the field
     (``--layers 0`` suits a PixelCNN): the chosen family's config then applies its own, stricter one."""
-    families = [pixelcnn.models.get(name).config_class for name in pixelcnn.available_models()]
+    configs = [pixelcnn.models.get(name).config_class for name in pixelcnn.available_models()]
+    fields = [(c, {g.name for g in c.hyperparameters()}) for c in configs]          # each family's, once
     for name, (cls, f) in model_hyperparameter_fields().items():
-        checks = [c.limits[name] for c in families if name in c.limits and name in {g.name for g in c.hyperparameters()}]
+        checks = [c.limits[name] for c, own in fields if name in own and name in c.limits]
         add_dataclass_flags(parser, cls, [f], show_defaults=False, limits={name: loosest(checks)} if checks else {})

@@ -53,9 +53,6 @@ class GatedPixelCNNConfig(MaskedModelConfig):
     limits: ClassVar[dict] = {**MaskedModelConfig.limits, "first_kernel": KERNEL, "kernel_size": KERNEL,
                               "dilations": DILATIONS, "conv_impl": OneOf(CONV_IMPLS), "layers": Integer(1)}
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-
 
 def stacks(v_pre: Tensor, h_pre: Tensor, h_out, residual: Tensor | None, dim: int = 1,
            overwrite: bool = False) -> tuple[Tensor, Tensor]:
