@@ -53,7 +53,7 @@ apt_install = sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml src/pixelcnn/coding/_kernels.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@if $(PY) -c "import torch" 2>/dev/null; then \
 		echo "keeping the installed torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \

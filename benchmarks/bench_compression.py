@@ -103,7 +103,7 @@ def bench_float_format(model, x: torch.Tensor, labels, args) -> dict:
     times = {}
     with codec.FLOAT.scope(float_model):
         start = time.perf_counter()
-        streams = list(codec._encode_all(float_model, x, labels, chunk, method, None, "", codec.FLOAT, None))
+        streams = list(codec._encode_all(float_model, x, labels, chunk, method, None, "", codec.FLOAT, None, 2))
         times["encode_s"] = time.perf_counter() - start
         if not args.skip_decode:
             header = codec.Header(method, model.levels, model.image_shape, len(x), chunk, b"", b"", version=2)

@@ -461,15 +461,15 @@ def test_future_version_is_refused(small_file):
 def test_a_decoder_with_different_probabilities_raises_instead_of_returning_images(small_file, monkeypatch):
     """Simulate a machine whose floats differ: the content digest turns it into an error."""
     model, _, data = small_file
-    original = arithmetic.quantized_weights
+    original = arithmetic.EXACT.quantize
 
-    def perturbed(log_probs, softmax):
-        w = original(log_probs, softmax)
+    def perturbed(log_probs):
+        w = original(log_probs)
         w[:, 0] += 5000.0
         w[np.arange(len(w)), w.argmax(1)] -= 5000.0
         return w
 
-    monkeypatch.setattr(arithmetic, "quantized_weights", perturbed)
+    monkeypatch.setattr(arithmetic, "EXACT", dataclasses.replace(arithmetic.EXACT, quantize=perturbed))
     with pytest.raises(CompressionError, match="digest"):
         pixelcnn.decompress(model, data)
 

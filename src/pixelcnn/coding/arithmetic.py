@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -17,7 +18,8 @@ import torch
 from torch import Tensor
 
 from pixelcnn.coding.container import EXACT_VERSION
-from pixelcnn.coding.exact import ExactArithmetic, softmax as exact_softmax
+from pixelcnn.coding import fused
+from pixelcnn.coding.exact import ExactArithmetic
 from pixelcnn.coding.quantize import quantized_weights
 from pixelcnn.models.layers import reference_forms
 
@@ -75,17 +77,17 @@ class Arithmetic:
 
     model: Callable                 # model -> the copy that codes
     scope: Callable                 # coding model -> context manager around every chunk
-    softmax: Callable               # the softmax of quantize.quantized_weights
+    quantize: Callable              # (B, L) log-probabilities -> quantize.quantized_weights with this format's softmax
 
     def weights(self, log_probs: Tensor) -> np.ndarray:
         """(B, L) integer weights; called inside ``scope``, computed outside any torch function mode
         (the exact softmax is written in plain torch operations)."""
         with torch._C.DisableTorchFunction():
-            return quantized_weights(log_probs, self.softmax)
+            return self.quantize(log_probs)
 
 
-EXACT = Arithmetic(exact_model, exact_arithmetic, exact_softmax)          # formats 3 and 4: the same on every machine
-FLOAT = Arithmetic(coding_model, deterministic_cpu, torch.softmax)        # formats 1 and 2: one kind of CPU
+EXACT = Arithmetic(exact_model, exact_arithmetic, fused.quantized_weights)     # formats 3 and 4: the same everywhere
+FLOAT = Arithmetic(coding_model, deterministic_cpu, functools.partial(quantized_weights, softmax=torch.softmax))   # 1, 2
 
 
 def arithmetic_of(version: int) -> Arithmetic:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pixelcnn.coding import container
+from pixelcnn.coding import container, fused
 from pixelcnn.coding.arithmetic import EXACT, FLOAT, Arithmetic, arithmetic_of  # noqa: F401 (callers read codec.FLOAT)
 from pixelcnn.coding.container import BY_CHANNEL_VERSION, EXACT_VERSION, FORMAT_VERSION, MAX_CHUNK_SIZE, Header
 from pixelcnn.coding.quantize import PRECISION
@@ -65,12 +65,16 @@ def resolve_method(model, method: str) -> str:
 # ----- one chunk --------------------------------------------------------------------------------
 
 
-def _new_stepper(model, batch: int, labels: Tensor | None, method: str, order: str = ""):
+def _new_stepper(model, batch: int, labels: Tensor | None, method: str, order: str = "", exact: bool = True):
     """A stepper over an all-zero chunk: the encoder and the decoder start from the same state.
-    ``order``: an any-order model's visiting order by name ("": its default order)."""
+    ``order``: an any-order model's visiting order by name ("": its default order). ``exact``: the chunk is
+    coded in exact arithmetic, where the stepper may take compiled kernels (:func:`fused.accelerate`)."""
     x = torch.zeros((batch, *model.image_shape), dtype=torch.long, device=model.device)
     labels = None if labels is None else labels.to(model.device)
-    return make_stepper(model, x, model.condition(labels, None, batch), method, visiting_order(model, order))
+    stepper = make_stepper(model, x, model.condition(labels, None, batch), method, visiting_order(model, order))
+    if exact:
+        fused.accelerate(stepper)
+    return stepper
 
 
 def visiting_order(model, order: str) -> Tensor | None:
@@ -112,7 +116,7 @@ def encode_chunk(model, x: Tensor, labels: Tensor | None, n: int, method: str, o
         if length is not None:
             length.add(weights, symbols)
 
-    stepper = _new_stepper(model, x.shape[0], labels, method, order)
+    stepper = _new_stepper(model, x.shape[0], labels, method, order, arithmetic is EXACT)
     apart = by_channel(stepper, version)
     if apart or (grouped and coded_in_groups(stepper, arithmetic)):
         _encode_groups(stepper, x, n, arithmetic, code, apart)
@@ -199,7 +203,7 @@ def decode_chunk(model, words: np.ndarray, header: Header, n: int, arithmetic: A
             length.add(weights, symbols)
         return torch.from_numpy(symbols.astype(np.int64))
 
-    stepper = _new_stepper(model, batch, labels, header.method, header.order)
+    stepper = _new_stepper(model, batch, labels, header.method, header.order, arithmetic is EXACT)
     if by_channel(stepper, header.version) or (grouped and coded_in_groups(stepper, arithmetic) and x.shape[1] == 1):
         _decode_groups(stepper, x, n, arithmetic, decode)
     else:

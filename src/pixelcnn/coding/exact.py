@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from pixelcnn.coding import fused
 from pixelcnn.coding.blocks import (CachedBlocks, UnsupportedOperation, addmm, conv2d, conv_transpose2d, exact_sum,
                                     linear, matmul, to_blocks)
 from pixelcnn.coding.elementary import (elu, exp, expm1, glu, log, log1p, log_softmax, logsigmoid, logsumexp,
@@ -128,11 +129,16 @@ class ExactArithmetic(TorchFunctionMode):
     :class:`UnsupportedOperation` naming it.
     """
 
-    def __init__(self):
+    def __init__(self, compiled: bool | None = None):
+        """``compiled``: take the compiled forms of the rules (:mod:`pixelcnn.coding.fused`), the same bits;
+        by default where they are available."""
         super().__init__()
         blocks = CachedBlocks()
+        rules = dict(REWRITTEN)
+        if fused.available() if compiled is None else compiled:
+            rules.update(fused.RULES)
         self.rules = {name: functools.partial(rule, blocks=blocks) if name in LINEAR else rule
-                      for name, rule in REWRITTEN.items()}
+                      for name, rule in rules.items()}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -178,8 +178,11 @@ class CachedGatedPixelCNN(CachedStepper):
                                         h_maps[i + 1], cond) for i, layer in enumerate(model.layers)]
         self.head = PointwiseHead(model.head)
         self.row = -1                                                      # the row whose vertical inputs are ready
+        self.kernel = None           # the same column in compiled exact arithmetic (pixelcnn.coding.fused), or None
 
     def column(self, h: int, w: int) -> Tensor:
+        if self.kernel is not None:
+            return self.kernel(h, w)
         if h != self.row:                                                  # raster order: row h - 1 is complete
             for layer in self.layers:
                 layer.start_row(h)

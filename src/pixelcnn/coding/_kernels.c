@@ -1,0 +1,583 @@
+/* The codec's exact arithmetic as compiled kernels: the operations of pixelcnn.coding.exact, fused.
+ *
+ * Each function computes, in one call, what a sequence of the reference rules computes one torch operation at a
+ * time (blocks.py, elementary.py), with the same IEEE-754 operations in the same order wherever the order is
+ * rounded, so the results are bit for bit those of the reference:
+ *
+ *   affine   a linear map of a (possibly strided) window per row: the row rounded to block floating point
+ *            (blocks.to_blocks), its exact product with a weight rounded per column, scaled by the two blocks'
+ *            powers of two, then bias, residual and ReLU as the reference adds them.
+ *   gate     tanh(a) * sigmoid(b) of a row's two halves, from elementary.py's sigmoid table.
+ *   elementwise     sigmoid, tanh, exp, expm1, elu of contiguous values.
+ *   rows_softmax    log_softmax or softmax of contiguous rows (the exact sum of blocks.exact_sum, exp and log from
+ *                   elementary.py's tables).
+ *
+ * The tables are elementary.py's, handed over once by set_tables (pointers to tensors the caller keeps alive).
+ *
+ * The products of rounded operands are integers times powers of two whose sums float64 holds exactly, so the
+ * products' summation order, vector width and fused multiply-adds cannot change a bit there (gemm below may
+ * contract). Everything else is compiled without contraction (-ffp-contract=off, in pyproject.toml) and without
+ * fast-math: each C expression is the reference's own rounding, in its order (-fno-trapping-math only lets loops
+ * with selects vectorize; no result depends on it).
+ *
+ * Pointers and strides come from Python as integers (tensor.data_ptr(), strides in elements). A return value of
+ * -1 means a row held a value that is not finite, where the reference's rules are the definition: the caller
+ * computes that call with them instead.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define KERNELS_VERSION 1
+#define ROUNDER 6755399441055744.0 /* 1.5 * 2**52: x + ROUNDER - ROUNDER rounds |x| < 2**51 to an integer */
+#define SIGMOID_RANGE 32.0
+#define SIGMOID_SCALE 1024.0       /* the sigmoid table's steps per unit, 2**SIGMOID_STEP */
+#define ROW_BLOCK 4                /* rows multiplied together, sharing each weight row's load */
+
+enum { RELU_IN = 1, RELU_OUT = 2 };
+
+static inline double pow2i(int64_t e) {
+    uint64_t bits = (uint64_t)(e + 1023) << 52;
+    double d;
+    memcpy(&d, &bits, sizeof d);
+    return d;
+}
+
+static inline double relu(double v) { return v < 0.0 ? 0.0 : v; } /* torch.relu: -0.0 and NaN stay */
+
+/* blocks.to_blocks of one block: 2**(bits - e), 2**e > peak (frexp; e = 0 for 0), e clamped to [-900, 900]. */
+static inline int block_up(double peak, int bits, double *up) {
+    *up = 1.0;
+    if (!isfinite(peak)) return -1;
+    int e;
+    frexp(peak, &e);
+    e = e < -900 ? -900 : e > 900 ? 900 : e;
+    *up = pow2i((int64_t)bits - e);
+    return 0;
+}
+
+/* A register tile of gemm_rows: acc[r][j0 .. j0 + T) for R rows (R, T constants once inlined, so the tile's sums
+ * stay in vector registers over the whole reduction). */
+static inline __attribute__((always_inline)) void gemm_tile(const int R, const int T, double *const acc[ROW_BLOCK],
+                                                            int64_t j0, const double *const x[ROW_BLOCK], int64_t k,
+                                                            const int32_t *wq, int64_t n) {
+    double a[ROW_BLOCK][32] = {{0.0}};
+    for (int64_t i = 0; i < k; i++) {
+        const int32_t *w = wq + i * n + j0;
+        double wv[32];
+        for (int t = 0; t < T; t++) wv[t] = (double)w[t];
+        for (int r = 0; r < R; r++) {
+            const double c = x[r][i];
+            for (int t = 0; t < T; t++) a[r][t] += c * wv[t];
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][j0 + t] = a[r][t];
+}
+
+/* acc[r][j] = sum_i xq[r][i] wq[i][j] for `rows` rows (at most ROW_BLOCK), the weight's integers held as int32
+ * (|wq| <= 2**25): exact, so any order of the sum and any contraction gives the same bits. */
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
+static void gemm_rows(double *const acc[ROW_BLOCK], const double *xq, int64_t rows, int64_t k, const int32_t *wq,
+                      int64_t n) {
+    const double *x[ROW_BLOCK] = {xq, xq + k, xq + 2 * k, xq + 3 * k};
+    int64_t j0 = 0;
+    if (rows == ROW_BLOCK) {
+        for (; j0 + 8 <= n; j0 += 8) gemm_tile(ROW_BLOCK, 8, acc, j0, x, k, wq, n);
+    } else {
+        for (int64_t r = 0; r < rows; r++) {
+            double *const one[ROW_BLOCK] = {acc[r]};
+            const double *const xr[ROW_BLOCK] = {x[r]};
+            int64_t j = 0;
+            for (; j + 32 <= n; j += 32) gemm_tile(1, 32, one, j, xr, k, wq, n);
+            for (; j + 8 <= n; j += 8) gemm_tile(1, 8, one, j, xr, k, wq, n);
+            j0 = j;
+        }
+    }
+    for (int64_t r = 0; r < rows; r++)                             /* the columns past the last whole tile */
+        for (int64_t j = j0; j < n; j++) {
+            double sum = 0.0;
+            for (int64_t i = 0; i < k; i++) sum += x[r][i] * (double)wq[i * n + j];
+            acc[r][j] = sum;
+        }
+}
+
+static int as_ptr(PyObject *o, void **p) {
+    if (o == Py_None) { *p = NULL; return 0; }
+    *p = PyLong_AsVoidPtr(o);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static int as_int(PyObject *o, int64_t *v) {
+    *v = PyLong_AsLongLong(o);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+#define VECTOR __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define ABS_BITS 0x7fffffffffffffffULL
+#define INF_BITS 0x7ff0000000000000ULL
+
+/* One window (R x Cc x C values, strides sr, sc, 1), ReLU'd if flags & RELU_IN, rounded to one block of `bits`
+ * bits into q (K contiguous values): blocks.to_blocks; *xs its scale. -1 where the window is not finite. The peak
+ * is taken on the magnitudes' bit patterns, whose order is the values' (and puts inf and NaN above every finite
+ * value). */
+static inline int round_window(double *q, double *xs, const double *x, int64_t R, int64_t Cc, int64_t C, int64_t sr,
+                               int64_t sc, int64_t flags, int bits) {
+    uint64_t top = 0;
+    const int64_t k = R * Cc * C;
+    double *qq = q;
+    for (int64_t y = 0; y < R; y++)
+        for (int64_t c = 0; c < Cc; c++, qq += C) {
+            const double *p = x + y * sr + c * sc;
+            if (flags & RELU_IN)
+                for (int64_t ch = 0; ch < C; ch++) qq[ch] = relu(p[ch]);
+            else
+                for (int64_t ch = 0; ch < C; ch++) qq[ch] = p[ch];
+        }
+    for (int64_t i = 0; i < k; i++) {
+        uint64_t bits_i;
+        memcpy(&bits_i, q + i, sizeof bits_i);
+        bits_i &= ABS_BITS;
+        top = bits_i > top ? bits_i : top;
+    }
+    if (top >= INF_BITS) return -1;
+    double peak, up;
+    memcpy(&peak, &top, sizeof peak);
+    block_up(peak, bits, &up);
+    for (int64_t i = 0; i < k; i++) q[i] = (q[i] * up + ROUNDER) - ROUNDER;
+    *xs = 1.0 / up;                                                /* exact: a power of two */
+    return 0;
+}
+
+/* One row's output from its exact sums acc (o may be acc): relu?(residual + (bias + (acc * xs) * ws)), the order
+ * in which blocks.addmm / matmul and the steppers round them. */
+static inline void finish_row(double *o, const double *acc, int64_t n, double xs, const double *ws, const double *bias,
+                              const double *res, int64_t flags) {
+    if (bias && res)
+        for (int64_t j = 0; j < n; j++) o[j] = res[j] + (bias[j] + (acc[j] * xs) * ws[j]);
+    else if (bias)
+        for (int64_t j = 0; j < n; j++) o[j] = bias[j] + (acc[j] * xs) * ws[j];
+    else if (res)
+        for (int64_t j = 0; j < n; j++) o[j] = res[j] + (acc[j] * xs) * ws[j];
+    else
+        for (int64_t j = 0; j < n; j++) o[j] = (acc[j] * xs) * ws[j];
+    if (flags & RELU_OUT)
+        for (int64_t j = 0; j < n; j++) o[j] = relu(o[j]);
+}
+
+VECTOR static int round_rows_impl(double *xq, double *xs, const double *x, int64_t W, int64_t B, int64_t R, int64_t Cc,
+                                  int64_t C, int64_t x_sw, int64_t x_sb, int64_t x_sr, int64_t x_sc, int64_t flags,
+                                  int bits) {
+    const int64_t k = R * Cc * C;
+    for (int64_t w = 0; w < W; w++)
+        for (int64_t b = 0; b < B; b++) {
+            int64_t r = w * B + b;
+            if (round_window(xq + r * k, xs + r, x + w * x_sw + b * x_sb, R, Cc, C, x_sr, x_sc, flags, bits)) return -1;
+        }
+    return 0;
+}
+
+VECTOR static void finish_rows_impl(double *out, int64_t out_sb, const double *acc, int64_t rows, int64_t n,
+                                    const double *xs, const double *ws, const double *bias, int64_t bias_sb,
+                                    const double *res, int64_t res_sb, int64_t flags) {
+    for (int64_t r = 0; r < rows; r++)
+        finish_row(out + r * out_sb, acc + r * n, n, xs[r], ws, bias ? bias + r * bias_sb : NULL,
+                   res ? res + r * res_sb : NULL, flags);
+}
+
+/* round_rows(xq, xs, x, W, B, R, Cc, C, x_sw, x_sb, x_sr, x_sc, flags, bits): the W x B windows at
+ * x + w x_sw + b x_sb (w-major) rounded as affine rounds them, into xq (W B, K) and their scales xs (W B,), for a
+ * product computed elsewhere (a BLAS: the rounded values are integers whose products and sums are exact).
+ * Returns -1 where a window is not finite. */
+static PyObject *round_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 14) {
+        PyErr_SetString(PyExc_TypeError, "round_rows takes 14 arguments");
+        return NULL;
+    }
+    void *xq_p, *xs_p, *x_p;
+    int64_t W, B, R, Cc, C, x_sw, x_sb, x_sr, x_sc, flags, bits;
+    if (as_ptr(args[0], &xq_p) || as_ptr(args[1], &xs_p) || as_ptr(args[2], &x_p) || as_int(args[3], &W) ||
+        as_int(args[4], &B) || as_int(args[5], &R) || as_int(args[6], &Cc) || as_int(args[7], &C) ||
+        as_int(args[8], &x_sw) || as_int(args[9], &x_sb) || as_int(args[10], &x_sr) || as_int(args[11], &x_sc) ||
+        as_int(args[12], &flags) || as_int(args[13], &bits))
+        return NULL;
+    double *xq = xq_p, *xs = xs_p;
+    const double *x = x_p;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = round_rows_impl(xq, xs, x, W, B, R, Cc, C, x_sw, x_sb, x_sr, x_sc, flags, (int)bits);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(status);
+}
+
+/* finish_rows(out, out_sb, acc, rows, n, xs, ws, bias, bias_sb, residual, res_sb, flags): affine's last step for
+ * rows whose exact sums acc (rows, n, contiguous) were computed elsewhere. */
+static PyObject *finish_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 12) {
+        PyErr_SetString(PyExc_TypeError, "finish_rows takes 12 arguments");
+        return NULL;
+    }
+    void *out_p, *acc_p, *xs_p, *ws_p, *bias_p, *res_p;
+    int64_t out_sb, rows, n, bias_sb, res_sb, flags;
+    if (as_ptr(args[0], &out_p) || as_int(args[1], &out_sb) || as_ptr(args[2], &acc_p) || as_int(args[3], &rows) ||
+        as_int(args[4], &n) || as_ptr(args[5], &xs_p) || as_ptr(args[6], &ws_p) || as_ptr(args[7], &bias_p) ||
+        as_int(args[8], &bias_sb) || as_ptr(args[9], &res_p) || as_int(args[10], &res_sb) || as_int(args[11], &flags))
+        return NULL;
+    double *out = out_p;
+    const double *acc = acc_p, *xs = xs_p, *ws = ws_p, *bias = bias_p, *res = res_p;
+    Py_BEGIN_ALLOW_THREADS
+    finish_rows_impl(out, out_sb, acc, rows, n, xs, ws, bias, bias_sb, res, res_sb, flags);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* affine(out, out_sb, x, B, R, Cc, C, x_sb, x_sr, x_sc, wq, ws, n, bias, bias_sb, residual, res_sb, flags, bits)
+ *
+ * For each of B rows b: the window x[b] of R x Cc x C values (strides x_sr, x_sc, 1 from x + b x_sb, read in that
+ * order: a ConvTaps window), ReLU'd if flags & RELU_IN, rounded to one block of `bits` bits; its product with the
+ * (K, n) weight wq (rounded per column: its integers as int32, its scales ws); then
+ *     out[b] = relu?( residual[b] + (bias[b] + (acc * xs) * ws) )
+ * the order in which blocks.addmm / matmul and the stepper round them (bias, residual may be None; a stride of 0
+ * broadcasts a bias over the rows). Returns 0, or -1 (nothing trusted) where a window held inf or NaN. */
+static PyObject *affine(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 19) {
+        PyErr_SetString(PyExc_TypeError, "affine takes 19 arguments");
+        return NULL;
+    }
+    void *out_p, *x_p, *wq_p, *ws_p, *bias_p, *res_p;
+    int64_t out_sb, B, R, Cc, C, x_sb, x_sr, x_sc, n, bias_sb, res_sb, flags, bits;
+    if (as_ptr(args[0], &out_p) || as_int(args[1], &out_sb) || as_ptr(args[2], &x_p) || as_int(args[3], &B) ||
+        as_int(args[4], &R) || as_int(args[5], &Cc) || as_int(args[6], &C) || as_int(args[7], &x_sb) ||
+        as_int(args[8], &x_sr) || as_int(args[9], &x_sc) || as_ptr(args[10], &wq_p) || as_ptr(args[11], &ws_p) ||
+        as_int(args[12], &n) || as_ptr(args[13], &bias_p) || as_int(args[14], &bias_sb) ||
+        as_ptr(args[15], &res_p) || as_int(args[16], &res_sb) || as_int(args[17], &flags) || as_int(args[18], &bits))
+        return NULL;
+    double *out = out_p;
+    const double *x = x_p, *ws = ws_p, *bias = bias_p, *res = res_p;
+    const int32_t *wq = wq_p;
+    const int64_t k = R * Cc * C;
+    double stack[ROW_BLOCK * 1024];
+    double *xq = k <= 1024 ? stack : malloc(sizeof(double) * ROW_BLOCK * k);
+    if (xq == NULL) return PyErr_NoMemory();
+    int status = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t b0 = 0; b0 < B && !status; b0 += ROW_BLOCK) {
+        int64_t rows = B - b0 < ROW_BLOCK ? B - b0 : ROW_BLOCK;
+        double xs[ROW_BLOCK];
+        double *acc[ROW_BLOCK] = {NULL};
+        for (int64_t r = 0; r < rows; r++) acc[r] = out + (b0 + r) * out_sb;
+        for (int64_t r = 0; r < rows && !status; r++)
+            status = round_window(xq + r * k, xs + r, x + (b0 + r) * x_sb, R, Cc, C, x_sr, x_sc, flags, (int)bits);
+        if (status) break;
+        gemm_rows(acc, xq, rows, k, wq, n);
+        for (int64_t r = 0; r < rows; r++)
+            finish_row(acc[r], acc[r], n, xs[r], ws, bias ? bias + (b0 + r) * bias_sb : NULL,
+                       res ? res + (b0 + r) * res_sb : NULL, flags);
+    }
+    Py_END_ALLOW_THREADS
+    if (xq != stack) free(xq);
+    return PyLong_FromLong(status);
+}
+
+/* elementary.py's tables: set_tables(sigmoid, sigmoid_slopes, exp_frac, exp_frac_slopes, exp_int, recip, log_recip,
+ * ln2), pointers to float64 tensors that the caller keeps alive. */
+enum { SIG, SIG_SLOPES, EXP_FRAC, EXP_FRAC_SLOPES, EXP_INT, RECIP, LOG_RECIP, LN2, TABLES };
+static const double *table[TABLES];
+
+#define EXP_MIN (-708.0)
+#define EXP_MAX 709.0
+#define EXP_SCALE 4096.0           /* 2**EXP_STEP */
+
+static PyObject *set_tables(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != TABLES) {
+        PyErr_SetString(PyExc_TypeError, "set_tables takes 8 pointers");
+        return NULL;
+    }
+    for (int i = 0; i < TABLES; i++)
+        if (as_ptr(args[i], (void **)&table[i])) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* _interpolate: table t (slopes s) at u >= 0, in units of its step. */
+static inline double interpolate(const double *restrict t, const double *restrict s, double u) {
+    double i = floor(u);
+    double frac = u - i;
+    int at = (int)i;                                               /* every table has fewer than 2**31 entries */
+    return t[at] + s[at] * frac;
+}
+
+static inline double nan_to_num(double x) { return x != x ? 0.0 : x; }   /* +-inf are clamped by every caller */
+
+/* elementary.sigmoid with its table t, s: NaN as 0, clamped to [-32, 32], the table interpolated. */
+static inline double sigmoid_of(double x, const double *restrict t, const double *restrict s) {
+    if (x != x) x = 0.0;
+    x = x < -SIGMOID_RANGE ? -SIGMOID_RANGE : x;
+    x = x > SIGMOID_RANGE ? SIGMOID_RANGE : x;
+    return interpolate(t, s, (x + SIGMOID_RANGE) * SIGMOID_SCALE);
+}
+
+/* elementary.tanh: 2 sigmoid(2x) - 1. */
+static inline double tanh_of(double x, const double *restrict t, const double *restrict s) {
+    return sigmoid_of(x * 2.0, t, s) * 2.0 - 1.0;
+}
+
+
+/* elementary.exp with its tables: e**n e**f, n = floor(x); 0 below EXP_MIN, inf above EXP_MAX + 0.5, NaN as 0. */
+static inline double exp_of(double x, const double *restrict frac, const double *restrict frac_slopes,
+                            const double *restrict whole) {
+    double xc = x;
+    if (xc != xc) xc = 0.0;
+    xc = xc < EXP_MIN ? EXP_MIN : xc;
+    xc = xc > EXP_MAX + 0.5 ? EXP_MAX + 0.5 : xc;
+    double n = floor(xc);
+    double out = interpolate(frac, frac_slopes, (xc - n) * EXP_SCALE) * whole[(int)(n - EXP_MIN)];
+    out = x < EXP_MIN ? 0.0 : out;
+    return x > EXP_MAX + 0.5 ? INFINITY : out;
+}
+
+static inline double exp1(double x) { return exp_of(x, table[EXP_FRAC], table[EXP_FRAC_SLOPES], table[EXP_INT]); }
+
+/* elementary.expm1: the degree-17 Taylor series in Horner form where |x| < 1, else exp(x) - 1. */
+static inline double expm1_1(double x) {
+    if (!(fabs(x) < 1.0)) return exp1(x) - 1.0;
+    static const double inverse_factorial[18] = {
+        1.0, 1.0 / 1.0, 1.0 / 2.0, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0, 1.0 / 5040.0, 1.0 / 40320.0,
+        1.0 / 362880.0, 1.0 / 3628800.0, 1.0 / 39916800.0, 1.0 / 479001600.0, 1.0 / 6227020800.0,
+        1.0 / 87178291200.0, 1.0 / 1307674368000.0, 1.0 / 20922789888000.0, 1.0 / 355687428096000.0};
+    double poly = inverse_factorial[17];
+    for (int k = 16; k >= 1; k--) poly = poly * x + inverse_factorial[k];
+    return poly * x;
+}
+
+/* elementary.elu with alpha 1: x where x > 0, else expm1(min(x, 0)). */
+static inline double elu1(double x) { return x > 0.0 ? x : expm1_1(x < 0.0 ? x : 0.0 * x); }
+
+/* elementary._log1p_series: ln(1 + u) for |u| <= 2**-8, 7 terms in Horner form. */
+static inline double log1p_series(double u) {
+    double poly = 1.0 / 7.0;
+    poly = poly * u + -1.0 / 6.0;
+    poly = poly * u + 1.0 / 5.0;
+    poly = poly * u + -1.0 / 4.0;
+    poly = poly * u + 1.0 / 3.0;
+    poly = poly * u + -1.0 / 2.0;
+    poly = poly * u + 1.0;
+    return poly * u;
+}
+
+/* elementary.log: e ln 2 - ln(r_i) + ln(m r_i), x = m 2**e. */
+static inline double log1(double x) {
+    if (x == 0.0) return -INFINITY;
+    if (x == INFINITY) return INFINITY;
+    if (!(x > 0.0)) return NAN;
+    int e;
+    double m = frexp(x, &e) * 2.0;
+    double i = floor((m - 1.0) * 256.0);
+    int64_t at = i < 0.0 ? 0 : i > 255.0 ? 255 : (int64_t)i;
+    double u = m * table[RECIP][at] - 1.0;
+    return ((double)(e - 1) * table[LN2][0] + table[LOG_RECIP][at]) + log1p_series(u);
+}
+
+VECTOR static void gate_impl(double *restrict out, int64_t out_sb, const double *restrict x, int64_t x_sb, int64_t B,
+                             int64_t n) {
+    const double *restrict t = table[SIG], *restrict s = table[SIG_SLOPES];
+    for (int64_t b = 0; b < B; b++) {
+        const double *xb = x + b * x_sb;
+        double *o = out + b * out_sb;
+        for (int64_t j = 0; j < n; j++) o[j] = tanh_of(xb[j], t, s) * sigmoid_of(xb[n + j], t, s);
+    }
+}
+
+/* gate(out, out_sb, x, x_sb, B, n): out[b][j] = tanh(x[b][j]) * sigmoid(x[b][n + j]). */
+static PyObject *gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "gate takes 6 arguments");
+        return NULL;
+    }
+    void *out_p, *x_p;
+    int64_t out_sb, x_sb, B, n;
+    if (as_ptr(args[0], &out_p) || as_int(args[1], &out_sb) || as_ptr(args[2], &x_p) || as_int(args[3], &x_sb) ||
+        as_int(args[4], &B) || as_int(args[5], &n))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    gate_impl(out_p, out_sb, x_p, x_sb, B, n);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+enum { SIGMOID, TANH, EXP, EXPM1, ELU };
+
+VECTOR static void elementwise_impl(double *restrict out, const double *restrict x, int64_t count, int64_t which) {
+    const double *restrict t = table[SIG], *restrict s = table[SIG_SLOPES];
+    switch (which) {
+    case SIGMOID: for (int64_t i = 0; i < count; i++) out[i] = sigmoid_of(x[i], t, s); break;
+    case TANH: for (int64_t i = 0; i < count; i++) out[i] = tanh_of(x[i], t, s); break;
+    case EXP: for (int64_t i = 0; i < count; i++) out[i] = exp_of(x[i], table[EXP_FRAC], table[EXP_FRAC_SLOPES], table[EXP_INT]); break;
+    case EXPM1: for (int64_t i = 0; i < count; i++) out[i] = expm1_1(x[i]); break;
+    default: for (int64_t i = 0; i < count; i++) out[i] = elu1(x[i]); break;
+    }
+}
+
+/* elementwise(out, x, count, which): one of SIGMOID, TANH, EXP, EXPM1, ELU over contiguous values. */
+static PyObject *elementwise(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "elementwise takes 4 arguments");
+        return NULL;
+    }
+    void *out_p, *x_p;
+    int64_t count, which;
+    if (as_ptr(args[0], &out_p) || as_ptr(args[1], &x_p) || as_int(args[2], &count) || as_int(args[3], &which))
+        return NULL;
+    if (which < SIGMOID || which > ELU) {
+        PyErr_SetString(PyExc_ValueError, "unknown elementwise function");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    elementwise_impl(out_p, x_p, count, which);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* blocks.exact_sum of n values: rounded to one block of 52 - bitlength(max(1, n - 1)) bits, summed exactly.
+ * -1 where a value is not finite. */
+static inline int exact_sum(const double *v, int64_t n, double *sum) {
+    int64_t m = n - 1 > 1 ? n - 1 : 1;
+    int length = 0;
+    while (m) { length++; m >>= 1; }
+    uint64_t top = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t b;
+        memcpy(&b, v + i, sizeof b);
+        b &= ABS_BITS;
+        top = b > top ? b : top;
+    }
+    if (top >= INF_BITS) return -1;
+    double peak, up;
+    memcpy(&peak, &top, sizeof peak);
+    block_up(peak, 52 - length, &up);
+    double total = 0.0;
+    for (int64_t i = 0; i < n; i++) total += (v[i] * up + ROUNDER) - ROUNDER;   /* integers: exact in any order */
+    *sum = total * (1.0 / up);
+    return 0;
+}
+
+/* One row's softmax (elementary.softmax) into o: the shifted values' exponentials over their exact sum; *shift the
+ * shift (the row's maximum, or 0 where it has none that is finite), *sum the sum. -1 where that sum is not finite;
+ * -2 where the row holds NaN and nan_fails. */
+static inline int softmax_row(double *restrict o, const double *restrict x, int64_t n, int nan_fails, double *shift,
+                              double *sum) {
+    const double *restrict frac = table[EXP_FRAC], *restrict frac_slopes = table[EXP_FRAC_SLOPES];
+    const double *restrict whole = table[EXP_INT];
+    double top = -INFINITY;
+    int nan = 0;
+    for (int64_t i = 0; i < n; i++) {
+        top = x[i] > top ? x[i] : top;
+        nan |= x[i] != x[i];
+    }
+    if (nan && nan_fails) return -2;
+    if (nan || !isfinite(top)) top = 0.0;                              /* _shifted: no finite maximum -> 0 */
+    for (int64_t i = 0; i < n; i++) o[i] = exp_of(x[i] - top, frac, frac_slopes, whole);
+    *shift = top;
+    return exact_sum(o, n, sum);
+}
+
+VECTOR static int rows_softmax_impl(double *out, const double *x, int64_t rows, int64_t n, int64_t take_log) {
+    for (int64_t r = 0; r < rows; r++) {
+        const double *xr = x + r * n;
+        double *o = out + r * n;
+        double top, sum;
+        if (softmax_row(o, xr, n, 0, &top, &sum)) return -1;
+        if (take_log) {
+            double ls = log1(sum);
+            for (int64_t i = 0; i < n; i++) o[i] = (xr[i] - top) - ls;
+        } else {
+            for (int64_t i = 0; i < n; i++) o[i] = o[i] / sum;
+        }
+    }
+    return 0;
+}
+
+/* rows_softmax(out, x, rows, n, log): elementary.log_softmax (log = 1) or softmax (log = 0) of each contiguous row
+ * of n values. Returns -1 (rows before the failing one written) where a row's exponentials were not finite. */
+static PyObject *rows_softmax(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "rows_softmax takes 5 arguments");
+        return NULL;
+    }
+    void *out_p, *x_p;
+    int64_t rows, n, take_log;
+    if (as_ptr(args[0], &out_p) || as_ptr(args[1], &x_p) || as_int(args[2], &rows) || as_int(args[3], &n) ||
+        as_int(args[4], &take_log))
+        return NULL;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = rows_softmax_impl(out_p, x_p, rows, n, take_log);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(status);
+}
+
+VECTOR static int quantize_impl(double *out, const double *x, int64_t rows, int64_t n, double free) {
+    for (int64_t r = 0; r < rows; r++) {
+        double *o = out + r * n;
+        double top, sum;
+        if (softmax_row(o, x + r * n, n, 1, &top, &sum)) return -1;
+        int64_t best = 0;
+        double best_p = -INFINITY, total = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            double p = o[i] / sum;
+            if (!isfinite(p)) return -1;
+            if (p > best_p) { best_p = p; best = i; }                   /* the first most likely, as argmax */
+            o[i] = floor(p * free);
+            total += o[i];                                              /* integers below 2**24: exact */
+        }
+        o[best] += free - total;
+    }
+    return 0;
+}
+
+/* quantize(out, log_probs, rows, n, free): quantize.quantized_weights of contiguous rows, its softmax elementary.py's:
+ * excess = floor(p free), the row's first most likely symbol given what flooring dropped. Returns -1 (the caller
+ * raises the reference's error) where a log-probability is NaN or a probability is not finite. */
+static PyObject *quantize(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "quantize takes 5 arguments");
+        return NULL;
+    }
+    void *out_p, *x_p;
+    int64_t rows, n;
+    double free = PyFloat_AsDouble(args[4]);
+    if (as_ptr(args[0], &out_p) || as_ptr(args[1], &x_p) || as_int(args[2], &rows) || as_int(args[3], &n) ||
+        PyErr_Occurred())
+        return NULL;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = quantize_impl(out_p, x_p, rows, n, free);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(status);
+}
+
+static PyMethodDef methods[] = {
+    {"round_rows", (PyCFunction)(void (*)(void))round_rows, METH_FASTCALL, "affine's rounding of windows"},
+    {"finish_rows", (PyCFunction)(void (*)(void))finish_rows, METH_FASTCALL, "affine's scaling, bias and residual"},
+    {"quantize", (PyCFunction)(void (*)(void))quantize, METH_FASTCALL, "quantize.quantized_weights, exact softmax"},
+    {"affine", (PyCFunction)(void (*)(void))affine, METH_FASTCALL, "exact affine map of strided windows"},
+    {"gate", (PyCFunction)(void (*)(void))gate, METH_FASTCALL, "exact tanh(a) * sigmoid(b)"},
+    {"elementwise", (PyCFunction)(void (*)(void))elementwise, METH_FASTCALL, "exact sigmoid, tanh, exp, expm1, elu"},
+    {"rows_softmax", (PyCFunction)(void (*)(void))rows_softmax, METH_FASTCALL, "exact log_softmax or softmax"},
+    {"set_tables", (PyCFunction)(void (*)(void))set_tables, METH_FASTCALL, "elementary.py's tables"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "The codec's exact arithmetic, compiled.", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__kernels(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", KERNELS_VERSION) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
