@@ -9,8 +9,8 @@
  *            powers of two, then bias, residual and ReLU as the reference adds them.
  *   gate     tanh(a) * sigmoid(b) of a row's two halves, from elementary.py's sigmoid table.
  *   elementwise     sigmoid, tanh, exp, expm1, elu of contiguous values.
- *   rows_softmax    log_softmax or softmax of contiguous rows (the exact sum of blocks.exact_sum, exp and log from
- *                   elementary.py's tables).
+ *   rows_softmax    log_softmax, softmax or quantize.quantized_weights of contiguous rows (the exact sum of
+ *                   blocks.exact_sum, exp and log from elementary.py's tables).
  *
  * The tables are elementary.py's, handed over once by set_tables (pointers to tensors the caller keeps alive).
  *
@@ -31,7 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KERNELS_VERSION 1
+#define KERNELS_VERSION 2
 #define ROUNDER 6755399441055744.0 /* 1.5 * 2**52: x + ROUNDER - ROUNDER rounds |x| < 2**51 to an integer */
 #define SIGMOID_RANGE 32.0
 #define SIGMOID_SCALE 1024.0       /* the sigmoid table's steps per unit, 2**SIGMOID_STEP */
@@ -120,13 +120,27 @@ static int as_int(PyObject *o, int64_t *v) {
 #define ABS_BITS 0x7fffffffffffffffULL
 #define INF_BITS 0x7ff0000000000000ULL
 
+/* The block of n values v rounded to `bits` bits: *up = 2**(bits - e), 2**e above their largest magnitude
+ * (blocks.to_blocks); -1 where a value is not finite. The peak is taken on the magnitudes' bit patterns, whose order
+ * is the values' (and puts inf and NaN above every finite value). */
+static inline int block_of(const double *v, int64_t n, int bits, double *up) {
+    uint64_t top = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t b;
+        memcpy(&b, v + i, sizeof b);
+        b &= ABS_BITS;
+        top = b > top ? b : top;
+    }
+    if (top >= INF_BITS) return -1;
+    double peak;
+    memcpy(&peak, &top, sizeof peak);
+    return block_up(peak, bits, up);
+}
+
 /* One window (R x Cc x C values, strides sr, sc, 1), ReLU'd if flags & RELU_IN, rounded to one block of `bits`
- * bits into q (K contiguous values): blocks.to_blocks; *xs its scale. -1 where the window is not finite. The peak
- * is taken on the magnitudes' bit patterns, whose order is the values' (and puts inf and NaN above every finite
- * value). */
+ * bits into q (K contiguous values): blocks.to_blocks; *xs its scale. -1 where the window is not finite. */
 static inline int round_window(double *q, double *xs, const double *x, int64_t R, int64_t Cc, int64_t C, int64_t sr,
                                int64_t sc, int64_t flags, int bits) {
-    uint64_t top = 0;
     const int64_t k = R * Cc * C;
     double *qq = q;
     for (int64_t y = 0; y < R; y++)
@@ -137,16 +151,8 @@ static inline int round_window(double *q, double *xs, const double *x, int64_t R
             else
                 for (int64_t ch = 0; ch < C; ch++) qq[ch] = p[ch];
         }
-    for (int64_t i = 0; i < k; i++) {
-        uint64_t bits_i;
-        memcpy(&bits_i, q + i, sizeof bits_i);
-        bits_i &= ABS_BITS;
-        top = bits_i > top ? bits_i : top;
-    }
-    if (top >= INF_BITS) return -1;
-    double peak, up;
-    memcpy(&peak, &top, sizeof peak);
-    block_up(peak, bits, &up);
+    double up;
+    if (block_of(q, k, bits, &up)) return -1;
     for (int64_t i = 0; i < k; i++) q[i] = (q[i] * up + ROUNDER) - ROUNDER;
     *xs = 1.0 / up;                                                /* exact: a power of two */
     return 0;
@@ -446,17 +452,8 @@ static inline int exact_sum(const double *v, int64_t n, double *sum) {
     int64_t m = n - 1 > 1 ? n - 1 : 1;
     int length = 0;
     while (m) { length++; m >>= 1; }
-    uint64_t top = 0;
-    for (int64_t i = 0; i < n; i++) {
-        uint64_t b;
-        memcpy(&b, v + i, sizeof b);
-        b &= ABS_BITS;
-        top = b > top ? b : top;
-    }
-    if (top >= INF_BITS) return -1;
-    double peak, up;
-    memcpy(&peak, &top, sizeof peak);
-    block_up(peak, 52 - length, &up);
+    double up;
+    if (block_of(v, n, 52 - length, &up)) return -1;
     double total = 0.0;
     for (int64_t i = 0; i < n; i++) total += (v[i] * up + ROUNDER) - ROUNDER;   /* integers: exact in any order */
     *sum = total * (1.0 / up);
@@ -499,25 +496,6 @@ VECTOR static int rows_softmax_impl(double *out, const double *x, int64_t rows, 
     return 0;
 }
 
-/* rows_softmax(out, x, rows, n, log): elementary.log_softmax (log = 1) or softmax (log = 0) of each contiguous row
- * of n values. Returns -1 (rows before the failing one written) where a row's exponentials were not finite. */
-static PyObject *rows_softmax(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "rows_softmax takes 5 arguments");
-        return NULL;
-    }
-    void *out_p, *x_p;
-    int64_t rows, n, take_log;
-    if (as_ptr(args[0], &out_p) || as_ptr(args[1], &x_p) || as_int(args[2], &rows) || as_int(args[3], &n) ||
-        as_int(args[4], &take_log))
-        return NULL;
-    int status;
-    Py_BEGIN_ALLOW_THREADS
-    status = rows_softmax_impl(out_p, x_p, rows, n, take_log);
-    Py_END_ALLOW_THREADS
-    return PyLong_FromLong(status);
-}
-
 VECTOR static int quantize_impl(double *out, const double *x, int64_t rows, int64_t n, double free) {
     for (int64_t r = 0; r < rows; r++) {
         double *o = out + r * n;
@@ -537,23 +515,28 @@ VECTOR static int quantize_impl(double *out, const double *x, int64_t rows, int6
     return 0;
 }
 
-/* quantize(out, log_probs, rows, n, free): quantize.quantized_weights of contiguous rows, its softmax elementary.py's:
- * excess = floor(p free), the row's first most likely symbol given what flooring dropped. Returns -1 (the caller
- * raises the reference's error) where a log-probability is NaN or a probability is not finite. */
-static PyObject *quantize(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "quantize takes 5 arguments");
+enum { SOFTMAX, LOG_SOFTMAX, QUANTIZE };
+
+/* rows_softmax(out, x, rows, n, mode, free) over contiguous rows of n values: elementary.softmax (mode SOFTMAX),
+ * elementary.log_softmax (LOG_SOFTMAX), or quantize.quantized_weights with elementary.py's softmax (QUANTIZE:
+ * excess = floor(p free), the row's first most likely symbol given what flooring dropped). Returns -1 (the caller
+ * computes the reference, which raises where it must) where a row's exponentials were not finite, or for QUANTIZE
+ * where a log-probability is NaN or a probability is not finite. */
+static PyObject *rows_softmax(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "rows_softmax takes 6 arguments");
         return NULL;
     }
     void *out_p, *x_p;
-    int64_t rows, n;
-    double free = PyFloat_AsDouble(args[4]);
+    int64_t rows, n, mode;
+    double free = PyFloat_AsDouble(args[5]);
     if (as_ptr(args[0], &out_p) || as_ptr(args[1], &x_p) || as_int(args[2], &rows) || as_int(args[3], &n) ||
-        PyErr_Occurred())
+        as_int(args[4], &mode) || PyErr_Occurred())
         return NULL;
     int status;
     Py_BEGIN_ALLOW_THREADS
-    status = quantize_impl(out_p, x_p, rows, n, free);
+    status = mode == QUANTIZE ? quantize_impl(out_p, x_p, rows, n, free)
+                              : rows_softmax_impl(out_p, x_p, rows, n, mode == LOG_SOFTMAX);
     Py_END_ALLOW_THREADS
     return PyLong_FromLong(status);
 }
@@ -561,11 +544,10 @@ static PyObject *quantize(PyObject *self, PyObject *const *args, Py_ssize_t narg
 static PyMethodDef methods[] = {
     {"round_rows", (PyCFunction)(void (*)(void))round_rows, METH_FASTCALL, "affine's rounding of windows"},
     {"finish_rows", (PyCFunction)(void (*)(void))finish_rows, METH_FASTCALL, "affine's scaling, bias and residual"},
-    {"quantize", (PyCFunction)(void (*)(void))quantize, METH_FASTCALL, "quantize.quantized_weights, exact softmax"},
     {"affine", (PyCFunction)(void (*)(void))affine, METH_FASTCALL, "exact affine map of strided windows"},
     {"gate", (PyCFunction)(void (*)(void))gate, METH_FASTCALL, "exact tanh(a) * sigmoid(b)"},
     {"elementwise", (PyCFunction)(void (*)(void))elementwise, METH_FASTCALL, "exact sigmoid, tanh, exp, expm1, elu"},
-    {"rows_softmax", (PyCFunction)(void (*)(void))rows_softmax, METH_FASTCALL, "exact log_softmax or softmax"},
+    {"rows_softmax", (PyCFunction)(void (*)(void))rows_softmax, METH_FASTCALL, "exact softmax, log_softmax, quantized weights"},
     {"set_tables", (PyCFunction)(void (*)(void))set_tables, METH_FASTCALL, "elementary.py's tables"},
     {NULL, NULL, 0, NULL},
 };

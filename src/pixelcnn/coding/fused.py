@@ -37,7 +37,7 @@ try:
     from pixelcnn.coding import _kernels
 except ImportError:                                                          # built without a C compiler
     _kernels = None
-KERNELS_VERSION = 1                     # _kernels.c's KERNELS_VERSION: a stale build is not used
+KERNELS_VERSION = 2                     # _kernels.c's KERNELS_VERSION: a stale build is not used
 if _kernels is not None and getattr(_kernels, "VERSION", None) != KERNELS_VERSION:
     _kernels = None
 
@@ -192,24 +192,27 @@ def glu(x, dim=-1) -> Tensor:
     return elementary.glu(x, dim)
 
 
-def _softmax_rows(x, dim, take_log: int, reference_rule) -> Tensor:
+SOFTMAX, LOG_SOFTMAX, QUANTIZE = range(3)                 # rows_softmax's modes
+
+
+def _softmax_rows(x, dim, mode: int, reference_rule) -> Tensor:
     if _cpu64(x) and x.dim() >= 1 and dim is not None and dim % x.dim() == x.dim() - 1 and x.numel():
         rows = x.contiguous()
         out = torch.empty_like(rows)
-        if _kernels.rows_softmax(_ptr(out), _ptr(rows), rows.numel() // rows.shape[-1], rows.shape[-1], take_log) == 0:
+        if _kernels.rows_softmax(_ptr(out), _ptr(rows), rows.numel() // rows.shape[-1], rows.shape[-1], mode, 0.0) == 0:
             return out
     return reference_rule(x, dim)
 
 
 def log_softmax(x, dim=None, _stacklevel=3, dtype=None) -> Tensor:
-    return _softmax_rows(x, dim, 1, elementary.log_softmax)
+    return _softmax_rows(x, dim, LOG_SOFTMAX, elementary.log_softmax)
 
 
 def softmax(x, dim=None, _stacklevel=3, dtype=None) -> Tensor:
     """elementary.softmax, compiled where :func:`available` (the codec's quantize step calls it outside the mode)."""
     if not available():
         return elementary.softmax(x, dim)
-    return _softmax_rows(x, dim, 0, elementary.softmax)
+    return _softmax_rows(x, dim, SOFTMAX, elementary.softmax)
 
 
 # ExactArithmetic's rules that have compiled forms (each falls back to its reference where the operands are
@@ -434,7 +437,8 @@ def quantized_weights(log_probs: Tensor) -> np.ndarray:
     lp = log_probs.detach().to(device="cpu", dtype=torch.float64).contiguous()
     if available() and lp.dim() == 2 and lp.numel():
         out = np.empty(tuple(lp.shape))
-        if _kernels.quantize(out.ctypes.data, _ptr(lp), lp.shape[0], lp.shape[1], float(TOTAL - lp.shape[1])) == 0:
+        if _kernels.rows_softmax(out.ctypes.data, _ptr(lp), lp.shape[0], lp.shape[1], QUANTIZE,
+                                 float(TOTAL - lp.shape[1])) == 0:
             return out
     return quantize.quantized_weights(log_probs, elementary.softmax)
 
