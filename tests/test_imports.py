@@ -30,6 +30,13 @@ def module_files() -> dict[str, Path]:
     return modules
 
 
+def compiled_modules() -> set[str]:
+    """Dotted names of the package's C extensions (a ``.c`` file that defines its module's ``PyInit_``): modules that
+    import nothing of the package."""
+    return {".".join((PACKAGE, *path.relative_to(SRC).with_suffix("").parts)) for path in sorted(SRC.rglob("*.c"))
+            if f"PyInit_{path.stem}" in path.read_text()}
+
+
 def _imported(node: ast.Import | ast.ImportFrom, module: str, is_package: bool) -> list[str]:
     """The dotted names one import statement asks for (``from a import b`` asks for a.b and a)."""
     if isinstance(node, ast.Import):
@@ -50,15 +57,16 @@ def import_graph() -> dict[str, set[str]]:
     every module would otherwise depend on the package's facade.
     """
     files = module_files()
-    graph: dict[str, set[str]] = {}
+    modules = set(files) | compiled_modules()
+    graph: dict[str, set[str]] = {name: set() for name in modules - set(files)}
     for module, path in files.items():
         edges = set()
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = _imported(node, module, path.name == "__init__.py")
                 # "from a import b": b itself when it is a module, else a
-                found = [n for n in names[:-1] if n in files] if isinstance(node, ast.ImportFrom) else []
-                edges.update(found or [n for n in names if n in files])
+                found = [n for n in names[:-1] if n in modules] if isinstance(node, ast.ImportFrom) else []
+                edges.update(found or [n for n in names if n in modules])
         graph[module] = edges - {module}
     return graph
 
@@ -130,6 +138,7 @@ def test_the_graph_sees_function_level_and_relative_imports():
     assert "pixelcnn.models" in graph["pixelcnn"]                       # module level, absolute
     assert "pixelcnn.loading" in graph["pixelcnn"]                      # inside load()
     assert graph["pixelcnn.errors"] == set()
+    assert "pixelcnn.coding._kernels" in graph["pixelcnn.coding.fused"]      # a compiled module, not its package
 
 
 # Each module must import with no other module of the package imported before it (an import that works
