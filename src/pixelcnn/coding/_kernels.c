@@ -9,6 +9,7 @@
  *            powers of two, then bias, residual and ReLU as the reference adds them.
  *   gate     tanh(a) * sigmoid(b) of a row's two halves, from elementary.py's sigmoid table.
  *   elementwise     sigmoid, tanh, exp, expm1, elu of contiguous values.
+ *   gated_column    a Gated PixelCNN's step at one position, every layer and the output head (fused.GatedColumn).
  *   rows_softmax    log_softmax, softmax or quantize.quantized_weights of contiguous rows (the exact sum of
  *                   blocks.exact_sum, exp and log from elementary.py's tables).
  *
@@ -31,7 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KERNELS_VERSION 2
+#define KERNELS_VERSION 3
 #define ROUNDER 6755399441055744.0 /* 1.5 * 2**52: x + ROUNDER - ROUNDER rounds |x| < 2**51 to an integer */
 #define SIGMOID_RANGE 32.0
 #define SIGMOID_SCALE 1024.0       /* the sigmoid table's steps per unit, 2**SIGMOID_STEP */
@@ -248,6 +249,31 @@ static PyObject *finish_rows(PyObject *self, PyObject *const *args, Py_ssize_t n
  *     out[b] = relu?( residual[b] + (bias[b] + (acc * xs) * ws) )
  * the order in which blocks.addmm / matmul and the stepper round them (bias, residual may be None; a stride of 0
  * broadcasts a bias over the rows). Returns 0, or -1 (nothing trusted) where a window held inf or NaN. */
+static int affine_core(double *out, int64_t out_sb, const double *x, int64_t B, int64_t R, int64_t Cc, int64_t C,
+                       int64_t x_sb, int64_t x_sr, int64_t x_sc, const int32_t *wq, const double *ws, int64_t n,
+                       const double *bias, int64_t bias_sb, const double *res, int64_t res_sb, int64_t flags, int bits) {
+    const int64_t k = R * Cc * C;
+    double stack[ROW_BLOCK * 1024];
+    double *xq = k <= 1024 ? stack : malloc(sizeof(double) * ROW_BLOCK * k);
+    if (xq == NULL) return -2;
+    int status = 0;
+    for (int64_t b0 = 0; b0 < B && !status; b0 += ROW_BLOCK) {
+        int64_t rows = B - b0 < ROW_BLOCK ? B - b0 : ROW_BLOCK;
+        double xs[ROW_BLOCK];
+        double *acc[ROW_BLOCK] = {NULL};
+        for (int64_t r = 0; r < rows; r++) acc[r] = out + (b0 + r) * out_sb;
+        for (int64_t r = 0; r < rows && !status; r++)
+            status = round_window(xq + r * k, xs + r, x + (b0 + r) * x_sb, R, Cc, C, x_sr, x_sc, flags, bits);
+        if (status) break;
+        gemm_rows(acc, xq, rows, k, wq, n);
+        for (int64_t r = 0; r < rows; r++)
+            finish_row(acc[r], acc[r], n, xs[r], ws, bias ? bias + (b0 + r) * bias_sb : NULL,
+                       res ? res + (b0 + r) * res_sb : NULL, flags);
+    }
+    if (xq != stack) free(xq);
+    return status;
+}
+
 static PyObject *affine(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 19) {
         PyErr_SetString(PyExc_TypeError, "affine takes 19 arguments");
@@ -261,30 +287,12 @@ static PyObject *affine(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         as_int(args[12], &n) || as_ptr(args[13], &bias_p) || as_int(args[14], &bias_sb) ||
         as_ptr(args[15], &res_p) || as_int(args[16], &res_sb) || as_int(args[17], &flags) || as_int(args[18], &bits))
         return NULL;
-    double *out = out_p;
-    const double *x = x_p, *ws = ws_p, *bias = bias_p, *res = res_p;
-    const int32_t *wq = wq_p;
-    const int64_t k = R * Cc * C;
-    double stack[ROW_BLOCK * 1024];
-    double *xq = k <= 1024 ? stack : malloc(sizeof(double) * ROW_BLOCK * k);
-    if (xq == NULL) return PyErr_NoMemory();
-    int status = 0;
+    int status;
     Py_BEGIN_ALLOW_THREADS
-    for (int64_t b0 = 0; b0 < B && !status; b0 += ROW_BLOCK) {
-        int64_t rows = B - b0 < ROW_BLOCK ? B - b0 : ROW_BLOCK;
-        double xs[ROW_BLOCK];
-        double *acc[ROW_BLOCK] = {NULL};
-        for (int64_t r = 0; r < rows; r++) acc[r] = out + (b0 + r) * out_sb;
-        for (int64_t r = 0; r < rows && !status; r++)
-            status = round_window(xq + r * k, xs + r, x + (b0 + r) * x_sb, R, Cc, C, x_sr, x_sc, flags, (int)bits);
-        if (status) break;
-        gemm_rows(acc, xq, rows, k, wq, n);
-        for (int64_t r = 0; r < rows; r++)
-            finish_row(acc[r], acc[r], n, xs[r], ws, bias ? bias + (b0 + r) * bias_sb : NULL,
-                       res ? res + (b0 + r) * res_sb : NULL, flags);
-    }
+    status = affine_core(out_p, out_sb, x_p, B, R, Cc, C, x_sb, x_sr, x_sc, wq_p, ws_p, n, bias_p, bias_sb, res_p,
+                         res_sb, flags, (int)bits);
     Py_END_ALLOW_THREADS
-    if (xq != stack) free(xq);
+    if (status == -2) return PyErr_NoMemory();
     return PyLong_FromLong(status);
 }
 
@@ -411,6 +419,82 @@ static PyObject *gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     gate_impl(out_p, out_sb, x_p, x_sb, B, n);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
+}
+
+/* A Gated PixelCNN layer's step as the plan row of fused.GatedColumn lays it out (int64 fields: pointers, sizes,
+ * strides in elements). */
+enum {
+    CONV_WQ, CONV_WS, CONV_N, CONV_BITS,                       /* the horizontal convolution, (K, 2n) */
+    WIN, WIN_H, WIN_W, WIN_B, WIN_R, WIN_C, ROWS, COLS, CHANNELS,   /* its windows: base, strides, shape */
+    ROW_BIAS, ROW_BIAS_W, ROW_BIAS_B,                         /* the row's bias (W, B, 2n), set at each row start */
+    PRE, GATED,                                                /* scratch (B, 2n) and (B, n) */
+    OUT_WQ, OUT_WS, OUT_N, OUT_BITS, OUT_BIAS,                 /* the 1x1 output map, (n, n) */
+    NEXT, NEXT_B, NEXT_H, NEXT_W, NEXT_TOP, NEXT_LEFT,         /* the next layer's cache (NEXT 0: the last layer) */
+    LAST, FIRST,                                               /* the last layer's output (B, n); no residual */
+    LAYER_FIELDS
+};
+/* The output head: the hidden map (HID_WQ 0: none) and the map to the parameters. */
+enum { HID_WQ, HID_WS, HID_N, HID_BITS, HID_BIAS, HID_ROWS, P_WQ, P_WS, P_N, P_BITS, P_BIAS, HEAD_FIELDS };
+
+#define PTR(v) ((void *)(intptr_t)(v))
+
+/* gated_column(plan, layers, head, batch, h, w, params): fused.GatedColumn's step at (h, w), every layer and the
+ * head in one call (the steps of _GatedLayer.step and GatedColumn.__call__, in their order). 0, -1 where a window
+ * was not finite, -2 out of memory. */
+static PyObject *gated_column(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "gated_column takes 7 arguments");
+        return NULL;
+    }
+    void *plan_p, *head_p, *params_p;
+    int64_t layers, B, h, w;
+    if (as_ptr(args[0], &plan_p) || as_int(args[1], &layers) || as_ptr(args[2], &head_p) || as_int(args[3], &B) ||
+        as_int(args[4], &h) || as_int(args[5], &w) || as_ptr(args[6], &params_p))
+        return NULL;
+    const int64_t *plan = plan_p, *head = head_p;
+    int status = 0;
+    Py_BEGIN_ALLOW_THREADS
+    const double *res = NULL;
+    int64_t res_sb = 0;
+    for (int64_t l = 0; l < layers && !status; l++) {
+        const int64_t *p = plan + l * LAYER_FIELDS;
+        const int64_t n2 = p[CONV_N], n = p[OUT_N];
+        const double *window = (const double *)PTR(p[WIN]) + h * p[WIN_H] + w * p[WIN_W];
+        double *pre = PTR(p[PRE]), *gated = PTR(p[GATED]);
+        status = affine_core(pre, n2, window, B, p[ROWS], p[COLS], p[CHANNELS], p[WIN_B], p[WIN_R], p[WIN_C],
+                             PTR(p[CONV_WQ]), PTR(p[CONV_WS]), n2, (const double *)PTR(p[ROW_BIAS]) + w * p[ROW_BIAS_W],
+                             p[ROW_BIAS_B], NULL, 0, 0, (int)p[CONV_BITS]);
+        if (status) break;
+        gate_impl(gated, n, pre, n2, B, n);
+        double *out = PTR(p[LAST]);
+        int64_t out_sb = n;
+        if (p[NEXT]) {
+            out = (double *)PTR(p[NEXT]) + (p[NEXT_TOP] + h) * p[NEXT_H] + (p[NEXT_LEFT] + w) * p[NEXT_W];
+            out_sb = p[NEXT_B];
+        }
+        status = affine_core(out, out_sb, gated, B, 1, 1, n, n, 0, 0, PTR(p[OUT_WQ]), PTR(p[OUT_WS]), n,
+                             PTR(p[OUT_BIAS]), 0, p[FIRST] ? NULL : res, res_sb, 0, (int)p[OUT_BITS]);
+        res = out;
+        res_sb = out_sb;
+    }
+    if (!status) {
+        const double *x = res;
+        int64_t x_n = plan[(layers - 1) * LAYER_FIELDS + OUT_N], x_sb = res_sb, flags = RELU_IN;
+        if (head[HID_WQ]) {
+            status = affine_core(PTR(head[HID_ROWS]), head[HID_N], x, B, 1, 1, x_n, x_sb, 0, 0, PTR(head[HID_WQ]),
+                                 PTR(head[HID_WS]), head[HID_N], PTR(head[HID_BIAS]), 0, NULL, 0, RELU_IN | RELU_OUT,
+                                 (int)head[HID_BITS]);
+            x = PTR(head[HID_ROWS]);
+            x_n = x_sb = head[HID_N];
+            flags = 0;
+        }
+        if (!status)
+            status = affine_core(PTR(params_p), head[P_N], x, B, 1, 1, x_n, x_sb, 0, 0, PTR(head[P_WQ]),
+                                 PTR(head[P_WS]), head[P_N], PTR(head[P_BIAS]), 0, NULL, 0, flags, (int)head[P_BITS]);
+    }
+    Py_END_ALLOW_THREADS
+    if (status == -2) return PyErr_NoMemory();
+    return PyLong_FromLong(status);
 }
 
 enum { SIGMOID, TANH, EXP, EXPM1, ELU };
@@ -545,6 +629,7 @@ static PyMethodDef methods[] = {
     {"round_rows", (PyCFunction)(void (*)(void))round_rows, METH_FASTCALL, "affine's rounding of windows"},
     {"finish_rows", (PyCFunction)(void (*)(void))finish_rows, METH_FASTCALL, "affine's scaling, bias and residual"},
     {"affine", (PyCFunction)(void (*)(void))affine, METH_FASTCALL, "exact affine map of strided windows"},
+    {"gated_column", (PyCFunction)(void (*)(void))gated_column, METH_FASTCALL, "a Gated PixelCNN column, fused"},
     {"gate", (PyCFunction)(void (*)(void))gate, METH_FASTCALL, "exact tanh(a) * sigmoid(b)"},
     {"elementwise", (PyCFunction)(void (*)(void))elementwise, METH_FASTCALL, "exact sigmoid, tanh, exp, expm1, elu"},
     {"rows_softmax", (PyCFunction)(void (*)(void))rows_softmax, METH_FASTCALL, "exact softmax, log_softmax, quantized weights"},
@@ -557,7 +642,9 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "The code
 
 PyMODINIT_FUNC PyInit__kernels(void) {
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", KERNELS_VERSION) < 0) {
+    if (m != NULL && (PyModule_AddIntConstant(m, "VERSION", KERNELS_VERSION) < 0 ||
+                      PyModule_AddIntConstant(m, "LAYER_FIELDS", LAYER_FIELDS) < 0 ||
+                      PyModule_AddIntConstant(m, "HEAD_FIELDS", HEAD_FIELDS) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

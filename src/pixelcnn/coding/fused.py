@@ -37,7 +37,7 @@ try:
     from pixelcnn.coding import _kernels
 except ImportError:                                                          # built without a C compiler
     _kernels = None
-KERNELS_VERSION = 2                     # _kernels.c's KERNELS_VERSION: a stale build is not used
+KERNELS_VERSION = 3                     # _kernels.c's KERNELS_VERSION: a stale build is not used
 if _kernels is not None and getattr(_kernels, "VERSION", None) != KERNELS_VERSION:
     _kernels = None
 
@@ -292,14 +292,24 @@ class Affine:
             raise FloatingPointError("a window held inf or NaN: the network's activations overflowed")
 
 
+# The fields of a layer's row and of the head in the plan of _kernels.gated_column (its enums, in their order).
+LAYER_FIELDS = ("conv_wq", "conv_ws", "conv_n", "conv_bits", "win", "win_h", "win_w", "win_b", "win_r", "win_c",
+                "rows", "cols", "channels", "row_bias", "row_bias_w", "row_bias_b", "pre", "gated", "out_wq", "out_ws",
+                "out_n", "out_bits", "out_bias", "next", "next_b", "next_h", "next_w", "next_top", "next_left", "last",
+                "first")
+HEAD_FIELDS = ("hid_wq", "hid_ws", "hid_n", "hid_bits", "hid_bias", "hid_rows", "p_wq", "p_ws", "p_n", "p_bits",
+               "p_bias")
+
+
 class GatedColumn:
     """A Gated PixelCNN's column at one position: its layers' row starts once per row, then their horizontal stacks
-    and the output head, one kernel call per layer and operation.
+    and the output head.
 
     Computes what ``CachedGatedPixelCNN.column`` computes, from and into the same caches: each layer's row start
     (``CachedGatedLayer.start_row``: the vertical stack's row above, written into the next layer's cache, and the
     row's bias for the horizontal stack) and step (``CachedGatedLayer.step``), then ``PointwiseHead``; returns the
-    head's (B, P) parameters.
+    head's (B, P) parameters. Below ``Affine.BLAS_ROWS`` images a step is one kernel call (``gated_column``, over
+    a plan of every layer's pointers and strides); from there a call per layer operation, the products by the BLAS.
     """
 
     @staticmethod
@@ -317,6 +327,20 @@ class GatedColumn:
         self.hidden_rows = None if self.hidden is None else torch.empty(self.batch, self.hidden.n, dtype=torch.float64)
         self.last = torch.empty(self.batch, self.layers[-1].n, dtype=torch.float64)     # the last layer's output
         self.row = -1
+        self.plan = torch.tensor([layer.plan(self.last) for layer in self.layers], dtype=torch.int64)
+        self.head = torch.tensor(self._head_plan(), dtype=torch.int64)
+        for i, layer in enumerate(self.layers):
+            layer.plan_row = self.plan[i]
+        self.fused = self.batch < Affine.BLAS_ROWS
+
+    def _head_plan(self) -> list[int]:
+        hidden, out = self.hidden, self.out
+        fields = dict.fromkeys(HEAD_FIELDS, 0)
+        if hidden is not None:
+            fields.update(hid_wq=_ptr(hidden.integers()), hid_ws=_ptr(hidden.ws), hid_n=hidden.n, hid_bits=hidden.bits,
+                          hid_bias=_ptr(hidden.bias), hid_rows=_ptr(self.hidden_rows))
+        fields.update(p_wq=_ptr(out.integers()), p_ws=_ptr(out.ws), p_n=out.n, p_bits=out.bits, p_bias=_ptr(out.bias))
+        return [fields[name] for name in HEAD_FIELDS]
 
     def __call__(self, h: int, w: int) -> Tensor:
         with torch._C.DisableTorchFunction():
@@ -324,11 +348,15 @@ class GatedColumn:
                 for layer in self.layers:
                     layer.start_row(h)
                 self.row = h
+            b, out = self.batch, self.out
+            params = torch.empty(b, out.n, dtype=torch.float64)
+            if self.fused:
+                status = _kernels.gated_column(_ptr(self.plan), len(self.layers), _ptr(self.head), b, h, w, _ptr(params))
+                out.checked(status)
+                return params
             residual, res_sb = None, 0
             for layer in self.layers:
                 residual, res_sb = layer.step(h, w, residual, res_sb, self.last)
-            b, out = self.batch, self.out
-            params = torch.empty(b, out.n, dtype=torch.float64)
             x, x_sb, flags = residual, res_sb, RELU_IN
             if self.hidden is not None:
                 self.hidden.checked(self.hidden.rows(_ptr(self.hidden_rows), self.hidden.n, x, b, x_sb,
@@ -375,6 +403,23 @@ class _GatedLayer:
             self.next_base = _ptr(buf)
         self.row_bias: Tensor | None = None                                     # (W, B, 2n)
         self.row_bias_ptr, self.bias_s = 0, (0, 0)
+        self.plan_row: Tensor | None = None                                     # this layer's row of the plan
+
+    def plan(self, last: Tensor) -> list[int]:
+        """This layer's row of the plan of ``_kernels.gated_column`` (the row's bias is set by :meth:`start_row`)."""
+        vs, shape = self.vs, self.shape
+        fields = dict(conv_wq=_ptr(self.conv.integers()), conv_ws=_ptr(self.conv.ws), conv_n=self.conv.n,
+                      conv_bits=self.conv.bits, win=self.base, win_h=vs[0], win_w=vs[1], win_b=vs[2], win_r=vs[3],
+                      win_c=vs[4], rows=shape[3], cols=shape[4], channels=shape[5], row_bias=0, row_bias_w=0,
+                      row_bias_b=0, pre=_ptr(self.pre), gated=_ptr(self.gated), out_wq=_ptr(self.h_out.integers()),
+                      out_ws=_ptr(self.h_out.ws), out_n=self.n, out_bits=self.h_out.bits,
+                      out_bias=_ptr(self.h_out.bias), next=0, next_b=0, next_h=0, next_w=0, next_top=0, next_left=0,
+                      last=_ptr(last), first=int(self.layer.first))
+        if self.next is not None:
+            s = self.next_s
+            fields.update(next=self.next_base, next_b=s[0], next_h=s[1], next_w=s[2], next_top=self.next.pad.top,
+                          next_left=self.next.pad.left)
+        return [fields[name] for name in LAYER_FIELDS]
 
     @staticmethod
     def _rows(affine: Affine, x: Tensor) -> Tensor:
@@ -413,6 +458,9 @@ class _GatedLayer:
         bias = v_to_h + layer.horizontal.bias
         bias = (bias if layer.h_bias is None else bias + bias_row(layer.h_bias, h)).contiguous()
         self.row_bias, self.row_bias_ptr, self.bias_s = bias, _ptr(bias), bias.stride()
+        if self.plan_row is not None:
+            at = LAYER_FIELDS.index("row_bias")
+            self.plan_row[at : at + 3] = torch.tensor([self.row_bias_ptr, *self.bias_s[:2]], dtype=torch.int64)
 
     def step(self, h: int, w: int, residual: int | None, res_sb: int, last: Tensor) -> tuple[int, int]:
         """``CachedGatedLayer.step``: the layer's output at (h, w); returns where it is (pointer, batch stride)."""
@@ -460,4 +508,6 @@ class _Registry(dict):
 FUSED = _Registry()
 
 
+if _kernels is not None and (len(LAYER_FIELDS), len(HEAD_FIELDS)) != (_kernels.LAYER_FIELDS, _kernels.HEAD_FIELDS):
+    raise ImportError("pixelcnn.coding._kernels lays out gated_column's plan otherwise than fused.py: rebuild it")
 _hand_over_tables()
