@@ -150,7 +150,8 @@ def codable_cases():
 
 OTHER_MACHINES = {  # each takes every other case, and all the committed files
     "scalar kernels, oneDNN at AVX2": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-    "AVX2 kernels": {"ATEN_CPU_CAPABILITY": "avx2"},
+    # and the reference rules of the exact arithmetic (pixelcnn.coding.fused off) where this process compiles them
+    "AVX2 kernels, reference rules": {"ATEN_CPU_CAPABILITY": "avx2", "PIXELCNN_EXACT_KERNELS": "0"},
 }
 # One thread each: beside the suite's other worker, two would fight for the cores. That the caller's thread
 # count does not change a byte is tested in this process (test_coding.py, both ways round, and below).
