@@ -26,7 +26,7 @@ from generated import build, case_id, cases
 from pixelcnn.coding import codec, container, fused, quantize
 from pixelcnn.coding.arithmetic import exact_arithmetic, exact_model
 from pixelcnn.coding.exact import ExactArithmetic
-from pixelcnn.errors import CompressionError
+from pixelcnn.errors import CompressionError, ConfigError
 from pixelcnn.models.gated_pixelcnn import CachedGatedPixelCNN
 from pixelcnn.sampling import make_stepper
 
@@ -60,7 +60,8 @@ def both(fn, *args):
 def test_the_kernels_are_built_and_used():
     """The package's install compiles them (pyproject.toml); a failed build would leave every comparison below
     comparing the reference with itself."""
-    assert fused.available(), "pixelcnn.coding._kernels was not built: pip install -e . needs a C compiler"
+    assert fused.available(), ("pixelcnn.coding._kernels is not built, or stale (its VERSION is not fused.py's): "
+                               "pip install -e . (make install) builds it, with a C compiler")
     assert ExactArithmetic().rules["addmm"].func is fused.addmm
     assert ExactArithmetic(compiled=False).rules["addmm"].func is not fused.addmm
 
@@ -71,6 +72,17 @@ def test_the_switches_turn_the_kernels_off(monkeypatch):
     assert fused.available()
     monkeypatch.setenv(fused.ENV_VAR, "0")
     assert not fused.available()
+    monkeypatch.setenv(fused.ENV_VAR, "off")
+    assert not fused.available()
+    monkeypatch.setenv(fused.ENV_VAR, "1")
+    assert fused.available()
+
+
+@pytest.mark.parametrize("value", ["2", "maybe", "-1", "0.0"])
+def test_a_switch_that_says_neither_is_refused_in_one_line(value, monkeypatch):
+    monkeypatch.setenv(fused.ENV_VAR, value)
+    with pytest.raises(ConfigError, match=f"expected {fused.ENV_VAR} to be 1 .* or 0 .*, got '{value}'"):
+        fused.available()
 
 
 # ----- the rules -----------------------------------------------------------------------------------------------

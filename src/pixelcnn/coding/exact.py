@@ -33,6 +33,10 @@ correctly rounded:
   function raises :class:`UnsupportedOperation`: a family that starts calling something new
   fails its tests instead of silently writing files that decode only where they were written.
 
+The rules run compiled where the package's C extension is built (:mod:`pixelcnn.coding.fused`: the same
+operations in the same order, tested bit for bit against the rules of this module and of blocks.py and
+elementary.py, which stay the reference).
+
 Assumptions: IEEE-754 float64 without flush-to-zero of subnormals (PyTorch's default; see
 ``torch.set_flush_denormal``), which every CPU and CUDA device PyTorch runs on provides.
 """
@@ -133,6 +137,9 @@ class ExactArithmetic(TorchFunctionMode):
         """``compiled``: take the compiled forms of the rules (:mod:`pixelcnn.coding.fused`), the same bits;
         by default where they are available."""
         super().__init__()
+        if compiled and fused._kernels is None:
+            raise ValueError("ExactArithmetic(compiled=True): pixelcnn.coding._kernels is not built (no C compiler "
+                             "when the package was installed); use compiled=None or False")
         blocks = CachedBlocks()
         rules = dict(REWRITTEN)
         if fused.available() if compiled is None else compiled:

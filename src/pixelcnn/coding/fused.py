@@ -1,19 +1,24 @@
-"""Exact steps without per-operation dispatch: compiled kernels for the steppers the codec runs most.
+"""The codec's exact arithmetic compiled: the rules of ExactArithmetic in C, and a fused Gated PixelCNN column.
 
 Under :class:`~pixelcnn.coding.exact.ExactArithmetic` every torch function a stepper calls passes
 through Python: a Gated PixelCNN step of one 28x28 digit is about 220 such calls, each a handful of
 small tensor operations (block rounding, table lookups, a product), so coding paid for dispatch,
 not arithmetic. The extension ``pixelcnn.coding._kernels`` (``_kernels.c``, compiled when the
-package is installed) computes what a sequence of those rules computes, one C call per layer: the
-block rounding, the exact product and the table functions with the same IEEE-754 operations in the
-same order, so its results are the reference's bit for bit (tests/test_fused.py compares them over
-every branch of the configs it serves, and the codec files written before the kernels existed decode
-with them).
+package is installed) computes what a sequence of those rules computes: the block rounding, the
+exact product and the table functions with the same IEEE-754 operations in the same order, so its
+results are the reference's bit for bit (tests/test_fused.py compares them over generated operands
+and every branch of the configs it serves; the codec files written before the kernels existed decode
+with them and are written again to the same bytes). Two layers:
 
-:func:`accelerate` gives a stepper its fused column where one exists for its family and the
-extension is importable; the stepper then computes the rest (row starts, the distribution) as
-before, inside the mode. Without the extension, or with ``PIXELCNN_EXACT_KERNELS=0`` in the
-environment, or inside :func:`reference_only`, every step runs the reference rules.
+* :data:`RULES`, the mode's rules for linear maps, the table functions and softmax, compiled where the
+  operands are CPU float64 of the shapes the kernels read (every family gains);
+* :func:`accelerate`, which gives a stepper its family's fused column (:data:`FUSED`): the Gated
+  PixelCNN's whole step in one kernel call below ``Affine.BLAS_ROWS`` images, a call per layer
+  operation above (the products by the BLAS). The stepper computes the rest (the distribution) as
+  before, inside the mode.
+
+Without the extension (no C compiler at install), with ``PIXELCNN_EXACT_KERNELS=0`` in the environment,
+or inside :func:`reference_only`, everything runs the reference rules.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pixelcnn.coding import blocks as reference, elementary, quantize
 from pixelcnn.coding.blocks import split_bits, to_blocks
 from pixelcnn.coding.elementary import _slopes, _table
 from pixelcnn.coding.quantize import TOTAL
+from pixelcnn.errors import ConfigError
 from pixelcnn.models.incremental import bias_row
 
 try:
@@ -46,10 +52,18 @@ RELU_IN, RELU_OUT = 1, 2
 _REFERENCE_ONLY: ContextVar[bool] = ContextVar("reference_only", default=False)
 
 
+SWITCH = {"": True, "1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+          "off": False}
+
+
 def available() -> bool:
     """Whether steppers get compiled kernels: the extension is built, and neither ``PIXELCNN_EXACT_KERNELS=0``
     nor :func:`reference_only` turned them off."""
-    return _kernels is not None and os.environ.get(ENV_VAR, "1") != "0" and not _REFERENCE_ONLY.get()
+    value = os.environ.get(ENV_VAR, "")
+    if value.strip().lower() not in SWITCH:
+        raise ConfigError(f"expected {ENV_VAR} to be 1 (the compiled kernels, the default) or 0 (the reference "
+                          f"rules), got {value!r}")
+    return _kernels is not None and SWITCH[value.strip().lower()] and not _REFERENCE_ONLY.get()
 
 
 @contextlib.contextmanager
