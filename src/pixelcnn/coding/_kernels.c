@@ -323,8 +323,6 @@ static inline double interpolate(const double *restrict t, const double *restric
     return t[at] + s[at] * frac;
 }
 
-static inline double nan_to_num(double x) { return x != x ? 0.0 : x; }   /* +-inf are clamped by every caller */
-
 /* elementary.sigmoid with its table t, s: NaN as 0, clamped to [-32, 32], the table interpolated. */
 static inline double sigmoid_of(double x, const double *restrict t, const double *restrict s) {
     if (x != x) x = 0.0;

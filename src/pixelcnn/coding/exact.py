@@ -143,6 +143,7 @@ class ExactArithmetic(TorchFunctionMode):
         blocks = CachedBlocks()
         rules = dict(REWRITTEN)
         if fused.available() if compiled is None else compiled:
+            fused.hand_over_tables()
             rules.update(fused.RULES)
         self.rules = {name: functools.partial(rule, blocks=blocks) if name in LINEAR else rule
                       for name, rule in rules.items()}

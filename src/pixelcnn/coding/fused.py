@@ -37,6 +37,7 @@ from pixelcnn.coding.blocks import split_bits, to_blocks
 from pixelcnn.coding.elementary import _slopes, _table
 from pixelcnn.coding.quantize import TOTAL
 from pixelcnn.errors import ConfigError
+from pixelcnn.models.gated_pixelcnn import CachedGatedPixelCNN
 from pixelcnn.models.incremental import bias_row
 
 try:
@@ -63,7 +64,10 @@ def available() -> bool:
     if value.strip().lower() not in SWITCH:
         raise ConfigError(f"expected {ENV_VAR} to be 1 (the compiled kernels, the default) or 0 (the reference "
                           f"rules), got {value!r}")
-    return _kernels is not None and SWITCH[value.strip().lower()] and not _REFERENCE_ONLY.get()
+    on = _kernels is not None and SWITCH[value.strip().lower()] and not _REFERENCE_ONLY.get()
+    if on:
+        hand_over_tables()
+    return on
 
 
 @contextlib.contextmanager
@@ -93,8 +97,9 @@ _TABLES = ("sigmoid", "exp_frac", "exp_int", "recip", "log_recip", "ln2")
 _kept: list[Tensor] = []                                                     # the tables the kernels read
 
 
-def _hand_over_tables() -> None:
-    """Give the extension elementary.py's tables (once; they stay alive in ``_kept``)."""
+def hand_over_tables() -> None:
+    """Give the extension elementary.py's tables, on first use (once; they stay alive in ``_kept``): the kernels
+    read them from then on. :func:`available` does it; a caller that takes the kernels without asking calls it."""
     if _kernels is None or _kept:
         return
     cpu = torch.device("cpu")
@@ -223,9 +228,6 @@ def log_softmax(x, dim=None, _stacklevel=3, dtype=None) -> Tensor:
 
 
 def softmax(x, dim=None, _stacklevel=3, dtype=None) -> Tensor:
-    """elementary.softmax, compiled where :func:`available` (the codec's quantize step calls it outside the mode)."""
-    if not available():
-        return elementary.softmax(x, dim)
     return _softmax_rows(x, dim, SOFTMAX, elementary.softmax)
 
 
@@ -505,23 +507,8 @@ def quantized_weights(log_probs: Tensor) -> np.ndarray:
     return quantize.quantized_weights(log_probs, elementary.softmax)
 
 
-def _fused_families() -> dict:
-    from pixelcnn.models.gated_pixelcnn import CachedGatedPixelCNN
-    return {CachedGatedPixelCNN: GatedColumn}
-
-
-class _Registry(dict):
-    """Stepper class -> its fused column, filled on first use (the models import late)."""
-
-    def get(self, key, default=None):
-        if not self:
-            self.update(_fused_families())
-        return super().get(key, default)
-
-
-FUSED = _Registry()
+FUSED = {CachedGatedPixelCNN: GatedColumn}                   # stepper class -> its fused column
 
 
 if _kernels is not None and (len(LAYER_FIELDS), len(HEAD_FIELDS)) != (_kernels.LAYER_FIELDS, _kernels.HEAD_FIELDS):
     raise ImportError("pixelcnn.coding._kernels lays out gated_column's plan otherwise than fused.py: rebuild it")
-_hand_over_tables()
