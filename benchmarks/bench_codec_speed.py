@@ -21,6 +21,7 @@ compiled coder and PNG only). Also the web app's Compress button (``POST /api/co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import platform
@@ -74,11 +75,7 @@ def exact(model, x, labels, threads: int, reference: bool) -> dict:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        if reference:
-            with fused.reference_only():
-                data, enc = timed(lambda: pixelcnn.compress(model, x, labels))
-                out, dec = timed(lambda: pixelcnn.decompress(model, data))
-        else:
+        with fused.reference_only() if reference else contextlib.nullcontext():
             data, enc = timed(lambda: pixelcnn.compress(model, x, labels))
             out, dec = timed(lambda: pixelcnn.decompress(model, data))
     finally:
@@ -130,16 +127,12 @@ def compress_button(model, x: torch.Tensor, repeats: int = 3) -> dict:
     client = TestClient(create_app({"mnist": model}))
     body = {"model": "mnist", "image": x[0].flatten().tolist()}
     out = {}
-    for name, scope in (("compiled", None), ("reference", fused.reference_only)):
+    for name, scope in (("compiled", contextlib.nullcontext), ("reference", fused.reference_only)):
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            if scope is None:
-                r = client.post("/api/compress", json=body)
-            else:
-                with scope():
-                    r = client.post("/api/compress", json=body)
-            r.raise_for_status()
+            with scope():
+                client.post("/api/compress", json=body).raise_for_status()
             times.append(time.perf_counter() - start)
         out[name] = min(times)
     return out
@@ -156,7 +149,8 @@ def main() -> None:
           f"formats 3/4; compiled kernels: {fused.available()}")
     results: dict = {"threads": args.threads, "models": {}}
     batches = sorted(set(args.batches + ([1000] if args.large else [])))
-    for key, (label, model, dataset) in models().items():
+    loaded = models()
+    for key, (label, model, dataset) in loaded.items():
         if key not in args.models:
             continue
         print(f"\n## {label}\n\n| coder | images | encode s | decode s | encode img/s | decode img/s | bytes |\n"
@@ -182,9 +176,8 @@ def main() -> None:
             for r in per[n].values():
                 r.pop("data", None)
     if "mnist" in args.models:
-        model = pixelcnn.load("pretrained:mnist")
         x, _ = images_of("mnist", 1)
-        results["compress_button"] = button = compress_button(model, x)
+        results["compress_button"] = button = compress_button(loaded["mnist"][1], x)
         print(f"\nweb app Compress button, pretrained:mnist, one digit: {button['compiled']:.3f} s compiled, "
               f"{button['reference']:.3f} s reference")
     if args.json:
