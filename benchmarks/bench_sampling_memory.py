@@ -9,7 +9,7 @@ samples again and reports the growth of the peak: a stepper that lets go of its 
 leaves the second call at the first one's peak.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_sampling_memory.py [--families F ...] [--json FILE]
-        [--small 1x3x3 --small-batch 1000] [--large 3x32x32 --large-batch 16 --large-pixels 64]
+        [--small 1x3x3 --small-batch 1000] [--large 3x32x32 --large-batch 16 --large-pixels 64] [--calls 2]
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024          # Linux: kilobytes
 
 
-def measure(family: str, shape: tuple[int, int, int], batch: int, pixels: int | None) -> dict:
-    """In this process: the peak above the model's, per image, for one sampling call and then a second."""
+def measure(family: str, shape: tuple[int, int, int], batch: int, pixels: int | None, calls: int = 2) -> dict:
+    """In this process: the peak above the model's, per image, for one sampling call, then the process's peak
+    after each of ``calls`` calls in a row."""
     import torch
 
     import pixelcnn
@@ -65,13 +66,15 @@ def measure(family: str, shape: tuple[int, int, int], batch: int, pixels: int | 
 
     before = peak_mb()
     seconds = run()
-    first = peak_mb()
-    run()
-    second = peak_mb()
+    peaks = [peak_mb()]
+    for _ in range(calls - 1):
+        run()
+        peaks.append(peak_mb())
+    first = peaks[0]
     return {"family": family, "shape": list(shape), "batch": batch, "pixels": limit,
             "model_mb": round(before, 1), "per_image_kb": round((first - before) * 1024 / batch, 2),
-            "peak_above_model_mb": round(first - before, 1), "second_call_growth_mb": round(second - first, 1),
-            "seconds_per_pixel": round(seconds, 5)}
+            "peak_above_model_mb": round(first - before, 1), "second_call_growth_mb": round(peaks[1] - first, 1),
+            "process_peaks_mb": [round(p) for p in peaks], "seconds_per_pixel": round(seconds, 5)}
 
 
 def shape_of(text: str) -> tuple[int, int, int]:
@@ -87,18 +90,22 @@ def main() -> None:
     parser.add_argument("--large", type=shape_of, default=(3, 32, 32))
     parser.add_argument("--large-batch", type=int, default=16)
     parser.add_argument("--large-pixels", type=int, default=64, help="pixels sampled at the large size (two rows)")
+    parser.add_argument("--calls", type=int, default=2, help="sampling calls in a row in each process (at least 2)")
     parser.add_argument("--json")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        family, shape, batch, pixels = args.child
-        print(json.dumps(measure(family, shape_of(shape), int(batch), int(pixels) or None)))
+        family, shape, batch, pixels, calls = args.child
+        print(json.dumps(measure(family, shape_of(shape), int(batch), int(pixels) or None, int(calls))))
         return
+    if args.calls < 2:
+        parser.error(f"argument --calls: expected at least 2, got {args.calls}")
     rows = []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for family in args.families:
         for shape, batch, pixels in ((args.small, args.small_batch, 0), (args.large, args.large_batch, args.large_pixels)):
-            child = [sys.executable, __file__, "--child", family, "x".join(map(str, shape)), str(batch), str(pixels)]
+            child = [sys.executable, __file__, "--child", family, "x".join(map(str, shape)), str(batch), str(pixels),
+                     str(args.calls)]
             done = subprocess.run(child, capture_output=True, text=True, env=env)
             if done.returncode != 0:
                 raise SystemExit(f"{family} {shape}: {done.stderr[-2000:]}")
@@ -106,7 +113,8 @@ def main() -> None:
             rows.append(row)
             print(f"{family:16s} {'x'.join(map(str, shape)):8s} batch {batch:5d}: {row['per_image_kb']:9.1f} KB/image "
                   f"({row['peak_above_model_mb']:7.1f} MB above the model's {row['model_mb']:7.1f}); second call "
-                  f"+{row['second_call_growth_mb']:.1f} MB; {1000 * row['seconds_per_pixel']:.2f} ms/pixel", flush=True)
+                  f"+{row['second_call_growth_mb']:.1f} MB; {1000 * row['seconds_per_pixel']:.2f} ms/pixel; process peak "
+                  f"after each call {row['process_peaks_mb']} MB", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -13,7 +13,7 @@ import torch
 import pixelcnn
 from exact import randomise, tiny_model
 from generated import CACHED_FAMILIES
-from pixelcnn.models.layers import horizontal_conv, raster_conv, vertical_conv
+from pixelcnn.models.layers import concat_elu, horizontal_conv, raster_conv, vertical_conv
 from pixelcnn.models.pixelcnn_pp.shifted import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
                               DownShiftedConvTranspose2d)
 from pixelcnn.models.incremental import CachedConv, ConvTaps, FeatureMap, Pad
@@ -323,6 +323,38 @@ def test_a_ring_of_two_rows_gives_every_window_of_the_whole_map():
                     torch.testing.assert_close(cached.row(ho), expected[:, :, ho].permute(2, 0, 1), rtol=0, atol=1e-12)
             with pytest.raises(ValueError, match="not kept"):
                 ring.row(height - 3)
+
+
+def test_pixelcnn_pp_blocks_cache_their_values_and_read_them_through_concat_elu():
+    """A block's convolution of concat_elu(v) over a ring of v itself (F channels, half of what caching concat_elu
+    takes) gives the full convolution of concat_elu(v) at every row and position; a cache of any other width is
+    refused; the default stepper's block caches are all F channels wide."""
+    from pixelcnn.models.pixelcnn_pp.cached import ConcatEluConv, Scratch
+
+    g = torch.Generator().manual_seed(5)
+    scratch = Scratch()
+    for i, conv in enumerate([DownShiftedConv2d(8, 6, (2, 3)), DownRightShiftedConv2d(8, 6, (2, 2))]):
+        conv = randomise(conv.double(), seed=i)
+        height, width = 5, 3
+        x = torch.randn(2, 4, height, width, generator=g, dtype=torch.float64)
+        expected = conv(concat_elu(x))
+        taps = ConvTaps.of(conv)
+        ring = FeatureMap(2, height, width, 4, taps.reach(height, width), x, rows=2)
+        cached = ConcatEluConv(taps, ring, scratch)
+        with pytest.raises(ValueError, match="expected a feature map of 4 channels, got 8"):
+            ConcatEluConv(taps, FeatureMap(2, height, width, 8, taps.reach(height, width), x, rows=2), scratch)
+        for h in range(height):                          # as the stepper writes: u a row, ul a position at a time
+            for w in range(width if i else 0):
+                ring.at(h, w).copy_(x[:, :, h, w])
+                torch.testing.assert_close(cached.at(h, w), expected[:, :, h, w], rtol=0, atol=1e-12)
+            if not i:
+                ring.write_row(h, x[:, :, h].permute(2, 0, 1))
+            torch.testing.assert_close(cached.row(h), expected[:, :, h].permute(2, 0, 1), rtol=0, atol=1e-12)
+    model = pixelcnn.create("pixelcnn_pp", image_shape=(1, 4, 4), levels=256, filters=12, resnet_blocks=1).eval()
+    stepper = model.cached_stepper(torch.zeros(2, 1, 4, 4, dtype=torch.long), None)
+    blocks = [b for stage in stepper.up + stepper.down for b in stage]
+    widths = {m.buf.shape[-1] for b in blocks for r in (b.u, b.ul) for m in (r.x, r.h)}
+    assert blocks and widths == {12}
 
 
 def cyclic_garbage(work) -> list[str]:

@@ -195,9 +195,13 @@ class ConvTaps:
 class CachedConv:
     """A convolution evaluated at one output position, or one output row, of a cached input."""
 
+    SOURCE_SHARE = 1
+    """The taps' input channels per channel of the source (a subclass may widen what it reads)."""
+
     def __init__(self, taps: ConvTaps, source: FeatureMap, extra_bias: Tensor | PositionBias | None = None):
-        if source.buf.shape[-1] != taps.in_channels:
-            raise ValueError(f"expected a feature map of {taps.in_channels} channels, got {source.buf.shape[-1]}")
+        if source.buf.shape[-1] * self.SOURCE_SHARE != taps.in_channels:
+            raise ValueError(f"expected a feature map of {taps.in_channels // self.SOURCE_SHARE} channels, "
+                             f"got {source.buf.shape[-1]}")
         self.taps = taps
         self.weight = taps.weight                                               # (K, out)
         self.position_bias = extra_bias if isinstance(extra_bias, PositionBias) else None
@@ -206,9 +210,13 @@ class CachedConv:
         self.batch, self.size = source.buf.shape[0], taps.size
         self.views = taps.windows(source)                                       # (Ho, Wo, B, rows, cols, C)
 
+    def read(self, windows: Tensor) -> Tensor:
+        """(..., K) inputs of the taps from (..., rows, cols, C) windows of the source, copied if strided."""
+        return windows.reshape(*windows.shape[:-3], self.size)
+
     def at(self, h: int, w: int, bias: Tensor | None = None) -> Tensor:
         """(B, out) output at (h, w); ``bias`` replaces the stored one, e.g. a per-row bias."""
-        window = self.views[h, w].reshape(self.batch, self.size)                 # (B, K), copied if strided
+        window = self.read(self.views[h, w])                                    # (B, K)
         bias = self.bias if bias is None else bias
         if self.position_bias is not None:
             bias = bias + self.position_bias.at(h, w)
@@ -216,7 +224,7 @@ class CachedConv:
 
     def row(self, h: int) -> Tensor:
         """(W_out, B, out) outputs of row h (position-major, so that ``[w]`` is contiguous)."""
-        window = self.views[h]                                                  # (Wo, B, rows, cols, C)
+        window = self.read(self.views[h])                                       # (Wo, B, K)
         wo = window.shape[0]
         out = torch.mm(window.reshape(wo * self.batch, self.size), self.weight)  # (Wo * B, out)
         out = out.view(wo, self.batch, -1) + self.bias

@@ -394,16 +394,6 @@ def signed_identity(features: int, like: Tensor) -> Tensor:
     return torch.cat([eye, -eye], dim=1)
 
 
-def concat_elu_into(x: Tensor, out: Tensor, signs: Tensor) -> Tensor:
-    """:func:`concat_elu` of (B, F) ``x`` written into ``out``, e.g. a (B, 2F) view of a cache position.
-
-    [x, -x] comes from one product with ``signs`` (:func:`signed_identity`), written straight into
-    the strided view: one operation where a negation and a concatenation would take two.
-    """
-    torch.mm(x, signs, out=out)
-    return F.elu_(out)
-
-
 @dataclass
 class Condition:
     """What a model is conditioned on, prepared once per batch by ``AutoregressiveModel.condition``.

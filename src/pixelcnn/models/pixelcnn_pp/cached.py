@@ -46,10 +46,11 @@ streams first; here they arrive at different times, u a row at a time, the up pa
 at a time, and the sum is the same), and concat_elu of a value computed once per pixel for all its
 readers (:class:`Activation`), where the full path computes it at each reader.
 
-Each gated ResNet block caches concat_elu of its input and of its inner activation, the inputs
-of its two convolutions, each the last two rows of its stage (``RING``: the schedule reads no older
-row), as do the caches the resampling layers read; so a stage holds four rows' worth of every block
-whatever the image's height. Dropout is off (sampling runs in eval mode). The sums are those of the
+Each gated ResNet block caches its input and its inner activation, whose concat_elu its two convolutions
+read (:class:`ConcatEluConv` applies it to each window as it reads it: half the memory of caching
+concat_elu), each the last two rows of its stage (``RING``: the schedule reads no older row), as do the
+caches the resampling layers read; so a stage holds four rows of F channels for every block whatever the
+image's height. Dropout is off (sampling runs in eval mode). The sums are those of the
 full network in another order, so the two paths differ by float rounding only, and by no more than
 the full network differs from itself evaluated in higher precision.
 
@@ -65,12 +66,14 @@ in float64 the paths agree to ~1e-12, default size included (tests/test_generate
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelcnn.distributions.logistic_mixture import PixelMixture
-from pixelcnn.models.layers import Condition, concat_elu, concat_elu_into, signed_identity
+from pixelcnn.models.layers import Condition, concat_elu, signed_identity
 from pixelcnn.models.incremental import (CachedConv, CachedConvTranspose, CachedStepper, ConvTaps, FeatureMap,
                                          Pointwise, TransposedTaps, class_bias)
 
@@ -82,9 +85,8 @@ and reaches one row above it (the blocks' (2, 3) and (2, 2) kernels, the stride-
 
 
 class Activation:
-    """A value of the current pixel's pass, a u row (W, B, F) or a position (B, F), with its concat_elu
-    computed once for all its readers: its block, the ul block's shortcut from a new u, a down-pass
-    block's shortcut."""
+    """A value of the current pixel's pass at a position (B, F), with its concat_elu computed once for the
+    readers of the whole value: a down-pass block's shortcut (and the block that wrote it into its cache)."""
 
     __slots__ = ("value", "_elu")
 
@@ -97,11 +99,73 @@ class Activation:
             self._elu = concat_elu(self.value, dim=-1)
         return self._elu
 
-    def elu_into(self, out: Tensor, signs: Tensor) -> Tensor:
-        """concat_elu of a position's (B, F) value written into ``out``, a (B, 2F) view of a block's input
-        cache (:func:`concat_elu_into`), and kept for the later readers."""
-        self._elu = concat_elu_into(self.value, out, signs)
+    def signed_into(self, out: Tensor, signs: Tensor) -> Tensor:
+        """A position's (B, F) value into ``out``, a (B, F) view of a block's input cache, as the first half of
+        [x, -x] = x @ ``signs`` (:func:`signed_into`); concat_elu of that product kept for the later readers."""
+        self._elu = F.elu(signed_into(self.value, out, signs))
         return self._elu
+
+
+class Row(Activation):
+    """A u row (W, B, F), its concat_elu computed for each of its readers (the ul block's shortcut, a down-pass
+    block's shortcut), not kept: every row of the up pass waits on the list for the down pass, and its concat_elu
+    would double what the list holds."""
+
+    __slots__ = ()
+
+    def elu(self) -> Tensor:
+        """concat_elu of the row along its last dimension."""
+        return concat_elu(self.value, dim=-1)
+
+
+def signed_into(x: Tensor, out: Tensor, signs: Tensor) -> Tensor:
+    """(B, 2F) [x, -x] of a position's (B, F) value, one product with ``signs`` (:func:`signed_identity`), its
+    first half written into ``out``, a (B, F) view of a cache.
+
+    The caches read by a block's convolutions hold these values, not their concat_elu (half the memory):
+    :class:`ConcatEluConv` applies concat_elu to each window as it reads it. A product, not ``x`` itself,
+    because the codec's arithmetic rounds the operands of a product (:mod:`pixelcnn.coding.exact`): the
+    cache keeps the value the product gave, as it kept concat_elu of it before."""
+    signed = torch.mm(x, signs)                                                 # (B, 2F)
+    out.copy_(signed[:, : out.shape[-1]])
+    return signed
+
+
+class Scratch:
+    """One buffer for the windows that every :class:`ConcatEluConv` of a stepper forms and its product reads at
+    once, grown to the largest: the same memory for every block, not a new allocation each time."""
+
+    def __init__(self):
+        self.buf: Tensor | None = None
+
+    def get(self, like: Tensor, channels: int) -> Tensor:
+        """An uninitialised (*like.shape[:-1], channels) contiguous tensor of ``like``'s dtype."""
+        shape = (*like.shape[:-1], channels)
+        n = math.prod(shape)
+        if self.buf is None or self.buf.numel() < n:
+            self.buf = like.new_empty(n)
+        return self.buf[:n].view(shape)
+
+
+class ConcatEluConv(CachedConv):
+    """A block's convolution of concat_elu(v) over a cache of v: each (rows, cols, F) window becomes the
+    (rows, cols, 2F) input the taps read as it is read (the full network's order of channels), so a block's
+    caches hold F channels, not 2F. The window's concat_elu is the one the whole value would have had:
+    an elementwise function of the same values."""
+
+    SOURCE_SHARE = 2
+
+    def __init__(self, taps: ConvTaps, source: FeatureMap, scratch: "Scratch", extra_bias: Tensor | None = None):
+        super().__init__(taps, source, extra_bias)
+        self.scratch = scratch
+
+    def read(self, windows: Tensor) -> Tensor:
+        """(..., K) concat_elu of (..., rows, cols, F) windows, formed in one buffer: elu of [v, -v]."""
+        f = windows.shape[-1]
+        out = self.scratch.get(windows, 2 * f)                                   # (..., rows, cols, 2F)
+        out[..., :f] = windows
+        torch.neg(windows, out=out[..., f:])
+        return F.elu_(out).view(*windows.shape[:-3], self.size)
 
 
 def shortcut_weights(nin: nn.Conv2d, streams: int) -> list[Tensor]:
@@ -122,8 +186,8 @@ class CachedGatedResnet:
     """A GatedResnet over one row (u stream) or at one position (ul stream) of its stage, through the
     module's own ``combine``.
 
-    Caches concat_elu of its input (``x_elu``) and of its inner activation (``h_elu``). The
-    shortcut, nin(concat_elu(aux)), is a sum over the aux streams: the first stream (u) is taken a
+    Caches its input (``x``) and its inner activation (``h``), which its convolutions read through
+    concat_elu (:class:`ConcatEluConv`). The shortcut, nin(concat_elu(aux)), is a sum over the aux streams: the first stream (u) is taken a
     row at a time, the second (the up pass's ul, down pass only) a position at a time. It holds no reference
     to its stepper (which holds it): the stage position comes with each call, so no cycle keeps either alive.
     """
@@ -131,45 +195,46 @@ class CachedGatedResnet:
     def __init__(self, block: nn.Module, stepper: "CachedPixelCNNPP", size: tuple[int, int], cond: Condition | None):
         taps_in, taps_out = ConvTaps.of(block.conv_in), ConvTaps.of(block.conv_out)
         self.combine = block.combine
-        self.x_elu = stepper.feature_map(taps_in.in_channels, [taps_in], size, rows=RING)
-        self.h_elu = stepper.feature_map(taps_out.in_channels, [taps_out], size, rows=RING)
-        self.conv_in = CachedConv(taps_in, self.x_elu)
-        self.conv_out = CachedConv(taps_out, self.h_elu, class_bias(block.cond_bias, cond, size))
+        self.x = stepper.feature_map(taps_in.in_channels // 2, [taps_in], size, rows=RING)
+        self.h = stepper.feature_map(taps_out.in_channels // 2, [taps_out], size, rows=RING)
+        self.conv_in = ConcatEluConv(taps_in, self.x, stepper.scratch)
+        self.conv_out = ConcatEluConv(taps_out, self.h, stepper.scratch, class_bias(block.cond_bias, cond, size))
         streams = 0 if block.aux is None else block.aux.in_channels // taps_in.in_channels
         self.shortcuts = shortcut_weights(block.aux, streams) if streams else []
         self.nin_bias = block.aux.bias.detach() if streams else None            # (F,)
         self.in_bias = taps_in.bias if not streams else taps_in.bias + self.nin_bias   # conv_in's and nin's
         self.row_bias: Tensor | None = None                                    # (W, B, F), ul stream
-        self.x_elu_row: Tensor | None = None                                   # (B, W, 2F) views, ul stream
-        self.h_elu_row: Tensor | None = None
+        self.x_row: Tensor | None = None                                       # (B, W, F) views, ul stream
+        self.h_row: Tensor | None = None
         self.in_windows: Tensor | None = None                                  # (W, B, rows, cols, 2F) views
         self.out_windows: Tensor | None = None
-        self.signs = signed_identity(taps_in.in_channels // 2, taps_in.weight)  # (F, 2F)
+        self.signs = stepper.signs                                              # (F, 2F), one for every block
 
-    def row(self, x: Activation | None, i: int, skip: Activation | None = None) -> Activation | None:
+    def row(self, x: Row | None, i: int, skip: Row | None = None) -> Row | None:
         """The (W, B, F) output row i from the input row x and the shortcut's (W, B, F); None where no row starts."""
         if x is None:
             return None
         shortcut = None if skip is None else row_product(self.nin_bias, skip.elu(), self.shortcuts[0])
 
+        # The caches take the values themselves; the convolutions apply concat_elu as they read them.
         def conv_in(v: Tensor) -> Tensor:
-            self.x_elu.write_row(i, v)
+            self.x.write_row(i, v)
             return self.conv_in.row(i)                                          # (W, B, F), conv_in's bias
 
         def conv_out(v: Tensor) -> Tensor:
-            self.h_elu.write_row(i, v)
+            self.h.write_row(i, v)
             return self.conv_out.row(i)
 
-        return Activation(self.combine(x.value, x.elu(), conv_in, conv_out, shortcut, dim=-1))   # (W, B, F)
+        return Row(self.combine(x.value, x.value, conv_in, conv_out, shortcut, dim=-1, elu=read_later))
 
     def prepare_row(self, u_elu: Tensor, i: int) -> None:
         """Ul row i: the first convolution's bias at each position (its and nin's biases plus nin of the
         u row's concat_elu ``u_elu`` (W, B, 2F)), and the row's views of the caches this block writes."""
         self.row_bias = row_product(self.in_bias, u_elu, self.shortcuts[0])
-        self.x_elu_row, self.h_elu_row = self.x_elu.row(i), self.h_elu.row(i)   # (B, W, 2F) each
+        self.x_row, self.h_row = self.x.row(i), self.h.row(i)                 # (B, W, F) each
         self.in_windows, self.out_windows = self.conv_in.views[i], self.conv_out.views[i]
 
-    def at(self, x: Activation, u: Activation | None, i: int, j: int, skip: Activation | None = None) -> Activation:
+    def at(self, x: Activation, u: Row | None, i: int, j: int, skip: Row | None = None) -> Activation:
         """The (B, F) output at the stage's position (i, j) from the input x (B, F), the u row (W, B, F) where one
         starts (it prepares the ul row) and the up pass's ul there (down pass)."""
         if u is not None:
@@ -177,9 +242,9 @@ class CachedGatedResnet:
         bias = self.row_bias[j]
         if skip is not None:
             bias = torch.addmm(bias, skip.elu(), self.shortcuts[1])
-        x_elu = x.elu_into(self.x_elu_row[:, j], self.signs)
+        x_elu = x.signed_into(self.x_row[:, j], self.signs)
 
-        # The convolutions read their windows of the caches, where x_elu and ``elu`` write their inputs.
+        # The convolutions read their windows of the caches, where signed_into writes their inputs.
         def conv_in(v: Tensor) -> Tensor:
             return window_product(self.conv_in, self.in_windows, i, j, bias)
 
@@ -187,7 +252,7 @@ class CachedGatedResnet:
             return window_product(self.conv_out, self.out_windows, i, j)
 
         def elu(h: Tensor, dim: int) -> Tensor:
-            return concat_elu_into(h, self.h_elu_row[:, j], self.signs)
+            return signed_into(h, self.h_row[:, j], self.signs)
 
         return Activation(self.combine(x.value, x_elu, conv_in, conv_out, dim=-1, elu=elu))   # (B, F)
 
@@ -199,8 +264,8 @@ class CachedStreamBlock:
         self.u = CachedGatedResnet(block.u, stepper, size, cond)
         self.ul = CachedGatedResnet(block.ul, stepper, size, cond)
 
-    def __call__(self, u: Activation | None, ul: Activation, position: tuple[int, int], u_skip: Activation | None = None,
-                 ul_skip: Activation | None = None) -> tuple[Activation | None, Activation]:
+    def __call__(self, u: Row | None, ul: Activation, position: tuple[int, int], u_skip: Row | None = None,
+                 ul_skip: Row | None = None) -> tuple[Row | None, Activation]:
         """As StreamBlock's forward at the stage's ``position``: u from itself and u_skip, then ul from itself,
         the new u and ul_skip."""
         i, j = position
@@ -208,12 +273,17 @@ class CachedStreamBlock:
         return u, self.ul.at(ul, u, i, j, ul_skip)
 
 
+def read_later(h: Tensor, dim: int) -> Tensor:
+    """The ``elu`` of a block's row: none yet, the convolution reading the cache applies it (:class:`ConcatEluConv`)."""
+    return h
+
+
 def window_product(conv: CachedConv, windows: Tensor, i: int, j: int, bias: Tensor | None = None) -> Tensor:
     """``conv.at(i, j, bias)``, (B, out), from row i's windows ``conv.views[i]`` picked out once per row."""
     bias = conv.bias if bias is None else bias
     if conv.position_bias is not None:
         bias = bias + conv.position_bias.at(i, j)
-    return torch.addmm(bias, windows[j].reshape(conv.batch, conv.size), conv.weight)
+    return torch.addmm(bias, conv.read(windows[j]), conv.weight)
 
 
 class CachedInputLayer:
@@ -274,6 +344,8 @@ class CachedPixelCNNPP(CachedStepper):
         check_geometry(model)
         first = [ConvTaps.of(m) for m in (model.u_in, model.ul_in_above, model.ul_in_left)]
         super().__init__(model, x, first, ones_channel=True)
+        self.signs = signed_identity(model.config.filters, self.like)           # (F, 2F): x @ it is [x, -x]
+        self.scratch = Scratch()
         self.input_layer = CachedInputLayer(first, self.inputs)
         sizes = stage_sizes(model, self.height, self.width)
         self.coarsest = len(sizes) - 1
@@ -353,7 +425,7 @@ class CachedPixelCNNPP(CachedStepper):
             self.keep(s, u, ul, down=True)
         return self.out(F.elu(ul.value))                                       # (B, P)
 
-    def up_stage(self, s: int, u: Activation | None, ul: Activation, u_list: list, ul_list: list) -> tuple:
+    def up_stage(self, s: int, u: Row | None, ul: Activation, u_list: list, ul_list: list) -> tuple:
         """Stage s of the up pass from the finer stage's last (u, ul); every value onto the lists."""
         if s > 0:
             u, ul = self.downsample(s)
@@ -366,26 +438,26 @@ class CachedPixelCNNPP(CachedStepper):
         self.keep(s, u, ul)
         return u, ul
 
-    def first(self) -> tuple[Activation | None, Activation]:
+    def first(self) -> tuple[Row | None, Activation]:
         """The first layer: u's row where the pixel starts one, ul at the pixel."""
         h, w = self.pixel
-        u = Activation(self.input_layer.start_row(h)) if w == 0 else None
+        u = Row(self.input_layer.start_row(h)) if w == 0 else None
         return u, Activation(self.input_layer.at(h, w))
 
-    def downsample(self, s: int) -> tuple[Activation | None, Activation]:
+    def downsample(self, s: int) -> tuple[Row | None, Activation]:
         """Stage s's input: the stride-2 convolutions of stage s - 1's kept outputs (this pixel's among them)."""
         (i, j), (down_u, down_ul) = self.stage_position(s), self.downsample_layers[s]
-        u = Activation(down_u.row(i)) if self.pixel[1] == 0 else None
+        u = Row(down_u.row(i)) if self.pixel[1] == 0 else None
         return u, Activation(down_ul.at(i, j))
 
-    def upsample(self, s: int) -> tuple[Activation | None, Activation]:
+    def upsample(self, s: int) -> tuple[Row | None, Activation]:
         """Stage s's down-pass input: the transposed convolutions of stage s + 1's kept down-pass outputs,
         computed at this pixel or an earlier one."""
         (i, j), (up_u, up_ul) = self.stage_position(s), self.upsample_layers[s]
-        u = Activation(up_u.row(i)) if self.pixel[1] == 0 else None
+        u = Row(up_u.row(i)) if self.pixel[1] == 0 else None
         return u, Activation(up_ul.at(i, j))
 
-    def keep(self, s: int, u: Activation | None, ul: Activation, down: bool = False) -> None:
+    def keep(self, s: int, u: Row | None, ul: Activation, down: bool = False) -> None:
         """Stage s's last outputs of a pass into the caches that the other stage's resampling layers read."""
         tops = self.down_tops[s] if down else self.up_tops[s]
         if tops is not None:
