@@ -660,3 +660,19 @@ def test_a_stream_the_decoders_probabilities_cannot_have_written_raises_a_compre
     monkeypatch.setattr(constriction.stream.queue, "RangeDecoder", Refusing)
     with pytest.raises(CompressionError, match="does not decode with this model's probabilities"):
         pixelcnn.decompress(model, data)
+
+
+@pytest.mark.parametrize("scope", [arithmetic.deterministic_cpu, arithmetic.exact_arithmetic])
+def test_both_arithmetics_code_with_the_layers_released_forms(scope):
+    """The committed files are too small for the faster forms to be taken, so the scope is checked itself: inside
+    each arithmetic, whole maps take torch.tanh and lmconv convolves by unfold, whatever the size; outside, the
+    faster forms come back."""
+    from pixelcnn.models.layers import tanh_takes_sigmoid_form
+    from pixelcnn.models.lmconv.local_conv import LocallyMaskedConv2d
+
+    big = torch.zeros(1, 64, 64, 64)
+    conv = LocallyMaskedConv2d(64, 8, 3, torch.zeros(64, dtype=torch.long), torch.zeros(8, dtype=torch.long), "B")
+    assert tanh_takes_sigmoid_form(big) and conv.takes_split_form(big)
+    with scope(tiny_model("gated_pixelcnn", (1, 4, 4), 4)):
+        assert not tanh_takes_sigmoid_form(big) and not conv.takes_split_form(big)
+    assert tanh_takes_sigmoid_form(big) and conv.takes_split_form(big)

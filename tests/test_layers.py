@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from pixelcnn.models import layers
+from pixelcnn.models.replaceable import never, replaced
 from pixelcnn.models.layers import SMALL_MAP, Conv1x1, add_shifted_down, conv2d, gate, map_tanh, shift_down
 
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -139,9 +140,9 @@ def test_conv1x1_is_a_plain_one_by_one_convolution():
         torch.testing.assert_close(a, t.grad, rtol=1e-12, atol=1e-12)
 
 
-def test_inside_reference_forms_whole_maps_take_torch_tanh_bit_for_bit_and_outside_the_fast_form():
+def test_with_the_sigmoid_form_replaced_whole_maps_take_torch_tanh_bit_for_bit_and_outside_the_fast_form():
     x = map_of((4, 8, 32, 16), "channels_last").float()              # large enough for the fast path
-    with layers.reference_forms():
+    with replaced({layers.tanh_takes_sigmoid_form: never}):
         assert torch.equal(map_tanh(x), torch.tanh(x))
         with torch.no_grad():
             plain = x.clone(memory_format=torch.preserve_format)
@@ -149,3 +150,16 @@ def test_inside_reference_forms_whole_maps_take_torch_tanh_bit_for_bit_and_outsi
             assert torch.equal(gate(x.clone(memory_format=torch.preserve_format), overwrite=True), F.glu(plain, 1))
     assert not torch.equal(map_tanh(x), torch.tanh(x))                # the sigmoid form differs in the last bits
     torch.testing.assert_close(map_tanh(x), torch.tanh(x), rtol=0, atol=3e-7)
+
+
+def test_a_replacement_holds_inside_its_scope_only_and_only_replaceable_functions_are_taken():
+    x = torch.zeros(SMALL_MAP)
+    assert layers.tanh_takes_sigmoid_form(x)
+    with replaced({layers.tanh_takes_sigmoid_form: never}):
+        assert not layers.tanh_takes_sigmoid_form(x)
+        with replaced({}):
+            assert not layers.tanh_takes_sigmoid_form(x)                 # an inner scope keeps the outer's
+    assert layers.tanh_takes_sigmoid_form(x)
+    with pytest.raises(TypeError, match="expected @replaceable functions"):
+        with replaced({torch.tanh: never}):
+            pass

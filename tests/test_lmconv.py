@@ -18,8 +18,9 @@ from exact import all_images, chi_square_pvalue, dependency_violations, draws_fo
 from pixelcnn.models.lmconv import orders
 from pixelcnn.cli import main
 from pixelcnn.coding import container
+from pixelcnn.coding.arithmetic import released_forms
 from pixelcnn.errors import ConfigError, PixelCNNError
-from pixelcnn.models.layers import channel_groups, reference_forms
+from pixelcnn.models.layers import channel_groups
 from pixelcnn.models.lmconv import local_conv
 from pixelcnn.models.common import gate_groups
 from pixelcnn.models.lmconv import AUTO_ORDERS, MEMO_SIZE
@@ -346,12 +347,16 @@ def test_the_split_is_remembered_per_masks_tensor_and_the_memo_stays_bounded():
 
 
 def test_inside_the_compressors_scope_the_layer_computes_the_reference_form_bit_for_bit():
-    """Files coded by earlier releases' whole-network stepper hold that form's probabilities (tests/test_coding.py)."""
+    """Files coded by earlier releases' whole-network stepper hold that form's probabilities (tests/test_coding.py).
+    The input is large enough for the split form outside the scope."""
     conv = local_layer(3, 2, "B", 3)
-    x = torch.randn(2, 6, 5, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    masks = tap_masks(orders.named("hilbert", 5, 6, 2), 5, 6, 3, 2).double()
-    with torch.no_grad(), reference_forms():
+    x = torch.randn(2, 6, 24, 30, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    masks = tap_masks(orders.named("hilbert", 24, 30, 2), 24, 30, 3, 2).double()
+    assert conv.takes_split_form(x)
+    with torch.no_grad(), released_forms():
+        assert not conv.takes_split_form(x)
         assert torch.equal(conv(x, masks), conv.forward_reference(x, masks))
+    assert conv.takes_split_form(x)
 
 
 

@@ -21,7 +21,9 @@ from pixelcnn.coding.container import EXACT_VERSION
 from pixelcnn.coding import fused
 from pixelcnn.coding.exact import ExactArithmetic
 from pixelcnn.coding.quantize import quantized_weights
-from pixelcnn.models.layers import reference_forms
+from pixelcnn.models.layers import tanh_takes_sigmoid_form
+from pixelcnn.models.lmconv.local_conv import LocallyMaskedConv2d
+from pixelcnn.models.replaceable import never, replaced
 
 
 def coding_model(model):
@@ -41,21 +43,28 @@ def exact_model(model):
 
 
 # Compatibility with files already written: the whole-network stepper of every release that wrote formats 2 and 3
-# computed each layer's reference form (torch.tanh; lmconv's unfold convolution), which faster forms have
-# replaced since (the sigmoid form of tanh, the split convolution). Every arithmetic below codes inside
-# ``reference_forms()``, so those files decode bit for bit and new ones are written the same way.
-RELEASED_FORMS = reference_forms
+# computed each layer's reference form, which faster forms have replaced since. Every arithmetic below codes with
+# the released forms, so those files decode bit for bit and new ones are written the same way:
+RELEASED_FORMS = {
+    tanh_takes_sigmoid_form: never,                 # tanh of a whole map: torch.tanh, not 2 sigmoid(2x) - 1
+    LocallyMaskedConv2d.takes_split_form: never,    # lmconv's convolution: unfold every tap, not split the taps
+}
+
+
+def released_forms():
+    """The scope in which the layers compute the forms of :data:`RELEASED_FORMS`."""
+    return replaced(RELEASED_FORMS)
 
 
 @contextlib.contextmanager
 def deterministic_cpu(model) -> Iterator[None]:
     """Format 2: one CPU thread, oneDNN pinned on, no autograd, eval mode, the released forms of the layers
-    (:data:`RELEASED_FORMS`); the caller's settings come back after."""
+    (:func:`released_forms`); the caller's settings come back after."""
     threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
     torch.set_num_threads(1)
     torch.backends.mkldnn.enabled = True
     try:
-        with model.evaluating(), torch.no_grad(), RELEASED_FORMS():
+        with model.evaluating(), torch.no_grad(), released_forms():
             yield
     finally:
         torch.set_num_threads(threads)
@@ -65,9 +74,9 @@ def deterministic_cpu(model) -> Iterator[None]:
 @contextlib.contextmanager
 def exact_arithmetic(model) -> Iterator[None]:
     """Format 3: eval mode, no autograd, every torch function exact or correctly rounded
-    (:class:`~pixelcnn.coding.exact.ExactArithmetic`), the released forms of the layers (:data:`RELEASED_FORMS`),
+    (:class:`~pixelcnn.coding.exact.ExactArithmetic`), the released forms of the layers (:func:`released_forms`),
     cuDNN off (its transforms would round); any thread count."""
-    with model.evaluating(), torch.no_grad(), RELEASED_FORMS(), torch.backends.cudnn.flags(enabled=False), ExactArithmetic():
+    with model.evaluating(), torch.no_grad(), released_forms(), torch.backends.cudnn.flags(enabled=False), ExactArithmetic():
         yield
 
 

@@ -12,14 +12,13 @@ Masks are applied in ``forward`` (``weight * mask``); weights are never edited i
 
 from __future__ import annotations
 
-import contextlib
-from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pixelcnn.models.replaceable import replaceable
 
 MASK_TYPES = ("A", "B")
 
@@ -261,27 +260,6 @@ class _AddShiftedDown(torch.autograd.Function):
 
 
 SMALL_MAP = 2**14      # below this many elements, the three more passes of map_tanh cost more than they save
-_REFERENCE_FORMS: ContextVar[bool] = ContextVar("reference_forms", default=False)
-
-
-@contextlib.contextmanager
-def reference_forms() -> Iterator[None]:
-    """Inside (this thread or task), every layer that has a faster whole-map form computes its reference form
-    instead: ``torch.tanh`` rather than :func:`map_tanh`'s sigmoid form, and lmconv's unfold convolution rather
-    than its split one (``models/lmconv/local_conv.py``). The same numbers to float rounding; a caller that
-    must repeat an earlier computation bit for bit (the codec, ``coding/arithmetic.py``) enters it."""
-    token = _REFERENCE_FORMS.set(True)
-    try:
-        yield
-    finally:
-        _REFERENCE_FORMS.reset(token)
-
-
-def in_reference_forms() -> bool:
-    """True inside :func:`reference_forms`."""
-    return _REFERENCE_FORMS.get()
-
-
 def map_tanh(x: Tensor) -> Tensor:
     """tanh of a whole feature map, computed as 2 sigmoid(2x) - 1 on the CPU.
 
@@ -292,20 +270,21 @@ def map_tanh(x: Tensor) -> Tensor:
     precision, which no network output can tell apart. Elsewhere (CUDA), and on maps too small
     for the passes to pay (``SMALL_MAP``), it is ``torch.tanh``. The gradient is tanh's,
     1 - tanh^2, from the value. Whole-map paths use it; the cached steppers, which work on one
-    position or row at a time, keep ``torch.tanh`` (where its speed is irrelevant), and inside
-    :func:`reference_forms` (the compressor) so does every path.
+    position or row at a time, keep ``torch.tanh`` (where its speed is irrelevant), and so does every path
+    where :func:`tanh_takes_sigmoid_form` is replaced (the compressor).
     """
-    if not _sigmoid_form_pays(x):
+    if not tanh_takes_sigmoid_form(x):
         return torch.tanh(x)
     if torch.is_grad_enabled() and x.requires_grad:
         return _MapTanh.apply(x)
     return _sigmoid_tanh_(torch.mul(x, 2.0))
 
 
-def _sigmoid_form_pays(x: Tensor) -> bool:
-    """Whether tanh of ``x`` takes the sigmoid form: a CPU float map of at least ``SMALL_MAP`` elements,
-    outside :func:`reference_forms`."""
-    return x.device.type == "cpu" and x.is_floating_point() and x.numel() >= SMALL_MAP and not _REFERENCE_FORMS.get()
+@replaceable
+def tanh_takes_sigmoid_form(x: Tensor) -> bool:
+    """Whether tanh of ``x`` takes the sigmoid form (:func:`map_tanh`, :func:`gate`): where it pays, a CPU float map
+    of at least ``SMALL_MAP`` elements."""
+    return x.device.type == "cpu" and x.is_floating_point() and x.numel() >= SMALL_MAP
 
 
 def _sigmoid_tanh_(x2: Tensor) -> Tensor:
@@ -330,7 +309,7 @@ def gate(x: Tensor, dim: int = 1, overwrite: bool = False) -> Tensor:
     """Gated activation tanh(a) * sigmoid(b) of the two halves [a, b] of ``dim``: (B, 2n, ...) -> (B, n, ...).
 
     ``dim=-1`` is the incremental paths' channels-last layout. Whole feature maps (B, 2n, H, W)
-    take tanh through :func:`map_tanh` (unless inside :func:`reference_forms`); a position or a row
+    take tanh through :func:`map_tanh`; a position or a row
     (fewer dimensions), ``torch.tanh``.
     ``overwrite=True`` is for a caller done with ``x``: outside autograd, the gate is then
     formed in ``x``'s memory. Where :func:`map_tanh` would take the sigmoid form: the first half
@@ -345,7 +324,7 @@ def gate(x: Tensor, dim: int = 1, overwrite: bool = False) -> Tensor:
     elif overwrite:
         n = x.shape[dim] // 2
         a = x.narrow(dim, 0, n)
-        if whole_map and _sigmoid_form_pays(a):
+        if whole_map and tanh_takes_sigmoid_form(a):
             a.mul_(2.0)
             x.sigmoid_()                                                        # [sigmoid(2a), sigmoid(b)]
             return torch.mul(a.mul_(2.0).sub_(1.0), x.narrow(dim, n, n))       # tanh(a) sigmoid(b)

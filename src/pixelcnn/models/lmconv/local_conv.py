@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from pixelcnn.models.layers import centre_mask, channels_last, conv2d, in_reference_forms
+from pixelcnn.models.layers import centre_mask, channels_last, conv2d
+from pixelcnn.models.replaceable import replaceable
 from pixelcnn.models.incremental import ConvTaps, FeatureMap, Pad, PositionBias
 from pixelcnn.models.lmconv.orders import ranks
 
@@ -122,13 +123,10 @@ class LocallyMaskedConv2d(nn.Module):
         """(B, in, H, W) and tap masks (k k, H W) -> (B, out, H, W): the kept taps' convolution plus
         the varying taps' masked patches, contracted by a 1x1 convolution.
 
-        It is :meth:`forward_reference` on inputs of fewer than ``SMALL_INPUT`` elements, for masks
-        that keep no tap everywhere (tap masks keep the centre), and inside ``layers.reference_forms()``,
-        the compressor's scope: the files that earlier releases' whole-network stepper wrote were
-        coded with that form's operations (in exact arithmetic each operand's rounding follows
-        them), and must decode bit for bit.
+        It is :meth:`forward_reference` where :meth:`takes_split_form` says no, and for masks that keep no
+        tap everywhere (tap masks keep the centre).
         """
-        if x.numel() < SMALL_INPUT or in_reference_forms():
+        if not self.takes_split_form(x):
             return self.forward_reference(x, masks)
         split = self.split(masks, *x.shape[2:])
         if split.box is None:
@@ -136,6 +134,14 @@ class LocallyMaskedConv2d(nn.Module):
         weight = self.conv.weight * self.mask                               # (out, in, k, k)
         out = self._kept(x, weight, split)                                  # (B, out, H, W)
         return out + self._varying(x, weight, split) if split.varying else out
+
+    @replaceable
+    def takes_split_form(self, x: Tensor) -> bool:
+        """Whether ``forward`` splits the taps for ``x``: where it pays, on inputs of at least ``SMALL_INPUT`` elements.
+        The compressor replaces it (``coding/arithmetic.py``): the files that earlier releases' whole-network
+        stepper wrote were coded with the reference form's operations (in exact arithmetic each operand's
+        rounding follows them), and must decode bit for bit."""
+        return x.numel() >= SMALL_INPUT
 
     def forward_reference(self, x: Tensor, masks: Tensor) -> Tensor:
         """``forward`` as the paper computes it: unfold every tap, mask each position's patch, contract."""
