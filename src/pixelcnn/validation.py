@@ -40,6 +40,14 @@ def _bounds(lo, hi, open_lo: bool = False, open_hi: bool = False) -> str:
     return f"{'<' if open_hi else '<='} {hi}" if hi is not None else ""
 
 
+def converted(kind: Callable[[str], Any], text: str, expected: str) -> Any:
+    """``kind(text)`` (int, float), or the one-line error that names what was ``expected``."""
+    try:
+        return kind(text)
+    except ValueError:
+        fail(None, expected, text)
+
+
 @dataclasses.dataclass(frozen=True)
 class Integer:
     """An int (not a bool) in [minimum, maximum]; with ``odd``, an odd one (a kernel size)."""
@@ -60,11 +68,7 @@ class Integer:
         return value
 
     def parse(self, text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            fail(None, self.expected, text)
-        return self(value)
+        return self(converted(int, text, self.expected))
 
 
 def loosest(checks: list):
@@ -104,11 +108,7 @@ class Real:
         return value
 
     def parse(self, text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            fail(None, self.expected, text)
-        return self(value)
+        return self(converted(float, text, self.expected))
 
 
 @dataclasses.dataclass(frozen=True)
