@@ -73,6 +73,24 @@ class MaskedModelConfig(ModelConfig):
 KERNEL = Integer(1, odd=True)
 DILATIONS = Integers(1)
 
+# Fields that several masked families declare, each described and checked once: a flag that families share shows
+# the first family's help (flags.add_model_flags), so its words must suit every one of them.
+SHARED_HELP = {
+    "first_kernel": "size of the first (mask A) convolution",
+    "kernel_size": "size of the convolutions after the first",
+}
+SHARED_LIMITS = {"first_kernel": KERNEL, "kernel_size": KERNEL, "dilations": DILATIONS}
+
+
+def shared_help(*names: str) -> dict[str, str]:
+    """The help of the shared fields ``names``."""
+    return {name: SHARED_HELP[name] for name in names}
+
+
+def shared_limits(*names: str) -> dict:
+    """The checks of the shared fields ``names``."""
+    return {name: SHARED_LIMITS[name] for name in names}
+
 
 class OutputHead(nn.Module):
     """ReLU, 1x1 mask-B convolution, ReLU, 1x1 mask-B convolution to the distribution's parameters."""

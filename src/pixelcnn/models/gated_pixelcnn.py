@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from pixelcnn.models.layers import (Condition, ConditionBias, Conv1x1, add_shifted_down, channel_groups, gate, horizontal_conv,
                              vertical_conv)
 from pixelcnn.models.base import AutoregressiveModel
-from pixelcnn.models.common import (DILATIONS, KERNEL, MaskedModelConfig, OutputHead, dilations_help, gate_groups,
-                                    masked_1x1)
+from pixelcnn.models.common import (MaskedModelConfig, OutputHead, dilations_help, gate_groups, masked_1x1, shared_help,
+                                    shared_limits)
 from pixelcnn.models.incremental import (CachedConv, CachedStepper, ConvTaps, FeatureMap, Pointwise, PointwiseHead,
                                          bias_row, class_bias)
 from pixelcnn.validation import Integer, OneOf
@@ -44,14 +44,13 @@ class GatedPixelCNNConfig(MaskedModelConfig):
 
     help: ClassVar[dict[str, str]] = {
         **MaskedModelConfig.help,
-        "first_kernel": "size of the first layer's kernels",
-        "kernel_size": "size of the gated layers' kernels",
+        **shared_help("first_kernel", "kernel_size"),
         "layers": "number of gated layers, the first (mask A) one included",
         "dilations": dilations_help("gated layer"),
         "conv_impl": "'shaped' (convolutions shaped to the mask, faster) or 'masked' (plain masked k x k)",
     }
-    limits: ClassVar[dict] = {**MaskedModelConfig.limits, "first_kernel": KERNEL, "kernel_size": KERNEL,
-                              "dilations": DILATIONS, "conv_impl": OneOf(CONV_IMPLS), "layers": Integer(1)}
+    limits: ClassVar[dict] = {**MaskedModelConfig.limits, **shared_limits("first_kernel", "kernel_size", "dilations"),
+                              "conv_impl": OneOf(CONV_IMPLS), "layers": Integer(1)}
 
 
 def stacks(v_pre: Tensor, h_pre: Tensor, h_out, residual: Tensor | None, dim: int = 1,

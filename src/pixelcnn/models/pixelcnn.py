@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from pixelcnn.models.layers import Condition, ConditionBias, channel_groups, raster_conv
 from pixelcnn.models.base import AutoregressiveModel
-from pixelcnn.models.common import KERNEL, MaskedModelConfig, OutputHead, masked_1x1, stack
+from pixelcnn.models.common import MaskedModelConfig, OutputHead, masked_1x1, shared_help, shared_limits, stack
 from pixelcnn.models.incremental import (CachedConv, CachedStepper, ConvTaps, Pointwise, PointwiseHead, PositionConv,
                                          class_bias)
 from pixelcnn.validation import Integer
@@ -28,12 +28,8 @@ class PixelCNNConfig(MaskedModelConfig):
     first_kernel: int = 7
     kernel_size: int = 3
 
-    help: ClassVar[dict[str, str]] = {
-        **MaskedModelConfig.help,
-        "first_kernel": "size of the first (mask A) convolution",
-        "kernel_size": "size of the mask-B convolution in each residual block",
-    }
-    limits: ClassVar[dict] = {**MaskedModelConfig.limits, "first_kernel": KERNEL, "kernel_size": KERNEL}
+    help: ClassVar[dict[str, str]] = {**MaskedModelConfig.help, **shared_help("first_kernel", "kernel_size")}
+    limits: ClassVar[dict] = {**MaskedModelConfig.limits, **shared_limits("first_kernel", "kernel_size")}
 
     def __post_init__(self) -> None:
         super().__post_init__()

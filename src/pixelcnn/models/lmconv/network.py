@@ -32,8 +32,8 @@ from pixelcnn.models.lmconv import orders as orders_lib
 from pixelcnn.errors import ConfigError
 from pixelcnn.models.layers import Condition, ConditionBias, channel_groups, gate
 from pixelcnn.models.base import AutoregressiveModel, full_precision
-from pixelcnn.models.common import (DILATIONS, KERNEL, MaskedModelConfig, OutputHead, dilations_help, gate_groups,
-                                    masked_1x1, stack)
+from pixelcnn.models.common import (MaskedModelConfig, OutputHead, dilations_help, gate_groups, masked_1x1, shared_help,
+                                    shared_limits, stack)
 from pixelcnn.models.lmconv.cached import CachedLMConv
 from pixelcnn.models.lmconv.local_conv import LocallyMaskedConv2d, tap_masks
 from pixelcnn.validation import Integer, OneOf, Real
@@ -60,9 +60,8 @@ class LMConvConfig(MaskedModelConfig):
 
     help: ClassVar[dict[str, str]] = {
         **MaskedModelConfig.help,
+        **shared_help("first_kernel", "kernel_size"),
         "layers": "number of residual blocks after the first convolution",
-        "first_kernel": "size of the first (mask A) locally masked convolution",
-        "kernel_size": "size of the residual blocks' locally masked convolutions",
         "dilations": dilations_help("block"),
         "orders": "generation orders trained on: raster, s_curve, hilbert (NAME:S for one symmetry S in 0..7)",
         "order_symmetries": "each order NAME is trained in its first N of the 8 flips/transposes (1..8)",
@@ -72,8 +71,8 @@ class LMConvConfig(MaskedModelConfig):
                       "order, its known pixels moved first) or 'onion' (known pixels from the farthest from the "
                       "unknown ones to the nearest, then the unknown ones from their border inwards)",
     }
-    limits: ClassVar[dict] = {**MaskedModelConfig.limits, "first_kernel": KERNEL, "kernel_size": KERNEL,
-                              "dilations": DILATIONS, "order_symmetries": Integer(1, orders_lib.SYMMETRIES),
+    limits: ClassVar[dict] = {**MaskedModelConfig.limits, **shared_limits("first_kernel", "kernel_size", "dilations"),
+                              "order_symmetries": Integer(1, orders_lib.SYMMETRIES),
                               "completion_orders": Real(0, 1), "auto_order": OneOf(AUTO_ORDERS)}
 
     def __post_init__(self) -> None:

@@ -69,7 +69,7 @@ from torch import Tensor, nn
 
 from pixelcnn.models.layers import Condition, ConditionBias, channel_groups, horizontal_conv, raster_conv
 from pixelcnn.models.base import AutoregressiveModel
-from pixelcnn.models.common import KERNEL, MaskedModelConfig, OutputHead, masked_1x1, stack
+from pixelcnn.models.common import KERNEL, MaskedModelConfig, OutputHead, masked_1x1, shared_help, shared_limits, stack
 from pixelcnn.models.pixelrnn.cached import DiagonalLSTMCache, PixelRNNStepper, RowLSTMCache
 from pixelcnn.models.pixelrnn.recurrent import LSTMGates, skew_columns, unskew_columns
 from pixelcnn.validation import Integer
@@ -92,10 +92,10 @@ class PixelRNNConfig(MaskedModelConfig):
     help: ClassVar[dict[str, str]] = {
         **MaskedModelConfig.help,
         "hidden": "feature maps in the stream between LSTM layers (2h); each LSTM has hidden // 2 units",
+        **shared_help("first_kernel"),
         "layers": "number of LSTM layers after the first (mask A) convolution",
-        "first_kernel": "size of the first (mask A) convolution",
     }
-    limits: ClassVar[dict] = {**MaskedModelConfig.limits, "first_kernel": KERNEL, "layers": Integer(1)}
+    limits: ClassVar[dict] = {**MaskedModelConfig.limits, **shared_limits("first_kernel"), "layers": Integer(1)}
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelcnn.models.base import AutoregressiveModel
-from pixelcnn.models.common import KERNEL, MaskedModelConfig, OutputHead, gate_groups, masked_1x1
+from pixelcnn.models.common import MaskedModelConfig, OutputHead, gate_groups, masked_1x1, shared_help, shared_limits
 from pixelcnn.models.layers import Condition, ConditionBias, Conv1x1, channel_groups, gate, raster_conv
 from pixelcnn.models.pixelsnail.cached import CachedPixelSNAIL
 from pixelcnn.validation import Integer
@@ -63,14 +63,13 @@ class PixelSNAILConfig(MaskedModelConfig):
     help: ClassVar[dict[str, str]] = {
         **MaskedModelConfig.help,
         "layers": "number of blocks, each residual_blocks gated convolutions then one causal self-attention layer",
+        **shared_help("first_kernel", "kernel_size"),
         "residual_blocks": "gated residual convolutions (mask B) before each attention layer",
-        "first_kernel": "size of the first (mask A) convolution",
-        "kernel_size": "size of the gated residual convolutions",
         "heads": "attention heads per colour channel (their queries read that channel's features)",
         "head_channels": "channels of each head's queries, keys and values",
     }
-    limits: ClassVar[dict] = {**MaskedModelConfig.limits, "residual_blocks": Integer(0), "first_kernel": KERNEL,
-                              "kernel_size": KERNEL, "heads": Integer(1), "head_channels": Integer(1)}
+    limits: ClassVar[dict] = {**MaskedModelConfig.limits, **shared_limits("first_kernel", "kernel_size"),
+                              "residual_blocks": Integer(0), "heads": Integer(1), "head_channels": Integer(1)}
 
     @property
     def attention_channels(self) -> int:
