@@ -92,7 +92,7 @@ def dependency_violations(model, labels=None, batch: int = 2, seed: int = 0, con
         cond = dataclasses.replace(cond, output=model.known_net(xf, known))
     params = model.params(xf, cond, order)
     groups = model.distribution.param_groups()
-    step = torch.arange(h_ * w_) if order is None else torch.empty_like(order).scatter_(0, order, torch.arange(h_ * w_))
+    step = torch.arange(h_ * w_) if order is None else order.ranks()
     index = step.view(1, h_, w_) * c_ + torch.arange(c_).view(c_, 1, 1)   # (C, H, W): visiting step of each sub-pixel
     bad = []
     for h, w in positions or itertools.product(range(h_), range(w_)):

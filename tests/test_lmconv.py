@@ -235,10 +235,10 @@ def test_every_earlier_pixel_of_a_small_image_is_seen():
     for spec in ["s_curve:3", "hilbert:6"]:
         order = model.resolve_order(spec)
         xf = model.preprocess(torch.randint(0, 4, (2, 1, 4, 4))).requires_grad_(True)
-        h, w = divmod(int(order[-1]), 4)
+        h, w = order[-1]
         grad, = torch.autograd.grad(model.network(xf, None, order)[:, :, h, w].abs().sum(), xf)
         seen = grad.abs().sum(0)[0].flatten() > 0
-        assert seen.sum() == 15 and not seen[order[-1]], spec
+        assert seen.sum() == 15 and not seen[order.indices[-1]], spec
 
 
 # ----- the locally masked convolution: its forward against the unfold reference -----------------
@@ -442,8 +442,8 @@ def test_auto_order_per_image_and_nothing_known_samples_the_ensemble():
     known[0, :, 0] = True                                     # top row known
     known[1, :, 2] = True                                     # bottom row known
     table = model.visiting_order("auto", known, torch.Generator().manual_seed(0))
-    assert set(table[0, :3].tolist()) == {0, 1, 2} and set(table[1, :3].tolist()) == {6, 7, 8}
-    assert any(torch.equal(table[2], row) for row in model.orders)     # one of the training orders
+    assert set(table[0].indices[:3].tolist()) == {0, 1, 2} and set(table[1].indices[:3].tolist()) == {6, 7, 8}
+    assert table[2] in [model.as_order(row) for row in model.orders]  # one of the training orders
 
 
 # ----- cached == naive ---------------------------------------------------------------------
@@ -454,8 +454,7 @@ def drive(model, x, order, labels=None, cond_image=None):
     cond = model.condition(labels, cond_image, x.shape[0])
     naive, cached = NaiveStepper(model, x, cond, order), model.cached_stepper(x, cond, order=order)
     worst = 0.0
-    for p in order.tolist():
-        h, w = divmod(p, model.image_shape[2])
+    for h, w in order:
         for c in range(model.image_shape[0]):
             a, b = naive.log_probs(c, h, w).exp(), cached.log_probs(c, h, w).exp()
             worst = max(worst, (a - b).abs().max().item())
@@ -518,9 +517,9 @@ def test_each_training_step_uses_one_training_order_chosen_by_seed_and_step():
     model = lmconv((1, 4, 4), 2)
     picks = [model.step_inputs(seed=0, step=s)["order"] for s in range(40)]
     again = [model.step_inputs(seed=0, step=s)["order"] for s in range(40)]
-    assert all(torch.equal(a, b) for a, b in zip(picks, again))
-    table = {tuple(row.tolist()) for row in model.orders}
-    assert {tuple(p.tolist()) for p in picks} <= table and len({tuple(p.tolist()) for p in picks}) > 8
+    assert picks == again
+    table = {model.as_order(row) for row in model.orders}
+    assert set(picks) <= table and len(set(picks)) > 8
     x = torch.randint(0, 2, (3, 1, 4, 4))
     torch.testing.assert_close(model.nll(x, order=picks[0]), -model.log_prob(x, order=picks[0]))
 
@@ -555,29 +554,28 @@ def test_completion_orders_visit_a_random_masks_known_pixels_first_chosen_by_see
     steps = [model.step_order(seed=3, step=s) for s in range(120)]
     again = [model.step_order(seed=3, step=s) for s in range(120)]
     for (order, known), (order2, known2) in zip(steps, again):
-        assert torch.equal(order, order2) and (known is None) == (known2 is None)
+        assert order == order2 and (known is None) == (known2 is None)
         assert known is None or torch.equal(known, known2)
-        assert torch.equal(model.step_inputs(3, 0)["order"], steps[0][0])
+        assert model.step_inputs(3, 0)["order"] == steps[0][0]
     masked = [(order, known) for order, known in steps if known is not None]
     assert 35 < len(masked) < 85
-    table = {tuple(row.tolist()) for row in model.orders}
-    assert all(tuple(order.tolist()) in table for order, known in steps if known is None)
+    table = {model.as_order(row) for row in model.orders}
+    assert all(order in table for order, known in steps if known is None)
     for order, known in masked:
-        orders.check_permutation(order, 30)
-        flat = known.flatten()[order]                                        # known, in visiting order
+        flat = known.flatten()[order.indices]                                # known, in visiting order
         assert not bool((flat[1:] & ~flat[:-1]).any())                       # no known pixel after an unknown one
         build = orders.onion if auto_order == "onion" else orders.known_first
-        assert torch.equal(order, build(known, model.orders))
-    assert sum(tuple(order.tolist()) not in table for order, _ in masked) > 20
+        assert torch.equal(order.indices, build(known, model.orders))
+    assert sum(order not in table for order, _ in masked) > 20
     other = [model.step_order(seed=4, step=s)[0] for s in range(120)]
-    assert any(not torch.equal(a, b) for a, b in zip(other, [o for o, _ in steps]))
+    assert any(a != b for a, b in zip(other, [o for o, _ in steps]))
 
 
 def test_without_completion_orders_the_steps_are_the_training_orders_of_before():
     plain, mixed = lmconv((1, 4, 4), 2), lmconv((1, 4, 4), 2, completion_orders=0.5)
     for s in range(40):
         order, known = mixed.step_order(0, s)
-        assert known is not None or torch.equal(order, plain.step_inputs(0, s)["order"])
+        assert known is not None or order == plain.step_inputs(0, s)["order"]
         assert plain.step_order(0, s)[1] is None
     x = torch.randint(0, 2, (3, 1, 4, 4), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(mixed.log_prob(x), plain.log_prob(x))      # the ensemble: training orders only
@@ -592,12 +590,12 @@ def test_completion_orders_must_be_a_probability(bad):
 
 def test_a_stream_of_one_off_orders_keeps_the_training_orders_tap_masks_memoised():
     model = lmconv((1, 5, 6), 2, orders=("s_curve",), completion_orders=1.0)
-    kept = [model.tap_masks(order) for order in model.orders]
+    kept = [model.tap_masks(model.as_order(order)) for order in model.orders]
     for s in range(3 * MEMO_SIZE):
         model.tap_masks(model.step_order(0, s)[0])
-        model.tap_masks(torch.randperm(30, generator=torch.Generator().manual_seed(s)))
+        model.tap_masks(model.as_order(torch.randperm(30, generator=torch.Generator().manual_seed(s))))
     assert len(model._masks) <= MEMO_SIZE
-    assert all(model.tap_masks(order) is masks for order, masks in zip(model.orders, kept))
+    assert all(model.tap_masks(model.as_order(order)) is masks for order, masks in zip(model.orders, kept))
 
 
 @pytest.mark.slow

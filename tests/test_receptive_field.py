@@ -28,7 +28,7 @@ def test_the_past_follows_the_models_order():
     past = past_of(raster, 1, (1, 0))                       # R, G, B inside a pixel; rows top to bottom
     assert past[:, 0].all() and past[0, 1, 0] and not past[1:, 1, 0].any() and not past[:, 1, 1:].any()
     coarse = tiny_model("multiscale", (1, 4, 4), 2)
-    assert past_of(coarse, 0, (1, 1)).sum() == (coarse.default_order() == 5).nonzero().item()
+    assert past_of(coarse, 0, (1, 1)).sum() == (coarse.default_order().indices == 5).nonzero().item()
 
 
 def test_a_pixelcnn_has_a_blind_spot_up_and_to_the_right():

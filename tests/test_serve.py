@@ -123,9 +123,9 @@ def test_sample_streams_every_pixel_in_the_models_order_and_matches_model_sample
     pixels, done = lines[1:-1], lines[-1]
     order = model.visiting_order(None, torch.zeros(1, c, h, w, dtype=torch.bool), torch.Generator().manual_seed(3))
     if order is None:                                               # the model's own: raster, or coarse to fine
-        order = range(h * w) if model.default_order() is None else model.default_order().tolist()
+        order = range(h * w) if model.default_order() is None else model.default_order().indices.tolist()
     else:
-        order = order[0].tolist()                                   # an any-order model draws a training order
+        order = order[0].indices.tolist()                           # an any-order model draws a training order
     assert (name in ("any", "multi")) == (list(order) != list(range(h * w)))
     assert [(p["h"], p["w"]) for p in pixels] == [divmod(i, w) for i in order]
     image = torch.tensor(done["image"]).view(c, h, w)

@@ -16,13 +16,14 @@ Both derive from :class:`pixelcnn.models.stepper.Stepper`, the one contract the 
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from pixelcnn.distributions import sample_inverse_cdf
 from pixelcnn.errors import ConfigError
+from pixelcnn.models.order import Order
 from pixelcnn.models.stepper import Stepper
 from pixelcnn.validation import METHOD, TEMPERATURE
 
@@ -30,10 +31,9 @@ from pixelcnn.validation import METHOD, TEMPERATURE
 class NaiveStepper(Stepper):
     """Re-runs the whole network whenever a value it depends on has changed (any order of queries)."""
 
-    def __init__(self, model, x: Tensor, cond, order: Tensor | None = None):
-        height, width = x.shape[2:]
-        super().__init__(x, [divmod(p, width) for p in (range(height * width) if order is None else order.tolist())])
-        self.model, self.cond, self.pixel_order = model, cond, order         # None or (H W,) pixel indices
+    def __init__(self, model, x: Tensor, cond, order: Order | None = None):
+        super().__init__(x, Order.raster(*x.shape[2:]) if order is None else order)
+        self.model, self.cond, self.pixel_order = model, cond, order         # None: the family's default
         self.params: Tensor | None = None
 
     def log_probs(self, c: int, h: int, w: int) -> Tensor:
@@ -49,11 +49,11 @@ class NaiveStepper(Stepper):
             self.params = None
 
 
-def make_stepper(model, x: Tensor, cond, method: str, order: Tensor | None = None) -> Stepper:
+def make_stepper(model, x: Tensor, cond, method: str, order: Order | None = None) -> Stepper:
     """The stepper for ``method`` over images x (B, C, H, W); ``cond`` from ``model.condition`` (or None).
 
-    ``order``: None for the model's default order, or a checked (H W,) permutation of the pixels
-    (from ``model.visiting_order``) for a family that generates in any order.
+    ``order``: None for the model's default order, or an Order (from ``model.visiting_order``) for a family
+    that generates in any order.
     """
     METHOD(method, "method")
     if order is None:
@@ -92,13 +92,14 @@ def draw_uniforms(shape: tuple[int, ...], generator: torch.Generator | None, dev
 
 
 def complete(model, x: Tensor, known: Tensor, cond=None, temperature: float = 1.0,
-             generator: torch.Generator | None = None, method: str = "auto", order: Tensor | None = None,
+             generator: torch.Generator | None = None, method: str = "auto",
+             order: Order | Sequence[Order] | None = None,
              on_pixel: Callable[[int, int, Tensor], None] | None = None) -> Tensor:
     """Fill the unknown sub-pixels of x (B, C, H, W) in order; known ones are kept bit for bit.
 
     ``cond`` is the batch's conditioning as prepared by ``model.condition`` (None if unconditional).
-    ``order``: None (the model's default order), one (H W,) order for the batch, or (B, H W), one
-    per image: images that share an order are generated together. Every uniform is drawn up front,
+    ``order``: None (the model's default order), one Order for the batch, or a sequence of B, one per image:
+    images that share an order are generated together. Every uniform is drawn up front,
     so an image gets the same ones whichever images share its order.
     ``on_pixel(h, w, values)`` is called as each pixel is finished, with its (B, C) values: a way
     to stream an image while it is drawn, or to stop (by raising) between pixels.
@@ -107,24 +108,35 @@ def complete(model, x: Tensor, known: Tensor, cond=None, temperature: float = 1.
     x = x.to(model.device).long()
     known = known.to(model.device)
     u = draw_uniforms(tuple(x.shape), generator, model.device)
-    if order is not None and order.dim() == 2 and bool((order == order[:1]).all()):
-        order = order[0]                                                      # one order after all
-    if order is None or order.dim() == 1:
+    groups = {} if order is None or isinstance(order, Order) else images_by_order(order, len(x))
+    if len(groups) == 1:
+        order = next(iter(groups))                                            # one order after all
+    if order is None or isinstance(order, Order):
         return _complete(model, x, known, cond, u, temperature, method, order, on_pixel)
     if on_pixel is not None:
         raise ConfigError("expected one visiting order for the whole batch when streaming pixels (on_pixel), "
-                          f"got one order per image: {tuple(order.shape)}")
+                          f"got {len(groups)} orders for the images")
     out = torch.empty_like(x)
-    rows, group = torch.unique(order, dim=0, return_inverse=True)
-    for k, row in enumerate(rows):
-        idx = (group == k).nonzero().flatten()
+    for row, images in groups.items():
+        idx = torch.tensor(images, device=x.device)
         sub = None if cond is None else cond.select(idx)
         out[idx] = _complete(model, x[idx], known[idx], sub, u[idx], temperature, method, row)
     return out
 
 
+def images_by_order(orders: Sequence[Order], batch: int) -> dict[Order, list[int]]:
+    """The images of each distinct order of ``orders``, one per image (in the order each first appears)."""
+    if len(orders) != batch or not all(isinstance(o, Order) for o in orders):
+        raise ConfigError(f"expected one Order for the batch or one per image ({batch}), got "
+                          f"{len(orders)} {sorted({type(o).__name__ for o in orders})}")
+    groups: dict[Order, list[int]] = {}
+    for i, o in enumerate(orders):
+        groups.setdefault(o, []).append(i)
+    return groups
+
+
 def _complete(model, x: Tensor, known: Tensor, cond, u: Tensor, temperature: float, method: str,
-              order: Tensor | None, on_pixel: Callable[[int, int, Tensor], None] | None = None) -> Tensor:
+              order: Order | None, on_pixel: Callable[[int, int, Tensor], None] | None = None) -> Tensor:
     """:func:`complete` for one visiting order, with its uniforms ``u`` (B, C, H, W) drawn."""
     stepper = make_stepper(model, torch.where(known, x, torch.zeros_like(x)), cond, method, order)
     channels, height, width = model.image_shape

@@ -25,6 +25,7 @@ from pixelcnn.coding.arithmetic import EXACT, FLOAT, Arithmetic, arithmetic_of  
 from pixelcnn.coding.container import BY_CHANNEL_VERSION, EXACT_VERSION, FORMAT_VERSION, MAX_CHUNK_SIZE, Header
 from pixelcnn.coding.quantize import PRECISION
 from pixelcnn.errors import CompressionError, ConfigError, PixelCNNError
+from pixelcnn.models.order import Order
 from pixelcnn.sampling import in_visiting_order, make_stepper, run, run_groups
 from pixelcnn.validation import METHOD, Integer
 
@@ -77,7 +78,7 @@ def _new_stepper(model, batch: int, labels: Tensor | None, method: str, order: s
     return stepper
 
 
-def visiting_order(model, order: str) -> Tensor | None:
+def visiting_order(model, order: str) -> Order | None:
     """The order a file names, as the stepper takes it; "auto" has no meaning without a mask."""
     if not order:
         return None

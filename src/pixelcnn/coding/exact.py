@@ -119,7 +119,7 @@ EXACT = frozenset("""
     ones_like empty empty_like full full_like arange eye tensor tril_indices triu_indices meshgrid
     numpy tolist item dim size numel stride storage_offset is_contiguous is_floating_point pad
     dropout repeat tile _set_grad_enabled requires_grad_ data_ptr element_size movedim
-    broadcast_to select diagonal tril triu frexp embedding
+    broadcast_to select diagonal tril triu frexp embedding bincount
 """.split())
 
 

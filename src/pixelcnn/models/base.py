@@ -25,6 +25,7 @@ from pixelcnn.errors import CheckpointError, ConfigError, InvalidImageError, Inv
 from pixelcnn.levels import to_unit
 from pixelcnn.validation import COUNT
 from pixelcnn.models.layers import Condition, ConditionNetwork, KnownPixelsNetwork
+from pixelcnn.models.order import Order
 from pixelcnn.models import activation_checkpointing as checkpointing
 
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -91,41 +92,41 @@ class AutoregressiveModel(nn.Module):
         over the levels, or Bernoulli), one per colour channel."""
         return make_distribution(self.config.output_kind, self.config.channels, self.config.levels)
 
-    # An order, wherever a network or a stepper takes one, is None (the family's default order) or an (H W,)
-    # permutation of the pixel indices h W + w; names ("hilbert:3", "auto"), per-image orders and known-first
-    # orders become that at the edges (:meth:`visiting_order`, the command line, the web API).
+    # An order, wherever a network or a stepper takes one, is None (the family's default order) or an
+    # :class:`~pixelcnn.models.order.Order`; names ("hilbert:3", "auto"), permutation tensors and per-image orders
+    # become Orders at the edges (:meth:`visiting_order`, the command line, the web API).
 
-    def network(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
+    def network(self, x: Tensor, cond: Condition | None, order: Order | None = None) -> Tensor:
         """(B, C, H, W) floats in [-1, 1] -> (B, P, H, W) distribution parameters of the pixels visited in ``order``."""
         raise NotImplementedError
 
-    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Tensor | None = None):
+    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Order | None = None):
         """A faster incremental stepper for the sampling loop, visiting ``order``; a family that overrides this
         has ``cached`` True."""
         raise NotImplementedError(f"model {self.name!r} has no cached stepper")
 
-    def own_order_only(self, order: Tensor | None) -> None:
-        """Refuse an order other than the family's own (None or :meth:`default_order`), for a family that
-        generates in one order: its network and stepper take the argument and cannot honour another."""
+    def own_order_only(self, order: Order | None) -> None:
+        """Refuse an order other than the family's own (None, or :meth:`default_order`: raster where that is None),
+        for a family that generates in one order: its network and stepper take the argument and cannot honour another."""
         if order is None:                       # every training step: nothing to compare, nothing to compute
             return
-        own = self.default_order()
-        if own is None or not torch.equal(order.to(own.device), own):
+        _, height, width = self.image_shape
+        if order != (self.default_order() or Order.raster(height, width)):
             raise ConfigError(f"model {self.name!r} generates in {ORDER_WORDS[self.generation_order]} only: expected "
                               f"no order or its own, got another permutation of the pixels")
 
     def visiting_order(self, order: object, known: Tensor | None = None,
-                       generator: torch.Generator | None = None) -> Tensor | None:
-        """The pixel order of sampling (``known`` None) or completion: None for raster order,
-        else (H W,) or (B, H W) permutations of the pixel indices h * W + w (any-order families)."""
+                       generator: torch.Generator | None = None) -> Order | list[Order] | None:
+        """The pixel order of sampling (``known`` None) or completion: None for the family's default order, else an
+        Order, or one per image (an any-order family's "auto")."""
         if order is None or (isinstance(order, str) and order in ("raster", "raster:0")):
             return None
         raise ConfigError(f"model {self.name!r} generates in raster order only: expected order None or 'raster', "
                           f"got {order if isinstance(order, str) else type(order).__name__!r}")
 
-    def default_order(self) -> Tensor | None:
-        """The pixel order of a stepper given none: None for raster order, else (H W,) pixel indices
-        (an any-order family's first training order; a multiscale model's coarse-to-fine order)."""
+    def default_order(self) -> Order | None:
+        """The pixel order of a stepper given none: None for raster order, else an Order (an any-order family's
+        first training order; a multiscale model's coarse-to-fine order)."""
         return None
 
     def step_inputs(self, seed: int, step: int) -> dict[str, object]:
@@ -209,7 +210,7 @@ class AutoregressiveModel(nn.Module):
         cond = self.condition(labels, cond_image, x.shape[0], *self.known_input(x, known))
         return self.params(self.preprocess(x), cond)
 
-    def params(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
+    def params(self, x: Tensor, cond: Condition | None, order: Order | None = None) -> Tensor:
         """(B, P, H, W) distribution parameters from preprocessed images: the family's ``network`` (in ``order``),
         plus a completion model's term from its known pixels."""
         out = self.network(x, cond, order)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from pixelcnn.models.layers import (Condition, ConditionBias, Conv1x1, add_shifted_down, channel_groups, gate, horizontal_conv,
                              vertical_conv)
 from pixelcnn.models.base import AutoregressiveModel
+from pixelcnn.models.order import Order
 from pixelcnn.models.common import (MaskedModelConfig, OutputHead, dilations_help, gate_groups, masked_1x1, shared_help,
                                     shared_limits)
 from pixelcnn.models.incremental import (CachedConv, CachedStepper, ConvTaps, FeatureMap, Pointwise, PointwiseHead,
@@ -112,14 +113,14 @@ class GatedPixelCNN(AutoregressiveModel):
         self.layers = nn.ModuleList(layers)
         self.head = OutputHead(n, config.output_hidden, self.distribution, c)
 
-    def network(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
+    def network(self, x: Tensor, cond: Condition | None, order: Order | None = None) -> Tensor:
         self.own_order_only(order)
         v = h = x
         for layer in self.layers:
             v, h = layer(v, h, cond)
         return self.head(h)                                                # (B, P, H, W)
 
-    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> "CachedGatedPixelCNN":
+    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Order | None = None) -> "CachedGatedPixelCNN":
         self.own_order_only(order)
         return CachedGatedPixelCNN(self, x, cond)
 

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelcnn.models.layers import Condition, ConditionBias, CroppedConvTranspose2d, MaskedConv2d, PrePaddedConv2d
+from pixelcnn.models.order import Order
 from pixelcnn.models.stepper import OrderedStepper
 
 
@@ -439,9 +440,8 @@ class PixelStepper(OrderedStepper):
     whose values were set without asking before it moves on.
     """
 
-    def __init__(self, model, x: Tensor, order: list[tuple[int, int]] | None = None):
-        width = x.shape[3]
-        super().__init__(x, order if order is not None else [divmod(p, width) for p in range(x.shape[2] * width)])
+    def __init__(self, model, x: Tensor, order: Order | None = None):
+        super().__init__(x, order if order is not None else Order.raster(*x.shape[2:]))
         self.model = model
         self.distribution = model.distribution
         self.pixel_level = model.pixel_level_network
@@ -490,11 +490,12 @@ class CachedStepper(PixelStepper):
     """A :class:`PixelStepper` over channels-last caches of every layer's input (``feature_map`` allocates one)."""
 
     def __init__(self, model, x: Tensor, input_readers: list[ConvTaps], ones_channel: bool = False,
-                 batch_last: bool = False):
-        """``ones_channel``: the network's input has one more channel after the image's, all ones inside
+                 batch_last: bool = False, order: Order | None = None):
+        """``order``: as :class:`PixelStepper`'s (raster by default).
+        ``ones_channel``: the network's input has one more channel after the image's, all ones inside
         the image and zero in the padding (PixelCNN++'s way to tell the border from black pixels).
         ``batch_last``: the caches are stored batch last (``FeatureMap``), for :class:`BatchLastConv`."""
-        super().__init__(model, x)
+        super().__init__(model, x, order)
         self.batch_last = batch_last
         self.like = next(model.parameters()).detach()                            # dtype and device of activations
         self.inputs = self.feature_map(self.channels + ones_channel, input_readers)   # the image, in [-1, 1]

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from pixelcnn.errors import ConfigError
 from pixelcnn.models.layers import Condition, ConditionBias, channel_groups, raster_conv
 from pixelcnn.models.base import AutoregressiveModel
+from pixelcnn.models.order import Order
 from pixelcnn.models.common import MaskedModelConfig, OutputHead
 from pixelcnn.models.gated_pixelcnn import GatedPixelCNN
 from pixelcnn.models.incremental import PointwiseHead
@@ -185,7 +186,7 @@ class Multiscale(AutoregressiveModel):
         self.base.cond_net = None               # it reads this model's features of the conditioning image
         self.groups = GroupNetwork(config, self.distribution)
 
-    def network(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
+    def network(self, x: Tensor, cond: Condition | None, order: Order | None = None) -> Tensor:
         """(B, C, H, W) in [-1, 1] -> (B, P, H, W), coarse to fine (``order``: None or that one)."""
         self.own_order_only(order)
         stride = self.config.stride
@@ -199,14 +200,14 @@ class Multiscale(AutoregressiveModel):
                     out[:, :, r::2, c::2] = self.groups(grid, 3 * (level - 1) + index, at_stride(cond, s))
         return params
 
-    def default_order(self) -> Tensor:
-        """(H W,) pixel indices h W + w: the base grid in raster order, then each level's groups in
-        turn, each group's pixels in raster order."""
+    def default_order(self) -> Order:
+        """Coarse to fine: the base grid in raster order, then each level's groups in turn, each group's pixels in
+        raster order."""
         _, height, width = self.image_shape
         stride = self.config.stride
         pixels = [(h, w) for h in range(0, height, stride) for w in range(0, width, stride)]
         pixels += [pixel for group in self.groups_of_order() for pixel in group]
-        return torch.tensor([h * width + w for h, w in pixels], dtype=torch.long)
+        return Order(torch.tensor([h * width + w for h, w in pixels], dtype=torch.long), height, width)
 
     def groups_of_order(self) -> list[list[tuple[int, int]]]:
         """The pixels (h, w) of each group, coarse to fine, each in raster order (the base grid not included)."""
@@ -220,13 +221,13 @@ class Multiscale(AutoregressiveModel):
         return out
 
     def visiting_order(self, order: object, known: Tensor | None = None,
-                       generator: torch.Generator | None = None) -> Tensor | None:
+                       generator: torch.Generator | None = None) -> Order | None:
         if order is None or order == "coarse_to_fine":
             return None
         raise ConfigError(f"model {self.name!r} generates coarse to fine: expected order None or 'coarse_to_fine', "
                           f"got {order if isinstance(order, str) else type(order).__name__!r}")
 
-    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> "MultiscaleStepper":
+    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Order | None = None) -> "MultiscaleStepper":
         self.own_order_only(order)
         return MultiscaleStepper(self, x, cond)
 
@@ -242,7 +243,7 @@ class MultiscaleStepper(OrderedStepper):
     same numbers up to the kernels' rounding)."""
 
     def __init__(self, model: Multiscale, x: Tensor, cond: Condition | None):
-        super().__init__(x, [divmod(p, x.shape[3]) for p in model.default_order().tolist()])
+        super().__init__(x, model.default_order())
         self.model, self.distribution = model, model.distribution
         self.cond, self.stride = cond, model.config.stride
         self.base = model.base.cached_stepper(x[:, :, :: self.stride, :: self.stride], at_stride(cond, self.stride))

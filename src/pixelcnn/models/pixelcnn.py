@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from pixelcnn.models.layers import Condition, ConditionBias, channel_groups, raster_conv
 from pixelcnn.models.base import AutoregressiveModel
+from pixelcnn.models.order import Order
 from pixelcnn.models.common import MaskedModelConfig, OutputHead, masked_1x1, shared_help, shared_limits, stack
 from pixelcnn.models.incremental import (CachedConv, CachedStepper, ConvTaps, Pointwise, PointwiseHead, PositionConv,
                                          class_bias)
@@ -75,11 +76,11 @@ class PixelCNN(AutoregressiveModel):
         )
         self.head = OutputHead(config.hidden, config.output_hidden, self.distribution, c)
 
-    def network(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
+    def network(self, x: Tensor, cond: Condition | None, order: Order | None = None) -> Tensor:
         self.own_order_only(order)
         return stack(lambda: self.input(x) + self.input_bias(cond), self.blocks, self.head, cond)
 
-    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> "CachedPixelCNN":
+    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Order | None = None) -> "CachedPixelCNN":
         self.own_order_only(order)
         return CachedPixelCNN(self, x, cond)
 

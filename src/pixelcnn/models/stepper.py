@@ -18,12 +18,14 @@ import abc
 
 from torch import Tensor
 
+from pixelcnn.models.order import Order
+
 
 class Stepper(abc.ABC):
     """Conditional log-probabilities of one sub-pixel at a time, given the values set so far.
 
-    ``x`` (B, C, H, W) holds the values set so far (zeros elsewhere); ``order`` the pixels (h, w) in the
-    order the stepper visits them, colour channels R, G, B inside each pixel. ``groups`` declares whether
+    ``x`` (B, C, H, W) holds the values set so far (zeros elsewhere); ``order`` (an :class:`Order`, a sequence of
+    (h, w)) the pixels in the order the stepper visits them, colour channels R, G, B inside each pixel. ``groups`` declares whether
     the stepper also offers whole groups of pixels: None (one pixel at a time), or ``order`` cut into
     groups whose sub-pixels of one channel are conditionally independent given every earlier group and the
     group's earlier channels. A loop then asks :meth:`group_log_probs` and answers :meth:`set_group`, and
@@ -32,7 +34,7 @@ class Stepper(abc.ABC):
 
     groups: list[list[tuple[int, int]]] | None = None
 
-    def __init__(self, x: Tensor, order: list[tuple[int, int]]):
+    def __init__(self, x: Tensor, order: Order):
         self.x = x.clone()                                                       # (B, C, H, W) integers
         self.batch, self.channels, self.height, self.width = x.shape
         self.order = order
@@ -63,7 +65,7 @@ class OrderedStepper(Stepper):
     """A stepper that visits its pixels strictly in ``order``, each once: a query or a value for any pixel but
     the current one is refused with an error naming the pixel expected."""
 
-    def __init__(self, x: Tensor, order: list[tuple[int, int]]):
+    def __init__(self, x: Tensor, order: Order):
         super().__init__(x, order)
         self.position = 0                                                        # index in ``order`` being filled
 

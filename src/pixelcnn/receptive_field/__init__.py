@@ -56,7 +56,7 @@ def past_of(model, channel: int, pixel: tuple[int, int]) -> Tensor:
     """(C, H, W) bool: the sub-pixels before (channel, pixel) in the model's order (its default one)."""
     c_, h_, w_ = model.image_shape
     order = model.default_order()
-    step = torch.arange(h_ * w_) if order is None else torch.empty_like(order).scatter_(0, order, torch.arange(h_ * w_))
+    step = torch.arange(h_ * w_) if order is None else order.ranks()
     index = step.cpu().view(1, h_, w_) * c_ + torch.arange(c_).view(c_, 1, 1)       # (C, H, W): visiting step
     return index < index[channel, pixel[0], pixel[1]]
 

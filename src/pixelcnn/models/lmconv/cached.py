@@ -12,6 +12,7 @@ from pixelcnn.models.common import stack
 from pixelcnn.models.incremental import CachedStepper, Pointwise, PointwiseHead, class_bias
 from pixelcnn.models.layers import Condition
 from pixelcnn.models.lmconv.local_conv import LocalCachedConv
+from pixelcnn.models.order import Order
 
 
 class CachedLMConvBlock:
@@ -33,10 +34,9 @@ class CachedLMConvBlock:
 class CachedLMConv(CachedStepper):
     """LMConv one pixel at a time in any order: each layer's output at the visited pixel only."""
 
-    def __init__(self, model: nn.Module, x: Tensor, cond: Condition | None, order: Tensor):
+    def __init__(self, model: nn.Module, x: Tensor, cond: Condition | None, order: Order):
         first = model.input.taps()
-        super().__init__(model, x, [first], ones_channel=True)
-        self.order = [divmod(p, self.width) for p in order.tolist()]      # the contract's (h, w) pairs
+        super().__init__(model, x, [first], ones_channel=True, order=order)
         masks = model.tap_masks(order)
         self.input = LocalCachedConv(first, self.inputs, masks[model.input.key], class_bias(model.input_bias, cond))
         self.blocks = [CachedLMConvBlock(block, self, masks, cond) for block in model.blocks]

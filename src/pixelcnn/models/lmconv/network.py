@@ -32,10 +32,12 @@ from pixelcnn.models.lmconv import orders as orders_lib
 from pixelcnn.errors import ConfigError
 from pixelcnn.models.layers import Condition, ConditionBias, channel_groups, gate
 from pixelcnn.models.base import AutoregressiveModel, full_precision
+from pixelcnn.models.order import Order
 from pixelcnn.models.common import (MaskedModelConfig, OutputHead, dilations_help, gate_groups, masked_1x1, shared_help,
                                     shared_limits, stack)
 from pixelcnn.models.lmconv.cached import CachedLMConv
 from pixelcnn.models.lmconv.local_conv import LocallyMaskedConv2d, tap_masks
+from pixelcnn.models.lmconv.orders import InvalidOrderError
 from pixelcnn.validation import Integer, OneOf, Real
 
 
@@ -135,21 +137,31 @@ class LMConv(AutoregressiveModel):
         self.order_names = [specs[i] for i in kept.tolist()]
         self.register_buffer("orders", table[kept], persistent=False)        # (K, H W) training orders
         self._masks: dict = {}                                               # memo of tap_masks, oldest first
-        self._training_set = {tuple(row) for row in self.orders.tolist()}    # the memo keeps their masks
+        self._training_set = {self.as_order(row).key for row in self.orders}  # the memo keeps their masks
 
     # ----- orders
 
-    def resolve_order(self, order: object) -> Tensor:
-        """A name NAME[:S] or a permutation tensor -> a checked (H W,) long tensor on the model's device."""
+    def resolve_order(self, order: object) -> Order:
+        """An Order, a name NAME[:S] or a permutation tensor -> an Order of this model's images on its device."""
         _, height, width = self.image_shape
+        if isinstance(order, Order):
+            if (order.height, order.width) != (height, width):
+                raise InvalidOrderError(f"expected an order of {height}x{width} pixels, got one of "
+                                        f"{order.height}x{order.width}")
+            return order.to(self.orders.device)
         if isinstance(order, Tensor):
             order = order.to(self.orders.device)
-        return orders_lib.resolve(order, height, width).to(self.orders.device)
+        return self.as_order(orders_lib.resolve(order, height, width).to(self.orders.device))
 
-    def default_order(self) -> Tensor:
-        return self.orders[0]
+    def as_order(self, indices: Tensor) -> Order:
+        """(H W,) pixel indices of this model's images as an Order."""
+        _, height, width = self.image_shape
+        return Order(indices, height, width)
 
-    def tap_masks(self, order: Tensor) -> dict[tuple[int, int], Tensor]:
+    def default_order(self) -> Order:
+        return self.as_order(self.orders[0])
+
+    def tap_masks(self, order: Order) -> dict[tuple[int, int], Tensor]:
         """(kernel, dilation) -> (k k, H W) tap masks of ``order``, memoised per order.
 
         The training orders' masks stay; of other orders (completion, random permutations: a new
@@ -157,13 +169,13 @@ class LMConv(AutoregressiveModel):
         stream of one-off orders neither grows the memo nor evicts the training orders.
         """
         like = self.input.conv.weight
-        key = (tuple(order.tolist()), like.device, like.dtype)
+        key = (order.key, like.device, like.dtype)
         if key not in self._masks:
             if len(self._masks) >= MEMO_SIZE:
                 self._forget_one()
             _, height, width = self.image_shape
             convs = [self.input] + [block.conv for block in self.blocks]
-            self._masks[key] = {conv.key: tap_masks(order.to(like.device), height, width, *conv.key).to(like.dtype)
+            self._masks[key] = {conv.key: tap_masks(order.indices.to(like.device), height, width, *conv.key).to(like.dtype)
                                 for conv in convs}
         return self._masks[key]
 
@@ -179,8 +191,8 @@ class LMConv(AutoregressiveModel):
         """Training step ``step`` uses one order, a function of (seed, step) alone (exact resume)."""
         return {"order": self.step_order(seed, step)[0]}
 
-    def step_order(self, seed: int, step: int) -> tuple[Tensor, Tensor | None]:
-        """Training step ``step``'s order (H W,), and the (H, W) known mask it was made for (None if none).
+    def step_order(self, seed: int, step: int) -> tuple[Order, Tensor | None]:
+        """Training step ``step``'s order, and the (H, W) known mask it was made for (None if none).
 
         One training order; or, with probability ``completion_orders``, the order that completion
         ("auto") uses for a random mask of known pixels (:func:`orders.random_known`), so that the
@@ -190,14 +202,14 @@ class LMConv(AutoregressiveModel):
         order = self.orders[int(torch.randint(len(self.orders), (1,), generator=g))]
         rate = self.config.completion_orders
         if not rate or float(torch.rand((), generator=g)) >= rate:
-            return order, None
+            return self.as_order(order), None
         _, height, width = self.image_shape
         known = orders_lib.random_known(height, width, g)
-        return self.known_first(known), known
+        return self.as_order(self.known_first(known)), known
 
     def visiting_order(self, order: object, known: Tensor | None = None,
-                       generator: torch.Generator | None = None) -> Tensor | None:
-        """The order(s) for sampling or completion: (H W,) for a named or given order, (B, H W) for "auto".
+                       generator: torch.Generator | None = None) -> Order | list[Order]:
+        """The order(s) for sampling or completion: an Order for a named or given order, one per image for "auto".
 
         "auto" (also None): per image, known pixels first (:meth:`known_first`); an image
         with nothing known draws one of the training orders uniformly, which samples the ensemble.
@@ -213,7 +225,7 @@ class LMConv(AutoregressiveModel):
             pick = torch.randint(len(self.orders), (known.shape[0],), generator=generator, device=device)
             drawn = self.orders[pick.to(self.orders.device)]
             table = torch.where(none_known.to(table.device)[:, None], drawn, table)
-        return table
+        return [self.as_order(row) for row in table]
 
     def known_first_orders(self, known: Tensor) -> Tensor:
         """(B, H W): for each image the order that visits pixels with every channel known first
@@ -230,9 +242,9 @@ class LMConv(AutoregressiveModel):
 
     # ----- the network and its likelihoods
 
-    def network(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
+    def network(self, x: Tensor, cond: Condition | None, order: Order | None = None) -> Tensor:
         """(B, C, H, W) floats in [-1, 1] -> (B, P, H, W) parameters of order ``order`` (default: the first)."""
-        masks = self.tap_masks(self.default_order() if order is None else order)
+        masks = self.tap_masks(self.default_order() if order is None else self.resolve_order(order))
         ones = torch.ones_like(x[:, :1])                                     # 1 inside the image, 0 in the padding
         return stack(lambda: self.input(torch.cat([x, ones], 1), masks[self.input.key]) + self.input_bias(cond),
                      self.blocks, self.head, masks, cond)
@@ -262,7 +274,7 @@ class LMConv(AutoregressiveModel):
         self.check_images(x)
         xf, cond = self.preprocess(x), self.condition(labels, cond_image, x.shape[0])
         x = x.to(xf.device)
-        return torch.stack([self.distribution.log_prob(self.params(xf, cond, o), x) for o in self.orders])
+        return torch.stack([self.distribution.log_prob(self.params(xf, cond, self.as_order(o)), x) for o in self.orders])
 
     def nll(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None,
             order: object = None) -> Tensor:
@@ -282,7 +294,7 @@ class LMConv(AutoregressiveModel):
         self.check_images(x)
         known = self.check_known(x, known).to(self.device)
         table = self.known_first_orders(known) if isinstance(order, str) and order == "auto" else \
-            self.resolve_order(order).expand(x.shape[0], -1)
+            self.resolve_order(order).indices.expand(x.shape[0], -1)
         xf, x = self.preprocess(x), x.to(self.device)
         cond = self.condition(labels, cond_image, x.shape[0], x, known)
         out = xf.new_zeros(x.shape[0])
@@ -290,12 +302,12 @@ class LMConv(AutoregressiveModel):
         for k, row in enumerate(rows):
             idx = (group == k).nonzero().flatten()
             sub = None if cond is None else cond.select(idx)
-            logp = -self.distribution.nll_per_subpixel(self.params(xf[idx], sub, row), x[idx])   # (b, C, H, W)
+            logp = -self.distribution.nll_per_subpixel(self.params(xf[idx], sub, self.as_order(row)), x[idx])   # (b, C, H, W)
             out[idx] = (logp * ~known[idx]).flatten(1).sum(1)
         return out
 
-    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> "CachedLMConv":
-        return CachedLMConv(self, x, cond, self.default_order() if order is None else order)
+    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Order | None = None) -> "CachedLMConv":
+        return CachedLMConv(self, x, cond, self.default_order() if order is None else self.resolve_order(order))
 
 
 def _first_occurrences(rows: Tensor) -> Tensor:

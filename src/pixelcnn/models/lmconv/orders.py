@@ -27,14 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pixelcnn.errors import ConfigError
+from pixelcnn.models import order as order_lib
+from pixelcnn.models.order import InvalidOrderError, ranks
 
 NAMES = ("raster", "s_curve", "hilbert")
 SYMMETRIES = 8
-
-
-class InvalidOrderError(ConfigError):
-    """An order that is not a known name, or not a permutation of the image's pixels."""
 
 
 def parse_name(spec: str) -> tuple[str, int]:
@@ -71,28 +68,11 @@ def resolve(order: str | Tensor, height: int, width: int) -> Tensor:
 
 
 def check_permutation(order: object, n: int) -> Tensor:
-    """Raise InvalidOrderError unless ``order`` is a 1-D integer tensor holding each of 0..n-1 once."""
-    expected = f"expected an order as a 1-D integer tensor permuting the {n} pixel indices (h * W + w)"
+    """:func:`pixelcnn.models.order.check_permutation`, whose error for what is not a tensor names the names too."""
     if not isinstance(order, Tensor):
-        raise InvalidOrderError(f"{expected} or a name NAME[:S] with NAME in {NAMES}, got {type(order).__name__}")
-    if order.dim() != 1 or order.numel() != n:
-        raise InvalidOrderError(f"{expected}, got shape {tuple(order.shape)}")
-    if order.dtype.is_floating_point or order.dtype.is_complex or order.dtype == torch.bool:
-        raise InvalidOrderError(f"{expected}, got dtype {order.dtype}")
-    order = order.long()
-    counts = torch.bincount(order.clamp(0, n - 1).cpu(), minlength=n)
-    if int(order.min()) < 0 or int(order.max()) >= n or bool((counts != 1).any()):
-        missing = (counts == 0).nonzero().flatten()[:5].tolist()
-        raise InvalidOrderError(f"{expected}, got values in [{int(order.min())}, {int(order.max())}] "
-                                f"with {int((counts == 0).sum())} indices missing (e.g. {missing})")
-    return order
-
-
-def ranks(order: Tensor) -> Tensor:
-    """(H*W,) step at which each pixel is visited: the inverse permutation."""
-    out = torch.empty_like(order)
-    out[order] = torch.arange(order.numel(), device=order.device)
-    return out
+        raise InvalidOrderError(f"expected an order as a 1-D integer tensor permuting the {n} pixel indices (h * W + w) "
+                                f"or a name NAME[:S] with NAME in {NAMES}, got {type(order).__name__}")
+    return order_lib.check_permutation(order, n)
 
 
 def known_first(known: Tensor, candidates: Tensor) -> Tensor:

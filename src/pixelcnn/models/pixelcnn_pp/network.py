@@ -42,6 +42,7 @@ from pixelcnn.distributions import make_distribution
 from pixelcnn.errors import ConfigError
 from pixelcnn.models.layers import Condition, ConditionBias, concat_elu, gated_residual, shift_down, shift_right
 from pixelcnn.models.base import AutoregressiveModel
+from pixelcnn.models.order import Order
 from pixelcnn.models.pixelcnn_pp.cached import CachedPixelCNNPP
 from pixelcnn.models.pixelcnn_pp.shifted import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
                               DownShiftedConvTranspose2d)
@@ -190,7 +191,7 @@ class PixelCNNPP(AutoregressiveModel):
     def make_distribution(self):
         return make_distribution("logistic_mixture", self.config.channels, self.config.levels, mixtures=self.config.mixtures)
 
-    def network(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
+    def network(self, x: Tensor, cond: Condition | None, order: Order | None = None) -> Tensor:
         """(B, P, H, W) mixture parameters: the reference's forward pass (model.py), a U-Net of ``stages`` stages.
 
         The up pass runs the stages from the image's resolution to the coarsest, halving both streams
@@ -221,7 +222,7 @@ class PixelCNNPP(AutoregressiveModel):
                 u, ul = block(u, ul, u_list.pop(), ul_list.pop(), cond=cond)
         return self.out(F.elu(ul))                                      # (B, P, H, W)
 
-    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> CachedPixelCNNPP:
+    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Order | None = None) -> CachedPixelCNNPP:
         """One pixel at a time, computing only what each new pixel makes final (``cached.py``)."""
         self.own_order_only(order)
         return CachedPixelCNNPP(self, x, cond)

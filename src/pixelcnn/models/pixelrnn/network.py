@@ -69,6 +69,7 @@ from torch import Tensor, nn
 
 from pixelcnn.models.layers import Condition, ConditionBias, channel_groups, horizontal_conv, raster_conv
 from pixelcnn.models.base import AutoregressiveModel
+from pixelcnn.models.order import Order
 from pixelcnn.models.common import KERNEL, MaskedModelConfig, OutputHead, masked_1x1, shared_help, shared_limits, stack
 from pixelcnn.models.pixelrnn.cached import DiagonalLSTMCache, PixelRNNStepper, RowLSTMCache
 from pixelcnn.models.pixelrnn.recurrent import LSTMGates, skew_columns, unskew_columns
@@ -313,14 +314,14 @@ class PixelRNN(AutoregressiveModel):
     def make_layer(self, index: int) -> nn.Module:
         raise NotImplementedError
 
-    def network(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
+    def network(self, x: Tensor, cond: Condition | None, order: Order | None = None) -> Tensor:
         """The first (mask A) layer with its conditioning bias, the LSTM layers, the output layers: a
         :func:`~pixelcnn.models.common.stack`, which :class:`PixelRNNStepper` runs at one pixel."""
         self.own_order_only(order)
         return stack(lambda: self.input(x) + self.input_bias(cond),
                      self.layers, self.head, cond, x)
 
-    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> PixelRNNStepper:
+    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Order | None = None) -> PixelRNNStepper:
         """One pixel of every layer per step, LSTM states kept between steps (``cached.py``)."""
         self.own_order_only(order)
         return PixelRNNStepper(self, x, cond)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelcnn.models.base import AutoregressiveModel
+from pixelcnn.models.order import Order
 from pixelcnn.models.common import MaskedModelConfig, OutputHead, gate_groups, masked_1x1, shared_help, shared_limits
 from pixelcnn.models.layers import Condition, ConditionBias, Conv1x1, channel_groups, gate, raster_conv
 from pixelcnn.models.pixelsnail.cached import CachedPixelSNAIL
@@ -176,14 +177,14 @@ class PixelSNAIL(AutoregressiveModel):
         self.layers = nn.ModuleList(layers)
         self.head = OutputHead(n, config.output_hidden, self.distribution, c)
 
-    def network(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> Tensor:
+    def network(self, x: Tensor, cond: Condition | None, order: Order | None = None) -> Tensor:
         self.own_order_only(order)
         h = self.input(x) + self.input_bias(cond)
         for layer in self.layers:
             h = layer(h, x) if isinstance(layer, CausalAttention) else layer(h, cond)
         return self.head(h)                                                  # (B, P, H, W)
 
-    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Tensor | None = None) -> CachedPixelSNAIL:
+    def cached_stepper(self, x: Tensor, cond: Condition | None, order: Order | None = None) -> CachedPixelSNAIL:
         """One pixel at a time: the convolutions from their caches, each attention layer one query against the
         keys and values of the pixels before (``cached.py``)."""
         self.own_order_only(order)
