@@ -173,10 +173,48 @@ def test_quantized_weights_refuse_nan_as_the_reference_does():
 GATED = cases("gated_pixelcnn")
 
 
-@pytest.mark.parametrize("batch", [2, 9])                                      # the kernels' own product; the BLAS
+# One thread: the kernels' own product (2 images), the BLAS's (9); more threads: one call per step, its images split
+# in two (9 over 2 threads) and unevenly in three (13 over 3).
+@pytest.mark.parametrize("batch,threads", [(2, 1), (9, 1), (9, 2), (13, 3)])
 @pytest.mark.parametrize("case", GATED, ids=case_id)
-def test_the_fused_gated_column_gives_the_reference_bits(case, batch):
+def test_the_fused_gated_column_gives_the_reference_bits(case, batch, threads):
     """Teacher-forced, every sub-pixel's log-probabilities of the fused stepper and of the reference stepper."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fused_column_against_the_reference(case, batch)
+        assert fused._threads(batch) == max(1, min(threads, batch // fused.SPLIT_IMAGES)) and torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threads_give_the_bytes_of_one_in_this_process_and_in_a_forked_child():
+    """The kernels' worker threads are started on first use and kept; a child forked after that has none and starts
+    its own (or it would wait on workers that do not exist); both write the bytes of one thread."""
+    import multiprocessing
+
+    model = pixelcnn.create("gated_pixelcnn", image_shape=(1, 5, 4), levels=4, hidden=8, layers=2, output_hidden=8)
+    x = torch.randint(0, 4, (13, 1, 5, 4), generator=torch.Generator().manual_seed(0))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = pixelcnn.compress(model, x)
+        torch.set_num_threads(3)
+        assert pixelcnn.compress(model, x) == one
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=lambda: queue.put(pixelcnn.compress(model, x)))
+        child.start()
+        child.join(60)
+        if child.is_alive():
+            child.kill()
+        assert child.exitcode == 0, "the forked child did not finish coding"
+        assert queue.get(timeout=10) == one
+    finally:
+        torch.set_num_threads(before)
+
+
+def fused_column_against_the_reference(case, batch: int) -> None:
     model, labels, cond_image = build("gated_pixelcnn", case, batch, seed=3, scale=3.0)
     model = exact_model(model)
     x = torch.randint(0, model.levels, (batch, *model.image_shape), generator=torch.Generator().manual_seed(4))

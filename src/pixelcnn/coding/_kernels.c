@@ -10,6 +10,7 @@
  *   gate     tanh(a) * sigmoid(b) of a row's two halves, from elementary.py's sigmoid table.
  *   elementwise     sigmoid, tanh, exp, expm1, elu of contiguous values.
  *   gated_column    a Gated PixelCNN's step at one position, every layer and the output head (fused.GatedColumn).
+ *                   The batch's images split over the threads it is given (split_rows).
  *   rows_softmax    log_softmax, softmax or quantize.quantized_weights of contiguous rows (the exact sum of
  *                   blocks.exact_sum, exp and log from elementary.py's tables).
  *
@@ -28,11 +29,12 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define KERNELS_VERSION 3
+#define KERNELS_VERSION 4
 #define ROUNDER 6755399441055744.0 /* 1.5 * 2**52: x + ROUNDER - ROUNDER rounds |x| < 2**51 to an integer */
 #define SIGMOID_RANGE 32.0
 #define SIGMOID_SCALE 1024.0       /* the sigmoid table's steps per unit, 2**SIGMOID_STEP */
@@ -249,9 +251,10 @@ static PyObject *finish_rows(PyObject *self, PyObject *const *args, Py_ssize_t n
  *     out[b] = relu?( residual[b] + (bias[b] + (acc * xs) * ws) )
  * the order in which blocks.addmm / matmul and the stepper round them (bias, residual may be None; a stride of 0
  * broadcasts a bias over the rows). Returns 0, or -1 (nothing trusted) where a window held inf or NaN. */
-static int affine_core(double *out, int64_t out_sb, const double *x, int64_t B, int64_t R, int64_t Cc, int64_t C,
-                       int64_t x_sb, int64_t x_sr, int64_t x_sc, const int32_t *wq, const double *ws, int64_t n,
-                       const double *bias, int64_t bias_sb, const double *res, int64_t res_sb, int64_t flags, int bits) {
+VECTOR static int affine_core(double *out, int64_t out_sb, const double *x, int64_t B, int64_t R, int64_t Cc,
+                              int64_t C, int64_t x_sb, int64_t x_sr, int64_t x_sc, const int32_t *wq, const double *ws,
+                              int64_t n, const double *bias, int64_t bias_sb, const double *res, int64_t res_sb,
+                              int64_t flags, int bits) {
     const int64_t k = R * Cc * C;
     double stack[ROW_BLOCK * 1024];
     double *xq = k <= 1024 ? stack : malloc(sizeof(double) * ROW_BLOCK * k);
@@ -436,38 +439,125 @@ enum { HID_WQ, HID_WS, HID_N, HID_BITS, HID_BIAS, HID_ROWS, P_WQ, P_WS, P_N, P_B
 
 #define PTR(v) ((void *)(intptr_t)(v))
 
-/* gated_column(plan, layers, head, batch, h, w, params): fused.GatedColumn's step at (h, w), every layer and the
- * head in one call (the steps of _GatedLayer.step and GatedColumn.__call__, in their order). 0, -1 where a window
- * was not finite, -2 out of memory. */
-static PyObject *gated_column(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "gated_column takes 7 arguments");
-        return NULL;
+/* ----- a call's rows over threads ------------------------------------------------------------------------
+ * A kernel whose rows are independent (each image's windows, rounding blocks, sums and table lookups its own)
+ * gives the same bits however its rows are split: split_rows runs fn over rows [0, rows) in `threads` contiguous
+ * parts, the first in the calling thread and the others in the workers of a pool started on first use and kept
+ * (starting a thread per call costs more than a step of a small batch). One call uses the pool at a time; another
+ * thread's call meanwhile, or a part without a worker, runs in its caller. A child process after fork starts its own
+ * workers. Its status: -2 (out of memory) if a part says so, else the first part's nonzero status, else 0. */
+#define MAX_THREADS 64
+
+typedef int (*RowsFn)(const void *ctx, int64_t r0, int64_t r1);
+typedef struct {
+    RowsFn fn;
+    const void *ctx;
+    int64_t r0, r1;
+    int status;
+} RowsPart;
+
+static void run_rows_part(RowsPart *part) { part->status = part->fn(part->ctx, part->r0, part->r1); }
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t work, done;
+    RowsPart *parts;        /* the current call's parts for the workers: worker i runs parts[i] if i < jobs */
+    int64_t jobs, pending, generation, started;
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, 0};
+static pthread_mutex_t pool_user = PTHREAD_MUTEX_INITIALIZER;
+
+static void *pool_worker(void *arg) {
+    const int64_t index = (int64_t)(intptr_t)arg;
+    pthread_mutex_lock(&pool.lock);
+    int64_t seen = -1;                           /* started for the current call: its part is waiting */
+    for (;;) {
+        while (pool.generation == seen) pthread_cond_wait(&pool.work, &pool.lock);
+        seen = pool.generation;
+        if (index >= pool.jobs) continue;
+        RowsPart *part = &pool.parts[index];
+        pthread_mutex_unlock(&pool.lock);
+        run_rows_part(part);
+        pthread_mutex_lock(&pool.lock);
+        if (--pool.pending == 0) pthread_cond_signal(&pool.done);
     }
-    void *plan_p, *head_p, *params_p;
-    int64_t layers, B, h, w;
-    if (as_ptr(args[0], &plan_p) || as_int(args[1], &layers) || as_ptr(args[2], &head_p) || as_int(args[3], &B) ||
-        as_int(args[4], &h) || as_int(args[5], &w) || as_ptr(args[6], &params_p))
-        return NULL;
-    const int64_t *plan = plan_p, *head = head_p;
+    return NULL;
+}
+
+static void pool_after_fork(void) {              /* the child has no workers: forget them, and any lock held */
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_mutex_init(&pool_user, NULL);
+    pthread_cond_init(&pool.work, NULL);
+    pthread_cond_init(&pool.done, NULL);
+    pool.parts = NULL;
+    pool.jobs = pool.pending = pool.generation = pool.started = 0;
+}
+
+/* Workers for `wanted` parts besides the caller's, started as needed (under pool.lock); how many there are. */
+static int64_t pool_workers(int64_t wanted) {
+    while (pool.started < wanted) {
+        pthread_t id;
+        if (pthread_create(&id, NULL, pool_worker, (void *)(intptr_t)pool.started) != 0) break;
+        pthread_detach(id);
+        pool.started++;
+    }
+    return pool.started < wanted ? pool.started : wanted;
+}
+
+static int split_rows(RowsFn fn, const void *ctx, int64_t rows, int64_t threads) {
+    threads = threads > rows ? rows : threads;
+    threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
+    RowsPart parts[MAX_THREADS];
+    for (int64_t t = 0; t < threads; t++) parts[t] = (RowsPart){fn, ctx, rows * t / threads, rows * (t + 1) / threads, 0};
+    int64_t workers = 0;
+    const int using_pool = threads > 1 && pthread_mutex_trylock(&pool_user) == 0;
+    if (using_pool) {
+        pthread_mutex_lock(&pool.lock);
+        workers = pool_workers(threads - 1);
+        pool.parts = parts + 1;
+        pool.jobs = pool.pending = workers;
+        pool.generation++;
+        pthread_cond_broadcast(&pool.work);
+        pthread_mutex_unlock(&pool.lock);
+    }
+    run_rows_part(&parts[0]);
+    for (int64_t t = 1 + workers; t < threads; t++) run_rows_part(&parts[t]);
+    if (using_pool) {
+        pthread_mutex_lock(&pool.lock);
+        while (pool.pending) pthread_cond_wait(&pool.done, &pool.lock);
+        pool.jobs = 0;
+        pthread_mutex_unlock(&pool.lock);
+        pthread_mutex_unlock(&pool_user);
+    }
     int status = 0;
-    Py_BEGIN_ALLOW_THREADS
+    for (int64_t t = 0; t < threads; t++)
+        if (parts[t].status == -2 || (parts[t].status && !status)) status = parts[t].status;
+    return status;
+}
+
+/* The step of gated_column for the images b0 .. b0 + B of the batch: every row-strided pointer of the plan moved
+ * b0 rows on (rows are independent: any split of the batch gives the bits of the whole). 0, -1 where a window was
+ * not finite, -2 out of memory. */
+static int column_part(const int64_t *plan, int64_t layers, const int64_t *head, int64_t b0, int64_t B, int64_t h,
+                       int64_t w, double *params) {
+    int status = 0;
     const double *res = NULL;
     int64_t res_sb = 0;
     for (int64_t l = 0; l < layers && !status; l++) {
         const int64_t *p = plan + l * LAYER_FIELDS;
         const int64_t n2 = p[CONV_N], n = p[OUT_N];
-        const double *window = (const double *)PTR(p[WIN]) + h * p[WIN_H] + w * p[WIN_W];
-        double *pre = PTR(p[PRE]), *gated = PTR(p[GATED]);
+        const double *window = (const double *)PTR(p[WIN]) + h * p[WIN_H] + w * p[WIN_W] + b0 * p[WIN_B];
+        double *pre = (double *)PTR(p[PRE]) + b0 * n2, *gated = (double *)PTR(p[GATED]) + b0 * n;
         status = affine_core(pre, n2, window, B, p[ROWS], p[COLS], p[CHANNELS], p[WIN_B], p[WIN_R], p[WIN_C],
-                             PTR(p[CONV_WQ]), PTR(p[CONV_WS]), n2, (const double *)PTR(p[ROW_BIAS]) + w * p[ROW_BIAS_W],
-                             p[ROW_BIAS_B], NULL, 0, 0, (int)p[CONV_BITS]);
+                             PTR(p[CONV_WQ]), PTR(p[CONV_WS]), n2,
+                             (const double *)PTR(p[ROW_BIAS]) + w * p[ROW_BIAS_W] + b0 * p[ROW_BIAS_B], p[ROW_BIAS_B],
+                             NULL, 0, 0, (int)p[CONV_BITS]);
         if (status) break;
         gate_impl(gated, n, pre, n2, B, n);
-        double *out = PTR(p[LAST]);
+        double *out = (double *)PTR(p[LAST]) + b0 * n;
         int64_t out_sb = n;
         if (p[NEXT]) {
-            out = (double *)PTR(p[NEXT]) + (p[NEXT_TOP] + h) * p[NEXT_H] + (p[NEXT_LEFT] + w) * p[NEXT_W];
+            out = (double *)PTR(p[NEXT]) + (p[NEXT_TOP] + h) * p[NEXT_H] + (p[NEXT_LEFT] + w) * p[NEXT_W] +
+                  b0 * p[NEXT_B];
             out_sb = p[NEXT_B];
         }
         status = affine_core(out, out_sb, gated, B, 1, 1, n, n, 0, 0, PTR(p[OUT_WQ]), PTR(p[OUT_WS]), n,
@@ -479,17 +569,48 @@ static PyObject *gated_column(PyObject *self, PyObject *const *args, Py_ssize_t 
         const double *x = res;
         int64_t x_n = plan[(layers - 1) * LAYER_FIELDS + OUT_N], x_sb = res_sb, flags = RELU_IN;
         if (head[HID_WQ]) {
-            status = affine_core(PTR(head[HID_ROWS]), head[HID_N], x, B, 1, 1, x_n, x_sb, 0, 0, PTR(head[HID_WQ]),
-                                 PTR(head[HID_WS]), head[HID_N], PTR(head[HID_BIAS]), 0, NULL, 0, RELU_IN | RELU_OUT,
-                                 (int)head[HID_BITS]);
-            x = PTR(head[HID_ROWS]);
+            double *hidden = (double *)PTR(head[HID_ROWS]) + b0 * head[HID_N];
+            status = affine_core(hidden, head[HID_N], x, B, 1, 1, x_n, x_sb, 0, 0, PTR(head[HID_WQ]), PTR(head[HID_WS]),
+                                 head[HID_N], PTR(head[HID_BIAS]), 0, NULL, 0, RELU_IN | RELU_OUT, (int)head[HID_BITS]);
+            x = hidden;
             x_n = x_sb = head[HID_N];
             flags = 0;
         }
         if (!status)
-            status = affine_core(PTR(params_p), head[P_N], x, B, 1, 1, x_n, x_sb, 0, 0, PTR(head[P_WQ]),
+            status = affine_core(params + b0 * head[P_N], head[P_N], x, B, 1, 1, x_n, x_sb, 0, 0, PTR(head[P_WQ]),
                                  PTR(head[P_WS]), head[P_N], PTR(head[P_BIAS]), 0, NULL, 0, flags, (int)head[P_BITS]);
     }
+    return status;
+}
+
+typedef struct {
+    const int64_t *plan, *head;
+    int64_t layers, h, w;
+    double *params;
+} Column;
+
+static int column_rows(const void *ctx, int64_t r0, int64_t r1) {
+    const Column *c = ctx;
+    return column_part(c->plan, c->layers, c->head, r0, r1 - r0, c->h, c->w, c->params);
+}
+
+/* gated_column(plan, layers, head, batch, h, w, params, threads): fused.GatedColumn's step at (h, w), every layer
+ * and the head in one call (the steps of _GatedLayer.step and GatedColumn.__call__, in their order), the batch's
+ * images split over `threads` threads. 0, -1 where a window was not finite, -2 out of memory. */
+static PyObject *gated_column(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "gated_column takes 8 arguments");
+        return NULL;
+    }
+    void *plan_p, *head_p, *params_p;
+    int64_t layers, B, h, w, threads;
+    if (as_ptr(args[0], &plan_p) || as_int(args[1], &layers) || as_ptr(args[2], &head_p) || as_int(args[3], &B) ||
+        as_int(args[4], &h) || as_int(args[5], &w) || as_ptr(args[6], &params_p) || as_int(args[7], &threads))
+        return NULL;
+    Column c = {plan_p, head_p, layers, h, w, params_p};
+    int status = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (B > 0) status = split_rows(column_rows, &c, B, threads);
     Py_END_ALLOW_THREADS
     if (status == -2) return PyErr_NoMemory();
     return PyLong_FromLong(status);
@@ -639,6 +760,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "The code
                                     methods};
 
 PyMODINIT_FUNC PyInit__kernels(void) {
+    if (pthread_atfork(NULL, NULL, pool_after_fork) != 0) return PyErr_NoMemory();
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && (PyModule_AddIntConstant(m, "VERSION", KERNELS_VERSION) < 0 ||
                       PyModule_AddIntConstant(m, "LAYER_FIELDS", LAYER_FIELDS) < 0 ||

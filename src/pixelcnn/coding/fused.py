@@ -13,9 +13,9 @@ with them and are written again to the same bytes). Two layers:
 * :data:`RULES`, the mode's rules for linear maps, the table functions and softmax, compiled where the
   operands are CPU float64 of the shapes the kernels read (every family gains);
 * :func:`accelerate`, which gives a stepper its family's fused column (:data:`FUSED`): the Gated
-  PixelCNN's whole step in one kernel call below ``Affine.BLAS_ROWS`` images, a call per layer
-  operation above (the products by the BLAS). The stepper computes the rest (the distribution) as
-  before, inside the mode.
+  PixelCNN's whole step in one kernel call below ``Affine.BLAS_ROWS`` images or where torch has more
+  than one thread (the batch's images split over them), else a call per layer operation (the products
+  by the BLAS). The stepper computes the rest (the distribution) as before, inside the mode.
 
 Without the extension (no C compiler at install), with ``PIXELCNN_EXACT_KERNELS=0`` in the environment,
 or inside :func:`reference_only`, everything runs the reference rules.
@@ -44,7 +44,7 @@ try:
     from pixelcnn.coding import _kernels
 except ImportError:                                                          # built without a C compiler
     _kernels = None
-KERNELS_VERSION = 3                     # _kernels.c's KERNELS_VERSION: a stale build is not used
+KERNELS_VERSION = 4                     # _kernels.c's KERNELS_VERSION: a stale build is not used
 if _kernels is not None and getattr(_kernels, "VERSION", None) != KERNELS_VERSION:
     _kernels = None
 
@@ -91,6 +91,17 @@ def accelerate(stepper) -> None:
 
 def _ptr(t: Tensor) -> int:
     return t.data_ptr()
+
+
+# gated_column splits a step's images over torch's threads (images are independent: the same bits however split),
+# each thread given at least this many. The one-row kernels of the row starts (round_rows, finish_rows, gate) stay
+# on one thread: split the same way they were slower (2-core Xeon: right after the BLAS, whose threads still spin).
+SPLIT_IMAGES = 4
+
+
+def _threads(images: int) -> int:
+    """Threads for a gated_column call over ``images`` images: torch's count at most, SPLIT_IMAGES each at least."""
+    return max(1, min(torch.get_num_threads(), images // SPLIT_IMAGES))
 
 
 _TABLES = ("sigmoid", "exp_frac", "exp_int", "recip", "log_recip", "ln2")
@@ -324,8 +335,10 @@ class GatedColumn:
     Computes what ``CachedGatedPixelCNN.column`` computes, from and into the same caches: each layer's row start
     (``CachedGatedLayer.start_row``: the vertical stack's row above, written into the next layer's cache, and the
     row's bias for the horizontal stack) and step (``CachedGatedLayer.step``), then ``PointwiseHead``; returns the
-    head's (B, P) parameters. Below ``Affine.BLAS_ROWS`` images a step is one kernel call (``gated_column``, over
-    a plan of every layer's pointers and strides); from there a call per layer operation, the products by the BLAS.
+    head's (B, P) parameters. Below ``Affine.BLAS_ROWS`` images, and wherever torch's threads can take
+    ``SPLIT_IMAGES`` images each, a step is one kernel call (``gated_column``, over a plan of every layer's pointers
+    and strides, the images split over the threads); otherwise a call per layer operation, the products by the BLAS.
+    The row starts (the vertical stacks over a whole row) take the BLAS either way.
     """
 
     @staticmethod
@@ -347,7 +360,9 @@ class GatedColumn:
         self.head = torch.tensor(self._head_plan(), dtype=torch.int64)
         for i, layer in enumerate(self.layers):
             layer.plan_row = self.plan[i]
-        self.fused = self.batch < Affine.BLAS_ROWS
+        # One kernel call per step below BLAS_ROWS images, and wherever the images can be split over threads: then
+        # each thread's share of the step is one call, which beats a call per layer operation and a BLAS product.
+        self.fused = self.batch < Affine.BLAS_ROWS or _threads(self.batch) > 1
 
     def _head_plan(self) -> list[int]:
         hidden, out = self.hidden, self.out
@@ -367,7 +382,8 @@ class GatedColumn:
             b, out = self.batch, self.out
             params = torch.empty(b, out.n, dtype=torch.float64)
             if self.fused:
-                status = _kernels.gated_column(_ptr(self.plan), len(self.layers), _ptr(self.head), b, h, w, _ptr(params))
+                status = _kernels.gated_column(_ptr(self.plan), len(self.layers), _ptr(self.head), b, h, w, _ptr(params),
+                                               _threads(b))
                 out.checked(status)
                 return params
             residual, res_sb = None, 0
