@@ -33,8 +33,9 @@ def replaceable(func: Callable) -> Callable:
 @contextlib.contextmanager
 def replaced(replacements: Mapping[Callable, Callable]) -> Iterator[None]:
     """Inside, each ``@replaceable`` function of ``replacements`` calls its replacement instead."""
-    if not all(hasattr(f, "__wrapped__") for f in replacements):
-        raise TypeError(f"expected @replaceable functions, got {[f for f in replacements if not hasattr(f, '__wrapped__')]}")
+    others = [f for f in replacements if not hasattr(f, "__wrapped__")]
+    if others:
+        raise TypeError(f"expected @replaceable functions, got {others}")
     token = _REPLACED.set({**_REPLACED.get(), **replacements})
     try:
         yield

@@ -274,7 +274,8 @@ class LMConv(AutoregressiveModel):
         self.check_images(x)
         xf, cond = self.preprocess(x), self.condition(labels, cond_image, x.shape[0])
         x = x.to(xf.device)
-        return torch.stack([self.distribution.log_prob(self.params(xf, cond, self.as_order(o)), x) for o in self.orders])
+        return torch.stack([self.distribution.log_prob(self.params(xf, cond, self.as_order(o)), x)
+                            for o in self.orders])
 
     def nll(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None,
             order: object = None) -> Tensor:
@@ -302,7 +303,8 @@ class LMConv(AutoregressiveModel):
         for k, row in enumerate(rows):
             idx = (group == k).nonzero().flatten()
             sub = None if cond is None else cond.select(idx)
-            logp = -self.distribution.nll_per_subpixel(self.params(xf[idx], sub, self.as_order(row)), x[idx])   # (b, C, H, W)
+            params = self.params(xf[idx], sub, self.as_order(row))
+            logp = -self.distribution.nll_per_subpixel(params, x[idx])                         # (b, C, H, W)
             out[idx] = (logp * ~known[idx]).flatten(1).sum(1)
         return out
 

@@ -43,8 +43,8 @@ Three things are this path's own, by necessity: the first layer's incremental fo
 become reading row h - 1 and column w - 1, zero above and left of the image, bias included), the
 shortcut's 1x1 convolution split into one matrix per stream (the full path concatenates the
 streams first; here they arrive at different times, u a row at a time, the up pass's ul a position
-at a time, and the sum is the same), and concat_elu of a value computed once per pixel for all its
-readers (:class:`Activation`), where the full path computes it at each reader.
+at a time, and the sum is the same), and concat_elu of a position's value computed once per pixel for all
+its readers (:class:`Activation`), where the full path computes it at each reader.
 
 Each gated ResNet block caches its input and its inner activation, whose concat_elu its two convolutions
 read (:class:`ConcatEluConv` applies it to each window as it reads it: half the memory of caching
@@ -187,9 +187,10 @@ class CachedGatedResnet:
     module's own ``combine``.
 
     Caches its input (``x``) and its inner activation (``h``), which its convolutions read through
-    concat_elu (:class:`ConcatEluConv`). The shortcut, nin(concat_elu(aux)), is a sum over the aux streams: the first stream (u) is taken a
-    row at a time, the second (the up pass's ul, down pass only) a position at a time. It holds no reference
-    to its stepper (which holds it): the stage position comes with each call, so no cycle keeps either alive.
+    concat_elu (:class:`ConcatEluConv`). The shortcut, nin(concat_elu(aux)), is a sum over the aux streams:
+    the first stream (u) is taken a row at a time, the second (the up pass's ul, down pass only) a position at
+    a time. It holds no reference to its stepper (which holds it): the stage position comes with each call, so
+    no cycle keeps either alive.
     """
 
     def __init__(self, block: nn.Module, stepper: "CachedPixelCNNPP", size: tuple[int, int], cond: Condition | None):
@@ -234,7 +235,7 @@ class CachedGatedResnet:
         self.x_row, self.h_row = self.x.row(i), self.h.row(i)                 # (B, W, F) each
         self.in_windows, self.out_windows = self.conv_in.views[i], self.conv_out.views[i]
 
-    def at(self, x: Activation, u: Row | None, i: int, j: int, skip: Row | None = None) -> Activation:
+    def at(self, x: Activation, u: Row | None, i: int, j: int, skip: Activation | None = None) -> Activation:
         """The (B, F) output at the stage's position (i, j) from the input x (B, F), the u row (W, B, F) where one
         starts (it prepares the ul row) and the up pass's ul there (down pass)."""
         if u is not None:
@@ -265,7 +266,7 @@ class CachedStreamBlock:
         self.ul = CachedGatedResnet(block.ul, stepper, size, cond)
 
     def __call__(self, u: Row | None, ul: Activation, position: tuple[int, int], u_skip: Row | None = None,
-                 ul_skip: Row | None = None) -> tuple[Row | None, Activation]:
+                 ul_skip: Activation | None = None) -> tuple[Row | None, Activation]:
         """As StreamBlock's forward at the stage's ``position``: u from itself and u_skip, then ul from itself,
         the new u and ul_skip."""
         i, j = position

@@ -44,7 +44,8 @@ class LSTMGates:
 
         f * c_prev + i * g is rounded two ways: in place, one fused multiply-add (no temporary); into new
         tensors, two products and a sum, the bits of the whole-map form that earlier releases coded
-        files with (the codec's released forms, ``coding/arithmetic.py``). Exact arithmetic (the codec) gives both the same value.
+        files with (the codec's released forms, ``coding/arithmetic.py``). Exact arithmetic (the codec) gives
+        both the same value.
         """
         self.ifo.sigmoid_()
         g = self.tanh(self.g)
