@@ -25,8 +25,8 @@ class Stepper(abc.ABC):
     """Conditional log-probabilities of one sub-pixel at a time, given the values set so far.
 
     ``x`` (B, C, H, W) holds the values set so far (zeros elsewhere); ``order`` (an :class:`Order`, a sequence of
-    (h, w)) the pixels in the order the stepper visits them, colour channels R, G, B inside each pixel. ``groups`` declares whether
-    the stepper also offers whole groups of pixels: None (one pixel at a time), or ``order`` cut into
+    (h, w)) the pixels in the order the stepper visits them, colour channels R, G, B inside each pixel. ``groups``
+    declares whether the stepper also offers whole groups of pixels: None (one pixel at a time), or ``order`` cut into
     groups whose sub-pixels of one channel are conditionally independent given every earlier group and the
     group's earlier channels. A loop then asks :meth:`group_log_probs` and answers :meth:`set_group`, and
     each row of the former has the bits :meth:`log_probs` would give its sub-pixel.

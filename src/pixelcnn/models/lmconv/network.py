@@ -137,7 +137,8 @@ class LMConv(AutoregressiveModel):
         self.order_names = [specs[i] for i in kept.tolist()]
         self.register_buffer("orders", table[kept], persistent=False)        # (K, H W) training orders
         self._masks: dict = {}                                               # memo of tap_masks, oldest first
-        self._training_set = {self.as_order(row).key for row in self.orders}  # the memo keeps their masks
+        self._training_orders: list[Order] = []                              # self.orders as Orders, per device
+        self._training_set = {o.key for o in self.training_orders()}         # the memo keeps their masks
 
     # ----- orders
 
@@ -158,8 +159,15 @@ class LMConv(AutoregressiveModel):
         _, height, width = self.image_shape
         return Order(indices, height, width)
 
+    def training_orders(self) -> list[Order]:
+        """The training orders as Orders on the model's device, built once (every training step and forward without
+        an order reads one: no permutation check, no copy there)."""
+        if not self._training_orders or self._training_orders[0].indices.device != self.orders.device:
+            self._training_orders = [self.as_order(row) for row in self.orders]
+        return self._training_orders
+
     def default_order(self) -> Order:
-        return self.as_order(self.orders[0])
+        return self.training_orders()[0]
 
     def tap_masks(self, order: Order) -> dict[tuple[int, int], Tensor]:
         """(kernel, dilation) -> (k k, H W) tap masks of ``order``, memoised per order.
@@ -175,8 +183,8 @@ class LMConv(AutoregressiveModel):
                 self._forget_one()
             _, height, width = self.image_shape
             convs = [self.input] + [block.conv for block in self.blocks]
-            self._masks[key] = {conv.key: tap_masks(order.indices.to(like.device), height, width, *conv.key).to(like.dtype)
-                                for conv in convs}
+            indices = order.indices.to(like.device)
+            self._masks[key] = {conv.key: tap_masks(indices, height, width, *conv.key).to(like.dtype) for conv in convs}
         return self._masks[key]
 
     def _forget_one(self) -> None:
@@ -199,10 +207,10 @@ class LMConv(AutoregressiveModel):
         model also learns the contexts it meets when it completes images.
         """
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        order = self.orders[int(torch.randint(len(self.orders), (1,), generator=g))]
+        order = self.training_orders()[int(torch.randint(len(self.orders), (1,), generator=g))]
         rate = self.config.completion_orders
         if not rate or float(torch.rand((), generator=g)) >= rate:
-            return self.as_order(order), None
+            return order, None
         _, height, width = self.image_shape
         known = orders_lib.random_known(height, width, g)
         return self.as_order(self.known_first(known)), known
@@ -225,7 +233,9 @@ class LMConv(AutoregressiveModel):
             pick = torch.randint(len(self.orders), (known.shape[0],), generator=generator, device=device)
             drawn = self.orders[pick.to(self.orders.device)]
             table = torch.where(none_known.to(table.device)[:, None], drawn, table)
-        return [self.as_order(row) for row in table]
+        rows, inverse = torch.unique(table, dim=0, return_inverse=True)      # an Order per distinct row, shared
+        distinct = [self.as_order(row) for row in rows]
+        return [distinct[i] for i in inverse.tolist()]
 
     def known_first_orders(self, known: Tensor) -> Tensor:
         """(B, H W): for each image the order that visits pixels with every channel known first
@@ -274,8 +284,7 @@ class LMConv(AutoregressiveModel):
         self.check_images(x)
         xf, cond = self.preprocess(x), self.condition(labels, cond_image, x.shape[0])
         x = x.to(xf.device)
-        return torch.stack([self.distribution.log_prob(self.params(xf, cond, self.as_order(o)), x)
-                            for o in self.orders])
+        return torch.stack([self.distribution.log_prob(self.params(xf, cond, o), x) for o in self.training_orders()])
 
     def nll(self, x: Tensor, labels: Tensor | None = None, cond_image: Tensor | None = None,
             order: object = None) -> Tensor:
