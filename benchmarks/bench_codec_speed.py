@@ -1,12 +1,14 @@
 """Speed of the exact coder (formats 3 and 4) with its compiled kernels, beside its references, in one run.
 
     python benchmarks/bench_codec_speed.py [--batches 1 64] [--large] [--threads 2] [--reference-up-to 64]
-        [--format2-up-to 64] [--models mnist colour multiscale] [--json out.json]
+        [--format2-up-to 64] [--models mnist colour multiscale] [--isas avx512 avx2] [--json out.json]
 
 For each model, on the same images in the same run: encode and decode seconds (the coding, with the model
 loaded, as ``pixelcnn compress`` reports it) and images/s of
 
-* ``compiled``: the exact arithmetic with its compiled kernels (``pixelcnn.coding.fused``), as users get it;
+* ``compiled``: the exact arithmetic with its compiled kernels (``pixelcnn.coding.fused``), as users get it
+  (``--isas``: also with the other variants of the kernels' product that this CPU runs, e.g. ``avx2`` on an
+  AVX-512 machine; the same bytes, checked);
 * ``reference``: the same arithmetic through the reference rules alone (``fused.reference_only``), which wrote
   every file before the kernels existed; its files must be byte for byte those of ``compiled`` (checked);
 * ``format 2``: pixelcnn 0.1.0's float32 coder (one thread, files that decode only on the same kind of CPU);
@@ -45,6 +47,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--reference-up-to", type=int, default=64, help="largest batch the reference rules code")
     p.add_argument("--format2-up-to", type=int, default=64, help="largest batch the format-2 float coder codes")
     p.add_argument("--models", nargs="+", default=["mnist", "colour", "multiscale"])
+    p.add_argument("--isas", nargs="+", default=fused.isas()[:1], choices=fused.isas(),
+                   help="variants of the kernels' product to time (fused.isas(); default: the one used)")
     p.add_argument("--json")
     return p.parse_args()
 
@@ -72,12 +76,12 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def exact(model, x, labels, threads: int, reference: bool) -> dict:
-    """Encode and decode in formats 3/4 at ``threads`` torch threads."""
+def exact(model, x, labels, threads: int, reference: bool, isa: str | None = None) -> dict:
+    """Encode and decode in formats 3/4 at ``threads`` torch threads (with product variant ``isa``)."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with fused.reference_only() if reference else contextlib.nullcontext():
+        with fused.reference_only() if reference else fused.product_isa(isa) if isa else contextlib.nullcontext():
             data, enc = timed(lambda: pixelcnn.compress(model, x, labels))
             out, dec = timed(lambda: pixelcnn.decompress(model, data))
     finally:
@@ -163,6 +167,14 @@ def main() -> None:
             compiled = exact(model, x, labels, args.threads, reference=False)
             lines = [row("compiled (format 4)", n, compiled)]
             per[n] = {"compiled": compiled}
+            for isa in args.isas:
+                if isa == fused.isas()[0]:
+                    continue
+                other = exact(model, x, labels, args.threads, reference=False, isa=isa)
+                if other["data"] != compiled["data"]:
+                    raise SystemExit(f"{key}, {n} images: the {isa} product wrote other bytes")
+                per[n][f"compiled_{isa}"] = other
+                lines.append(row(f"compiled, {isa} product", n, other))
             if n <= args.reference_up_to:
                 reference = exact(model, x, labels, args.threads, reference=True)
                 if reference["data"] != compiled["data"]:

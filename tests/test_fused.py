@@ -1,15 +1,18 @@
 """The codec's compiled kernels (pixelcnn.coding.fused, _kernels.c) against the reference rules: the same bits.
 
 Every compiled rule is compared with its reference (ExactArithmetic(compiled=False)) on generated operands, bit for
-bit (a zero's sign aside, :func:`same_bits`): values from subnormal to overflow, signed zeros, inf and NaN, strided and broadcast operands, row counts on
-both sides of the BLAS threshold. The fused Gated PixelCNN column is compared, log-probability by
-log-probability, with the reference stepper over every branch of the family's configs (pairwise), at odd
-sizes, with weights far from their initial values. Files: every family's bytes with and without the kernels,
-and the committed files of earlier releases encoded again to the same payload.
+bit (a zero's sign aside, :func:`same_bits`): values from subnormal to overflow, signed zeros, inf and NaN, strided
+and broadcast operands, row and column counts on both sides of every tile, panel and chunk size of the product, on
+one thread and split over three, with every variant of the product this CPU runs (fused.isas). The fused Gated
+PixelCNN column and row starts are compared, log-probability by log-probability, with the reference stepper over
+every branch of the family's configs (pairwise), at odd sizes, with weights far from their initial values. Files:
+every family's bytes with and without the kernels, and the committed files of earlier releases encoded again to the
+same payload.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -110,12 +113,45 @@ def test_elementwise_and_softmax_rules_give_the_reference_bits(data, rows, fn):
 scales = st.sampled_from([1.0, 1e-200, 1e200, 2.0**-1030, 3.0])
 
 
+@contextlib.contextmanager
+def split_over(threads: int):
+    """Inside, torch has ``threads`` threads and the kernels split every call with two rows or more over them."""
+    before, work = torch.get_num_threads(), fused.SPLIT_WORK
+    torch.set_num_threads(threads)
+    fused.SPLIT_WORK = 1
+    try:
+        yield
+    finally:
+        fused.SPLIT_WORK = work
+        torch.set_num_threads(before)
+
+
+def test_the_product_variants_are_those_the_cpu_runs_and_one_it_lacks_is_refused_in_one_line():
+    names = fused.isas()
+    assert names and names[-1] == "sse2" and set(names) <= {"avx512", "avx2", "sse2"}
+    assert fused._kernels.isa() == names[0]
+    with fused.product_isa("sse2"):
+        assert fused._kernels.isa() == "sse2"
+    assert fused._kernels.isa() == names[0]
+    with pytest.raises(ConfigError, match=r"expected one of the product variants this CPU runs .*, got 'avx1024'"), \
+            fused.product_isa("avx1024"):
+        pass
+
+
+# Rows and columns on both sides of the product's tiles (8, 6, 4, 2, 1 rows; 16, 8, 4 columns), of its chunks of 48
+# rows, and of the direct path of fewer than 3 rows (32, 16, 8 columns at a time).
+@pytest.mark.parametrize("isa", fused.isas())
 @SETTINGS
-@given(rows=st.sampled_from([1, 2, 3, 5, 7, 8, 9, 20]), k=st.integers(1, 40), n=st.integers(1, 20),
-       bias=st.sampled_from(["none", "vector", "rows", "one row", "expanded"]), scale=scales,
+@given(rows=st.sampled_from([1, 2, 3, 5, 7, 8, 9, 13, 20, 47, 48, 49, 100]), k=st.integers(1, 40),
+       n=st.integers(1, 40), bias=st.sampled_from(["none", "vector", "rows", "one row", "expanded"]), scale=scales,
        strided=st.booleans(), zeros=st.booleans(), seed=st.integers(0, 2**16),
-       op=st.sampled_from(["addmm", "mm", "matmul", "linear"]))
-def test_linear_rules_give_the_reference_bits(rows, k, n, bias, scale, strided, zeros, seed, op):
+       op=st.sampled_from(["addmm", "mm", "matmul", "linear"]), threads=st.sampled_from([1, 3]))
+def test_linear_rules_give_the_reference_bits(isa, rows, k, n, bias, scale, strided, zeros, seed, op, threads):
+    with fused.product_isa(isa), split_over(threads):
+        linear_rule_against_the_reference(rows, k, n, bias, scale, strided, zeros, seed, op)
+
+
+def linear_rule_against_the_reference(rows, k, n, bias, scale, strided, zeros, seed, op) -> None:
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(rows, 2 * k if strided else k, generator=g, dtype=torch.float64) * scale
     a = a[:, ::2] if strided else a
@@ -173,19 +209,20 @@ def test_quantized_weights_refuse_nan_as_the_reference_does():
 GATED = cases("gated_pixelcnn")
 
 
-# One thread: the kernels' own product (2 images), the BLAS's (9); more threads: one call per step, its images split
-# in two (9 over 2 threads) and unevenly in three (13 over 3).
-@pytest.mark.parametrize("batch,threads,parts", [(2, 1, 1), (9, 1, 1), (9, 2, 2), (13, 3, 3)])
+# One thread; more threads: each step's images split in two (9 over 2 threads) and unevenly in three (13 over 3),
+# every row start's rows too; the other variants of the product once each.
+BEST = (fused.isas() or ["not built"])[0]
+SPLITS = [(BEST, 2, 1, 1), (BEST, 9, 1, 1), (BEST, 9, 2, 2), (BEST, 13, 3, 3)]
+SPLITS += [(isa, 9, 2, 2) for isa in fused.isas()[1:]]
+
+
+@pytest.mark.parametrize("isa,batch,threads,parts", SPLITS)
 @pytest.mark.parametrize("case", GATED, ids=case_id)
-def test_the_fused_gated_column_gives_the_reference_bits(case, batch, threads, parts):
+def test_the_fused_gated_column_gives_the_reference_bits(case, isa, batch, threads, parts):
     """Teacher-forced, every sub-pixel's log-probabilities of the fused stepper and of the reference stepper."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with fused.product_isa(isa), split_over(threads):
         fused_column_against_the_reference(case, batch)
         assert fused._threads(batch) == parts                             # the images were split in that many
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_threads_give_the_bytes_of_one_in_this_process_and_in_a_forked_child():

@@ -5,20 +5,23 @@
  * rounded, so the results are bit for bit those of the reference:
  *
  *   affine   a linear map of a (possibly strided) window per row: the row rounded to block floating point
- *            (blocks.to_blocks), its exact product with a weight rounded per column, scaled by the two blocks'
- *            powers of two, then bias, residual and ReLU as the reference adds them.
- *   gate     tanh(a) * sigmoid(b) of a row's two halves, from elementary.py's sigmoid table.
+ *            (blocks.to_blocks), its exact product with a weight rounded per column (gemm), scaled by the two
+ *            blocks' powers of two, then bias, residual and ReLU as the reference adds them.
  *   elementwise     sigmoid, tanh, exp, expm1, elu of contiguous values.
  *   gated_column    a Gated PixelCNN's step at one position, every layer and the output head (fused.GatedColumn).
- *                   The batch's images split over the threads it is given (split_rows).
+ *   gated_row       a Gated PixelCNN layer's row start: the vertical stack's row above, its gate into the next
+ *                   layer's cache, and the row's bias for the horizontal stack.
+ *
+ * affine, gated_column and gated_row split their rows (images, positions) over the threads they are given
+ * (split_rows: a pool of the extension's own).
  *   rows_softmax    log_softmax, softmax or quantize.quantized_weights of contiguous rows (the exact sum of
  *                   blocks.exact_sum, exp and log from elementary.py's tables).
  *
  * The tables are elementary.py's, handed over once by set_tables (pointers to tensors the caller keeps alive).
  *
  * The products of rounded operands are integers times powers of two whose sums float64 holds exactly, so the
- * products' summation order, vector width and fused multiply-adds cannot change a bit there (gemm below may
- * contract). Everything else is compiled without contraction (-ffp-contract=off, in pyproject.toml) and without
+ * products' summation order, vector width and fused multiply-adds cannot change a bit there (gemm below
+ * contracts). Everything else is compiled without contraction (-ffp-contract=off, in pyproject.toml) and without
  * fast-math: each C expression is the reference's own rounding, in its order (-fno-trapping-math only lets loops
  * with selects vectorize; no result depends on it).
  *
@@ -34,13 +37,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KERNELS_VERSION 4
+#define KERNELS_VERSION 6
 #define ROUNDER 6755399441055744.0 /* 1.5 * 2**52: x + ROUNDER - ROUNDER rounds |x| < 2**51 to an integer */
 #define SIGMOID_RANGE 32.0
 #define SIGMOID_SCALE 1024.0       /* the sigmoid table's steps per unit, 2**SIGMOID_STEP */
-#define ROW_BLOCK 4                /* rows multiplied together, sharing each weight row's load */
 
 enum { RELU_IN = 1, RELU_OUT = 2 };
+#define VECTOR __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
 static inline double pow2i(int64_t e) {
     uint64_t bits = (uint64_t)(e + 1023) << 52;
@@ -62,50 +65,256 @@ static inline int block_up(double peak, int bits, double *up) {
     return 0;
 }
 
-/* A register tile of gemm_rows: acc[r][j0 .. j0 + T) for R rows (R, T constants once inlined, so the tile's sums
- * stay in vector registers over the whole reduction). */
-static inline __attribute__((always_inline)) void gemm_tile(const int R, const int T, double *const acc[ROW_BLOCK],
-                                                            int64_t j0, const double *const x[ROW_BLOCK], int64_t k,
-                                                            const int32_t *wq, int64_t n) {
-    double a[ROW_BLOCK][32] = {{0.0}};
-    for (int64_t i = 0; i < k; i++) {
-        const int32_t *w = wq + i * n + j0;
-        double wv[32];
-        for (int t = 0; t < T; t++) wv[t] = (double)w[t];
-        for (int r = 0; r < R; r++) {
-            const double c = x[r][i];
-            for (int t = 0; t < T; t++) a[r][t] += c * wv[t];
-        }
-    }
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) acc[r][j0 + t] = a[r][t];
+/* ----- the exact product: acc (rows, n) = xq (rows, k) times wq (k, n) --------------------------------------
+ * xq holds rounded values (integers times one power of two per row) and wq a weight's integers as int32
+ * (|wq| <= 2**25): every product and partial sum is an integer below 2**53, so any summation order, vector width
+ * or fused multiply-add gives the same bits, and each CPU gets the register tiles that suit it. The weight's
+ * columns are read as panels of PANEL float64 columns (pack: k rows of PANEL values each, panel after panel), made
+ * once for a weight the caller keeps (fused.Affine.panels) or per call in scratch; a tile keeps MR rows by NV
+ * vectors of sums in registers over the whole reduction, MC rows at a time passing over every panel while they stay
+ * in cache. A row or two are multiplied from wq directly (converting a whole weight would cost as much). The
+ * variants (x86-64-v4: AVX-512; v3: AVX2 and FMA; SSE2) are chosen once from what the CPU has; set_isa picks
+ * another that it also has (the tests run each). Every variant reads the same panels. */
+typedef double v8d __attribute__((vector_size(64), aligned(8)));
+typedef int32_t v8i __attribute__((vector_size(32), aligned(4)));
+typedef double v4d __attribute__((vector_size(32), aligned(8)));
+typedef int32_t v4i __attribute__((vector_size(16), aligned(4)));
+typedef double v2d __attribute__((vector_size(16), aligned(8)));
+typedef int32_t v2i __attribute__((vector_size(8), aligned(4)));
+
+#define PANEL 16                /* columns of a panel */
+#define MC 48                   /* rows a product keeps in cache while it passes over the panels */
+#define DIRECT_ROWS 3           /* fewer rows are multiplied from the weight's integers, without panels */
+
+/* The whole panels of (k, n) int32 wq as float64: panel p, row i, column j at panel[(p k + i) PANEL + j]. */
+VECTOR static void pack_panels(double *panel, const int32_t *wq, int64_t k, int64_t n) {
+    for (int64_t p = 0; p < n / PANEL; p++)
+        for (int64_t i = 0; i < k; i++)
+            for (int j = 0; j < PANEL; j++) panel[(p * k + i) * PANEL + j] = (double)wq[i * n + p * PANEL + j];
 }
 
-/* acc[r][j] = sum_i xq[r][i] wq[i][j] for `rows` rows (at most ROW_BLOCK), the weight's integers held as int32
- * (|wq| <= 2**25): exact, so any order of the sum and any contraction gives the same bits. */
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
-static void gemm_rows(double *const acc[ROW_BLOCK], const double *xq, int64_t rows, int64_t k, const int32_t *wq,
-                      int64_t n) {
-    const double *x[ROW_BLOCK] = {xq, xq + k, xq + 2 * k, xq + 3 * k};
-    int64_t j0 = 0;
-    if (rows == ROW_BLOCK) {
-        for (; j0 + 8 <= n; j0 += 8) gemm_tile(ROW_BLOCK, 8, acc, j0, x, k, wq, n);
-    } else {
-        for (int64_t r = 0; r < rows; r++) {
-            double *const one[ROW_BLOCK] = {acc[r]};
-            const double *const xr[ROW_BLOCK] = {x[r]};
-            int64_t j = 0;
-            for (; j + 32 <= n; j += 32) gemm_tile(1, 32, one, j, xr, k, wq, n);
-            for (; j + 8 <= n; j += 8) gemm_tile(1, 8, one, j, xr, k, wq, n);
-            j0 = j;
-        }
+/* GEMM_TILE(NAME, VD, NV, MR): acc[r][0 .. NV vectors) for r < MR (rows acc_s apart) from x's MR rows (k apart)
+ * and NV vectors of a panel's columns (its rows PANEL apart). */
+#define GEMM_TILE(NAME, VD, NV, MR)                                                                                 \
+    static inline __attribute__((always_inline)) void NAME(double *acc, int64_t acc_s, const double *x, int64_t k,  \
+                                                          const double *panel) {                                   \
+        enum { LANES = sizeof(VD) / sizeof(double) };                                                               \
+        VD a[MR][NV];                                                                                               \
+        for (int r = 0; r < MR; r++)                                                                                \
+            for (int v = 0; v < NV; v++) a[r][v] = (VD){0};                                                         \
+        for (int64_t i = 0; i < k; i++) {                                                                           \
+            VD wv[NV];                                                                                              \
+            for (int v = 0; v < NV; v++) wv[v] = *(const VD *)(panel + i * PANEL + v * LANES);                      \
+            for (int r = 0; r < MR; r++) {                                                                          \
+                const VD c = x[r * k + i] - (VD){0};          /* a broadcast (x - 0 is x, -0 included) */          \
+                for (int v = 0; v < NV; v++) a[r][v] += c * wv[v];                                                  \
+            }                                                                                                       \
+        }                                                                                                           \
+        for (int r = 0; r < MR; r++)                                                                                \
+            for (int v = 0; v < NV; v++) *(VD *)(acc + r * acc_s + v * LANES) = a[r][v];                            \
     }
-    for (int64_t r = 0; r < rows; r++)                             /* the columns past the last whole tile */
-        for (int64_t j = j0; j < n; j++) {
-            double sum = 0.0;
-            for (int64_t i = 0; i < k; i++) sum += x[r][i] * (double)wq[i * n + j];
-            acc[r][j] = sum;
-        }
+
+/* GEMM_DIRECT(NAME, VD, VI, NV): acc[0 .. NV vectors) for one row, the weight's int32 converted as read. */
+#define GEMM_DIRECT(NAME, VD, VI, NV)                                                                               \
+    static inline __attribute__((always_inline)) void NAME(double *acc, const double *x, int64_t k,                 \
+                                                          const int32_t *wq, int64_t n) {                          \
+        enum { LANES = sizeof(VD) / sizeof(double) };                                                               \
+        VD a[NV];                                                                                                   \
+        for (int v = 0; v < NV; v++) a[v] = (VD){0};                                                                \
+        for (int64_t i = 0; i < k; i++) {                                                                           \
+            const VD c = x[i] - (VD){0};                                                                            \
+            for (int v = 0; v < NV; v++)                                                                            \
+                a[v] += c * __builtin_convertvector(*(const VI *)(wq + i * n + v * LANES), VD);                     \
+        }                                                                                                           \
+        for (int v = 0; v < NV; v++) *(VD *)(acc + v * LANES) = a[v];                                               \
+    }
+
+/* GEMM(NAME, VD, VI, NV, MR): NAME(acc, acc_s, x, rows, k, wq, n, panel). With panels: per panel, its columns NV
+ * vectors at a time, by tiles of MR rows (the last rows by 4, 2, 1). Without (panel NULL): each row from wq, 4 NV
+ * then NV vectors of columns at a time. The columns past the last whole panel or tile are summed one at a time. */
+#define GEMM(NAME, VD, VI, NV, MR)                                                                                  \
+    GEMM_TILE(NAME##_tile, VD, NV, MR)                                                                              \
+    GEMM_TILE(NAME##_tile4, VD, NV, 4)                                                                              \
+    GEMM_TILE(NAME##_tile2, VD, NV, 2)                                                                              \
+    GEMM_TILE(NAME##_tile1, VD, NV, 1)                                                                              \
+    GEMM_DIRECT(NAME##_wide, VD, VI, 4 * NV)                                                                        \
+    GEMM_DIRECT(NAME##_narrow, VD, VI, NV)                                                                          \
+    static void NAME(double *acc, int64_t acc_s, const double *x, int64_t rows, int64_t k, const int32_t *wq,       \
+                     int64_t n, const double *panel) {                                                              \
+        enum { NR = NV * (int)(sizeof(VD) / sizeof(double)) };                                                      \
+        int64_t whole;                                                                                              \
+        if (panel == NULL) {                                                                                        \
+            for (int64_t r = 0; r < rows; r++) {                                                                    \
+                int64_t j0 = 0;                                                                                     \
+                for (; j0 + 4 * NR <= n; j0 += 4 * NR) NAME##_wide(acc + r * acc_s + j0, x + r * k, k, wq + j0, n); \
+                for (; j0 + NR <= n; j0 += NR) NAME##_narrow(acc + r * acc_s + j0, x + r * k, k, wq + j0, n);      \
+            }                                                                                                       \
+            whole = n - n % NR;                                                                                     \
+        } else {                                                                                                    \
+            whole = n - n % PANEL;                                                                                  \
+            for (int64_t r0 = 0; r0 < rows; r0 += MC) {                                                             \
+                const int64_t r1 = rows - r0 < MC ? rows : r0 + MC;                                                 \
+                for (int64_t j0 = 0; j0 < whole; j0 += NR) {                                                        \
+                    const double *p = panel + (j0 / PANEL) * k * PANEL + j0 % PANEL;                                \
+                    int64_t r = r0;                                                                                 \
+                    for (; r + MR <= r1; r += MR) NAME##_tile(acc + r * acc_s + j0, acc_s, x + r * k, k, p);        \
+                    if (MR > 4 && r + 4 <= r1) {                                                                    \
+                        NAME##_tile4(acc + r * acc_s + j0, acc_s, x + r * k, k, p);                                 \
+                        r += 4;                                                                                     \
+                    }                                                                                               \
+                    for (; r + 2 <= r1; r += 2) NAME##_tile2(acc + r * acc_s + j0, acc_s, x + r * k, k, p);         \
+                    if (r < r1) NAME##_tile1(acc + r * acc_s + j0, acc_s, x + r * k, k, p);                         \
+                }                                                                                                   \
+            }                                                                                                       \
+        }                                                                                                           \
+        for (int64_t r = 0; r < rows; r++)                                                                          \
+            for (int64_t j = whole; j < n; j++) {                                                                   \
+                double sum = 0.0;                                                                                   \
+                for (int64_t i = 0; i < k; i++) sum += x[r * k + i] * (double)wq[i * n + j];                       \
+                acc[r * acc_s + j] = sum;                                                                           \
+            }                                                                                                       \
+    }
+
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast")
+#pragma GCC target("arch=x86-64-v4", "prefer-vector-width=512")
+GEMM(gemm_v4, v8d, v8i, 2, 8)                   /* 8 rows x 16 columns: 16 of the 32 zmm registers hold sums */
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast")
+#pragma GCC target("arch=x86-64-v3")
+GEMM(gemm_v3, v4d, v4i, 2, 6)                   /* 6 rows x 8 columns: 12 of the 16 ymm registers */
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast")
+GEMM(gemm_v1, v2d, v2i, 2, 4)                   /* SSE2: 4 rows x 4 columns */
+#pragma GCC pop_options
+
+typedef struct {
+    const char *name;
+    void (*gemm)(double *acc, int64_t acc_s, const double *x, int64_t rows, int64_t k, const int32_t *wq, int64_t n,
+                 const double *panel);
+} Isa;
+static const Isa isas[] = {{"avx512", gemm_v4}, {"avx2", gemm_v3}, {"sse2", gemm_v1}};
+enum { ISAS = sizeof isas / sizeof isas[0] };
+static int isa_best = ISAS - 1;                 /* the best variant this CPU runs (index into isas) */
+static const Isa *isa = &isas[ISAS - 1];        /* the variant in use */
+
+static void find_isa(void) {
+    __builtin_cpu_init();
+    isa_best = __builtin_cpu_supports("x86-64-v4") ? 0 : __builtin_cpu_supports("x86-64-v3") ? 1 : 2;
+    isa = &isas[isa_best];
+}
+
+/* Scratch memory of the calling thread, kept from call to call (a pool worker's for its life). */
+static __thread double *scratch_at;
+static __thread int64_t scratch_size;
+
+static double *scratch(int64_t count) {
+    if (count > scratch_size) {
+        double *p = realloc(scratch_at, sizeof(double) * (size_t)count);
+        if (p == NULL) return NULL;
+        scratch_at = p;
+        scratch_size = count;
+    }
+    return scratch_at;
+}
+
+/* ----- a call's rows over threads ------------------------------------------------------------------------
+ * A kernel whose rows are independent (each image's windows, rounding blocks, sums and table lookups its own)
+ * gives the same bits however its rows are split: split_rows runs fn over rows [0, rows) in `threads` contiguous
+ * parts, the first in the calling thread and the others in the workers of a pool started on first use and kept
+ * (starting a thread per call costs more than a step of a small batch). One call uses the pool at a time; another
+ * thread's call meanwhile, or a part without a worker, runs in its caller. A child process after fork starts its own
+ * workers. Its status: -2 (out of memory) if a part says so, else the first part's nonzero status, else 0. */
+#define MAX_THREADS 64
+
+typedef int (*RowsFn)(const void *ctx, int64_t r0, int64_t r1);
+typedef struct {
+    RowsFn fn;
+    const void *ctx;
+    int64_t r0, r1;
+    int status;
+} RowsPart;
+
+static void run_rows_part(RowsPart *part) { part->status = part->fn(part->ctx, part->r0, part->r1); }
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t work, done;
+    RowsPart *parts;        /* the current call's parts for the workers: worker i runs parts[i] if i < jobs */
+    int64_t jobs, pending, generation, started;
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, 0};
+static pthread_mutex_t pool_user = PTHREAD_MUTEX_INITIALIZER;
+
+static void *pool_worker(void *arg) {
+    const int64_t index = (int64_t)(intptr_t)arg;
+    pthread_mutex_lock(&pool.lock);
+    int64_t seen = -1;                           /* started for the current call: its part is waiting */
+    for (;;) {
+        while (pool.generation == seen) pthread_cond_wait(&pool.work, &pool.lock);
+        seen = pool.generation;
+        if (index >= pool.jobs) continue;
+        RowsPart *part = &pool.parts[index];
+        pthread_mutex_unlock(&pool.lock);
+        run_rows_part(part);
+        pthread_mutex_lock(&pool.lock);
+        if (--pool.pending == 0) pthread_cond_signal(&pool.done);
+    }
+    return NULL;
+}
+
+static void pool_after_fork(void) {              /* the child has no workers: forget them, and any lock held */
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_mutex_init(&pool_user, NULL);
+    pthread_cond_init(&pool.work, NULL);
+    pthread_cond_init(&pool.done, NULL);
+    pool.parts = NULL;
+    pool.jobs = pool.pending = pool.generation = pool.started = 0;
+}
+
+/* Workers for `wanted` parts besides the caller's, started as needed (under pool.lock); how many there are. */
+static int64_t pool_workers(int64_t wanted) {
+    while (pool.started < wanted) {
+        pthread_t id;
+        if (pthread_create(&id, NULL, pool_worker, (void *)(intptr_t)pool.started) != 0) break;
+        pthread_detach(id);
+        pool.started++;
+    }
+    return pool.started < wanted ? pool.started : wanted;
+}
+
+static int split_rows(RowsFn fn, const void *ctx, int64_t rows, int64_t threads) {
+    threads = threads > rows ? rows : threads;
+    threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
+    RowsPart parts[MAX_THREADS];
+    for (int64_t t = 0; t < threads; t++) parts[t] = (RowsPart){fn, ctx, rows * t / threads, rows * (t + 1) / threads, 0};
+    int64_t workers = 0;
+    const int using_pool = threads > 1 && pthread_mutex_trylock(&pool_user) == 0;
+    if (using_pool) {
+        pthread_mutex_lock(&pool.lock);
+        workers = pool_workers(threads - 1);
+        pool.parts = parts + 1;
+        pool.jobs = pool.pending = workers;
+        pool.generation++;
+        pthread_cond_broadcast(&pool.work);
+        pthread_mutex_unlock(&pool.lock);
+    }
+    run_rows_part(&parts[0]);
+    for (int64_t t = 1 + workers; t < threads; t++) run_rows_part(&parts[t]);
+    if (using_pool) {
+        pthread_mutex_lock(&pool.lock);
+        while (pool.pending) pthread_cond_wait(&pool.done, &pool.lock);
+        pool.jobs = 0;
+        pthread_mutex_unlock(&pool.lock);
+        pthread_mutex_unlock(&pool_user);
+    }
+    int status = 0;
+    for (int64_t t = 0; t < threads; t++)
+        if (parts[t].status == -2 || (parts[t].status && !status)) status = parts[t].status;
+    return status;
 }
 
 static int as_ptr(PyObject *o, void **p) {
@@ -119,7 +328,6 @@ static int as_int(PyObject *o, int64_t *v) {
     return PyErr_Occurred() ? -1 : 0;
 }
 
-#define VECTOR __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define ABS_BITS 0x7fffffffffffffffULL
 #define INF_BITS 0x7ff0000000000000ULL
 
@@ -177,126 +385,111 @@ static inline void finish_row(double *o, const double *acc, int64_t n, double xs
         for (int64_t j = 0; j < n; j++) o[j] = relu(o[j]);
 }
 
-VECTOR static int round_rows_impl(double *xq, double *xs, const double *x, int64_t W, int64_t B, int64_t R, int64_t Cc,
-                                  int64_t C, int64_t x_sw, int64_t x_sb, int64_t x_sr, int64_t x_sc, int64_t flags,
-                                  int bits) {
-    const int64_t k = R * Cc * C;
-    for (int64_t w = 0; w < W; w++)
-        for (int64_t b = 0; b < B; b++) {
-            int64_t r = w * B + b;
-            if (round_window(xq + r * k, xs + r, x + w * x_sw + b * x_sb, R, Cc, C, x_sr, x_sc, flags, bits)) return -1;
+/* An affine map of windows, rows r0 .. r1 of a call: row r = w B + b (w < outer, b < B) reads the window at
+ * x + w x_sw + b x_sb (R x Cc x C values, strides x_sr, x_sc, 1, in that order: a ConvTaps window), ReLU'd if
+ * flags & RELU_IN, rounded to one block of `bits` bits (blocks.to_blocks); its exact product with the (K, n) weight
+ * wq (rounded per column: its integers as int32, its scales ws); then
+ *     out[r] = relu?( residual[r] + (bias[r] + (acc * xs) * ws) )
+ * the order in which blocks.addmm / matmul and the steppers round them (bias, residual may be NULL; a stride of 0
+ * broadcasts a bias over the rows). */
+typedef struct {
+    double *out;
+    int64_t out_sb;
+    const double *x;
+    int64_t B, x_sw, x_sb, R, Cc, C, x_sr, x_sc;
+    const int32_t *wq;
+    const double *panels, *ws;                /* panels: wq's (pack_panels), or NULL: made per call */
+    int64_t n;
+    const double *bias;
+    int64_t bias_sb;
+    const double *res;
+    int64_t res_sb, flags, bits;
+} AffineCall;
+
+/* An AffineCall's rows r0 .. r1: 0, -1 where a window held inf or NaN (nothing trusted), -2 out of memory. Rows are
+ * rounded MC at a time into scratch, multiplied, and finished in place in out (which may not overlap x). */
+VECTOR static int affine_part(const void *ctx, int64_t r0, int64_t r1) {
+    const AffineCall *a = ctx;
+    const int64_t k = a->R * a->Cc * a->C, n = a->n;
+    const int direct = r1 - r0 < DIRECT_ROWS, made = !direct && a->panels == NULL;
+    double *xq = scratch(MC * k + MC + (made ? k * n : 0));
+    if (xq == NULL) return -2;
+    double *xs = xq + MC * k;
+    const double *panels = direct ? NULL : a->panels;
+    if (made) {
+        pack_panels(xs + MC, a->wq, k, n);
+        panels = xs + MC;
+    }
+    for (int64_t c0 = r0; c0 < r1; c0 += MC) {
+        const int64_t rows = r1 - c0 < MC ? r1 - c0 : MC;
+        for (int64_t i = 0; i < rows; i++) {
+            const int64_t r = c0 + i, w = r / a->B, b = r % a->B;
+            if (round_window(xq + i * k, xs + i, a->x + w * a->x_sw + b * a->x_sb, a->R, a->Cc, a->C, a->x_sr, a->x_sc,
+                             a->flags, (int)a->bits))
+                return -1;
         }
+        double *out = a->out + c0 * a->out_sb;
+        isa->gemm(out, a->out_sb, xq, rows, k, a->wq, n, panels);
+        for (int64_t i = 0; i < rows; i++)
+            finish_row(out + i * a->out_sb, out + i * a->out_sb, n, xs[i], a->ws,
+                       a->bias ? a->bias + (c0 + i) * a->bias_sb : NULL, a->res ? a->res + (c0 + i) * a->res_sb : NULL,
+                       a->flags);
+    }
     return 0;
 }
 
-VECTOR static void finish_rows_impl(double *out, int64_t out_sb, const double *acc, int64_t rows, int64_t n,
-                                    const double *xs, const double *ws, const double *bias, int64_t bias_sb,
-                                    const double *res, int64_t res_sb, int64_t flags) {
-    for (int64_t r = 0; r < rows; r++)
-        finish_row(out + r * out_sb, acc + r * n, n, xs[r], ws, bias ? bias + r * bias_sb : NULL,
-                   res ? res + r * res_sb : NULL, flags);
+/* affine_part over B rows of one window each (outer 1), for the fused steps. */
+static int affine_core(double *out, int64_t out_sb, const double *x, int64_t B, int64_t R, int64_t Cc, int64_t C,
+                       int64_t x_sb, int64_t x_sr, int64_t x_sc, const int32_t *wq, const double *panels,
+                       const double *ws, int64_t n, const double *bias, int64_t bias_sb, const double *res,
+                       int64_t res_sb, int64_t flags, int64_t bits) {
+    const AffineCall a = {out, out_sb, x, B, 0, x_sb, R, Cc, C, x_sr, x_sc, wq, panels, ws, n, bias, bias_sb, res,
+                          res_sb, flags, bits};
+    return affine_part(&a, 0, B);
 }
 
-/* round_rows(xq, xs, x, W, B, R, Cc, C, x_sw, x_sb, x_sr, x_sc, flags, bits): the W x B windows at
- * x + w x_sw + b x_sb (w-major) rounded as affine rounds them, into xq (W B, K) and their scales xs (W B,), for a
- * product computed elsewhere (a BLAS: the rounded values are integers whose products and sums are exact).
- * Returns -1 where a window is not finite. */
-static PyObject *round_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 14) {
-        PyErr_SetString(PyExc_TypeError, "round_rows takes 14 arguments");
-        return NULL;
-    }
-    void *xq_p, *xs_p, *x_p;
-    int64_t W, B, R, Cc, C, x_sw, x_sb, x_sr, x_sc, flags, bits;
-    if (as_ptr(args[0], &xq_p) || as_ptr(args[1], &xs_p) || as_ptr(args[2], &x_p) || as_int(args[3], &W) ||
-        as_int(args[4], &B) || as_int(args[5], &R) || as_int(args[6], &Cc) || as_int(args[7], &C) ||
-        as_int(args[8], &x_sw) || as_int(args[9], &x_sb) || as_int(args[10], &x_sr) || as_int(args[11], &x_sc) ||
-        as_int(args[12], &flags) || as_int(args[13], &bits))
-        return NULL;
-    double *xq = xq_p, *xs = xs_p;
-    const double *x = x_p;
-    int status;
-    Py_BEGIN_ALLOW_THREADS
-    status = round_rows_impl(xq, xs, x, W, B, R, Cc, C, x_sw, x_sb, x_sr, x_sc, flags, (int)bits);
-    Py_END_ALLOW_THREADS
-    return PyLong_FromLong(status);
-}
-
-/* finish_rows(out, out_sb, acc, rows, n, xs, ws, bias, bias_sb, residual, res_sb, flags): affine's last step for
- * rows whose exact sums acc (rows, n, contiguous) were computed elsewhere. */
-static PyObject *finish_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 12) {
-        PyErr_SetString(PyExc_TypeError, "finish_rows takes 12 arguments");
-        return NULL;
-    }
-    void *out_p, *acc_p, *xs_p, *ws_p, *bias_p, *res_p;
-    int64_t out_sb, rows, n, bias_sb, res_sb, flags;
-    if (as_ptr(args[0], &out_p) || as_int(args[1], &out_sb) || as_ptr(args[2], &acc_p) || as_int(args[3], &rows) ||
-        as_int(args[4], &n) || as_ptr(args[5], &xs_p) || as_ptr(args[6], &ws_p) || as_ptr(args[7], &bias_p) ||
-        as_int(args[8], &bias_sb) || as_ptr(args[9], &res_p) || as_int(args[10], &res_sb) || as_int(args[11], &flags))
-        return NULL;
-    double *out = out_p;
-    const double *acc = acc_p, *xs = xs_p, *ws = ws_p, *bias = bias_p, *res = res_p;
-    Py_BEGIN_ALLOW_THREADS
-    finish_rows_impl(out, out_sb, acc, rows, n, xs, ws, bias, bias_sb, res, res_sb, flags);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
-}
-
-/* affine(out, out_sb, x, B, R, Cc, C, x_sb, x_sr, x_sc, wq, ws, n, bias, bias_sb, residual, res_sb, flags, bits)
- *
- * For each of B rows b: the window x[b] of R x Cc x C values (strides x_sr, x_sc, 1 from x + b x_sb, read in that
- * order: a ConvTaps window), ReLU'd if flags & RELU_IN, rounded to one block of `bits` bits; its product with the
- * (K, n) weight wq (rounded per column: its integers as int32, its scales ws); then
- *     out[b] = relu?( residual[b] + (bias[b] + (acc * xs) * ws) )
- * the order in which blocks.addmm / matmul and the stepper round them (bias, residual may be None; a stride of 0
- * broadcasts a bias over the rows). Returns 0, or -1 (nothing trusted) where a window held inf or NaN. */
-VECTOR static int affine_core(double *out, int64_t out_sb, const double *x, int64_t B, int64_t R, int64_t Cc,
-                              int64_t C, int64_t x_sb, int64_t x_sr, int64_t x_sc, const int32_t *wq, const double *ws,
-                              int64_t n, const double *bias, int64_t bias_sb, const double *res, int64_t res_sb,
-                              int64_t flags, int bits) {
-    const int64_t k = R * Cc * C;
-    double stack[ROW_BLOCK * 1024];
-    double *xq = k <= 1024 ? stack : malloc(sizeof(double) * ROW_BLOCK * k);
-    if (xq == NULL) return -2;
-    int status = 0;
-    for (int64_t b0 = 0; b0 < B && !status; b0 += ROW_BLOCK) {
-        int64_t rows = B - b0 < ROW_BLOCK ? B - b0 : ROW_BLOCK;
-        double xs[ROW_BLOCK];
-        double *acc[ROW_BLOCK] = {NULL};
-        for (int64_t r = 0; r < rows; r++) acc[r] = out + (b0 + r) * out_sb;
-        for (int64_t r = 0; r < rows && !status; r++)
-            status = round_window(xq + r * k, xs + r, x + (b0 + r) * x_sb, R, Cc, C, x_sr, x_sc, flags, bits);
-        if (status) break;
-        gemm_rows(acc, xq, rows, k, wq, n);
-        for (int64_t r = 0; r < rows; r++)
-            finish_row(acc[r], acc[r], n, xs[r], ws, bias ? bias + (b0 + r) * bias_sb : NULL,
-                       res ? res + (b0 + r) * res_sb : NULL, flags);
-    }
-    if (xq != stack) free(xq);
-    return status;
-}
-
+/* affine(out, out_sb, x, outer, B, x_sw, x_sb, R, Cc, C, x_sr, x_sc, wq, panels, ws, n, bias, bias_sb, residual,
+ * res_sb, flags, bits, threads): an AffineCall over its outer B rows, split over `threads` threads. Returns 0, or -1
+ * where a window held inf or NaN. */
 static PyObject *affine(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 19) {
-        PyErr_SetString(PyExc_TypeError, "affine takes 19 arguments");
+    if (nargs != 23) {
+        PyErr_SetString(PyExc_TypeError, "affine takes 23 arguments");
         return NULL;
     }
-    void *out_p, *x_p, *wq_p, *ws_p, *bias_p, *res_p;
-    int64_t out_sb, B, R, Cc, C, x_sb, x_sr, x_sc, n, bias_sb, res_sb, flags, bits;
-    if (as_ptr(args[0], &out_p) || as_int(args[1], &out_sb) || as_ptr(args[2], &x_p) || as_int(args[3], &B) ||
-        as_int(args[4], &R) || as_int(args[5], &Cc) || as_int(args[6], &C) || as_int(args[7], &x_sb) ||
-        as_int(args[8], &x_sr) || as_int(args[9], &x_sc) || as_ptr(args[10], &wq_p) || as_ptr(args[11], &ws_p) ||
-        as_int(args[12], &n) || as_ptr(args[13], &bias_p) || as_int(args[14], &bias_sb) ||
-        as_ptr(args[15], &res_p) || as_int(args[16], &res_sb) || as_int(args[17], &flags) || as_int(args[18], &bits))
+    void *out_p, *x_p, *wq_p, *panels_p, *ws_p, *bias_p, *res_p;
+    int64_t out_sb, outer, B, x_sw, x_sb, R, Cc, C, x_sr, x_sc, n, bias_sb, res_sb, flags, bits, threads;
+    if (as_ptr(args[0], &out_p) || as_int(args[1], &out_sb) || as_ptr(args[2], &x_p) || as_int(args[3], &outer) ||
+        as_int(args[4], &B) || as_int(args[5], &x_sw) || as_int(args[6], &x_sb) || as_int(args[7], &R) ||
+        as_int(args[8], &Cc) || as_int(args[9], &C) || as_int(args[10], &x_sr) || as_int(args[11], &x_sc) ||
+        as_ptr(args[12], &wq_p) || as_ptr(args[13], &panels_p) || as_ptr(args[14], &ws_p) || as_int(args[15], &n) ||
+        as_ptr(args[16], &bias_p) || as_int(args[17], &bias_sb) || as_ptr(args[18], &res_p) ||
+        as_int(args[19], &res_sb) || as_int(args[20], &flags) || as_int(args[21], &bits) || as_int(args[22], &threads))
         return NULL;
-    int status;
+    AffineCall a = {out_p, out_sb, x_p, B, x_sw, x_sb, R, Cc, C, x_sr, x_sc, wq_p, panels_p, ws_p, n, bias_p, bias_sb,
+                    res_p, res_sb, flags, bits};
+    int status = 0;
     Py_BEGIN_ALLOW_THREADS
-    status = affine_core(out_p, out_sb, x_p, B, R, Cc, C, x_sb, x_sr, x_sc, wq_p, ws_p, n, bias_p, bias_sb, res_p,
-                         res_sb, flags, (int)bits);
+    if (outer * B > 0) status = split_rows(affine_part, &a, outer * B, threads);
     Py_END_ALLOW_THREADS
     if (status == -2) return PyErr_NoMemory();
     return PyLong_FromLong(status);
+}
+
+/* pack(panels, wq, k, n): the whole panels of a (k, n) int32 weight as float64 (pack_panels), for a caller that
+ * keeps them: (n - n % 16) k doubles. */
+static PyObject *pack(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "pack takes 4 arguments");
+        return NULL;
+    }
+    void *panels_p, *wq_p;
+    int64_t k, n;
+    if (as_ptr(args[0], &panels_p) || as_ptr(args[1], &wq_p) || as_int(args[2], &k) || as_int(args[3], &n))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    pack_panels(panels_p, wq_p, k, n);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
 }
 
 /* elementary.py's tables: set_tables(sigmoid, sigmoid_slopes, exp_frac, exp_frac_slopes, exp_int, recip, log_recip,
@@ -405,134 +598,25 @@ VECTOR static void gate_impl(double *restrict out, int64_t out_sb, const double 
     }
 }
 
-/* gate(out, out_sb, x, x_sb, B, n): out[b][j] = tanh(x[b][j]) * sigmoid(x[b][n + j]). */
-static PyObject *gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "gate takes 6 arguments");
-        return NULL;
-    }
-    void *out_p, *x_p;
-    int64_t out_sb, x_sb, B, n;
-    if (as_ptr(args[0], &out_p) || as_int(args[1], &out_sb) || as_ptr(args[2], &x_p) || as_int(args[3], &x_sb) ||
-        as_int(args[4], &B) || as_int(args[5], &n))
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    gate_impl(out_p, out_sb, x_p, x_sb, B, n);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
-}
-
 /* A Gated PixelCNN layer's step as the plan row of fused.GatedColumn lays it out (int64 fields: pointers, sizes,
  * strides in elements). */
 enum {
-    CONV_WQ, CONV_WS, CONV_N, CONV_BITS,                       /* the horizontal convolution, (K, 2n) */
+    CONV_WQ, CONV_PANELS, CONV_WS, CONV_N, CONV_BITS,          /* the horizontal convolution, (K, 2n) */
     WIN, WIN_H, WIN_W, WIN_B, WIN_R, WIN_C, ROWS, COLS, CHANNELS,   /* its windows: base, strides, shape */
     ROW_BIAS, ROW_BIAS_W, ROW_BIAS_B,                         /* the row's bias (W, B, 2n), set at each row start */
     PRE, GATED,                                                /* scratch (B, 2n) and (B, n) */
-    OUT_WQ, OUT_WS, OUT_N, OUT_BITS, OUT_BIAS,                 /* the 1x1 output map, (n, n) */
+    OUT_WQ, OUT_PANELS, OUT_WS, OUT_N, OUT_BITS, OUT_BIAS,     /* the 1x1 output map, (n, n) */
     NEXT, NEXT_B, NEXT_H, NEXT_W, NEXT_TOP, NEXT_LEFT,         /* the next layer's cache (NEXT 0: the last layer) */
     LAST, FIRST,                                               /* the last layer's output (B, n); no residual */
     LAYER_FIELDS
 };
 /* The output head: the hidden map (HID_WQ 0: none) and the map to the parameters. */
-enum { HID_WQ, HID_WS, HID_N, HID_BITS, HID_BIAS, HID_ROWS, P_WQ, P_WS, P_N, P_BITS, P_BIAS, HEAD_FIELDS };
+enum {
+    HID_WQ, HID_PANELS, HID_WS, HID_N, HID_BITS, HID_BIAS, HID_ROWS,
+    P_WQ, P_PANELS, P_WS, P_N, P_BITS, P_BIAS, HEAD_FIELDS
+};
 
 #define PTR(v) ((void *)(intptr_t)(v))
-
-/* ----- a call's rows over threads ------------------------------------------------------------------------
- * A kernel whose rows are independent (each image's windows, rounding blocks, sums and table lookups its own)
- * gives the same bits however its rows are split: split_rows runs fn over rows [0, rows) in `threads` contiguous
- * parts, the first in the calling thread and the others in the workers of a pool started on first use and kept
- * (starting a thread per call costs more than a step of a small batch). One call uses the pool at a time; another
- * thread's call meanwhile, or a part without a worker, runs in its caller. A child process after fork starts its own
- * workers. Its status: -2 (out of memory) if a part says so, else the first part's nonzero status, else 0. */
-#define MAX_THREADS 64
-
-typedef int (*RowsFn)(const void *ctx, int64_t r0, int64_t r1);
-typedef struct {
-    RowsFn fn;
-    const void *ctx;
-    int64_t r0, r1;
-    int status;
-} RowsPart;
-
-static void run_rows_part(RowsPart *part) { part->status = part->fn(part->ctx, part->r0, part->r1); }
-
-static struct {
-    pthread_mutex_t lock;
-    pthread_cond_t work, done;
-    RowsPart *parts;        /* the current call's parts for the workers: worker i runs parts[i] if i < jobs */
-    int64_t jobs, pending, generation, started;
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, 0};
-static pthread_mutex_t pool_user = PTHREAD_MUTEX_INITIALIZER;
-
-static void *pool_worker(void *arg) {
-    const int64_t index = (int64_t)(intptr_t)arg;
-    pthread_mutex_lock(&pool.lock);
-    int64_t seen = -1;                           /* started for the current call: its part is waiting */
-    for (;;) {
-        while (pool.generation == seen) pthread_cond_wait(&pool.work, &pool.lock);
-        seen = pool.generation;
-        if (index >= pool.jobs) continue;
-        RowsPart *part = &pool.parts[index];
-        pthread_mutex_unlock(&pool.lock);
-        run_rows_part(part);
-        pthread_mutex_lock(&pool.lock);
-        if (--pool.pending == 0) pthread_cond_signal(&pool.done);
-    }
-    return NULL;
-}
-
-static void pool_after_fork(void) {              /* the child has no workers: forget them, and any lock held */
-    pthread_mutex_init(&pool.lock, NULL);
-    pthread_mutex_init(&pool_user, NULL);
-    pthread_cond_init(&pool.work, NULL);
-    pthread_cond_init(&pool.done, NULL);
-    pool.parts = NULL;
-    pool.jobs = pool.pending = pool.generation = pool.started = 0;
-}
-
-/* Workers for `wanted` parts besides the caller's, started as needed (under pool.lock); how many there are. */
-static int64_t pool_workers(int64_t wanted) {
-    while (pool.started < wanted) {
-        pthread_t id;
-        if (pthread_create(&id, NULL, pool_worker, (void *)(intptr_t)pool.started) != 0) break;
-        pthread_detach(id);
-        pool.started++;
-    }
-    return pool.started < wanted ? pool.started : wanted;
-}
-
-static int split_rows(RowsFn fn, const void *ctx, int64_t rows, int64_t threads) {
-    threads = threads > rows ? rows : threads;
-    threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
-    RowsPart parts[MAX_THREADS];
-    for (int64_t t = 0; t < threads; t++) parts[t] = (RowsPart){fn, ctx, rows * t / threads, rows * (t + 1) / threads, 0};
-    int64_t workers = 0;
-    const int using_pool = threads > 1 && pthread_mutex_trylock(&pool_user) == 0;
-    if (using_pool) {
-        pthread_mutex_lock(&pool.lock);
-        workers = pool_workers(threads - 1);
-        pool.parts = parts + 1;
-        pool.jobs = pool.pending = workers;
-        pool.generation++;
-        pthread_cond_broadcast(&pool.work);
-        pthread_mutex_unlock(&pool.lock);
-    }
-    run_rows_part(&parts[0]);
-    for (int64_t t = 1 + workers; t < threads; t++) run_rows_part(&parts[t]);
-    if (using_pool) {
-        pthread_mutex_lock(&pool.lock);
-        while (pool.pending) pthread_cond_wait(&pool.done, &pool.lock);
-        pool.jobs = 0;
-        pthread_mutex_unlock(&pool.lock);
-        pthread_mutex_unlock(&pool_user);
-    }
-    int status = 0;
-    for (int64_t t = 0; t < threads; t++)
-        if (parts[t].status == -2 || (parts[t].status && !status)) status = parts[t].status;
-    return status;
-}
 
 /* The step of gated_column for the images b0 .. b0 + B of the batch: every row-strided pointer of the plan moved
  * b0 rows on (rows are independent: any split of the batch gives the bits of the whole). 0, -1 where a window was
@@ -548,7 +632,7 @@ static int column_part(const int64_t *plan, int64_t layers, const int64_t *head,
         const double *window = (const double *)PTR(p[WIN]) + h * p[WIN_H] + w * p[WIN_W] + b0 * p[WIN_B];
         double *pre = (double *)PTR(p[PRE]) + b0 * n2, *gated = (double *)PTR(p[GATED]) + b0 * n;
         status = affine_core(pre, n2, window, B, p[ROWS], p[COLS], p[CHANNELS], p[WIN_B], p[WIN_R], p[WIN_C],
-                             PTR(p[CONV_WQ]), PTR(p[CONV_WS]), n2,
+                             PTR(p[CONV_WQ]), PTR(p[CONV_PANELS]), PTR(p[CONV_WS]), n2,
                              (const double *)PTR(p[ROW_BIAS]) + w * p[ROW_BIAS_W] + b0 * p[ROW_BIAS_B], p[ROW_BIAS_B],
                              NULL, 0, 0, (int)p[CONV_BITS]);
         if (status) break;
@@ -560,7 +644,7 @@ static int column_part(const int64_t *plan, int64_t layers, const int64_t *head,
                   b0 * p[NEXT_B];
             out_sb = p[NEXT_B];
         }
-        status = affine_core(out, out_sb, gated, B, 1, 1, n, n, 0, 0, PTR(p[OUT_WQ]), PTR(p[OUT_WS]), n,
+        status = affine_core(out, out_sb, gated, B, 1, 1, n, n, 0, 0, PTR(p[OUT_WQ]), PTR(p[OUT_PANELS]), PTR(p[OUT_WS]), n,
                              PTR(p[OUT_BIAS]), 0, p[FIRST] ? NULL : res, res_sb, 0, (int)p[OUT_BITS]);
         res = out;
         res_sb = out_sb;
@@ -570,14 +654,14 @@ static int column_part(const int64_t *plan, int64_t layers, const int64_t *head,
         int64_t x_n = plan[(layers - 1) * LAYER_FIELDS + OUT_N], x_sb = res_sb, flags = RELU_IN;
         if (head[HID_WQ]) {
             double *hidden = (double *)PTR(head[HID_ROWS]) + b0 * head[HID_N];
-            status = affine_core(hidden, head[HID_N], x, B, 1, 1, x_n, x_sb, 0, 0, PTR(head[HID_WQ]), PTR(head[HID_WS]),
+            status = affine_core(hidden, head[HID_N], x, B, 1, 1, x_n, x_sb, 0, 0, PTR(head[HID_WQ]), PTR(head[HID_PANELS]), PTR(head[HID_WS]),
                                  head[HID_N], PTR(head[HID_BIAS]), 0, NULL, 0, RELU_IN | RELU_OUT, (int)head[HID_BITS]);
             x = hidden;
             x_n = x_sb = head[HID_N];
             flags = 0;
         }
         if (!status)
-            status = affine_core(params + b0 * head[P_N], head[P_N], x, B, 1, 1, x_n, x_sb, 0, 0, PTR(head[P_WQ]),
+            status = affine_core(params + b0 * head[P_N], head[P_N], x, B, 1, 1, x_n, x_sb, 0, 0, PTR(head[P_WQ]), PTR(head[P_PANELS]),
                                  PTR(head[P_WS]), head[P_N], PTR(head[P_BIAS]), 0, NULL, 0, flags, (int)head[P_BITS]);
     }
     return status;
@@ -611,6 +695,118 @@ static PyObject *gated_column(PyObject *self, PyObject *const *args, Py_ssize_t 
     int status = 0;
     Py_BEGIN_ALLOW_THREADS
     if (B > 0) status = split_rows(column_rows, &c, B, threads);
+    Py_END_ALLOW_THREADS
+    if (status == -2) return PyErr_NoMemory();
+    return PyLong_FromLong(status);
+}
+
+/* A Gated PixelCNN layer's row start as the row plan of fused._GatedLayer lays it out (int64 fields: pointers,
+ * sizes, strides in elements; a pointer 0 where there is none). For row h >= 1, at each (w, b) of the row: the
+ * vertical stack's window of row h - 1 by its affine map (v_pre, 2n), gated with the conditioning bias of row h - 1
+ * into the next layer's vertical cache, and the 1x1 link v_to_h of v_pre plus the horizontal bias and the
+ * conditioning of row h: the row's bias (W, B, 2n) for the horizontal steps. */
+enum {
+    V_WIN, V_WIN_H, V_WIN_W, V_WIN_B, V_WIN_R, V_WIN_C, V_ROWS, V_COLS, V_CHANNELS,   /* the vertical windows */
+    V_WQ, V_PANELS, V_WS, V_BIAS, V_BITS, V_N,                                       /* its (K, 2n) map */
+    V_EXTRA, V_EXTRA_H, V_EXTRA_W, V_EXTRA_B,                                        /* conditioning before the gate */
+    V_NEXT, V_NEXT_H, V_NEXT_W, V_NEXT_B,                                            /* the next vertical cache */
+    T_WQ, T_PANELS, T_WS, T_BIAS, T_BITS,                                            /* v_to_h, (2n, 2n) */
+    H_BIAS, H_EXTRA, H_EXTRA_H, H_EXTRA_W, H_EXTRA_B,                                /* the horizontal biases */
+    ROW_OUT, WIDTH, BATCH, ROW_FIELDS
+};
+
+typedef struct {
+    const int64_t *p;
+    int64_t h;
+} RowStart;
+
+/* Rows r0 .. r1 (r = w B + b) of a row start, MC at a time: the vertical windows rounded and multiplied, finished
+ * (v_pre), gated into the next cache, rounded again and multiplied by v_to_h, finished into the row's bias. */
+VECTOR static int row_start_part(const void *ctx, int64_t r0, int64_t r1) {
+    const RowStart *c = ctx;
+    const int64_t *p = c->p, h = c->h, B = p[BATCH], n2 = p[V_N], n = n2 / 2;
+    const int64_t kv = p[V_ROWS] * p[V_COLS] * p[V_CHANNELS];
+    const int made_v = p[V_PANELS] == 0, made_t = p[T_PANELS] == 0;
+    double *xq = scratch(MC * kv + MC * n2 + MC + n2 + (made_v ? kv * n2 : 0) + (made_t ? n2 * n2 : 0));
+    if (xq == NULL) return -2;
+    double *pre = xq + MC * kv, *xs = pre + MC * n2, *g = xs + MC, *made = g + n2;
+    const double *panel_v = PTR(p[V_PANELS]), *panel_t = PTR(p[T_PANELS]);
+    if (made_v) {
+        pack_panels(made, PTR(p[V_WQ]), kv, n2);
+        panel_v = made;
+        made += kv * n2;
+    }
+    if (made_t) {
+        pack_panels(made, PTR(p[T_WQ]), n2, n2);
+        panel_t = made;
+    }
+    const double *v_win = (const double *)PTR(p[V_WIN]) + (h - 1) * p[V_WIN_H];
+    const double *v_ws = PTR(p[V_WS]), *v_bias = PTR(p[V_BIAS]), *t_ws = PTR(p[T_WS]), *t_bias = PTR(p[T_BIAS]);
+    const double *h_bias = PTR(p[H_BIAS]);
+    const double *v_extra = p[V_EXTRA] ? (const double *)PTR(p[V_EXTRA]) + (h - 1) * p[V_EXTRA_H] : NULL;
+    const double *h_extra = p[H_EXTRA] ? (const double *)PTR(p[H_EXTRA]) + h * p[H_EXTRA_H] : NULL;
+    double *v_next = p[V_NEXT] ? (double *)PTR(p[V_NEXT]) + (h - 1) * p[V_NEXT_H] : NULL;
+    const double *restrict sig = table[SIG], *restrict sig_s = table[SIG_SLOPES];
+    for (int64_t c0 = r0; c0 < r1; c0 += MC) {
+        const int64_t rows = r1 - c0 < MC ? r1 - c0 : MC;
+        for (int64_t i = 0; i < rows; i++) {
+            const int64_t w = (c0 + i) / B, b = (c0 + i) % B;
+            if (round_window(xq + i * kv, xs + i, v_win + w * p[V_WIN_W] + b * p[V_WIN_B], p[V_ROWS], p[V_COLS],
+                             p[V_CHANNELS], p[V_WIN_R], p[V_WIN_C], 0, (int)p[V_BITS]))
+                return -1;
+        }
+        isa->gemm(pre, n2, xq, rows, kv, PTR(p[V_WQ]), n2, panel_v);
+        for (int64_t i = 0; i < rows; i++) {
+            const int64_t w = (c0 + i) / B, b = (c0 + i) % B;
+            double *v = pre + i * n2;
+            finish_row(v, v, n2, xs[i], v_ws, v_bias, NULL, 0);
+            if (v_next) {
+                const double *x = v;
+                if (v_extra) {
+                    const double *e = v_extra + w * p[V_EXTRA_W] + b * p[V_EXTRA_B];
+                    for (int64_t j = 0; j < n2; j++) g[j] = v[j] + e[j];
+                    x = g;
+                }
+                double *o = v_next + w * p[V_NEXT_W] + b * p[V_NEXT_B];
+                for (int64_t j = 0; j < n; j++) o[j] = tanh_of(x[j], sig, sig_s) * sigmoid_of(x[n + j], sig, sig_s);
+            }
+            if (round_window(xq + i * n2, xs + i, v, 1, 1, n2, 0, 0, 0, (int)p[T_BITS])) return -1;
+        }
+        double *out = (double *)PTR(p[ROW_OUT]) + c0 * n2;
+        isa->gemm(out, n2, xq, rows, n2, PTR(p[T_WQ]), n2, panel_t);
+        for (int64_t i = 0; i < rows; i++) {
+            const int64_t w = (c0 + i) / B, b = (c0 + i) % B;
+            double *o = out + i * n2;
+            finish_row(o, o, n2, xs[i], t_ws, t_bias, NULL, 0);
+            for (int64_t j = 0; j < n2; j++) o[j] = o[j] + h_bias[j];
+            if (h_extra) {
+                const double *e = h_extra + w * p[H_EXTRA_W] + b * p[H_EXTRA_B];
+                for (int64_t j = 0; j < n2; j++) o[j] = o[j] + e[j];
+            }
+        }
+    }
+    return 0;
+}
+
+/* gated_row(plan, h, threads): the row start of row h >= 1 of the layer whose row plan is at `plan`, its W B rows
+ * split over `threads` threads. 0, -1 where a window was not finite, -2 out of memory. */
+static PyObject *gated_row(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "gated_row takes 3 arguments");
+        return NULL;
+    }
+    void *plan_p;
+    int64_t h, threads;
+    if (as_ptr(args[0], &plan_p) || as_int(args[1], &h) || as_int(args[2], &threads)) return NULL;
+    if (h < 1) {
+        PyErr_SetString(PyExc_ValueError, "gated_row starts rows 1 and on: row 0 reads no row above");
+        return NULL;
+    }
+    const int64_t *p = plan_p;
+    RowStart c = {p, h};
+    int status = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (p[WIDTH] * p[BATCH] > 0) status = split_rows(row_start_part, &c, p[WIDTH] * p[BATCH], threads);
     Py_END_ALLOW_THREADS
     if (status == -2) return PyErr_NoMemory();
     return PyLong_FromLong(status);
@@ -744,12 +940,40 @@ static PyObject *rows_softmax(PyObject *self, PyObject *const *args, Py_ssize_t 
     return PyLong_FromLong(status);
 }
 
+/* isas(): the names of the product's variants this CPU runs, best first; isa(): the one in use; set_isa(name). */
+static PyObject *isa_names(PyObject *self, PyObject *unused) {
+    PyObject *names = PyList_New(0);
+    for (int i = isa_best; names != NULL && i < ISAS; i++) {
+        PyObject *name = PyUnicode_FromString(isas[i].name);
+        if (name == NULL || PyList_Append(names, name) < 0) Py_CLEAR(names);
+        Py_XDECREF(name);
+    }
+    return names;
+}
+
+static PyObject *isa_name(PyObject *self, PyObject *unused) { return PyUnicode_FromString(isa->name); }
+
+static PyObject *set_isa(PyObject *self, PyObject *name) {
+    const char *wanted = PyUnicode_AsUTF8(name);
+    if (wanted == NULL) return NULL;
+    for (int i = isa_best; i < ISAS; i++)
+        if (strcmp(isas[i].name, wanted) == 0) {
+            isa = &isas[i];
+            Py_RETURN_NONE;
+        }
+    PyErr_Format(PyExc_ValueError, "expected a product variant this CPU runs (%s first), got %R", isas[isa_best].name,
+                 name);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
-    {"round_rows", (PyCFunction)(void (*)(void))round_rows, METH_FASTCALL, "affine's rounding of windows"},
-    {"finish_rows", (PyCFunction)(void (*)(void))finish_rows, METH_FASTCALL, "affine's scaling, bias and residual"},
     {"affine", (PyCFunction)(void (*)(void))affine, METH_FASTCALL, "exact affine map of strided windows"},
+    {"pack", (PyCFunction)(void (*)(void))pack, METH_FASTCALL, "a weight's panels for the exact product"},
     {"gated_column", (PyCFunction)(void (*)(void))gated_column, METH_FASTCALL, "a Gated PixelCNN column, fused"},
-    {"gate", (PyCFunction)(void (*)(void))gate, METH_FASTCALL, "exact tanh(a) * sigmoid(b)"},
+    {"gated_row", (PyCFunction)(void (*)(void))gated_row, METH_FASTCALL, "a Gated PixelCNN layer's row start, fused"},
+    {"isas", (PyCFunction)(void (*)(void))isa_names, METH_NOARGS, "the product's variants this CPU runs, best first"},
+    {"isa", (PyCFunction)(void (*)(void))isa_name, METH_NOARGS, "the product's variant in use"},
+    {"set_isa", (PyCFunction)(void (*)(void))set_isa, METH_O, "use another variant of the product"},
     {"elementwise", (PyCFunction)(void (*)(void))elementwise, METH_FASTCALL, "exact sigmoid, tanh, exp, expm1, elu"},
     {"rows_softmax", (PyCFunction)(void (*)(void))rows_softmax, METH_FASTCALL, "exact softmax, log_softmax, quantized weights"},
     {"set_tables", (PyCFunction)(void (*)(void))set_tables, METH_FASTCALL, "elementary.py's tables"},
@@ -760,11 +984,14 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "The code
                                     methods};
 
 PyMODINIT_FUNC PyInit__kernels(void) {
+    find_isa();
     if (pthread_atfork(NULL, NULL, pool_after_fork) != 0) return PyErr_NoMemory();
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && (PyModule_AddIntConstant(m, "VERSION", KERNELS_VERSION) < 0 ||
+                      PyModule_AddIntConstant(m, "PANEL", PANEL) < 0 ||
                       PyModule_AddIntConstant(m, "LAYER_FIELDS", LAYER_FIELDS) < 0 ||
-                      PyModule_AddIntConstant(m, "HEAD_FIELDS", HEAD_FIELDS) < 0)) {
+                      PyModule_AddIntConstant(m, "HEAD_FIELDS", HEAD_FIELDS) < 0 ||
+                      PyModule_AddIntConstant(m, "ROW_FIELDS", ROW_FIELDS) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -13,9 +13,12 @@ with them and are written again to the same bytes). Two layers:
 * :data:`RULES`, the mode's rules for linear maps, the table functions and softmax, compiled where the
   operands are CPU float64 of the shapes the kernels read (every family gains);
 * :func:`accelerate`, which gives a stepper its family's fused column (:data:`FUSED`): the Gated
-  PixelCNN's whole step in one kernel call below ``Affine.BLAS_ROWS`` images or where torch has more
-  than one thread (the batch's images split over them), else a call per layer operation (the products
-  by the BLAS). The stepper computes the rest (the distribution) as before, inside the mode.
+  PixelCNN's whole step in one kernel call, and each layer's row start in another. The stepper computes
+  the rest (the distribution) as before, inside the mode.
+
+The products are the extension's own (integer sums below 2**53: exact in any order, so a register tile per
+CPU, :func:`isas`), not the BLAS's, and a call's rows split over a pool of threads of its own where torch has
+more than one: no OpenMP team is left spinning on the other core while the coder runs.
 
 Without the extension (no C compiler at install), with ``PIXELCNN_EXACT_KERNELS=0`` in the environment,
 or inside :func:`reference_only`, everything runs the reference rules.
@@ -38,13 +41,13 @@ from pixelcnn.coding.elementary import _slopes, _table
 from pixelcnn.coding.quantize import TOTAL
 from pixelcnn.errors import ConfigError
 from pixelcnn.models.gated_pixelcnn import CachedGatedPixelCNN
-from pixelcnn.models.incremental import bias_row
+from pixelcnn.models.incremental import PositionBias, bias_row
 
 try:
     from pixelcnn.coding import _kernels
 except ImportError:                                                          # built without a C compiler
     _kernels = None
-KERNELS_VERSION = 4                     # _kernels.c's KERNELS_VERSION: a stale build is not used
+KERNELS_VERSION = 6                     # _kernels.c's KERNELS_VERSION: a stale build is not used
 if _kernels is not None and getattr(_kernels, "VERSION", None) != KERNELS_VERSION:
     _kernels = None
 
@@ -80,6 +83,25 @@ def reference_only() -> Iterator[None]:
         _REFERENCE_ONLY.reset(token)
 
 
+def isas() -> list[str]:
+    """The variants of the kernels' exact product this CPU runs ("avx512", "avx2", "sse2"), the one used by default
+    first; [] without the extension. Each gives the same bits (exact integer sums)."""
+    return [] if _kernels is None else _kernels.isas()
+
+
+@contextlib.contextmanager
+def product_isa(name: str) -> Iterator[None]:
+    """Inside, the kernels multiply with variant ``name`` of :func:`isas` (for tests and benchmarks; process-wide)."""
+    if name not in isas():
+        raise ConfigError(f"expected one of the product variants this CPU runs {isas()}, got {name!r}")
+    before = _kernels.isa()
+    _kernels.set_isa(name)
+    try:
+        yield
+    finally:
+        _kernels.set_isa(before)
+
+
 def accelerate(stepper) -> None:
     """Give ``stepper`` its family's fused column (:data:`FUSED`) where there is one and :func:`available`;
     called by the codec on a stepper it built inside ``ExactArithmetic``."""
@@ -93,15 +115,22 @@ def _ptr(t: Tensor) -> int:
     return t.data_ptr()
 
 
-# gated_column splits a step's images over torch's threads (images are independent: the same bits however split),
-# each thread given at least this many. The one-row kernels of the row starts (round_rows, finish_rows, gate) stay
-# on one thread: split the same way they were slower (2-core Xeon: right after the BLAS, whose threads still spin).
+# The kernels split a call's rows over torch's threads (rows are independent: the same bits however split) where each
+# thread gets work enough to pay for waking it: gated_column at least SPLIT_IMAGES images (a Gated PixelCNN step),
+# affine and gated_row at least SPLIT_WORK multiply-adds. The threads are the extension's own pool, not torch's
+# OpenMP team: a coder that calls no BLAS leaves no OpenMP threads spinning beside it.
 SPLIT_IMAGES = 4
+SPLIT_WORK = 1 << 16
 
 
 def _threads(images: int) -> int:
     """Threads for a gated_column call over ``images`` images: torch's count at most, SPLIT_IMAGES each at least."""
     return max(1, min(torch.get_num_threads(), images // SPLIT_IMAGES))
+
+
+def _split(rows: int, work: int) -> int:
+    """Threads for ``rows`` rows of ``work`` multiply-adds each: torch's count at most, SPLIT_WORK each at least."""
+    return max(1, min(torch.get_num_threads(), rows, rows * work // SPLIT_WORK))
 
 
 _TABLES = ("sigmoid", "exp_frac", "exp_int", "recip", "log_recip", "ln2")
@@ -257,12 +286,8 @@ RULES = {
 
 class Affine:
     """A (K, n) weight rounded per column (blocks.to_blocks) and an (n,) bias, applied to rows or windows as
-    blocks.addmm applies them. Up to ``BLAS_ROWS`` rows, one ``affine`` call (its own product over the weight's
-    integers as int32); from there, ``round_rows``, the product of the rounded integers by the BLAS (torch.mm, every
-    thread torch has: integer products and sums below 2**53 are exact, so any kernel gives the same bits) and
-    ``finish_rows``."""
-
-    BLAS_ROWS = 8
+    blocks.addmm applies them, by ``affine`` in _kernels.c (its own exact product over the weight's integers as
+    int32), the rows split over torch's threads where there is work enough (:func:`_split`)."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None):
         k = weight.shape[0]
@@ -281,11 +306,20 @@ class Affine:
         self.wq, self.ws = wq, ws.reshape(-1).contiguous()
         self.bias = None if bias is None else bias.double().contiguous()
         self._integers: Tensor | None = None
+        self._panels: Tensor | None = None
 
     def integers(self) -> Tensor:
         if self._integers is None:
             self._integers = _integers(self.wq)
         return self._integers
+
+    def panels(self) -> Tensor:
+        """The weight's columns as the kernels' product reads them (``pack`` in _kernels.c), made once: for an
+        Affine applied again and again (the fused steppers'); a call without them makes its own."""
+        if self._panels is None:
+            self._panels = torch.empty((self.n - self.n % _kernels.PANEL) * self.k, dtype=torch.float64)
+            _kernels.pack(_ptr(self._panels), _ptr(self.integers()), self.k, self.n)
+        return self._panels
 
     def rows(self, out: int, out_sb: int, x: int, batch: int, x_sb: int, bias: int | None, bias_sb: int,
              residual: int | None = None, res_sb: int = 0, flags: int = 0) -> int:
@@ -295,57 +329,49 @@ class Affine:
     def window(self, out: int, out_sb: int, x: int, batch: int, rows: int, cols: int, channels: int, x_sb: int,
                x_sr: int, x_sc: int, bias: int | None, bias_sb: int, residual: int | None, res_sb: int,
                flags: int, outer: int = 1, x_sw: int = 0) -> int:
-        """The windows at ``x + w x_sw + b x_sb`` (w < ``outer``, b < ``batch``; rows (w, b) of ``out``, w-major)
+        """The windows at ``x + w x_sw + b x_sb`` (w < ``outer``, b < ``batch``; rows w ``batch`` + b of ``out``)
         -> ``out``; 0, or -1 where a window held inf or NaN (nothing trusted)."""
         count = outer * batch
-        if count < self.BLAS_ROWS:
-            if outer != 1:
-                raise ValueError("an affine call over several window rows takes the BLAS path")
-            return _kernels.affine(out, out_sb, x, batch, rows, cols, channels, x_sb, x_sr, x_sc,
-                                   _ptr(self.integers()), _ptr(self.ws), self.n, bias, bias_sb, residual, res_sb,
-                                   flags, self.bits)
-        xq = torch.empty(count, self.k, dtype=torch.float64)
-        xs = torch.empty(count, dtype=torch.float64)
-        if _kernels.round_rows(_ptr(xq), _ptr(xs), x, outer, batch, rows, cols, channels, x_sw, x_sb, x_sr, x_sc,
-                               flags, self.bits):
-            return -1
-        acc = torch.mm(xq, self.wq)
-        _kernels.finish_rows(out, out_sb, _ptr(acc), count, self.n, _ptr(xs), _ptr(self.ws), bias, bias_sb,
-                             residual, res_sb, flags)
-        return 0
+        return _kernels.affine(out, out_sb, x, outer, batch, x_sw, x_sb, rows, cols, channels, x_sr, x_sc,
+                               _ptr(self.integers()), None, _ptr(self.ws), self.n, bias, bias_sb, residual, res_sb,
+                               flags, self.bits, _split(count, self.k * self.n))
 
     def checked(self, status: int) -> None:
         if status:
             raise FloatingPointError("a window held inf or NaN: the network's activations overflowed")
 
 
-# The fields of a layer's row and of the head in the plan of _kernels.gated_column (its enums, in their order).
-LAYER_FIELDS = ("conv_wq", "conv_ws", "conv_n", "conv_bits", "win", "win_h", "win_w", "win_b", "win_r", "win_c",
-                "rows", "cols", "channels", "row_bias", "row_bias_w", "row_bias_b", "pre", "gated", "out_wq", "out_ws",
-                "out_n", "out_bits", "out_bias", "next", "next_b", "next_h", "next_w", "next_top", "next_left", "last",
-                "first")
-HEAD_FIELDS = ("hid_wq", "hid_ws", "hid_n", "hid_bits", "hid_bias", "hid_rows", "p_wq", "p_ws", "p_n", "p_bits",
-               "p_bias")
+# The fields of a layer's row and of the head in the plan of _kernels.gated_column, and of a layer's row start in
+# that of _kernels.gated_row (their enums, in their order).
+LAYER_FIELDS = ("conv_wq", "conv_panels", "conv_ws", "conv_n", "conv_bits", "win", "win_h", "win_w", "win_b", "win_r",
+                "win_c", "rows", "cols", "channels", "row_bias", "row_bias_w", "row_bias_b", "pre", "gated", "out_wq",
+                "out_panels", "out_ws", "out_n", "out_bits", "out_bias", "next", "next_b", "next_h", "next_w",
+                "next_top", "next_left", "last", "first")
+HEAD_FIELDS = ("hid_wq", "hid_panels", "hid_ws", "hid_n", "hid_bits", "hid_bias", "hid_rows", "p_wq", "p_panels",
+               "p_ws", "p_n", "p_bits", "p_bias")
+ROW_FIELDS = ("v_win", "v_win_h", "v_win_w", "v_win_b", "v_win_r", "v_win_c", "v_rows", "v_cols", "v_channels", "v_wq",
+              "v_panels", "v_ws", "v_bias", "v_bits", "v_n", "v_extra", "v_extra_h", "v_extra_w", "v_extra_b", "v_next",
+              "v_next_h", "v_next_w", "v_next_b", "t_wq", "t_panels", "t_ws", "t_bias", "t_bits", "h_bias", "h_extra",
+              "h_extra_h", "h_extra_w", "h_extra_b", "row_out", "width", "batch")
 
 
 class GatedColumn:
     """A Gated PixelCNN's column at one position: its layers' row starts once per row, then their horizontal stacks
-    and the output head.
+    and the output head, each a kernel call.
 
-    Computes what ``CachedGatedPixelCNN.column`` computes, from and into the same caches: each layer's row start
-    (``CachedGatedLayer.start_row``: the vertical stack's row above, written into the next layer's cache, and the
-    row's bias for the horizontal stack) and step (``CachedGatedLayer.step``), then ``PointwiseHead``; returns the
-    head's (B, P) parameters. Below ``Affine.BLAS_ROWS`` images, and wherever torch's threads can take
-    ``SPLIT_IMAGES`` images each, a step is one kernel call (``gated_column``, over a plan of every layer's pointers
-    and strides, the images split over the threads); otherwise a call per layer operation, the products by the BLAS.
-    The row starts (the vertical stacks over a whole row) take the BLAS either way.
+    Computes what ``CachedGatedPixelCNN.column`` computes, from and into the same caches: at a new row, each layer's
+    row start (``CachedGatedLayer.start_row``: the vertical stack's row above, written into the next layer's cache,
+    and the row's bias for the horizontal stack; ``gated_row``), then the step at the position, every layer
+    (``CachedGatedLayer.step``) and ``PointwiseHead`` in one ``gated_column`` call over a plan of every layer's
+    pointers and strides; returns the head's (B, P) parameters. Both split the batch's rows over torch's threads.
     """
 
     @staticmethod
     def serves(stepper) -> bool:
         maps = [m for layer in stepper.layers for m in (layer.h_next, layer.v_next) if m is not None]
         return (stepper.like.device.type == "cpu" and stepper.like.dtype == torch.float64
-                and all(m.ring is None for m in maps))
+                and all(m.ring is None for m in maps)
+                and all(layer.vertical.position_bias is None for layer in stepper.layers))
 
     def __init__(self, stepper):
         self.batch = stepper.batch
@@ -358,19 +384,16 @@ class GatedColumn:
         self.row = -1
         self.plan = torch.tensor([layer.plan(self.last) for layer in self.layers], dtype=torch.int64)
         self.head = torch.tensor(self._head_plan(), dtype=torch.int64)
-        for i, layer in enumerate(self.layers):
-            layer.plan_row = self.plan[i]
-        # One kernel call per step below BLAS_ROWS images, and wherever the images can be split over threads: then
-        # each thread's share of the step is one call, which beats a call per layer operation and a BLAS product.
-        self.fused = self.batch < Affine.BLAS_ROWS or _threads(self.batch) > 1
 
     def _head_plan(self) -> list[int]:
         hidden, out = self.hidden, self.out
         fields = dict.fromkeys(HEAD_FIELDS, 0)
         if hidden is not None:
-            fields.update(hid_wq=_ptr(hidden.integers()), hid_ws=_ptr(hidden.ws), hid_n=hidden.n, hid_bits=hidden.bits,
-                          hid_bias=_ptr(hidden.bias), hid_rows=_ptr(self.hidden_rows))
-        fields.update(p_wq=_ptr(out.integers()), p_ws=_ptr(out.ws), p_n=out.n, p_bits=out.bits, p_bias=_ptr(out.bias))
+            fields.update(hid_wq=_ptr(hidden.integers()), hid_panels=_ptr(hidden.panels()), hid_ws=_ptr(hidden.ws),
+                          hid_n=hidden.n, hid_bits=hidden.bits, hid_bias=_ptr(hidden.bias),
+                          hid_rows=_ptr(self.hidden_rows))
+        fields.update(p_wq=_ptr(out.integers()), p_panels=_ptr(out.panels()), p_ws=_ptr(out.ws), p_n=out.n,
+                      p_bits=out.bits, p_bias=_ptr(out.bias))
         return [fields[name] for name in HEAD_FIELDS]
 
     def __call__(self, h: int, w: int) -> Tensor:
@@ -381,43 +404,32 @@ class GatedColumn:
                 self.row = h
             b, out = self.batch, self.out
             params = torch.empty(b, out.n, dtype=torch.float64)
-            if self.fused:
-                status = _kernels.gated_column(_ptr(self.plan), len(self.layers), _ptr(self.head), b, h, w, _ptr(params),
-                                               _threads(b))
-                out.checked(status)
-                return params
-            residual, res_sb = None, 0
-            for layer in self.layers:
-                residual, res_sb = layer.step(h, w, residual, res_sb, self.last)
-            x, x_sb, flags = residual, res_sb, RELU_IN
-            if self.hidden is not None:
-                self.hidden.checked(self.hidden.rows(_ptr(self.hidden_rows), self.hidden.n, x, b, x_sb,
-                                                     _ptr(self.hidden.bias), 0, flags=RELU_IN | RELU_OUT))
-                x, x_sb, flags = _ptr(self.hidden_rows), self.hidden.n, 0
-            out.checked(out.rows(_ptr(params), out.n, x, b, x_sb, _ptr(out.bias), 0, flags=flags))
+            status = _kernels.gated_column(_ptr(self.plan), len(self.layers), _ptr(self.head), b, h, w, _ptr(params),
+                                           _threads(b))
+            out.checked(status)
             return params
 
 
-def _gate_rows(x: Tensor) -> Tensor:
-    """layers.gate over the last dimension of (..., 2n) ``x``: tanh(a) sigmoid(b) -> (..., n)."""
-    x = x.contiguous()
-    n = x.shape[-1] // 2
-    out = x.new_empty(*x.shape[:-1], n)
-    _kernels.gate(_ptr(out), n, _ptr(x), 2 * n, x.numel() // (2 * n), n)
-    return out
+def _conditioning(bias) -> tuple[Tensor | None, tuple[int, int, int]]:
+    """A layer's conditioning bias (None, (B, 2n) or a PositionBias) as a tensor and its (h, w, b) strides for
+    gated_row (0 where it is the same along that axis)."""
+    if bias is None:
+        return None, (0, 0, 0)
+    if isinstance(bias, PositionBias):
+        rows = bias.rows.contiguous()                                         # (H, W, B, 2n)
+        return rows, tuple(rows.stride()[:3])
+    bias = bias.double().contiguous()                                         # (B, 2n)
+    return bias, (0, 0, bias.stride(0))
 
 
 class _GatedLayer:
-    """One CachedGatedLayer as kernel calls. A row start: the vertical stack's row above
-    (its windows' affine map), gated into the next layer's cache, and the row's bias (the 1x1 link from the vertical
-    stack plus the horizontal bias and the conditioning). A step: the horizontal window's affine map plus the row's
-    bias, the gate, the 1x1 output map plus the residual, written into the next layer's cache."""
+    """One CachedGatedLayer as kernel calls: its row start (``gated_row``) and its row of the step's plan."""
 
     def __init__(self, layer):
         self.layer, self.batch = layer, layer.batch
         conv = layer.horizontal
         views = conv.views                                                       # (Ho, Wo, B, rows, cols, C)
-        if views.stride(-1) != 1:
+        if views.stride(-1) != 1 or layer.vertical.views.stride(-1) != 1:
             raise ValueError("expected channels-last caches")
         self.vs, self.shape = views.stride(), views.shape
         self.base = _ptr(views)
@@ -425,91 +437,69 @@ class _GatedLayer:
         self.vertical = Affine(layer.vertical.weight, layer.vertical.bias)
         self.v_to_h = Affine(layer.v_to_h.weight, layer.v_to_h.bias)
         self.h_out = Affine(layer.h_out.weight, layer.h_out.bias)
+        self.h_bias = layer.horizontal.bias.double().contiguous()
         self.n = self.h_out.n
         self.pre = torch.empty(self.batch, self.conv.n, dtype=torch.float64)
         self.gated = torch.empty(self.batch, self.n, dtype=torch.float64)
         self.next = layer.h_next
-        if self.next is not None:
-            buf = self.next.buf
-            self.next_s = buf.stride()
-            self.next_base = _ptr(buf)
-        self.row_bias: Tensor | None = None                                     # (W, B, 2n)
-        self.row_bias_ptr, self.bias_s = 0, (0, 0)
-        self.plan_row: Tensor | None = None                                     # this layer's row of the plan
+        self.row_bias = torch.empty(layer.width, self.batch, self.conv.n, dtype=torch.float64)    # (W, B, 2n)
+        self.v_extra, v_extra_s = _conditioning(layer.v_bias)
+        self.h_extra, h_extra_s = _conditioning(layer.h_bias)
+        self.row_plan = torch.tensor(self._row_plan(v_extra_s, h_extra_s), dtype=torch.int64)
+
+    def _row_plan(self, v_extra_s: tuple[int, int, int], h_extra_s: tuple[int, int, int]) -> list[int]:
+        """This layer's plan of ``_kernels.gated_row``."""
+        layer, vertical, v_to_h = self.layer, self.vertical, self.v_to_h
+        views = layer.vertical.views                                             # (Ho, Wo, B, rows, cols, C)
+        vs, shape = views.stride(), views.shape
+        if shape[1] != layer.width:
+            raise ValueError(f"expected the vertical stack's rows to be {layer.width} wide, got {shape[1]}")
+        fields = dict(v_win=_ptr(views), v_win_h=vs[0], v_win_w=vs[1], v_win_b=vs[2], v_win_r=vs[3], v_win_c=vs[4],
+                      v_rows=shape[3], v_cols=shape[4], v_channels=shape[5], v_wq=_ptr(vertical.integers()),
+                      v_panels=_ptr(vertical.panels()), v_ws=_ptr(vertical.ws), v_bias=_ptr(vertical.bias),
+                      v_bits=vertical.bits, v_n=vertical.n, v_extra=0 if self.v_extra is None else _ptr(self.v_extra),
+                      v_extra_h=v_extra_s[0], v_extra_w=v_extra_s[1], v_extra_b=v_extra_s[2], v_next=0, v_next_h=0,
+                      v_next_w=0, v_next_b=0, t_wq=_ptr(v_to_h.integers()), t_panels=_ptr(v_to_h.panels()),
+                      t_ws=_ptr(v_to_h.ws), t_bias=_ptr(v_to_h.bias), t_bits=v_to_h.bits, h_bias=_ptr(self.h_bias),
+                      h_extra=0 if self.h_extra is None else _ptr(self.h_extra), h_extra_h=h_extra_s[0],
+                      h_extra_w=h_extra_s[1], h_extra_b=h_extra_s[2], row_out=_ptr(self.row_bias), width=layer.width,
+                      batch=self.batch)
+        if layer.v_next is not None:
+            buf, pad = layer.v_next.buf, layer.v_next.pad                         # (B, H + pads, W + pads, n)
+            sb, sy, sx, sc = buf.stride()
+            if sc != 1:
+                raise ValueError("expected channels-last caches")
+            fields.update(v_next=_ptr(buf) + 8 * (pad.top * sy + pad.left * sx), v_next_h=sy, v_next_w=sx, v_next_b=sb)
+        return [fields[name] for name in ROW_FIELDS]
 
     def plan(self, last: Tensor) -> list[int]:
-        """This layer's row of the plan of ``_kernels.gated_column`` (the row's bias is set by :meth:`start_row`)."""
+        """This layer's row of the plan of ``_kernels.gated_column``."""
         vs, shape = self.vs, self.shape
-        fields = dict(conv_wq=_ptr(self.conv.integers()), conv_ws=_ptr(self.conv.ws), conv_n=self.conv.n,
-                      conv_bits=self.conv.bits, win=self.base, win_h=vs[0], win_w=vs[1], win_b=vs[2], win_r=vs[3],
-                      win_c=vs[4], rows=shape[3], cols=shape[4], channels=shape[5], row_bias=0, row_bias_w=0,
-                      row_bias_b=0, pre=_ptr(self.pre), gated=_ptr(self.gated), out_wq=_ptr(self.h_out.integers()),
-                      out_ws=_ptr(self.h_out.ws), out_n=self.n, out_bits=self.h_out.bits,
-                      out_bias=_ptr(self.h_out.bias), next=0, next_b=0, next_h=0, next_w=0, next_top=0, next_left=0,
-                      last=_ptr(last), first=int(self.layer.first))
+        bias_s, conv, h_out = self.row_bias.stride(), self.conv, self.h_out
+        fields = dict(conv_wq=_ptr(conv.integers()), conv_panels=_ptr(conv.panels()), conv_ws=_ptr(conv.ws),
+                      conv_n=conv.n, conv_bits=conv.bits, win=self.base, win_h=vs[0], win_w=vs[1], win_b=vs[2],
+                      win_r=vs[3], win_c=vs[4], rows=shape[3], cols=shape[4], channels=shape[5],
+                      row_bias=_ptr(self.row_bias), row_bias_w=bias_s[0], row_bias_b=bias_s[1], pre=_ptr(self.pre),
+                      gated=_ptr(self.gated), out_wq=_ptr(h_out.integers()), out_panels=_ptr(h_out.panels()),
+                      out_ws=_ptr(h_out.ws), out_n=self.n, out_bits=h_out.bits, out_bias=_ptr(h_out.bias), next=0,
+                      next_b=0, next_h=0, next_w=0, next_top=0, next_left=0, last=_ptr(last),
+                      first=int(self.layer.first))
         if self.next is not None:
-            s = self.next_s
-            fields.update(next=self.next_base, next_b=s[0], next_h=s[1], next_w=s[2], next_top=self.next.pad.top,
+            s = self.next.buf.stride()
+            fields.update(next=_ptr(self.next.buf), next_b=s[0], next_h=s[1], next_w=s[2], next_top=self.next.pad.top,
                           next_left=self.next.pad.left)
         return [fields[name] for name in LAYER_FIELDS]
 
-    @staticmethod
-    def _rows(affine: Affine, x: Tensor) -> Tensor:
-        """``affine`` of (N, K) rows plus its bias: (N, n)."""
-        x = x.contiguous()
-        out = x.new_empty(x.shape[0], affine.n)
-        affine.checked(affine.rows(_ptr(out), affine.n, _ptr(x), x.shape[0], affine.k, _ptr(affine.bias), 0))
-        return out
-
-    def _vertical_row(self, h: int) -> Tensor:
-        """``CachedConv.row`` of the vertical stack: (W, B, 2n), its windows read in place."""
-        windows = self.layer.vertical.views[h]                                   # (Wo, B, rows, cols, C)
-        wo, b, rows, cols, channels = windows.shape
-        st = windows.stride()
-        if st[-1] != 1 or wo * b < Affine.BLAS_ROWS:
-            return self._rows(self.vertical, windows.reshape(wo * b, -1)).view(wo, b, -1)
-        out = windows.new_empty(wo, b, self.vertical.n)
-        self.vertical.checked(self.vertical.window(_ptr(out), self.vertical.n, _ptr(windows), b, rows, cols, channels,
-                                                   st[1], st[2], st[3], _ptr(self.vertical.bias), 0, None, 0, 0,
-                                                   outer=wo, x_sw=st[0]))
-        return out
-
     def start_row(self, h: int) -> None:
         """``CachedGatedLayer.start_row``: the vertical stack's row h - 1 and row h's bias."""
-        layer = self.layer
-        if h == 0:                                                         # shift_down fills row 0 with zeros
-            v_to_h = layer.v_to_h.bias.expand(layer.width, self.batch, -1)
-        else:
-            v_pre = self._vertical_row(h - 1)
-            if layer.vertical.position_bias is not None:
-                v_pre = v_pre + layer.vertical.position_bias.row(h - 1)
-            if layer.v_next is not None:
-                v_gated = v_pre if layer.v_bias is None else v_pre + bias_row(layer.v_bias, h - 1)
-                layer.v_next.write_row(h - 1, _gate_rows(v_gated))
-            v_to_h = self._rows(self.v_to_h, v_pre.reshape(-1, v_pre.shape[-1])).view(layer.width, self.batch, -1)
-        bias = v_to_h + layer.horizontal.bias
-        bias = (bias if layer.h_bias is None else bias + bias_row(layer.h_bias, h)).contiguous()
-        self.row_bias, self.row_bias_ptr, self.bias_s = bias, _ptr(bias), bias.stride()
-        if self.plan_row is not None:
-            at = LAYER_FIELDS.index("row_bias")
-            self.plan_row[at : at + 3] = torch.tensor([self.row_bias_ptr, *self.bias_s[:2]], dtype=torch.int64)
-
-    def step(self, h: int, w: int, residual: int | None, res_sb: int, last: Tensor) -> tuple[int, int]:
-        """``CachedGatedLayer.step``: the layer's output at (h, w); returns where it is (pointer, batch stride)."""
-        vs, shape, b = self.vs, self.shape, self.batch
-        window = self.base + 8 * (h * vs[0] + w * vs[1])
-        pre, gated = _ptr(self.pre), _ptr(self.gated)
-        self.conv.checked(self.conv.window(pre, self.conv.n, window, b, shape[3], shape[4], shape[5], vs[2], vs[3],
-                                           vs[4], self.row_bias_ptr + 8 * w * self.bias_s[0], self.bias_s[1], None, 0,
-                                           0))
-        _kernels.gate(gated, self.n, pre, self.conv.n, b, self.n)
-        if self.next is None:
-            out, out_sb = _ptr(last), self.n
-        else:
-            nxt, s = self.next, self.next_s
-            out, out_sb = self.next_base + 8 * ((nxt.pad.top + h) * s[1] + (nxt.pad.left + w) * s[2]), s[0]
-        self.h_out.checked(self.h_out.rows(out, out_sb, gated, b, self.n, _ptr(self.h_out.bias), 0, residual, res_sb))
-        return out, out_sb
+        if h:
+            threads = _split(self.layer.width * self.batch, self.vertical.k * self.vertical.n)
+            self.vertical.checked(_kernels.gated_row(_ptr(self.row_plan), h, threads))
+            return
+        layer = self.layer                                                       # shift_down fills row 0 with zeros
+        torch.add(layer.v_to_h.bias.expand(layer.width, self.batch, -1), self.h_bias, out=self.row_bias)
+        if layer.h_bias is not None:
+            self.row_bias.add_(bias_row(layer.h_bias, 0))
 
 
 def quantized_weights(log_probs: Tensor) -> np.ndarray:
@@ -526,5 +516,6 @@ def quantized_weights(log_probs: Tensor) -> np.ndarray:
 FUSED = {CachedGatedPixelCNN: GatedColumn}                   # stepper class -> its fused column
 
 
-if _kernels is not None and (len(LAYER_FIELDS), len(HEAD_FIELDS)) != (_kernels.LAYER_FIELDS, _kernels.HEAD_FIELDS):
-    raise ImportError("pixelcnn.coding._kernels lays out gated_column's plan otherwise than fused.py: rebuild it")
+if _kernels is not None and (len(LAYER_FIELDS), len(HEAD_FIELDS), len(ROW_FIELDS)) != (
+        _kernels.LAYER_FIELDS, _kernels.HEAD_FIELDS, _kernels.ROW_FIELDS):
+    raise ImportError("pixelcnn.coding._kernels lays out the gated plans otherwise than fused.py: rebuild it")
