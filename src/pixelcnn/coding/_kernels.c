@@ -44,18 +44,20 @@
 
 enum { RELU_IN = 1, RELU_OUT = 2 };
 #define VECTOR __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+/* Helpers are inlined always: a helper left out of line is compiled for the default target, not the caller's. */
+#define INLINE static inline __attribute__((always_inline))
 
-static inline double pow2i(int64_t e) {
+INLINE double pow2i(int64_t e) {
     uint64_t bits = (uint64_t)(e + 1023) << 52;
     double d;
     memcpy(&d, &bits, sizeof d);
     return d;
 }
 
-static inline double relu(double v) { return v < 0.0 ? 0.0 : v; } /* torch.relu: -0.0 and NaN stay */
+INLINE double relu(double v) { return v < 0.0 ? 0.0 : v; } /* torch.relu: -0.0 and NaN stay */
 
 /* blocks.to_blocks of one block: 2**(bits - e), 2**e > peak (frexp; e = 0 for 0), e clamped to [-900, 900]. */
-static inline int block_up(double peak, int bits, double *up) {
+INLINE int block_up(double peak, int bits, double *up) {
     *up = 1.0;
     if (!isfinite(peak)) return -1;
     int e;
@@ -96,7 +98,7 @@ VECTOR static void pack_panels(double *panel, const int32_t *wq, int64_t k, int6
 /* GEMM_TILE(NAME, VD, NV, MR): acc[r][0 .. NV vectors) for r < MR (rows acc_s apart) from x's MR rows (k apart)
  * and NV vectors of a panel's columns (its rows PANEL apart). */
 #define GEMM_TILE(NAME, VD, NV, MR)                                                                                 \
-    static inline __attribute__((always_inline)) void NAME(double *acc, int64_t acc_s, const double *x, int64_t k,  \
+    INLINE void NAME(double *acc, int64_t acc_s, const double *x, int64_t k,  \
                                                           const double *panel) {                                   \
         enum { LANES = sizeof(VD) / sizeof(double) };                                                               \
         VD a[MR][NV];                                                                                               \
@@ -116,7 +118,7 @@ VECTOR static void pack_panels(double *panel, const int32_t *wq, int64_t k, int6
 
 /* GEMM_DIRECT(NAME, VD, VI, NV): acc[0 .. NV vectors) for one row, the weight's int32 converted as read. */
 #define GEMM_DIRECT(NAME, VD, VI, NV)                                                                               \
-    static inline __attribute__((always_inline)) void NAME(double *acc, const double *x, int64_t k,                 \
+    INLINE void NAME(double *acc, const double *x, int64_t k,                 \
                                                           const int32_t *wq, int64_t n) {                          \
         enum { LANES = sizeof(VD) / sizeof(double) };                                                               \
         VD a[NV];                                                                                                   \
@@ -334,7 +336,7 @@ static int as_int(PyObject *o, int64_t *v) {
 /* The block of n values v rounded to `bits` bits: *up = 2**(bits - e), 2**e above their largest magnitude
  * (blocks.to_blocks); -1 where a value is not finite. The peak is taken on the magnitudes' bit patterns, whose order
  * is the values' (and puts inf and NaN above every finite value). */
-static inline int block_of(const double *v, int64_t n, int bits, double *up) {
+INLINE int block_of(const double *v, int64_t n, int bits, double *up) {
     uint64_t top = 0;
     for (int64_t i = 0; i < n; i++) {
         uint64_t b;
@@ -350,7 +352,7 @@ static inline int block_of(const double *v, int64_t n, int bits, double *up) {
 
 /* One window (R x Cc x C values, strides sr, sc, 1), ReLU'd if flags & RELU_IN, rounded to one block of `bits`
  * bits into q (K contiguous values): blocks.to_blocks; *xs its scale. -1 where the window is not finite. */
-static inline int round_window(double *q, double *xs, const double *x, int64_t R, int64_t Cc, int64_t C, int64_t sr,
+INLINE int round_window(double *q, double *xs, const double *x, int64_t R, int64_t Cc, int64_t C, int64_t sr,
                                int64_t sc, int64_t flags, int bits) {
     const int64_t k = R * Cc * C;
     double *qq = q;
@@ -371,7 +373,7 @@ static inline int round_window(double *q, double *xs, const double *x, int64_t R
 
 /* One row's output from its exact sums acc (o may be acc): relu?(residual + (bias + (acc * xs) * ws)), the order
  * in which blocks.addmm / matmul and the steppers round them. */
-static inline void finish_row(double *o, const double *acc, int64_t n, double xs, const double *ws, const double *bias,
+INLINE void finish_row(double *o, const double *acc, int64_t n, double xs, const double *ws, const double *bias,
                               const double *res, int64_t flags) {
     if (bias && res)
         for (int64_t j = 0; j < n; j++) o[j] = res[j] + (bias[j] + (acc[j] * xs) * ws[j]);
@@ -512,7 +514,7 @@ static PyObject *set_tables(PyObject *self, PyObject *const *args, Py_ssize_t na
 }
 
 /* _interpolate: table t (slopes s) at u >= 0, in units of its step. */
-static inline double interpolate(const double *restrict t, const double *restrict s, double u) {
+INLINE double interpolate(const double *restrict t, const double *restrict s, double u) {
     double i = floor(u);
     double frac = u - i;
     int at = (int)i;                                               /* every table has fewer than 2**31 entries */
@@ -520,7 +522,7 @@ static inline double interpolate(const double *restrict t, const double *restric
 }
 
 /* elementary.sigmoid with its table t, s: NaN as 0, clamped to [-32, 32], the table interpolated. */
-static inline double sigmoid_of(double x, const double *restrict t, const double *restrict s) {
+INLINE double sigmoid_of(double x, const double *restrict t, const double *restrict s) {
     if (x != x) x = 0.0;
     x = x < -SIGMOID_RANGE ? -SIGMOID_RANGE : x;
     x = x > SIGMOID_RANGE ? SIGMOID_RANGE : x;
@@ -528,13 +530,13 @@ static inline double sigmoid_of(double x, const double *restrict t, const double
 }
 
 /* elementary.tanh: 2 sigmoid(2x) - 1. */
-static inline double tanh_of(double x, const double *restrict t, const double *restrict s) {
+INLINE double tanh_of(double x, const double *restrict t, const double *restrict s) {
     return sigmoid_of(x * 2.0, t, s) * 2.0 - 1.0;
 }
 
 
 /* elementary.exp with its tables: e**n e**f, n = floor(x); 0 below EXP_MIN, inf above EXP_MAX + 0.5, NaN as 0. */
-static inline double exp_of(double x, const double *restrict frac, const double *restrict frac_slopes,
+INLINE double exp_of(double x, const double *restrict frac, const double *restrict frac_slopes,
                             const double *restrict whole) {
     double xc = x;
     if (xc != xc) xc = 0.0;
@@ -546,10 +548,10 @@ static inline double exp_of(double x, const double *restrict frac, const double 
     return x > EXP_MAX + 0.5 ? INFINITY : out;
 }
 
-static inline double exp1(double x) { return exp_of(x, table[EXP_FRAC], table[EXP_FRAC_SLOPES], table[EXP_INT]); }
+INLINE double exp1(double x) { return exp_of(x, table[EXP_FRAC], table[EXP_FRAC_SLOPES], table[EXP_INT]); }
 
 /* elementary.expm1: the degree-17 Taylor series in Horner form where |x| < 1, else exp(x) - 1. */
-static inline double expm1_1(double x) {
+INLINE double expm1_1(double x) {
     if (!(fabs(x) < 1.0)) return exp1(x) - 1.0;
     static const double inverse_factorial[18] = {
         1.0, 1.0 / 1.0, 1.0 / 2.0, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0, 1.0 / 5040.0, 1.0 / 40320.0,
@@ -561,10 +563,10 @@ static inline double expm1_1(double x) {
 }
 
 /* elementary.elu with alpha 1: x where x > 0, else expm1(min(x, 0)). */
-static inline double elu1(double x) { return x > 0.0 ? x : expm1_1(x < 0.0 ? x : 0.0 * x); }
+INLINE double elu1(double x) { return x > 0.0 ? x : expm1_1(x < 0.0 ? x : 0.0 * x); }
 
 /* elementary._log1p_series: ln(1 + u) for |u| <= 2**-8, 7 terms in Horner form. */
-static inline double log1p_series(double u) {
+INLINE double log1p_series(double u) {
     double poly = 1.0 / 7.0;
     poly = poly * u + -1.0 / 6.0;
     poly = poly * u + 1.0 / 5.0;
@@ -576,7 +578,7 @@ static inline double log1p_series(double u) {
 }
 
 /* elementary.log: e ln 2 - ln(r_i) + ln(m r_i), x = m 2**e. */
-static inline double log1(double x) {
+INLINE double log1(double x) {
     if (x == 0.0) return -INFINITY;
     if (x == INFINITY) return INFINITY;
     if (!(x > 0.0)) return NAN;
@@ -588,14 +590,16 @@ static inline double log1(double x) {
     return ((double)(e - 1) * table[LN2][0] + table[LOG_RECIP][at]) + log1p_series(u);
 }
 
+/* One row's gate: out[j] = tanh(x[j]) * sigmoid(x[n + j]), j < n (sigmoid table t, slopes s). A function of its own:
+ * its loop vectorizes (table reads gathered) only where out and x are known apart (restrict). */
+VECTOR __attribute__((noinline)) static void gate_row(double *restrict out, const double *restrict x, int64_t n,
+                                                      const double *restrict t, const double *restrict s) {
+    for (int64_t j = 0; j < n; j++) out[j] = tanh_of(x[j], t, s) * sigmoid_of(x[n + j], t, s);
+}
+
 VECTOR static void gate_impl(double *restrict out, int64_t out_sb, const double *restrict x, int64_t x_sb, int64_t B,
                              int64_t n) {
-    const double *restrict t = table[SIG], *restrict s = table[SIG_SLOPES];
-    for (int64_t b = 0; b < B; b++) {
-        const double *xb = x + b * x_sb;
-        double *o = out + b * out_sb;
-        for (int64_t j = 0; j < n; j++) o[j] = tanh_of(xb[j], t, s) * sigmoid_of(xb[n + j], t, s);
-    }
+    for (int64_t b = 0; b < B; b++) gate_row(out + b * out_sb, x + b * x_sb, n, table[SIG], table[SIG_SLOPES]);
 }
 
 /* A Gated PixelCNN layer's step as the plan row of fused.GatedColumn lays it out (int64 fields: pointers, sizes,
@@ -767,8 +771,7 @@ VECTOR static int row_start_part(const void *ctx, int64_t r0, int64_t r1) {
                     for (int64_t j = 0; j < n2; j++) g[j] = v[j] + e[j];
                     x = g;
                 }
-                double *o = v_next + w * p[V_NEXT_W] + b * p[V_NEXT_B];
-                for (int64_t j = 0; j < n; j++) o[j] = tanh_of(x[j], sig, sig_s) * sigmoid_of(x[n + j], sig, sig_s);
+                gate_row(v_next + w * p[V_NEXT_W] + b * p[V_NEXT_B], x, n, sig, sig_s);
             }
             if (round_window(xq + i * n2, xs + i, v, 1, 1, n2, 0, 0, 0, (int)p[T_BITS])) return -1;
         }
@@ -847,7 +850,7 @@ static PyObject *elementwise(PyObject *self, PyObject *const *args, Py_ssize_t n
 
 /* blocks.exact_sum of n values: rounded to one block of 52 - bitlength(max(1, n - 1)) bits, summed exactly.
  * -1 where a value is not finite. */
-static inline int exact_sum(const double *v, int64_t n, double *sum) {
+INLINE int exact_sum(const double *v, int64_t n, double *sum) {
     int64_t m = n - 1 > 1 ? n - 1 : 1;
     int length = 0;
     while (m) { length++; m >>= 1; }
@@ -862,7 +865,7 @@ static inline int exact_sum(const double *v, int64_t n, double *sum) {
 /* One row's softmax (elementary.softmax) into o: the shifted values' exponentials over their exact sum; *shift the
  * shift (the row's maximum, or 0 where it has none that is finite), *sum the sum. -1 where that sum is not finite;
  * -2 where the row holds NaN and nan_fails. */
-static inline int softmax_row(double *restrict o, const double *restrict x, int64_t n, int nan_fails, double *shift,
+INLINE int softmax_row(double *restrict o, const double *restrict x, int64_t n, int nan_fails, double *shift,
                               double *sum) {
     const double *restrict frac = table[EXP_FRAC], *restrict frac_slopes = table[EXP_FRAC_SLOPES];
     const double *restrict whole = table[EXP_INT];
