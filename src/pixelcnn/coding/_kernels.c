@@ -36,8 +36,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
-#define KERNELS_VERSION 6
+#define KERNELS_VERSION 7
 #define ROUNDER 6755399441055744.0 /* 1.5 * 2**52: x + ROUNDER - ROUNDER rounds |x| < 2**51 to an integer */
 #define SIGMOID_RANGE 32.0
 #define SIGMOID_SCALE 1024.0       /* the sigmoid table's steps per unit, 2**SIGMOID_STEP */
@@ -210,18 +211,36 @@ static void find_isa(void) {
     isa = &isas[isa_best];
 }
 
-/* Scratch memory of the calling thread, kept from call to call (a pool worker's for its life). */
-static __thread double *scratch_at;
-static __thread int64_t scratch_size;
+/* Scratch memory of the calling thread, kept from call to call (a pool worker's for its life) and freed when the
+ * thread exits (scratch_key's destructor). */
+typedef struct {
+    double *at;
+    int64_t size;
+} Scratch;
+static pthread_key_t scratch_key;
+
+static void scratch_free(void *p) {
+    Scratch *s = p;
+    free(s->at);
+    free(s);
+}
 
 static double *scratch(int64_t count) {
-    if (count > scratch_size) {
-        double *p = realloc(scratch_at, sizeof(double) * (size_t)count);
-        if (p == NULL) return NULL;
-        scratch_at = p;
-        scratch_size = count;
+    Scratch *s = pthread_getspecific(scratch_key);
+    if (s == NULL) {
+        s = calloc(1, sizeof *s);
+        if (s == NULL || pthread_setspecific(scratch_key, s) != 0) {
+            free(s);
+            return NULL;
+        }
     }
-    return scratch_at;
+    if (count > s->size) {
+        double *p = realloc(s->at, sizeof(double) * (size_t)count);
+        if (p == NULL) return NULL;
+        s->at = p;
+        s->size = count;
+    }
+    return s->at;
 }
 
 /* ----- a call's rows over threads ------------------------------------------------------------------------
@@ -251,19 +270,51 @@ static struct {
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, 0};
 static pthread_mutex_t pool_user = PTHREAD_MUTEX_INITIALIZER;
 
+/* Waiting threads poll for SPIN_NS before they sleep: waking a sleeping thread costs 50-70 us on a 2-core VM, as much
+ * as a small call's work, while a coder's calls come a fraction of a millisecond apart. */
+#define SPIN_NS 500000
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Polls *v for up to SPIN_NS until it is (equal) or is not (!equal) `value`; whether it got there. */
+static int spin(const int64_t *v, int64_t value, int equal) {
+    const int64_t end = now_ns() + SPIN_NS;
+    for (int64_t i = 1;; i++) {
+        if ((__atomic_load_n(v, __ATOMIC_ACQUIRE) == value) == equal) return 1;
+        cpu_relax();
+        if (i % 256 == 0 && now_ns() > end) return 0;
+    }
+}
+
 static void *pool_worker(void *arg) {
     const int64_t index = (int64_t)(intptr_t)arg;
     pthread_mutex_lock(&pool.lock);
     int64_t seen = -1;                           /* started for the current call: its part is waiting */
     for (;;) {
-        while (pool.generation == seen) pthread_cond_wait(&pool.work, &pool.lock);
+        while (pool.generation == seen) {
+            pthread_mutex_unlock(&pool.lock);
+            const int moved = spin(&pool.generation, seen, 0);
+            pthread_mutex_lock(&pool.lock);
+            if (!moved && pool.generation == seen) pthread_cond_wait(&pool.work, &pool.lock);
+        }
         seen = pool.generation;
         if (index >= pool.jobs) continue;
         RowsPart *part = &pool.parts[index];
         pthread_mutex_unlock(&pool.lock);
         run_rows_part(part);
         pthread_mutex_lock(&pool.lock);
-        if (--pool.pending == 0) pthread_cond_signal(&pool.done);
+        __atomic_store_n(&pool.pending, pool.pending - 1, __ATOMIC_RELEASE);
+        if (pool.pending == 0) pthread_cond_signal(&pool.done);
     }
     return NULL;
 }
@@ -299,14 +350,16 @@ static int split_rows(RowsFn fn, const void *ctx, int64_t rows, int64_t threads)
         pthread_mutex_lock(&pool.lock);
         workers = pool_workers(threads - 1);
         pool.parts = parts + 1;
-        pool.jobs = pool.pending = workers;
-        pool.generation++;
+        pool.jobs = workers;
+        __atomic_store_n(&pool.pending, workers, __ATOMIC_RELEASE);
+        __atomic_store_n(&pool.generation, pool.generation + 1, __ATOMIC_RELEASE);
         pthread_cond_broadcast(&pool.work);
         pthread_mutex_unlock(&pool.lock);
     }
     run_rows_part(&parts[0]);
     for (int64_t t = 1 + workers; t < threads; t++) run_rows_part(&parts[t]);
     if (using_pool) {
+        spin(&pool.pending, 0, 1);
         pthread_mutex_lock(&pool.lock);
         while (pool.pending) pthread_cond_wait(&pool.done, &pool.lock);
         pool.jobs = 0;
@@ -848,6 +901,47 @@ static PyObject *elementwise(PyObject *self, PyObject *const *args, Py_ssize_t n
     Py_RETURN_NONE;
 }
 
+/* The sum of the n values v[i] up rounded to integers (exact in any order: |sum| < 2**52), in LANES running sums side
+ * by side (a loop that vectorizes), then the lanes. */
+#define LANES 8
+VECTOR __attribute__((noinline)) static double rounded_sum(const double *restrict v, int64_t n, double up) {
+    double part[LANES] = {0.0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++) part[l] += (v[i + l] * up + ROUNDER) - ROUNDER;
+    double total = 0.0;
+    for (int l = 0; l < LANES; l++) total += part[l];
+    for (; i < n; i++) total += (v[i] * up + ROUNDER) - ROUNDER;
+    return total;
+}
+
+/* The largest of n values (NaN never larger; of equal zeros either, as the reference's amax, whose kernel decides: the
+ * shift's sign then reaches no quantized weight) and whether one is NaN: LANES running maxima side by side, then the
+ * lanes. */
+VECTOR __attribute__((noinline)) static double row_max(const double *restrict x, int64_t n, int *nan) {
+    double top[LANES];
+    int64_t bad[LANES] = {0};
+    for (int l = 0; l < LANES; l++) top[l] = -INFINITY;
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++) {
+            top[l] = x[i + l] > top[l] ? x[i + l] : top[l];
+            bad[l] |= x[i + l] != x[i + l];
+        }
+    double best = -INFINITY;
+    int any = 0;
+    for (int l = 0; l < LANES; l++) {
+        best = top[l] > best ? top[l] : best;
+        any |= bad[l] != 0;
+    }
+    for (; i < n; i++) {
+        best = x[i] > best ? x[i] : best;
+        any |= x[i] != x[i];
+    }
+    *nan = any;
+    return best;
+}
+
 /* blocks.exact_sum of n values: rounded to one block of 52 - bitlength(max(1, n - 1)) bits, summed exactly.
  * -1 where a value is not finite. */
 INLINE int exact_sum(const double *v, int64_t n, double *sum) {
@@ -856,28 +950,29 @@ INLINE int exact_sum(const double *v, int64_t n, double *sum) {
     while (m) { length++; m >>= 1; }
     double up;
     if (block_of(v, n, 52 - length, &up)) return -1;
-    double total = 0.0;
-    for (int64_t i = 0; i < n; i++) total += (v[i] * up + ROUNDER) - ROUNDER;   /* integers: exact in any order */
-    *sum = total * (1.0 / up);
+    *sum = rounded_sum(v, n, up) * (1.0 / up);
     return 0;
 }
 
 /* One row's softmax (elementary.softmax) into o: the shifted values' exponentials over their exact sum; *shift the
  * shift (the row's maximum, or 0 where it has none that is finite), *sum the sum. -1 where that sum is not finite;
  * -2 where the row holds NaN and nan_fails. */
+/* o[i] = exp(x[i] - top), i < n: a function of its own, whose loop vectorizes (see gate_row). */
+VECTOR __attribute__((noinline)) static void exp_row(double *restrict o, const double *restrict x, int64_t n, double top,
+                                                     const double *restrict frac, const double *restrict frac_slopes,
+                                                     const double *restrict whole) {
+    for (int64_t i = 0; i < n; i++) o[i] = exp_of(x[i] - top, frac, frac_slopes, whole);
+}
+
 INLINE int softmax_row(double *restrict o, const double *restrict x, int64_t n, int nan_fails, double *shift,
                               double *sum) {
     const double *restrict frac = table[EXP_FRAC], *restrict frac_slopes = table[EXP_FRAC_SLOPES];
     const double *restrict whole = table[EXP_INT];
-    double top = -INFINITY;
-    int nan = 0;
-    for (int64_t i = 0; i < n; i++) {
-        top = x[i] > top ? x[i] : top;
-        nan |= x[i] != x[i];
-    }
+    int nan;
+    double top = row_max(x, n, &nan);
     if (nan && nan_fails) return -2;
     if (nan || !isfinite(top)) top = 0.0;                              /* _shifted: no finite maximum -> 0 */
-    for (int64_t i = 0; i < n; i++) o[i] = exp_of(x[i] - top, frac, frac_slopes, whole);
+    exp_row(o, x, n, top, frac, frac_slopes, whole);
     *shift = top;
     return exact_sum(o, n, sum);
 }
@@ -898,47 +993,100 @@ VECTOR static int rows_softmax_impl(double *out, const double *x, int64_t rows, 
     return 0;
 }
 
+/* A row's probabilities o / sum quantized in place: excess = floor(p free), plus what flooring dropped on the first most
+ * likely symbol (argmax's). -1 where a probability is not finite. LANES of each running result side by side (loops
+ * that vectorize), then the lanes: the sums are of integers below 2**24, exact in any order; of the lanes' first
+ * largest, the largest, the first of equals. */
+VECTOR __attribute__((noinline)) static int quantize_row(double *restrict o, int64_t n, double sum, double free) {
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        o[i] = o[i] / sum;
+        bad |= !(fabs(o[i]) < INFINITY);
+    }
+    if (bad) return -1;
+    double top[LANES], part[LANES] = {0.0};
+    int64_t at[LANES] = {0};
+    for (int l = 0; l < LANES; l++) top[l] = -INFINITY;
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++) {
+            const int larger = o[i + l] > top[l];
+            top[l] = larger ? o[i + l] : top[l];
+            at[l] = larger ? i + l : at[l];
+        }
+    double best_p = -INFINITY;
+    int64_t best = 0;
+    for (int l = 0; l < LANES; l++)
+        if (top[l] > best_p || (top[l] == best_p && at[l] < best)) {
+            best_p = top[l];
+            best = at[l];
+        }
+    for (; i < n; i++)
+        if (o[i] > best_p) {
+            best_p = o[i];
+            best = i;
+        }
+    for (i = 0; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++) {
+            o[i + l] = floor(o[i + l] * free);
+            part[l] += o[i + l];
+        }
+    double total = 0.0;
+    for (int l = 0; l < LANES; l++) total += part[l];
+    for (; i < n; i++) {
+        o[i] = floor(o[i] * free);
+        total += o[i];
+    }
+    o[best] += free - total;
+    return 0;
+}
+
 VECTOR static int quantize_impl(double *out, const double *x, int64_t rows, int64_t n, double free) {
     for (int64_t r = 0; r < rows; r++) {
         double *o = out + r * n;
         double top, sum;
-        if (softmax_row(o, x + r * n, n, 1, &top, &sum)) return -1;
-        int64_t best = 0;
-        double best_p = -INFINITY, total = 0.0;
-        for (int64_t i = 0; i < n; i++) {
-            double p = o[i] / sum;
-            if (!isfinite(p)) return -1;
-            if (p > best_p) { best_p = p; best = i; }                   /* the first most likely, as argmax */
-            o[i] = floor(p * free);
-            total += o[i];                                              /* integers below 2**24: exact */
-        }
-        o[best] += free - total;
+        if (softmax_row(o, x + r * n, n, 1, &top, &sum) || quantize_row(o, n, sum, free)) return -1;
     }
     return 0;
 }
 
 enum { SOFTMAX, LOG_SOFTMAX, QUANTIZE };
 
-/* rows_softmax(out, x, rows, n, mode, free) over contiguous rows of n values: elementary.softmax (mode SOFTMAX),
+typedef struct {
+    double *out;
+    const double *x;
+    int64_t n, mode;
+    double free;
+} SoftmaxCall;
+
+static int softmax_part(const void *ctx, int64_t r0, int64_t r1) {
+    const SoftmaxCall *c = ctx;
+    double *out = c->out + r0 * c->n;
+    const double *x = c->x + r0 * c->n;
+    return c->mode == QUANTIZE ? quantize_impl(out, x, r1 - r0, c->n, c->free)
+                               : rows_softmax_impl(out, x, r1 - r0, c->n, c->mode == LOG_SOFTMAX);
+}
+
+/* rows_softmax(out, x, rows, n, mode, free, threads) over contiguous rows of n values, split over `threads` threads: elementary.softmax (mode SOFTMAX),
  * elementary.log_softmax (LOG_SOFTMAX), or quantize.quantized_weights with elementary.py's softmax (QUANTIZE:
  * excess = floor(p free), the row's first most likely symbol given what flooring dropped). Returns -1 (the caller
  * computes the reference, which raises where it must) where a row's exponentials were not finite, or for QUANTIZE
  * where a log-probability is NaN or a probability is not finite. */
 static PyObject *rows_softmax(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "rows_softmax takes 6 arguments");
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "rows_softmax takes 7 arguments");
         return NULL;
     }
     void *out_p, *x_p;
-    int64_t rows, n, mode;
+    int64_t rows, n, mode, threads;
     double free = PyFloat_AsDouble(args[5]);
     if (as_ptr(args[0], &out_p) || as_ptr(args[1], &x_p) || as_int(args[2], &rows) || as_int(args[3], &n) ||
-        as_int(args[4], &mode) || PyErr_Occurred())
+        as_int(args[4], &mode) || PyErr_Occurred() || as_int(args[6], &threads))
         return NULL;
-    int status;
+    SoftmaxCall c = {out_p, x_p, n, mode, free};
+    int status = 0;
     Py_BEGIN_ALLOW_THREADS
-    status = mode == QUANTIZE ? quantize_impl(out_p, x_p, rows, n, free)
-                              : rows_softmax_impl(out_p, x_p, rows, n, mode == LOG_SOFTMAX);
+    if (rows > 0) status = split_rows(softmax_part, &c, rows, threads);
     Py_END_ALLOW_THREADS
     return PyLong_FromLong(status);
 }
@@ -988,7 +1136,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "The code
 
 PyMODINIT_FUNC PyInit__kernels(void) {
     find_isa();
-    if (pthread_atfork(NULL, NULL, pool_after_fork) != 0) return PyErr_NoMemory();
+    if (pthread_atfork(NULL, NULL, pool_after_fork) != 0 || pthread_key_create(&scratch_key, scratch_free) != 0)
+        return PyErr_NoMemory();
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && (PyModule_AddIntConstant(m, "VERSION", KERNELS_VERSION) < 0 ||
                       PyModule_AddIntConstant(m, "PANEL", PANEL) < 0 ||

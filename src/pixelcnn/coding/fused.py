@@ -47,7 +47,7 @@ try:
     from pixelcnn.coding import _kernels
 except ImportError:                                                          # built without a C compiler
     _kernels = None
-KERNELS_VERSION = 6                     # _kernels.c's KERNELS_VERSION: a stale build is not used
+KERNELS_VERSION = 7                     # _kernels.c's KERNELS_VERSION: a stale build is not used
 if _kernels is not None and getattr(_kernels, "VERSION", None) != KERNELS_VERSION:
     _kernels = None
 
@@ -121,6 +121,7 @@ def _ptr(t: Tensor) -> int:
 # OpenMP team: a coder that calls no BLAS leaves no OpenMP threads spinning beside it.
 SPLIT_IMAGES = 4
 SPLIT_WORK = 1 << 16
+EXP_WORK = 16                           # a table exp counted as this many multiply-adds
 
 
 def _threads(images: int) -> int:
@@ -258,7 +259,8 @@ def _softmax_rows(x, dim, mode: int, reference_rule) -> Tensor:
     if _cpu64(x) and x.dim() >= 1 and dim is not None and dim % x.dim() == x.dim() - 1 and x.numel():
         rows = x.contiguous()
         out = torch.empty_like(rows)
-        if _kernels.rows_softmax(_ptr(out), _ptr(rows), rows.numel() // rows.shape[-1], rows.shape[-1], mode, 0.0) == 0:
+        count, n = rows.numel() // rows.shape[-1], rows.shape[-1]
+        if _kernels.rows_softmax(_ptr(out), _ptr(rows), count, n, mode, 0.0, _split(count, EXP_WORK * n)) == 0:
             return out
     return reference_rule(x, dim)
 
@@ -508,7 +510,7 @@ def quantized_weights(log_probs: Tensor) -> np.ndarray:
     if available() and lp.dim() == 2 and lp.numel():
         out = np.empty(tuple(lp.shape))
         if _kernels.rows_softmax(out.ctypes.data, _ptr(lp), lp.shape[0], lp.shape[1], QUANTIZE,
-                                 float(TOTAL - lp.shape[1])) == 0:
+                                 float(TOTAL - lp.shape[1]), _split(lp.shape[0], EXP_WORK * lp.shape[1])) == 0:
             return out
     return quantize.quantized_weights(log_probs, elementary.softmax)
 
