@@ -343,7 +343,8 @@ static int split_rows(RowsFn fn, const void *ctx, int64_t rows, int64_t threads)
     threads = threads > rows ? rows : threads;
     threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
     RowsPart parts[MAX_THREADS];
-    for (int64_t t = 0; t < threads; t++) parts[t] = (RowsPart){fn, ctx, rows * t / threads, rows * (t + 1) / threads, 0};
+    for (int64_t t = 0; t < threads; t++)
+        parts[t] = (RowsPart){fn, ctx, rows * t / threads, rows * (t + 1) / threads, 0};
     int64_t workers = 0;
     const int using_pool = threads > 1 && pthread_mutex_trylock(&pool_user) == 0;
     if (using_pool) {
@@ -701,8 +702,9 @@ static int column_part(const int64_t *plan, int64_t layers, const int64_t *head,
                   b0 * p[NEXT_B];
             out_sb = p[NEXT_B];
         }
-        status = affine_core(out, out_sb, gated, B, 1, 1, n, n, 0, 0, PTR(p[OUT_WQ]), PTR(p[OUT_PANELS]), PTR(p[OUT_WS]), n,
-                             PTR(p[OUT_BIAS]), 0, p[FIRST] ? NULL : res, res_sb, 0, (int)p[OUT_BITS]);
+        status = affine_core(out, out_sb, gated, B, 1, 1, n, n, 0, 0, PTR(p[OUT_WQ]), PTR(p[OUT_PANELS]),
+                             PTR(p[OUT_WS]), n, PTR(p[OUT_BIAS]), 0, p[FIRST] ? NULL : res, res_sb, 0,
+                             (int)p[OUT_BITS]);
         res = out;
         res_sb = out_sb;
     }
@@ -711,15 +713,17 @@ static int column_part(const int64_t *plan, int64_t layers, const int64_t *head,
         int64_t x_n = plan[(layers - 1) * LAYER_FIELDS + OUT_N], x_sb = res_sb, flags = RELU_IN;
         if (head[HID_WQ]) {
             double *hidden = (double *)PTR(head[HID_ROWS]) + b0 * head[HID_N];
-            status = affine_core(hidden, head[HID_N], x, B, 1, 1, x_n, x_sb, 0, 0, PTR(head[HID_WQ]), PTR(head[HID_PANELS]), PTR(head[HID_WS]),
-                                 head[HID_N], PTR(head[HID_BIAS]), 0, NULL, 0, RELU_IN | RELU_OUT, (int)head[HID_BITS]);
+            status = affine_core(hidden, head[HID_N], x, B, 1, 1, x_n, x_sb, 0, 0, PTR(head[HID_WQ]),
+                                 PTR(head[HID_PANELS]), PTR(head[HID_WS]), head[HID_N], PTR(head[HID_BIAS]), 0, NULL,
+                                 0, RELU_IN | RELU_OUT, (int)head[HID_BITS]);
             x = hidden;
             x_n = x_sb = head[HID_N];
             flags = 0;
         }
         if (!status)
-            status = affine_core(params + b0 * head[P_N], head[P_N], x, B, 1, 1, x_n, x_sb, 0, 0, PTR(head[P_WQ]), PTR(head[P_PANELS]),
-                                 PTR(head[P_WS]), head[P_N], PTR(head[P_BIAS]), 0, NULL, 0, flags, (int)head[P_BITS]);
+            status = affine_core(params + b0 * head[P_N], head[P_N], x, B, 1, 1, x_n, x_sb, 0, 0, PTR(head[P_WQ]),
+                                 PTR(head[P_PANELS]), PTR(head[P_WS]), head[P_N], PTR(head[P_BIAS]), 0, NULL, 0, flags,
+                                 (int)head[P_BITS]);
     }
     return status;
 }
@@ -958,9 +962,9 @@ INLINE int exact_sum(const double *v, int64_t n, double *sum) {
  * shift (the row's maximum, or 0 where it has none that is finite), *sum the sum. -1 where that sum is not finite;
  * -2 where the row holds NaN and nan_fails. */
 /* o[i] = exp(x[i] - top), i < n: a function of its own, whose loop vectorizes (see gate_row). */
-VECTOR __attribute__((noinline)) static void exp_row(double *restrict o, const double *restrict x, int64_t n, double top,
-                                                     const double *restrict frac, const double *restrict frac_slopes,
-                                                     const double *restrict whole) {
+VECTOR __attribute__((noinline)) static void exp_row(double *restrict o, const double *restrict x, int64_t n,
+                                                     double top, const double *restrict frac,
+                                                     const double *restrict frac_slopes, const double *restrict whole) {
     for (int64_t i = 0; i < n; i++) o[i] = exp_of(x[i] - top, frac, frac_slopes, whole);
 }
 
@@ -993,10 +997,10 @@ VECTOR static int rows_softmax_impl(double *out, const double *x, int64_t rows, 
     return 0;
 }
 
-/* A row's probabilities o / sum quantized in place: excess = floor(p free), plus what flooring dropped on the first most
- * likely symbol (argmax's). -1 where a probability is not finite. LANES of each running result side by side (loops
- * that vectorize), then the lanes: the sums are of integers below 2**24, exact in any order; of the lanes' first
- * largest, the largest, the first of equals. */
+/* A row's probabilities o / sum quantized in place: excess = floor(p free), plus what flooring dropped on the first
+ * most likely symbol (argmax's). -1 where a probability is not finite. LANES of each running result side by side
+ * (loops that vectorize), then the lanes: the sums are of integers below 2**24, exact in any order; of the lanes'
+ * first largest, the largest, the first of equals. */
 VECTOR __attribute__((noinline)) static int quantize_row(double *restrict o, int64_t n, double sum, double free) {
     int64_t bad = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -1067,11 +1071,11 @@ static int softmax_part(const void *ctx, int64_t r0, int64_t r1) {
                                : rows_softmax_impl(out, x, r1 - r0, c->n, c->mode == LOG_SOFTMAX);
 }
 
-/* rows_softmax(out, x, rows, n, mode, free, threads) over contiguous rows of n values, split over `threads` threads: elementary.softmax (mode SOFTMAX),
- * elementary.log_softmax (LOG_SOFTMAX), or quantize.quantized_weights with elementary.py's softmax (QUANTIZE:
- * excess = floor(p free), the row's first most likely symbol given what flooring dropped). Returns -1 (the caller
- * computes the reference, which raises where it must) where a row's exponentials were not finite, or for QUANTIZE
- * where a log-probability is NaN or a probability is not finite. */
+/* rows_softmax(out, x, rows, n, mode, free, threads) over contiguous rows of n values, split over `threads` threads:
+ * elementary.softmax (mode SOFTMAX), elementary.log_softmax (LOG_SOFTMAX), or quantize.quantized_weights with
+ * elementary.py's softmax (QUANTIZE: excess = floor(p free), the row's first most likely symbol given what flooring
+ * dropped). Returns -1 (the caller computes the reference, which raises where it must) where a row's exponentials were
+ * not finite, or for QUANTIZE where a log-probability is NaN or a probability is not finite. */
 static PyObject *rows_softmax(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 7) {
         PyErr_SetString(PyExc_TypeError, "rows_softmax takes 7 arguments");
