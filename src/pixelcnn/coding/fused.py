@@ -52,7 +52,6 @@ if _kernels is not None and getattr(_kernels, "VERSION", None) != KERNELS_VERSIO
     _kernels = None
 
 ENV_VAR = "PIXELCNN_EXACT_KERNELS"
-RELU_IN, RELU_OUT = 1, 2
 _REFERENCE_ONLY: ContextVar[bool] = ContextVar("reference_only", default=False)
 
 
@@ -323,20 +322,13 @@ class Affine:
             _kernels.pack(_ptr(self._panels), _ptr(self.integers()), self.k, self.n)
         return self._panels
 
-    def rows(self, out: int, out_sb: int, x: int, batch: int, x_sb: int, bias: int | None, bias_sb: int,
-             residual: int | None = None, res_sb: int = 0, flags: int = 0) -> int:
-        """Rows of K contiguous values at ``x`` (row stride ``x_sb``) -> ``out``; see ``affine`` in _kernels.c."""
-        return self.window(out, out_sb, x, batch, 1, 1, self.k, x_sb, 0, 0, bias, bias_sb, residual, res_sb, flags)
-
-    def window(self, out: int, out_sb: int, x: int, batch: int, rows: int, cols: int, channels: int, x_sb: int,
-               x_sr: int, x_sc: int, bias: int | None, bias_sb: int, residual: int | None, res_sb: int,
-               flags: int, outer: int = 1, x_sw: int = 0) -> int:
-        """The windows at ``x + w x_sw + b x_sb`` (w < ``outer``, b < ``batch``; rows w ``batch`` + b of ``out``)
-        -> ``out``; 0, or -1 where a window held inf or NaN (nothing trusted)."""
-        count = outer * batch
-        return _kernels.affine(out, out_sb, x, outer, batch, x_sw, x_sb, rows, cols, channels, x_sr, x_sc,
-                               _ptr(self.integers()), None, _ptr(self.ws), self.n, bias, bias_sb, residual, res_sb,
-                               flags, self.bits, _split(count, self.k * self.n))
+    def rows(self, out: int, out_sb: int, x: int, batch: int, x_sb: int, bias: int | None, bias_sb: int) -> int:
+        """``batch`` rows of K contiguous values at ``x`` (row stride ``x_sb``) -> ``out`` (row stride ``out_sb``),
+        plus the bias rows at ``bias`` (stride ``bias_sb``, 0 for one row; None for none): ``affine`` in _kernels.c.
+        0, or -1 where a row held inf or NaN (nothing trusted)."""
+        return _kernels.affine(out, out_sb, x, 1, batch, 0, x_sb, 1, 1, self.k, 0, 0, _ptr(self.integers()), None,
+                               _ptr(self.ws), self.n, bias, bias_sb, None, 0, 0, self.bits,
+                               _split(batch, self.k * self.n))
 
     def checked(self, status: int) -> None:
         if status:
