@@ -17,8 +17,9 @@ loaded, as ``pixelcnn compress`` reports it) and images/s of
 Models: ``pretrained:mnist`` (a raster Gated PixelCNN, MNIST test digits), a colour raster Gated PixelCNN
 (``gated_pixelcnn`` at its defaults on 3x32x32 emoji glyphs, untrained: coding time does not depend on the
 weights) and ``pretrained:emoji-multiscale`` (coarse-to-fine, colour). ``--large`` adds batches of 1,000 (the
-reference rules and format 2 code the batches up to ``--reference-up-to`` and ``--format2-up-to``). Also the web app's Compress button (``POST /api/compress`` in process,
-``pretrained:mnist``, one digit) with and without the kernels.
+reference rules and format 2 code the batches up to ``--reference-up-to`` and ``--format2-up-to``). Also the web
+app's Compress button (``POST /api/compress`` in process, ``pretrained:mnist``, one digit) with and without the
+kernels.
 """
 
 from __future__ import annotations

@@ -185,8 +185,9 @@ def test_a_weight_seen_again_is_rounded_once_and_gives_the_same_bits():
 
 
 @SETTINGS
-@given(rows=st.integers(1, 6), levels=st.sampled_from([2, 5, 17, 256]), spread=st.sampled_from([0.0, 0.1, 10.0, 800.0]),
-       seed=st.integers(0, 2**16), minus_inf=st.booleans(), threads=st.sampled_from([1, 3]))
+@given(rows=st.integers(1, 6), levels=st.sampled_from([2, 5, 17, 256]),
+       spread=st.sampled_from([0.0, 0.1, 10.0, 800.0]), seed=st.integers(0, 2**16), minus_inf=st.booleans(),
+       threads=st.sampled_from([1, 3]))
 def test_quantized_weights_are_the_reference_integers(rows, levels, spread, seed, minus_inf, threads):
     """Spread 0: a few distinct values, so that the most likely symbol is tied (the first one takes the excess)."""
     g = torch.Generator().manual_seed(seed)

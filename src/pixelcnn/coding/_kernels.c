@@ -879,7 +879,10 @@ VECTOR static void elementwise_impl(double *restrict out, const double *restrict
     switch (which) {
     case SIGMOID: for (int64_t i = 0; i < count; i++) out[i] = sigmoid_of(x[i], t, s); break;
     case TANH: for (int64_t i = 0; i < count; i++) out[i] = tanh_of(x[i], t, s); break;
-    case EXP: for (int64_t i = 0; i < count; i++) out[i] = exp_of(x[i], table[EXP_FRAC], table[EXP_FRAC_SLOPES], table[EXP_INT]); break;
+    case EXP:
+        for (int64_t i = 0; i < count; i++)
+            out[i] = exp_of(x[i], table[EXP_FRAC], table[EXP_FRAC_SLOPES], table[EXP_INT]);
+        break;
     case EXPM1: for (int64_t i = 0; i < count; i++) out[i] = expm1_1(x[i]); break;
     default: for (int64_t i = 0; i < count; i++) out[i] = elu1(x[i]); break;
     }
@@ -1130,7 +1133,8 @@ static PyMethodDef methods[] = {
     {"isa", (PyCFunction)(void (*)(void))isa_name, METH_NOARGS, "the product's variant in use"},
     {"set_isa", (PyCFunction)(void (*)(void))set_isa, METH_O, "use another variant of the product"},
     {"elementwise", (PyCFunction)(void (*)(void))elementwise, METH_FASTCALL, "exact sigmoid, tanh, exp, expm1, elu"},
-    {"rows_softmax", (PyCFunction)(void (*)(void))rows_softmax, METH_FASTCALL, "exact softmax, log_softmax, quantized weights"},
+    {"rows_softmax", (PyCFunction)(void (*)(void))rows_softmax, METH_FASTCALL,
+     "exact softmax, log_softmax, quantized weights"},
     {"set_tables", (PyCFunction)(void (*)(void))set_tables, METH_FASTCALL, "elementary.py's tables"},
     {NULL, NULL, 0, NULL},
 };
