@@ -44,7 +44,16 @@
 #define SIGMOID_SCALE 1024.0       /* the sigmoid table's steps per unit, 2**SIGMOID_STEP */
 
 enum { RELU_IN = 1, RELU_OUT = 2 };
+/* On x86-64 the loops are compiled for AVX-512, AVX2 and the baseline, the CPU's best chosen at load
+ * (target_clones); elsewhere (PIXELCNN_PORTABLE_KERNELS builds that form here, for the tests) for the build's
+ * baseline alone. */
+#if defined(__x86_64__) && !defined(PIXELCNN_PORTABLE_KERNELS)
+#define X86_VARIANTS 1
 #define VECTOR __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define X86_VARIANTS 0
+#define VECTOR
+#endif
 /* Helpers are inlined always: a helper left out of line is compiled for the default target, not the caller's. */
 #define INLINE static inline __attribute__((always_inline))
 
@@ -76,8 +85,9 @@ INLINE int block_up(double peak, int bits, double *up) {
  * once for a weight the caller keeps (fused.Affine.panels) or per call in scratch; a tile keeps MR rows by NV
  * vectors of sums in registers over the whole reduction, MC rows at a time passing over every panel while they stay
  * in cache. A row or two are multiplied from wq directly (converting a whole weight would cost as much). The
- * variants (x86-64-v4: AVX-512; v3: AVX2 and FMA; SSE2) are chosen once from what the CPU has; set_isa picks
- * another that it also has (the tests run each). Every variant reads the same panels. */
+ * variants (x86-64-v4: AVX-512; v3: AVX2 and FMA; the baseline: SSE2 on x86-64, the build's target elsewhere) are
+ * chosen once from what the CPU has; set_isa picks another that it also has (the tests run each). Every variant reads
+ * the same panels. */
 typedef double v8d __attribute__((vector_size(64), aligned(8)));
 typedef int32_t v8i __attribute__((vector_size(32), aligned(4)));
 typedef double v4d __attribute__((vector_size(32), aligned(8)));
@@ -178,6 +188,7 @@ VECTOR static void pack_panels(double *panel, const int32_t *wq, int64_t k, int6
             }                                                                                                       \
     }
 
+#if X86_VARIANTS
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=fast")
 #pragma GCC target("arch=x86-64-v4", "prefer-vector-width=512")
@@ -189,10 +200,11 @@ GEMM(gemm_v4, v8d, v8i, 2, 8)                   /* 8 rows x 16 columns: 16 of th
 #pragma GCC target("arch=x86-64-v3")
 GEMM(gemm_v3, v4d, v4i, 2, 6)                   /* 6 rows x 8 columns: 12 of the 16 ymm registers */
 #pragma GCC pop_options
+#endif
 
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=fast")
-GEMM(gemm_v1, v2d, v2i, 2, 4)                   /* SSE2: 4 rows x 4 columns */
+GEMM(gemm_v1, v2d, v2i, 2, 4)                   /* the baseline (SSE2 on x86-64): 4 rows x 4 columns */
 #pragma GCC pop_options
 
 typedef struct {
@@ -200,14 +212,22 @@ typedef struct {
     void (*gemm)(double *acc, int64_t acc_s, const double *x, int64_t rows, int64_t k, const int32_t *wq, int64_t n,
                  const double *panel);
 } Isa;
+#if X86_VARIANTS
 static const Isa isas[] = {{"avx512", gemm_v4}, {"avx2", gemm_v3}, {"sse2", gemm_v1}};
+#else
+static const Isa isas[] = {{"baseline", gemm_v1}};
+#endif
 enum { ISAS = sizeof isas / sizeof isas[0] };
 static int isa_best = ISAS - 1;                 /* the best variant this CPU runs (index into isas) */
 static const Isa *isa = &isas[ISAS - 1];        /* the variant in use */
 
 static void find_isa(void) {
+#if X86_VARIANTS
     __builtin_cpu_init();
     isa_best = __builtin_cpu_supports("x86-64-v4") ? 0 : __builtin_cpu_supports("x86-64-v3") ? 1 : 2;
+#else
+    isa_best = 0;
+#endif
     isa = &isas[isa_best];
 }
 
@@ -283,6 +303,8 @@ static int64_t now_ns(void) {
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
 #endif
 }
 

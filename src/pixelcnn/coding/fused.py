@@ -83,8 +83,9 @@ def reference_only() -> Iterator[None]:
 
 
 def isas() -> list[str]:
-    """The variants of the kernels' exact product this CPU runs ("avx512", "avx2", "sse2"), the one used by default
-    first; [] without the extension. Each gives the same bits (exact integer sums)."""
+    """The variants of the kernels' exact product this CPU runs ("avx512", "avx2", "sse2" on x86-64; "baseline"
+    elsewhere), the one used by default first; [] without the extension. Each gives the same bits (exact integer
+    sums)."""
     return [] if _kernels is None else _kernels.isas()
 
 
