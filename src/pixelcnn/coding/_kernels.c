@@ -809,10 +809,11 @@ VECTOR static int row_start_part(const void *ctx, int64_t r0, int64_t r1) {
     const RowStart *c = ctx;
     const int64_t *p = c->p, h = c->h, B = p[BATCH], n2 = p[V_N], n = n2 / 2;
     const int64_t kv = p[V_ROWS] * p[V_COLS] * p[V_CHANNELS];
+    const int64_t kq = kv > n2 ? kv : n2;              /* xq holds the vertical windows, then the v_pre rows */
     const int made_v = p[V_PANELS] == 0, made_t = p[T_PANELS] == 0;
-    double *xq = scratch(MC * kv + MC * n2 + MC + n2 + (made_v ? kv * n2 : 0) + (made_t ? n2 * n2 : 0));
+    double *xq = scratch(MC * kq + MC * n2 + MC + n2 + (made_v ? kv * n2 : 0) + (made_t ? n2 * n2 : 0));
     if (xq == NULL) return -2;
-    double *pre = xq + MC * kv, *xs = pre + MC * n2, *g = xs + MC, *made = g + n2;
+    double *pre = xq + MC * kq, *xs = pre + MC * n2, *g = xs + MC, *made = g + n2;
     const double *panel_v = PTR(p[V_PANELS]), *panel_t = PTR(p[T_PANELS]);
     if (made_v) {
         pack_panels(made, PTR(p[V_WQ]), kv, n2);
