@@ -14,10 +14,10 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-# The real datasets: $(PIXELCNN_DATA) if set, else ../shared/data when it exists, else the
-# per-user cache (downloaded on first use).
+# The real datasets: $(PIXELCNN_DATA) if set (and not empty, as the package reads it), else ../shared/data when it
+# exists, else the per-user cache (downloaded on first use).
 SHARED_DATA := $(abspath ../shared/data)
-ifeq ($(origin PIXELCNN_DATA), undefined)
+ifeq ($(strip $(PIXELCNN_DATA)),)
   ifneq ($(wildcard $(SHARED_DATA)/mnist),)
     export PIXELCNN_DATA := $(SHARED_DATA)
   endif

@@ -7,7 +7,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-os.environ.setdefault("PIXELCNN_DATA", str(ROOT.parent / "shared" / "data"))
+if not os.environ.get("PIXELCNN_DATA"):                          # unset or empty, as the package reads it
+    os.environ["PIXELCNN_DATA"] = str(ROOT.parent / "shared" / "data")
 # One thread in every worker and in the processes the tests start (they inherit the variable): the tensors
 # are tiny, and beside the other worker a second thread would fight it for the cores.
 os.environ["OMP_NUM_THREADS"] = "1"
