@@ -931,36 +931,36 @@ static PyObject *elementwise(PyObject *self, PyObject *const *args, Py_ssize_t n
     Py_RETURN_NONE;
 }
 
-/* The sum of the n values v[i] up rounded to integers (exact in any order: |sum| < 2**52), in LANES running sums side
- * by side (a loop that vectorizes), then the lanes. */
-#define LANES 8
+#define SIDE_LANES 8            /* the reductions below keep this many running results side by side */
+
+/* The sum of the n values v[i] up rounded to integers (exact in any order: |sum| < 2**52), in SIDE_LANES running
+ * sums (a loop that vectorizes), then the lanes. */
 VECTOR __attribute__((noinline)) static double rounded_sum(const double *restrict v, int64_t n, double up) {
-    double part[LANES] = {0.0};
+    double part[SIDE_LANES] = {0.0};
     int64_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int l = 0; l < LANES; l++) part[l] += (v[i + l] * up + ROUNDER) - ROUNDER;
+    for (; i + SIDE_LANES <= n; i += SIDE_LANES)
+        for (int l = 0; l < SIDE_LANES; l++) part[l] += (v[i + l] * up + ROUNDER) - ROUNDER;
     double total = 0.0;
-    for (int l = 0; l < LANES; l++) total += part[l];
+    for (int l = 0; l < SIDE_LANES; l++) total += part[l];
     for (; i < n; i++) total += (v[i] * up + ROUNDER) - ROUNDER;
     return total;
 }
 
 /* The largest of n values (NaN never larger; of equal zeros either, as the reference's amax, whose kernel decides: the
- * shift's sign then reaches no quantized weight) and whether one is NaN: LANES running maxima side by side, then the
- * lanes. */
+ * shift's sign then reaches no quantized weight) and whether one is NaN: SIDE_LANES running maxima, then the lanes. */
 VECTOR __attribute__((noinline)) static double row_max(const double *restrict x, int64_t n, int *nan) {
-    double top[LANES];
-    int64_t bad[LANES] = {0};
-    for (int l = 0; l < LANES; l++) top[l] = -INFINITY;
+    double top[SIDE_LANES];
+    int64_t bad[SIDE_LANES] = {0};
+    for (int l = 0; l < SIDE_LANES; l++) top[l] = -INFINITY;
     int64_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int l = 0; l < LANES; l++) {
+    for (; i + SIDE_LANES <= n; i += SIDE_LANES)
+        for (int l = 0; l < SIDE_LANES; l++) {
             top[l] = x[i + l] > top[l] ? x[i + l] : top[l];
             bad[l] |= x[i + l] != x[i + l];
         }
     double best = -INFINITY;
     int any = 0;
-    for (int l = 0; l < LANES; l++) {
+    for (int l = 0; l < SIDE_LANES; l++) {
         best = top[l] > best ? top[l] : best;
         any |= bad[l] != 0;
     }
@@ -1024,7 +1024,7 @@ VECTOR static int rows_softmax_impl(double *out, const double *x, int64_t rows, 
 }
 
 /* A row's probabilities o / sum quantized in place: excess = floor(p free), plus what flooring dropped on the first
- * most likely symbol (argmax's). -1 where a probability is not finite. LANES of each running result side by side
+ * most likely symbol (argmax's). -1 where a probability is not finite. SIDE_LANES of each running result side by side
  * (loops that vectorize), then the lanes: the sums are of integers below 2**24, exact in any order; of the lanes'
  * first largest, the largest, the first of equals. */
 VECTOR __attribute__((noinline)) static int quantize_row(double *restrict o, int64_t n, double sum, double free) {
@@ -1034,19 +1034,19 @@ VECTOR __attribute__((noinline)) static int quantize_row(double *restrict o, int
         bad |= !(fabs(o[i]) < INFINITY);
     }
     if (bad) return -1;
-    double top[LANES], part[LANES] = {0.0};
-    int64_t at[LANES] = {0};
-    for (int l = 0; l < LANES; l++) top[l] = -INFINITY;
+    double top[SIDE_LANES], part[SIDE_LANES] = {0.0};
+    int64_t at[SIDE_LANES] = {0};
+    for (int l = 0; l < SIDE_LANES; l++) top[l] = -INFINITY;
     int64_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int l = 0; l < LANES; l++) {
+    for (; i + SIDE_LANES <= n; i += SIDE_LANES)
+        for (int l = 0; l < SIDE_LANES; l++) {
             const int larger = o[i + l] > top[l];
             top[l] = larger ? o[i + l] : top[l];
             at[l] = larger ? i + l : at[l];
         }
     double best_p = -INFINITY;
     int64_t best = 0;
-    for (int l = 0; l < LANES; l++)
+    for (int l = 0; l < SIDE_LANES; l++)
         if (top[l] > best_p || (top[l] == best_p && at[l] < best)) {
             best_p = top[l];
             best = at[l];
@@ -1056,13 +1056,13 @@ VECTOR __attribute__((noinline)) static int quantize_row(double *restrict o, int
             best_p = o[i];
             best = i;
         }
-    for (i = 0; i + LANES <= n; i += LANES)
-        for (int l = 0; l < LANES; l++) {
+    for (i = 0; i + SIDE_LANES <= n; i += SIDE_LANES)
+        for (int l = 0; l < SIDE_LANES; l++) {
             o[i + l] = floor(o[i + l] * free);
             part[l] += o[i + l];
         }
     double total = 0.0;
-    for (int l = 0; l < LANES; l++) total += part[l];
+    for (int l = 0; l < SIDE_LANES; l++) total += part[l];
     for (; i < n; i++) {
         o[i] = floor(o[i] * free);
         total += o[i];
